@@ -1,0 +1,153 @@
+"""Composition root: the one place where the app's objects are built and wired.
+
+``python -m webui.app [flags]`` (what ``launch.py`` runs once the environment is ready).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from webui.config import Settings, SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("webui")
+
+
+@dataclass
+class AppPaths:
+    models: Path
+    outputs: Path
+    extensions: Path
+    cache: Path
+    config_file: Path
+
+    @classmethod
+    def from_settings(cls, settings: Settings, base: Path = ROOT) -> "AppPaths":
+        return cls(
+            models=settings.path("models_dir", base),
+            outputs=settings.path("outputs_dir", base),
+            extensions=settings.path("extensions_dir", base),
+            cache=settings.path("cache_dir", base),
+            config_file=settings.path("config_file", base),
+        )
+
+    def t5_tokenizer_dir(self, settings: Settings) -> Path:
+        p = Path(settings.t5_tokenizer_dir).expanduser()
+        return p if p.is_absolute() else self.models / p
+
+
+@dataclass
+class Services:
+    """Everything the UI and API may use; built once by ``build_services``."""
+
+    settings: Settings
+    paths: AppPaths
+    families: Any
+    catalog: Any
+    hashes: Any
+    manager: Any
+    device: Any
+
+
+def prepare_environment(settings: Settings) -> None:
+    """Process-wide switches that must be set before diffusers/gradio are imported."""
+    if settings.offline:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def build_services(settings: Settings, base: Path = ROOT) -> Services:
+    from webui.models.catalog import ModelCatalog
+    from webui.models.devices import resolve_device
+    from webui.models.families import default_families
+    from webui.models.hashes import HashCache
+    from webui.models.manager import ModelManager
+
+    paths = AppPaths.from_settings(settings, base)
+    for folder in (paths.models, paths.outputs, paths.extensions, paths.cache):
+        folder.mkdir(parents=True, exist_ok=True)
+    hashes = HashCache(paths.cache / "hashes.json")
+    catalog = ModelCatalog(paths.models, hash_of=lambda p: hashes.get(p, compute=False))
+    catalog.ensure_folders()
+    catalog.refresh()
+    device = resolve_device(settings.device, settings.precision)
+    families = default_families()
+    manager = ModelManager(
+        catalog,
+        device=device,
+        cache_dir=paths.cache,
+        families=families,
+        ram_cache_models=settings.ram_cache_models,
+        t5_tokenizer_dir=paths.t5_tokenizer_dir(settings),
+    )
+    return Services(settings, paths, families, catalog, hashes, manager, device)
+
+
+def build_server(services: Services) -> Any:
+    """The FastAPI app: the Gradio UI at ``/`` (API routes are added here too)."""
+    import gradio as gr
+    from fastapi import FastAPI
+
+    from webui.ui.shell import build_ui
+
+    api = FastAPI(title="Stable Diffusion web UI", docs_url="/docs")
+    blocks = build_ui(services)
+    return gr.mount_gradio_app(api, blocks, path="/")
+
+
+def serve(app: Any, host: str, port: int, started: float) -> int:
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="http", daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.05)
+    if not thread.is_alive():
+        print(f"Could not start the server on {host}:{port} (is the port in use? try --port)", file=sys.stderr)
+        return 1
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    print(f"Running on http://{shown}:{port}  (started in {time.time() - started:.1f} s)", flush=True)
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        server.should_exit = True
+        thread.join(5)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    started = float(os.environ.get("WEBUI_LAUNCHED_AT") or time.time())
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings, _args = load_settings(argv, base_dir=ROOT)
+        prepare_environment(settings)
+        services = build_services(settings)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    device = services.device
+    log.info("device: %s, precision: %s (%s)", device.device, device.precision, device.reason)
+    found = services.catalog.entries("checkpoint")
+    log.info("models: %d checkpoint(s) in %s; none is loaded until needed", len(found), services.paths.models)
+    for entry in found:
+        if entry.error:
+            log.warning("cannot use %s", entry.error)
+    app = build_server(services)
+    return serve(app, settings.host, settings.port, started)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

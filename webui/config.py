@@ -1,0 +1,222 @@
+"""Settings: defaults <- config file <- environment <- command line.
+
+Pure standard library: ``launch.py`` imports this before any dependency is
+installed, so ``python launch.py --help`` works on a bare Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+ENV_PREFIX = "WEBUI_"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the app cannot use; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app is configured with. Paths are resolved by ``resolve_paths``."""
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+    listen: bool = False
+    models_dir: str = "models"
+    outputs_dir: str = "outputs"
+    extensions_dir: str = "extensions"
+    cache_dir: str = "cache"
+    config_file: str = "config.json"
+    device: str = "auto"
+    precision: str = "auto"
+    # How many recently used checkpoints stay loaded in RAM besides the active one.
+    ram_cache_models: int = 0
+    # Checkpoint to load on the first generation ("" = the first one found).
+    default_model: str = ""
+    # Where the T5 tokenizer for SD3 is looked for (spiece.model or tokenizer.json),
+    # relative to models_dir unless absolute.
+    t5_tokenizer_dir: str = "text_encoder/t5_tokenizer"
+    # Never touch the network for models (downloads of the default checkpoint excepted).
+    offline: bool = True
+    skip_install: bool = False
+
+    def with_updates(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **_coerce_all(changes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def path(self, name: str, base: Path | None = None) -> Path:
+        """The absolute path of a ``*_dir``/``*_file`` setting."""
+        value = Path(getattr(self, name)).expanduser()
+        if value.is_absolute():
+            return value
+        return (base or Path.cwd()) / value
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
+# Settings that only make sense on the command line (never persisted).
+_CLI_ONLY = {"skip_install", "config_file"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name not in _FIELD_TYPES:
+        valid = ", ".join(sorted(_FIELD_TYPES))
+        raise SettingsError(f"unknown setting {name!r}; valid settings: {valid}")
+    kind = _FIELD_TYPES[name]
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off", ""):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"setting {name!r} must be a {kind}, got {value!r}") from None
+
+
+def _coerce_all(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _coerce(k, v) for k, v in values.items()}
+
+
+def _validate(settings: Settings) -> Settings:
+    if settings.device not in DEVICES:
+        raise SettingsError(f"--device must be one of {', '.join(DEVICES)}, got {settings.device!r}")
+    if settings.precision not in PRECISIONS:
+        raise SettingsError(
+            f"--precision must be one of {', '.join(PRECISIONS)}, got {settings.precision!r}"
+        )
+    if not 0 < settings.port < 65536:
+        raise SettingsError(f"--port must be between 1 and 65535, got {settings.port}")
+    if settings.ram_cache_models < 0:
+        raise SettingsError("ram_cache_models must be 0 or more")
+    return settings
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    """The command line of ``launch.py`` and ``python -m webui.app``."""
+    p = argparse.ArgumentParser(
+        prog="launch.py",
+        description="Stable Diffusion web UI (SD1.5, SDXL, SD3). Sets up its environment, then serves the UI.",
+    )
+    p.add_argument("--port", type=int, help="port to serve on (default 7860)")
+    p.add_argument(
+        "--listen",
+        action="store_const",
+        const=True,
+        help="listen on all interfaces (0.0.0.0) instead of 127.0.0.1 only",
+    )
+    p.add_argument("--models-dir", help="models folder; may be an existing A1111 or ComfyUI models folder")
+    p.add_argument("--outputs-dir", help="where generated images are written (default outputs/)")
+    p.add_argument("--extensions-dir", help="extensions folder (default extensions/)")
+    p.add_argument("--config-file", help="settings file (default config.json)")
+    p.add_argument("--device", choices=DEVICES, help="compute device (default auto)")
+    p.add_argument("--precision", choices=PRECISIONS, help="weights precision (default auto)")
+    p.add_argument("--ram-cache-models", type=int, help="checkpoints kept in RAM for fast switching (default 0)")
+    p.add_argument("--default-model", help="checkpoint loaded for the first generation")
+    p.add_argument(
+        "--skip-install",
+        action="store_const",
+        const=True,
+        help="do not create a virtual environment or install anything; run with this Python as is",
+    )
+    p.add_argument("--venv-dir", default=None, help="virtual environment to create/use (default .venv)")
+    p.add_argument(
+        "--torch-index-url",
+        default=None,
+        help="pip index for the torch wheel (default: chosen from the GPU found)",
+    )
+    p.add_argument("--reinstall", action="store_true", help="reinstall dependencies even if nothing changed")
+    p.add_argument("--no-browser", action="store_true", help="accepted for compatibility; the browser is never opened")
+    return p
+
+
+_CLI_TO_FIELD = {
+    "port": "port",
+    "listen": "listen",
+    "models_dir": "models_dir",
+    "outputs_dir": "outputs_dir",
+    "extensions_dir": "extensions_dir",
+    "config_file": "config_file",
+    "device": "device",
+    "precision": "precision",
+    "ram_cache_models": "ram_cache_models",
+    "default_model": "default_model",
+    "skip_install": "skip_install",
+}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The persisted settings; a missing file is empty, a broken one is an error that names it."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SettingsError(f"cannot read settings file {path}: {exc}; fix or delete it") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {path} must hold a JSON object")
+    return {k: v for k, v in data.items() if k in _FIELD_TYPES and k not in _CLI_ONLY}
+
+
+def write_config_file(path: Path, values: Mapping[str, Any]) -> None:
+    """Persist settings atomically (temp file + rename)."""
+    clean = {k: v for k, v in _coerce_all(values).items() if k not in _CLI_ONLY}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(clean, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    out = {}
+    for name in _FIELD_TYPES:
+        key = ENV_PREFIX + name.upper()
+        if key in environ:
+            out[name] = environ[key]
+    return out
+
+
+def load_settings(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> tuple[Settings, argparse.Namespace]:
+    """Merge defaults, the config file, ``WEBUI_*`` variables and the command line."""
+    environ = os.environ if environ is None else environ
+    args, _unknown = build_arg_parser().parse_known_args(list(argv or []))
+    cli = {
+        field_name: getattr(args, arg)
+        for arg, field_name in _CLI_TO_FIELD.items()
+        if getattr(args, arg, None) is not None
+    }
+    env = from_environment(environ)
+    config_name = cli.get("config_file") or env.get("config_file") or Settings.config_file
+    config_path = Path(config_name).expanduser()
+    if not config_path.is_absolute():
+        config_path = (base_dir or Path.cwd()) / config_path
+    merged: dict[str, Any] = {}
+    merged.update(read_config_file(config_path))
+    merged.update(env)
+    merged.update(cli)
+    merged["config_file"] = str(config_path)
+    settings = _validate(Settings().with_updates(**merged))
+    if settings.listen and "host" not in env:
+        settings = settings.with_updates(host="0.0.0.0")
+    return settings, args

@@ -1,0 +1,217 @@
+"""ModelCatalog: find the user's checkpoints, LoRAs, VAEs and text encoders.
+
+Reads A1111 (``Stable-diffusion``, ``Lora``, ``VAE``) and ComfyUI
+(``checkpoints``, ``loras``, ``vae``, ``text_encoders``/``clip``) folder names,
+so ``--models-dir`` can point at an existing installation. Only headers are
+read; unchanged files are not read again on refresh. A file that cannot be
+used becomes an entry with an ``error`` that says why; scanning never raises
+for a bad file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from webui.models.detect import (
+    Detection,
+    UnsupportedModelError,
+    detect_checkpoint,
+    detect_diffusers_folder,
+    identify,
+)
+from webui.models.safetensors_header import ModelFileError, read_header
+
+log = logging.getLogger(__name__)
+
+# kind -> folder names, the first is the one we create.
+FOLDERS: Mapping[str, tuple[str, ...]] = {
+    "checkpoint": ("Stable-diffusion", "checkpoints", "diffusers"),
+    "lora": ("Lora", "loras", "LyCORIS"),
+    "vae": ("VAE", "vae"),
+    "text_encoder": ("text_encoder", "text_encoders", "clip"),
+}
+SAFE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One model file or folder. ``name`` is its path relative to its kind's folder."""
+
+    name: str
+    path: Path
+    kind: str
+    format: str  # "safetensors", "diffusers" or "ckpt"
+    size: int
+    mtime_ns: int
+    family: str | None = None
+    detection: Detection | None = None
+    info: Mapping[str, object] = field(default_factory=dict)
+    error: str | None = None
+    demo: bool = False
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None
+
+    @property
+    def stem(self) -> str:
+        return self.name.rsplit(".", 1)[0] if self.format != "diffusers" else self.name
+
+    def title(self, short_hash: str | None = None) -> str:
+        """A1111's checkpoint title: ``name.safetensors [abcdef1234]``."""
+        return f"{self.name} [{short_hash}]" if short_hash else self.name
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _folder_stat(path: Path) -> tuple[int, int]:
+    index = path / "model_index.json"
+    st = index.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+class ModelCatalog:
+    """Scans ``models_dir``; ``refresh()`` picks up new, changed and removed files."""
+
+    def __init__(self, models_dir: Path, hash_of: Callable[[Path], str | None] | None = None) -> None:
+        self.models_dir = Path(models_dir)
+        self._hash_of = hash_of
+        self._lock = threading.Lock()
+        self._entries: dict[str, list[CatalogEntry]] = {kind: [] for kind in FOLDERS}
+        self._seen: dict[tuple[str, Path], tuple[tuple[int, int], CatalogEntry]] = {}
+
+    # -- folders ---------------------------------------------------------------
+    def ensure_folders(self) -> None:
+        """Create our sub-folders where neither an A1111 nor a ComfyUI one exists."""
+        for names in FOLDERS.values():
+            if not any((self.models_dir / n).is_dir() for n in names):
+                (self.models_dir / names[0]).mkdir(parents=True, exist_ok=True)
+
+    def folders(self, kind: str) -> list[Path]:
+        return [self.models_dir / n for n in FOLDERS[kind] if (self.models_dir / n).is_dir()]
+
+    def primary_folder(self, kind: str) -> Path:
+        existing = self.folders(kind)
+        return existing[0] if existing else self.models_dir / FOLDERS[kind][0]
+
+    # -- scanning --------------------------------------------------------------
+    def refresh(self) -> None:
+        found: dict[str, list[CatalogEntry]] = {}
+        seen: dict[tuple[str, Path], tuple[tuple[int, int], CatalogEntry]] = {}
+        for kind in FOLDERS:
+            entries = []
+            for root in self.folders(kind):
+                for item, fmt in _walk(root):
+                    entry = self._entry(kind, root, item, fmt, seen)
+                    if entry is not None:
+                        entries.append(entry)
+            entries.sort(key=lambda e: e.name.lower())
+            found[kind] = entries
+        with self._lock:
+            self._entries = found
+            self._seen = seen
+
+    def _entry(self, kind, root, item, fmt, seen) -> CatalogEntry | None:
+        try:
+            key = _folder_stat(item) if fmt == "diffusers" else _stat_key(item)
+        except OSError:
+            return None  # vanished while scanning
+        cached = self._seen.get((kind, item))
+        if cached and cached[0] == key:
+            entry = cached[1]
+        else:
+            entry = _describe(kind, root, item, fmt, key)
+            if entry.error:
+                log.warning("%s", entry.error)
+        seen[(kind, item)] = (key, entry)
+        return entry
+
+    # -- queries ---------------------------------------------------------------
+    def entries(self, kind: str = "checkpoint") -> list[CatalogEntry]:
+        with self._lock:
+            return list(self._entries[kind])
+
+    def usable(self, kind: str = "checkpoint") -> list[CatalogEntry]:
+        return [e for e in self.entries(kind) if e.usable]
+
+    def find(self, name: str, kind: str = "checkpoint") -> CatalogEntry:
+        """An entry by name, stem, A1111 title (``name [hash]``) or short hash."""
+        wanted = name.strip()
+        base = wanted.rsplit(" [", 1)[0] if wanted.endswith("]") else wanted
+        entries = self.entries(kind)
+        for e in entries:
+            if wanted in (e.name, e.stem) or base in (e.name, e.stem):
+                return e
+        for e in entries:  # a bare file name from another folder layout
+            if Path(base).name in (Path(e.name).name, Path(e.stem).name):
+                return e
+        if self._hash_of is not None and len(wanted) in (8, 10) and all(c in "0123456789abcdef" for c in wanted):
+            for e in entries:
+                if e.format != "diffusers" and (self._hash_of(e.path) or "").startswith(wanted):
+                    return e
+        valid = ", ".join(e.name for e in entries) or f"none; put files in {self.primary_folder(kind)}"
+        raise KeyError(f"no {kind} named {name!r}; available: {valid}")
+
+
+def _walk(root: Path) -> Iterable[tuple[Path, str]]:
+    """Model files and diffusers folders below root (a diffusers folder is not descended into)."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            children = sorted(folder.iterdir())
+        except OSError:
+            continue
+        for child in children:
+            if child.name.startswith("."):
+                continue
+            if child.is_dir():
+                if (child / "model_index.json").is_file():
+                    yield child, "diffusers"
+                else:
+                    stack.append(child)
+            elif child.suffix.lower() in SAFE_SUFFIXES:
+                yield child, "safetensors"
+            elif child.suffix.lower() in PICKLE_SUFFIXES:
+                yield child, "ckpt"
+
+
+def _describe(kind: str, root: Path, item: Path, fmt: str, key: tuple[int, int]) -> CatalogEntry:
+    name = item.relative_to(root).as_posix()
+    base = dict(name=name, path=item, kind=kind, format=fmt, size=key[0], mtime_ns=key[1])
+    if fmt == "ckpt":
+        # Never unpickled while scanning; the loader opens it with weights_only=True.
+        note = "pickle-based file: loaded with a safe loader that refuses code; safetensors is preferred"
+        return CatalogEntry(**base, info={"note": note})
+    try:
+        if fmt == "diffusers":
+            if kind != "checkpoint":
+                raise UnsupportedModelError(item, f"a diffusers pipeline folder belongs in {FOLDERS['checkpoint'][0]}")
+            det = detect_diffusers_folder(item)
+            return CatalogEntry(**base, family=det.family, detection=det)
+        header = read_header(item)
+        demo = header.metadata.get("webui.demo") == "true"
+        if kind == "checkpoint":
+            det = detect_checkpoint(header)
+            return CatalogEntry(**base, family=det.family, detection=det, demo=demo)
+        found = identify(header)
+        if found.kind != kind:
+            raise UnsupportedModelError(
+                item, f"this is a {found.kind.replace('_', ' ')}, not a {kind.replace('_', ' ')}; move it to"
+                f" models/{FOLDERS[found.kind][0]}"
+            )
+        return CatalogEntry(**base, info=found.info, demo=demo)
+    except ModelFileError as exc:
+        return CatalogEntry(**base, error=str(exc))
+    except Exception as exc:  # a scan must never stop the app
+        log.exception("unexpected error reading %s", item)
+        return CatalogEntry(**base, error=f"{item.name}: cannot be read ({type(exc).__name__}: {exc})")

@@ -1,0 +1,235 @@
+"""ModelManager: owns the loaded checkpoint, hot-swaps it, and derives task pipelines.
+
+One checkpoint is active on the device. Switching releases it (no reference
+survives here), or parks it in a bounded RAM cache so switching back is fast.
+txt2img, img2img and inpaint pipelines are built from the active pipeline's
+modules: one set of weights, no copy, no dtype change.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from webui.models.catalog import CatalogEntry, ModelCatalog
+from webui.models.devices import DeviceChoice
+from webui.models.families import FamilySpec, TASKS
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotLoadedError(RuntimeError):
+    pass
+
+
+@dataclass
+class _Slot:
+    entry: CatalogEntry
+    loaded: Any  # webui.models.loader.LoadedModel
+    tasks: dict[str, Any] = field(default_factory=dict)
+    load_seconds: float = 0.0
+
+    @property
+    def key(self) -> tuple[Path, int]:
+        return (self.entry.path, self.entry.mtime_ns)
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    name: str
+    family: str
+    seconds: float
+    from_cache: bool
+    notes: tuple[str, ...]
+
+
+def derive_pipeline(pipe: Any, class_name: str) -> Any:
+    """A pipeline of another class over the same module objects (no copy, no cast).
+
+    ``from_pipe`` would cast every shared module to one dtype; building the
+    class from the components keeps each module exactly as it is.
+    """
+    import diffusers
+
+    if type(pipe).__name__ == class_name:
+        return pipe
+    cls = getattr(diffusers, class_name)
+    params = inspect.signature(cls.__init__).parameters
+    components = pipe.components
+    kwargs = {}
+    for name, param in params.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if name in components:
+            kwargs[name] = components[name]
+        elif name in pipe.config and not name.startswith("_"):
+            kwargs[name] = pipe.config[name]
+        elif param.default is inspect.Parameter.empty:
+            kwargs[name] = None
+    return cls(**kwargs)
+
+
+class ModelManager:
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        device: DeviceChoice,
+        cache_dir: Path,
+        families: Any,
+        ram_cache_models: int = 0,
+        t5_tokenizer_dir: Path | None = None,
+        loader: Callable[..., Any] | None = None,
+        on_loaded: Callable[[LoadReport], None] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.device = device
+        self.cache_dir = Path(cache_dir)
+        self.families = families
+        self.t5_tokenizer_dir = t5_tokenizer_dir
+        self._ram_cache_models = ram_cache_models
+        self._loader = loader
+        self._on_loaded = on_loaded
+        self._lock = threading.RLock()
+        self._current: _Slot | None = None
+        self._ram: "OrderedDict[tuple[Path, int], _Slot]" = OrderedDict()
+
+    # -- state -----------------------------------------------------------------
+    @property
+    def current_entry(self) -> CatalogEntry | None:
+        slot = self._current
+        return slot.entry if slot else None
+
+    @property
+    def family(self) -> FamilySpec | None:
+        slot = self._current
+        return slot.loaded.family if slot else None
+
+    @property
+    def loaded(self) -> Any:
+        slot = self._current
+        if slot is None:
+            raise ModelNotLoadedError("no checkpoint is loaded; pick one in the checkpoint list")
+        return slot.loaded
+
+    def cached_names(self) -> list[str]:
+        with self._lock:
+            return [s.entry.name for s in self._ram.values()]
+
+    def set_ram_cache_models(self, n: int) -> None:
+        with self._lock:
+            self._ram_cache_models = max(0, int(n))
+            self._trim_ram_cache()
+        self._collect()
+
+    # -- loading ---------------------------------------------------------------
+    def load(self, name_or_entry: str | CatalogEntry) -> LoadReport:
+        """Make a checkpoint active; returns what happened and how long it took."""
+        entry = name_or_entry if isinstance(name_or_entry, CatalogEntry) else self.catalog.find(name_or_entry)
+        if entry.error:
+            raise ValueError(entry.error)
+        with self._lock:
+            start = time.perf_counter()
+            key = (entry.path, entry.mtime_ns)
+            if self._current is not None and self._current.key == key:
+                return self._report(self._current, 0.0, True)
+            cached = self._ram.pop(key, None)
+            self._park_current()
+            if cached is not None:
+                self._to_device(cached, self.device.device)
+                slot, from_cache = cached, True
+            else:
+                self._collect()  # free the old model before reading the new one
+                loaded = self._load_fresh(entry)
+                slot, from_cache = _Slot(entry, loaded), False
+            slot.load_seconds = time.perf_counter() - start
+            self._current = slot
+            report = self._report(slot, slot.load_seconds, from_cache)
+        log.info(
+            "loaded %s (%s) in %.2f s%s", entry.name, report.family, report.seconds, " from RAM cache" if from_cache else ""
+        )
+        if self._on_loaded:
+            self._on_loaded(report)
+        return report
+
+    def unload(self) -> None:
+        with self._lock:
+            self._current = None
+            self._ram.clear()
+        self._collect()
+
+    def pipeline(self, task: str = "txt2img") -> Any:
+        """The active model's pipeline for a task, sharing its weights."""
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+        with self._lock:
+            slot = self._current
+            if slot is None:
+                raise ModelNotLoadedError("no checkpoint is loaded; pick one in the checkpoint list")
+            pipe = slot.tasks.get(task)
+            if pipe is None:
+                pipe = derive_pipeline(slot.loaded.pipeline, slot.loaded.family.pipelines[task])
+                slot.tasks[task] = pipe
+            return pipe
+
+    # -- internals -------------------------------------------------------------
+    def _load_fresh(self, entry: CatalogEntry) -> Any:
+        loader = self._loader
+        if loader is None:
+            from webui.models.loader import load_checkpoint as loader
+        te_files = {}
+        for te in self.catalog.usable("text_encoder"):
+            slot = te.info.get("slot")
+            if slot and slot not in te_files:
+                te_files[slot] = te.path
+        return loader(
+            entry.path,
+            device=self.device.device,
+            dtype=self.device.dtype,
+            cache_dir=self.cache_dir,
+            text_encoder_files=te_files,
+            t5_tokenizer_dir=self.t5_tokenizer_dir,
+            families=self.families,
+        )
+
+    def _park_current(self) -> None:
+        slot, self._current = self._current, None
+        if slot is None:
+            return
+        if self._ram_cache_models > 0:
+            if self.device.device != "cpu":
+                self._to_device(slot, "cpu")
+            self._ram[slot.key] = slot
+            self._trim_ram_cache()
+        del slot
+
+    def _trim_ram_cache(self) -> None:
+        while len(self._ram) > self._ram_cache_models:
+            self._ram.popitem(last=False)
+
+    @staticmethod
+    def _to_device(slot: _Slot, device: str) -> None:
+        slot.loaded.pipeline.to(device)
+
+    def _collect(self) -> None:
+        gc.collect()
+        if self.device.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    @staticmethod
+    def _report(slot: _Slot, seconds: float, from_cache: bool) -> LoadReport:
+        return LoadReport(
+            name=slot.entry.name,
+            family=slot.loaded.family.id,
+            seconds=seconds,
+            from_cache=from_cache,
+            notes=tuple(slot.loaded.notes),
+        )

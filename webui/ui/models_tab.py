@@ -1,0 +1,80 @@
+"""Models tab: what was found in models/, demo models, the default checkpoint download."""
+
+from __future__ import annotations
+
+from typing import Any
+
+KINDS = ("checkpoint", "lora", "vae", "text_encoder")
+
+
+def model_rows(services: Any) -> list[list[str]]:
+    rows = []
+    for kind in KINDS:
+        for e in services.catalog.entries(kind):
+            status = e.error or ("demo model: random weights, makes noise" if e.demo else "ok")
+            if e.format == "ckpt" and not e.error:
+                status = str(e.info.get("note", "ok"))
+            size = f"{e.size / 2**20:,.1f} MiB" if e.format != "diffusers" else "folder"
+            rows.append([kind.replace("_", " "), e.name, e.family or "", e.format, size, status])
+    return rows
+
+
+def create_demo_models(services: Any) -> str:
+    from webui.models.demo import write_demo_models
+
+    written = write_demo_models(services.paths.models)
+    services.catalog.refresh()
+    names = ", ".join(p.name for p in written) or "none (they exist already)"
+    return f"Demo models written: {names}. They have random weights and make noise: use them to try the app."
+
+
+def download_default(services: Any, name: str, progress: Any) -> str:
+    from webui.models import download
+
+    entry = next((d for d in download.DEFAULT_CHECKPOINTS if d.name == name), None)
+    if entry is None:
+        return f"Unknown default checkpoint {name!r}."
+
+    def report(done: int, total: int | None) -> None:
+        if total:
+            progress(done / total, desc=f"{done / 2**30:.2f} of {total / 2**30:.2f} GiB")
+
+    try:
+        path = download.download_default(entry, services.paths.models, progress=report, cancel=None)
+    except download.DownloadError as exc:
+        return f"**Download failed:** {exc}"
+    services.catalog.refresh()
+    return f"Downloaded {path.name}; pick it in the checkpoint list."
+
+
+def build(services: Any, on_change: tuple[Any, Any]) -> None:
+    import gradio as gr
+
+    from webui.models import download
+
+    refresh_choices, checkpoint_dropdown = on_change
+    headers = ["kind", "name", "family", "format", "size", "status"]
+    table = gr.Dataframe(value=model_rows(services), headers=headers, interactive=False, elem_id="model-table")
+    with gr.Row():
+        rescan = gr.Button("Rescan models folder")
+        demo = gr.Button("Create demo models (random weights, make noise)", elem_id="create-demo")
+    with gr.Row():
+        default = gr.Dropdown(
+            label="Download a default checkpoint (needs internet)",
+            choices=[d.name for d in download.DEFAULT_CHECKPOINTS],
+            value=download.DEFAULT_CHECKPOINTS[0].name if download.DEFAULT_CHECKPOINTS else None,
+        )
+        fetch = gr.Button("Download")
+    message = gr.Markdown()
+
+    def after():
+        services.catalog.refresh()
+        return model_rows(services), refresh_choices()
+
+    rescan.click(after, outputs=[table, checkpoint_dropdown])
+    demo.click(lambda: create_demo_models(services), outputs=message).then(
+        after, outputs=[table, checkpoint_dropdown]
+    )
+    fetch.click(
+        lambda n, progress=gr.Progress(): download_default(services, n, progress), inputs=default, outputs=message
+    ).then(after, outputs=[table, checkpoint_dropdown])
