@@ -61,7 +61,7 @@ def build(services: Any, on_change: tuple[Any, Any]) -> None:
     with gr.Row():
         default = gr.Dropdown(
             label="Download a default checkpoint (needs internet)",
-            choices=[d.name for d in download.DEFAULT_CHECKPOINTS],
+            choices=[(d.label, d.name) for d in download.DEFAULT_CHECKPOINTS],
             value=download.DEFAULT_CHECKPOINTS[0].name if download.DEFAULT_CHECKPOINTS else None,
         )
         fetch = gr.Button("Download")
