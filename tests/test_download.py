@@ -354,3 +354,14 @@ def test_default_table_is_well_formed(tmp_path: Path) -> None:
     assert find_default("sdxl").family == "sdxl"
     with pytest.raises(KeyError, match="sd15"):
         find_default("sd9")
+
+
+def test_t5_tokenizer_is_fetched_once_into_its_folder(server: ServedFile, tmp_path: Path) -> None:
+    base = server.url.rsplit("/", 1)[0]
+    dest = tmp_path / "models" / "text_encoder" / "t5_tokenizer"
+    files = (("model.bin", len(server.data), server.sha256),)  # the server's one file stands in for spiece.model
+    assert dl.download_t5_tokenizer(dest, base_url=base, files=files, timeout=TIMEOUT) == dest
+    assert (dest / "model.bin").read_bytes() == server.data
+    assert "T5Tokenizer" in (dest / "tokenizer_config.json").read_text()
+    dl.download_t5_tokenizer(dest, base_url=base, files=files, timeout=TIMEOUT)
+    assert server.ranges == [None]  # the second call found everything in place

@@ -141,6 +141,42 @@ def download_default(
     )
 
 
+# The T5 tokenizer SD3 needs (Apache-2.0; the same SentencePiece model as every T5 v1.1).
+# It cannot be generated: its vocabulary was learned. Fetched once, into the folder the
+# loader looks in (settings: t5_tokenizer_dir, default models/text_encoder/t5_tokenizer).
+T5_TOKENIZER_BASE_URL = "https://huggingface.co/google/t5-v1_1-xxl/resolve/main"
+T5_TOKENIZER_FILES: tuple[tuple[str, int | None, str | None], ...] = (
+    ("spiece.model", 791_656, "d60acb128cf7b7f2536e8f38a5b18a05535c9e14c7a355904270e15b0945ea86"),
+)
+T5_TOKENIZER_CONFIG = (
+    '{"tokenizer_class": "T5Tokenizer", "model_max_length": 512, "extra_ids": 100,'
+    ' "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}'
+)
+
+
+def download_t5_tokenizer(
+    dest_dir: Path | str,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    *,
+    base_url: str = T5_TOKENIZER_BASE_URL,
+    files: tuple[tuple[str, int | None, str | None], ...] = T5_TOKENIZER_FILES,
+    timeout: float = 60.0,
+) -> Path:
+    """Fetch the T5 tokenizer into ``dest_dir`` (hash-checked, resumable); skip files already there."""
+    dest_dir = Path(dest_dir)
+    for name, size, sha in files:
+        target = safe_destination(dest_dir.parent, dest_dir.name, name)
+        download_file(f"{base_url.rstrip('/')}/{name}", target, sha256=sha, expected_size=size,
+                      progress=progress, cancel=cancel, timeout=timeout)
+    config = dest_dir / "tokenizer_config.json"
+    if not config.exists():
+        tmp = config.with_name(config.name + ".tmp")
+        tmp.write_text(T5_TOKENIZER_CONFIG, encoding="utf-8")
+        os.replace(tmp, config)
+    return dest_dir
+
+
 def safe_destination(models_dir: Path | str, subfolder: str, file_name: str) -> Path:
     """``models_dir/subfolder/file_name``, refusing any name that could leave ``models_dir``.
 

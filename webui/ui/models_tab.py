@@ -47,6 +47,22 @@ def download_default(services: Any, name: str, progress: Any) -> str:
     return f"Downloaded {path.name}; pick it in the checkpoint list."
 
 
+def download_t5_tokenizer(services: Any, progress: Any) -> str:
+    from webui.models import download
+
+    dest = services.paths.t5_tokenizer_dir(services.settings)
+
+    def report(done: int, total: int | None) -> None:
+        if total:
+            progress(done / total, desc="T5 tokenizer")
+
+    try:
+        download.download_t5_tokenizer(dest, progress=report)
+    except download.DownloadError as exc:
+        return f"**Download failed:** {exc}"
+    return f"T5 tokenizer saved in {dest}; SD3 checkpoints load with T5 from now on."
+
+
 def build(services: Any, on_change: tuple[Any, Any]) -> None:
     import gradio as gr
 
@@ -65,6 +81,7 @@ def build(services: Any, on_change: tuple[Any, Any]) -> None:
             value=download.DEFAULT_CHECKPOINTS[0].name if download.DEFAULT_CHECKPOINTS else None,
         )
         fetch = gr.Button("Download")
+        fetch_t5 = gr.Button("Download the T5 tokenizer (SD3)")
     message = gr.Markdown()
 
     def after():
@@ -78,3 +95,4 @@ def build(services: Any, on_change: tuple[Any, Any]) -> None:
     fetch.click(
         lambda n, progress=gr.Progress(): download_default(services, n, progress), inputs=default, outputs=message
     ).then(after, outputs=[table, checkpoint_dropdown])
+    fetch_t5.click(lambda progress=gr.Progress(): download_t5_tokenizer(services, progress), outputs=message)
