@@ -130,6 +130,9 @@ def main(argv: list[str]) -> int:
     from webui.models.families import default_families
     from webui.models.manager import ModelManager
 
+    from webui.app import quiet_libraries
+
+    quiet_libraries()
     work = Path(args.work_dir)
     ckpts = work / "models" / "Stable-diffusion"
     for fam in families:

@@ -101,3 +101,14 @@ def fresh_tiny_pipe(_pristine_tiny_pipes):
         return copy.deepcopy(pipe, shared)
 
     return get
+
+
+# --- loader tests (tests/test_loader.py) ---------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def t5_tokenizer_dir(tmp_path_factory) -> Path:
+    """A folder holding the tiny stand-in T5 tokenizer (demo/test models only), built once."""
+    from webui.models.tokenizers import write_tiny_t5_tokenizer
+
+    return write_tiny_t5_tokenizer(tmp_path_factory.mktemp("t5") / "t5_tokenizer")

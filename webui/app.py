@@ -65,6 +65,15 @@ def prepare_environment(settings: Settings) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
+def quiet_libraries() -> None:
+    """Loading progress bars of diffusers/transformers clutter the log; the UI shows its own progress."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def build_services(settings: Settings, base: Path = ROOT) -> Services:
     from webui.models.catalog import ModelCatalog
     from webui.models.devices import resolve_device
@@ -135,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings, _args = load_settings(argv, base_dir=ROOT)
         prepare_environment(settings)
         services = build_services(settings)
+        quiet_libraries()
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
