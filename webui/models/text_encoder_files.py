@@ -1,0 +1,76 @@
+"""Text encoders from separate files (ComfyUI-style ``clip_l.safetensors``, ``t5xxl_fp16.safetensors``).
+
+The files hold transformers-layout keys, with or without the ``text_model.`` prefix. The
+model is built without allocating weights (accelerate's ``init_empty_weights``) and the
+file's tensors are assigned into it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from webui.models.families import FamilySpec
+from webui.models.safetensors_header import ModelFileError
+
+_CLIP_PREFIXES = ("text_encoders.clip_l.transformer.", "text_encoders.clip_g.transformer.")
+_T5_PREFIXES = ("text_encoders.t5xxl.transformer.",)
+
+
+def load_text_encoder_file(path: Path, config: Mapping[str, Any], family: FamilySpec, slot: str, dtype: Any) -> Any:
+    """A transformers text encoder (eval mode, ``dtype``) built from ``config`` with ``path``'s weights."""
+    import accelerate
+    import safetensors.torch
+    import torch
+    import transformers
+
+    cls = getattr(transformers, config["architectures"][0])
+    with accelerate.init_empty_weights():
+        model = cls(cls.config_class.from_dict(dict(config)))
+    tensors = safetensors.torch.load_file(str(path))
+    if any(k.endswith(".scale_weight") for k in tensors):
+        raise ModelFileError(path, "scaled-fp8 text encoder files are not supported; use the fp16 or plain fp8 file")
+    if slot == "t5xxl":
+        state = _t5_state(tensors, model)
+    else:
+        state = _clip_state(tensors, model)
+        if family.denoiser == "mmdit" and slot == "clip_l":
+            # SD3 uses CLIP-L's pooled output unprojected (diffusers does the same for single files)
+            state["text_projection.weight"] = torch.eye(config["hidden_size"])
+    model.load_state_dict(state, strict=False, assign=True)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    missing = [k for k, v in model.state_dict().items() if v.is_meta]
+    if missing:
+        raise ModelFileError(
+            path, f"the file lacks {len(missing)} weights of a {cls.__name__} (e.g. {missing[0]}); is it the right file?"
+        )
+    model.to(dtype)
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    if dtype == torch.float16 and keep:  # as transformers/diffusers do: T5's "wo" overflows in fp16
+        for name, param in model.named_parameters():
+            if any(part in keep for part in name.split(".")):
+                param.data = param.data.float()
+    return model.eval()
+
+
+def _clip_state(tensors: Mapping[str, Any], model: Any) -> dict:
+    core = {}
+    for key, t in tensors.items():
+        for prefix in _CLIP_PREFIXES:
+            key = key.removeprefix(prefix)
+        core[key.removeprefix("text_model.")] = t
+    return {k: core[k.removeprefix("text_model.")] for k in model.state_dict() if k.removeprefix("text_model.") in core}
+
+
+def _t5_state(tensors: Mapping[str, Any], model: Any) -> dict:
+    core = {}
+    for key, t in tensors.items():
+        for prefix in _T5_PREFIXES:
+            key = key.removeprefix(prefix)
+        core[key] = t
+    embed = core.get("shared.weight", core.get("encoder.embed_tokens.weight"))
+    if embed is not None:
+        core.setdefault("shared.weight", embed)
+        core.setdefault("encoder.embed_tokens.weight", embed)
+    return {k: core[k] for k in model.state_dict() if k in core}
