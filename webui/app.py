@@ -90,6 +90,13 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
     catalog.refresh()
     device = resolve_device(settings.device, settings.precision)
     families = default_families()
+
+    def hash_in_background(report) -> None:
+        # A1111 shows "name [short hash]"; hashing a 6 GB file takes a while, so never on the load path.
+        entry = catalog.find(report.name)
+        if entry.format != "diffusers":
+            threading.Thread(target=hashes.get, args=(entry.path,), name="hash", daemon=True).start()
+
     manager = ModelManager(
         catalog,
         device=device,
@@ -97,6 +104,7 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
         families=families,
         ram_cache_models=settings.ram_cache_models,
         t5_tokenizer_dir=paths.t5_tokenizer_dir(settings),
+        on_loaded=hash_in_background,
     )
     return Services(settings, paths, families, catalog, hashes, manager, device)
 

@@ -7,6 +7,17 @@ from typing import Any
 KINDS = ("checkpoint", "lora", "vae", "text_encoder")
 
 
+def _cached_short_hash(services: Any, entry: Any) -> str:
+    """A1111's short hash if it was computed already (on first load); never hashes here."""
+    if entry.format == "diffusers":
+        return ""
+    try:
+        sha = services.hashes.get(entry.path, compute=False)
+    except OSError:  # removed since the last scan
+        return ""
+    return sha[:10] if sha else ""
+
+
 def model_rows(services: Any) -> list[list[str]]:
     rows = []
     for kind in KINDS:
@@ -15,7 +26,8 @@ def model_rows(services: Any) -> list[list[str]]:
             if e.format == "ckpt" and not e.error:
                 status = str(e.info.get("note", "ok"))
             size = f"{e.size / 2**20:,.1f} MiB" if e.format != "diffusers" else "folder"
-            rows.append([kind.replace("_", " "), e.name, e.family or "", e.format, size, status])
+            short = _cached_short_hash(services, e)
+            rows.append([kind.replace("_", " "), e.name, e.family or "", e.format, size, short, status])
     return rows
 
 
@@ -69,7 +81,7 @@ def build(services: Any, on_change: tuple[Any, Any]) -> None:
     from webui.models import download
 
     refresh_choices, checkpoint_dropdown = on_change
-    headers = ["kind", "name", "family", "format", "size", "status"]
+    headers = ["kind", "name", "family", "format", "size", "hash", "status"]
     table = gr.Dataframe(value=model_rows(services), headers=headers, interactive=False, elem_id="model-table")
     with gr.Row():
         rescan = gr.Button("Rescan models folder")
