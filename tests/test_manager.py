@@ -23,6 +23,13 @@ def models_dir(tmp_path_factory, tiny_checkpoint):
     ckpts.mkdir()
     for family in FAMILIES:
         (ckpts / f"tiny-{family}.safetensors").symlink_to(tiny_checkpoint(family).path)
+    from tests.lora_files import write_kohya_unet_family
+    from webui.models.demo import build_tiny_pipeline
+    from webui.models.ldm_export import save_state_dict, vae_to_original
+
+    (root / "Lora").mkdir()
+    write_kohya_unet_family(tiny_checkpoint("sd15").pipe, root / "Lora" / "style15.safetensors")
+    save_state_dict(vae_to_original(build_tiny_pipeline("sd15", seed=7).vae), root / "VAE" / "other.safetensors")
     return root
 
 
@@ -85,3 +92,40 @@ def test_generation_after_swaps_matches_a_fresh_load(models_dir, tmp_path):
     for name in ("tiny-sd15", "tiny-sd3", "tiny-sd15", "tiny-sdxl", "tiny-sd15"):
         swapped.load(name)
     assert torch.equal(image(swapped), expected)
+
+
+def _image(pipe, **kw):
+    g = torch.Generator().manual_seed(3)
+    return pipe("a cat", num_inference_steps=2, height=64, width=64, generator=g, output_type="pt", **kw).images
+
+
+def test_loras_switch_without_reloading_and_wrong_family_is_refused(models_dir, tmp_path):
+    from webui.models.lora import LoraError
+
+    manager = _manager(models_dir, tmp_path)
+    manager.load("tiny-sd15")
+    unet = manager.pipeline().unet
+    base = _image(manager.pipeline())
+    applied = manager.apply_loras([("style15", 1.0)])
+    assert applied.active and manager.pipeline().unet is unet
+    with_lora = _image(manager.pipeline())
+    assert not torch.equal(with_lora, base)
+    assert torch.equal(_image(manager.pipeline("txt2img")), with_lora)
+    manager.apply_loras([])
+    assert torch.equal(_image(manager.pipeline()), base)
+    manager.load("tiny-sdxl")
+    with pytest.raises(LoraError, match="is for SD 1.5 but the loaded model is SDXL"):
+        manager.apply_loras([("style15", 0.8)])
+    with pytest.raises(KeyError, match="available: style15.safetensors"):
+        manager.apply_loras([("missing", 1.0)])
+
+
+def test_vae_override_reaches_every_task_and_restores(models_dir, tmp_path):
+    manager = _manager(models_dir, tmp_path)
+    manager.load("tiny-sd15")
+    own = manager.pipeline("img2img").vae
+    assert manager.set_vae("other") == "other.safetensors"
+    for task in ("txt2img", "img2img", "inpaint"):
+        assert manager.pipeline(task).vae is not own
+    manager.set_vae(None)
+    assert manager.pipeline("img2img").vae is own

@@ -35,6 +35,9 @@ class _Slot:
     loaded: Any  # webui.models.loader.LoadedModel
     tasks: dict[str, Any] = field(default_factory=dict)
     load_seconds: float = 0.0
+    # LoRA adapters live on this model's modules, so their bookkeeping lives with the model.
+    loras: Any = None
+    vae: Any = None  # webui.models.vae.VaeOverride while a VAE from models/VAE is in use
 
     @property
     def key(self) -> tuple[Path, int]:
@@ -113,10 +116,7 @@ class ModelManager:
 
     @property
     def loaded(self) -> Any:
-        slot = self._current
-        if slot is None:
-            raise ModelNotLoadedError("no checkpoint is loaded; pick one in the checkpoint list")
-        return slot.loaded
+        return self._require_slot().loaded
 
     def cached_names(self) -> list[str]:
         with self._lock:
@@ -169,16 +169,64 @@ class ModelManager:
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
         with self._lock:
-            slot = self._current
-            if slot is None:
-                raise ModelNotLoadedError("no checkpoint is loaded; pick one in the checkpoint list")
+            slot = self._require_slot()
             pipe = slot.tasks.get(task)
             if pipe is None:
                 pipe = derive_pipeline(slot.loaded.pipeline, slot.loaded.family.pipelines[task])
                 slot.tasks[task] = pipe
             return pipe
 
+    # -- LoRA and VAE --------------------------------------------------------
+    def apply_loras(self, requests: list[tuple[str, float]]) -> Any:
+        """Make exactly these LoRAs (catalog name, weight) active on the loaded model.
+
+        Adapters are loaded once and switched by weight; the checkpoint is never reloaded.
+        An empty list turns LoRA off. Raises ``LoraError`` for a LoRA that does not fit.
+        """
+        from webui.models.lora import inspect_lora
+        from webui.models.lora_manager import LoraManager
+        from webui.models.safetensors_header import read_header
+
+        with self._lock:
+            slot = self._require_slot()
+            infos = []
+            for name, weight in requests:
+                entry = self.catalog.find(name, kind="lora")
+                if entry.error:
+                    raise ValueError(entry.error)
+                infos.append((inspect_lora(read_header(entry.path)), weight))
+            if slot.loras is None:
+                slot.loras = LoraManager()
+            return slot.loras.apply(slot.loaded.pipeline, slot.loaded.family, infos)
+
+    def set_vae(self, name: str | None) -> str:
+        """Use a VAE from models/VAE (None or "" = the checkpoint's own); returns the VAE in use."""
+        from webui.models.vae import load_vae_override, restore_vae
+
+        with self._lock:
+            slot = self._require_slot()
+            pipe = slot.loaded.pipeline
+            if not name:
+                if slot.vae is not None:
+                    restore_vae(pipe, slot.vae)
+                    slot.vae = None
+                    slot.tasks.clear()
+                return "checkpoint's own VAE"
+            entry = self.catalog.find(name, kind="vae")
+            if entry.error:
+                raise ValueError(entry.error)
+            if slot.vae is not None and slot.vae.path == entry.path:
+                return entry.name
+            slot.vae = load_vae_override(entry.path, pipe, slot.loaded.family, active=slot.vae)
+            slot.tasks.clear()  # task pipelines are rebuilt around the new VAE
+            return entry.name
+
     # -- internals -------------------------------------------------------------
+    def _require_slot(self) -> _Slot:
+        if self._current is None:
+            raise ModelNotLoadedError("no checkpoint is loaded; pick one in the checkpoint list")
+        return self._current
+
     def _load_fresh(self, entry: CatalogEntry) -> Any:
         loader = self._loader
         if loader is None:
