@@ -21,6 +21,8 @@ from typing import Iterable, Mapping
 
 import torch
 
+from webui.models.ldm_names import RESNET_LDM_NAMES
+
 DM = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 
@@ -63,14 +65,7 @@ class ExportError(ValueError):
 
 # --- UNet ----------------------------------------------------------------------------------------
 
-_RESNET = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "time_emb_proj": "emb_layers.1",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "conv_shortcut": "skip_connection",
-}
+_RESNET = RESNET_LDM_NAMES
 _UNET_TOP = {
     "time_embedding.linear_1": "time_embed.0",
     "time_embedding.linear_2": "time_embed.2",

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from webui.models.ldm_names import RESNET_LDM_NAMES
+
 KOHYA_PREFIXES = {
     "lora_te1_": "text_encoder",
     "lora_te2_": "text_encoder_2",
@@ -242,14 +244,7 @@ def family_group(layers: list[LoraLayer]) -> str:
 
 # --- mapping kohya names onto a loaded model ----------------------------------------------------------
 
-_RESNET_SGM = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "time_emb_proj": "emb_layers.1",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "conv_shortcut": "skip_connection",
-}
+_RESNET_SGM = RESNET_LDM_NAMES
 _UNET_TOP_SGM = {
     "conv_in": "input_blocks.0.0",
     "conv_out": "out.2",
