@@ -8,8 +8,10 @@ modules: one set of weights, no copy, no dtype change.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import inspect
+import sys
 import logging
 import threading
 import time
@@ -51,6 +53,16 @@ class LoadReport:
     seconds: float
     from_cache: bool
     notes: tuple[str, ...]
+
+
+def _return_freed_memory_to_os() -> None:
+    """glibc keeps freed model weights in its heap; hand them back so RSS falls after a swap."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to do
+        pass
 
 
 def derive_pipeline(pipe: Any, class_name: str) -> Any:
@@ -271,6 +283,7 @@ class ModelManager:
             import torch
 
             torch.cuda.empty_cache()
+        _return_freed_memory_to_os()
 
     @staticmethod
     def _report(slot: _Slot, seconds: float, from_cache: bool) -> LoadReport:
