@@ -7,7 +7,6 @@ config folders (webui.models.ldm_config). Real-size configs are checked on the m
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

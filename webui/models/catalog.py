@@ -10,7 +10,6 @@ for a bad file.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass, field

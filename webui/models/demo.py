@@ -29,28 +29,6 @@ PIPELINE_CLASSES: dict[str, tuple[str, str | None]] = {
 FAMILIES = tuple(PIPELINE_CLASSES)
 DEMO_FAMILIES = ("sd15", "sdxl", "sd3")
 
-# The real families' scheduler configs (what their diffusers repos ship).
-_SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
-SCHEDULERS: dict[str, tuple[str, dict]] = {
-    "sd15": (
-        "PNDMScheduler",
-        {**_SD_BETAS, "skip_prk_steps": True, "steps_offset": 1, "set_alpha_to_one": False},
-    ),
-    "sdxl": (
-        "EulerDiscreteScheduler",
-        {
-            **_SD_BETAS,
-            "prediction_type": "epsilon",
-            "interpolation_type": "linear",
-            "use_karras_sigmas": False,
-            "timestep_spacing": "leading",
-            "steps_offset": 1,
-        },
-    ),
-    "sd3": ("FlowMatchEulerDiscreteScheduler", {"num_train_timesteps": 1000, "shift": 3.0}),
-}
-_SCHEDULER_OF = {"sd15": "sd15", "sdxl": "sdxl", "sdxl_refiner": "sdxl", "sd3": "sd3", "sd35_medium": "sd3", "sd35_large": "sd3"}
-
 # Tiny text encoders. CLIP-L and OpenCLIP-G MUST differ in width: diffusers picks the weights
 # of each by position-embedding width.
 CLIP_L_HIDDEN = 64
@@ -212,10 +190,14 @@ def _mmdit(family: str):
 
 
 def _scheduler(family: str):
+    """The family's real scheduler, from the same table the loader writes config folders from."""
     import diffusers
 
-    cls_name, config = SCHEDULERS[_SCHEDULER_OF[family]]
-    return getattr(diffusers, cls_name)(**config)
+    from webui.models.families import default_families
+    from webui.models.ldm_config import scheduler_config
+
+    config = scheduler_config(default_families().get(family))
+    return getattr(diffusers, config.pop("_class_name")).from_config(config)
 
 
 def _sd15_parts(inpaint: bool) -> dict:

@@ -538,12 +538,13 @@ def pipeline_class_name(detection: Detection, family: FamilySpec) -> str:
     return family.pipelines["inpaint" if detection.inpaint and family.denoiser == "unet" else "txt2img"]
 
 
-def scheduler_config(detection: Detection, family: FamilySpec) -> dict:
+def scheduler_config(family: FamilySpec, variant: str = "") -> dict:
+    """The family's original scheduler config (what its diffusers repository ships)."""
     config = dict(_SCHEDULERS[family.pipelines["txt2img"]])
     if family.is_flow:
         config["shift"] = float(family.reference.get("shift", 3.0))
     else:
-        v = family.prediction == "v" or detection.variant == "v_pred"
+        v = family.prediction == "v" or variant == "v_pred"
         config["prediction_type"] = "v_prediction" if v else "epsilon"
     return config
 
@@ -569,7 +570,7 @@ def infer_configs(
         configs = {"unet": _unet_config(shapes, family)}
     configs["vae"] = _vae_config(shapes, family)
     configs.update(_text_encoder_configs(shapes, family, text_encoder_shapes or {}))
-    configs["scheduler"] = scheduler_config(detection, family)
+    configs["scheduler"] = scheduler_config(family, detection.variant)
     return configs
 
 
