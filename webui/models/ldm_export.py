@@ -21,36 +21,43 @@ from typing import Iterable, Mapping
 
 import torch
 
+from webui.models.detect import (
+    DM,
+    REFINER_CLIP_G,
+    SD1_CLIP_L,
+    SD3_TE,
+    SDXL_CLIP_G,
+    SDXL_CLIP_L,
+    VAE_PREFIX,
+)
 from webui.models.ldm_names import RESNET_LDM_NAMES
 
-DM = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
 
 # family -> {part: (pipeline attribute, key prefix, layout)}
 _LAYOUTS: dict[str, dict[str, tuple[str, str, str]]] = {
     "sd15": {
         "unet": ("unet", DM, "unet"),
         "vae": ("vae", VAE_PREFIX, "vae"),
-        "clip_l": ("text_encoder", "cond_stage_model.transformer.", "hf_clip"),
+        "clip_l": ("text_encoder", SD1_CLIP_L, "hf_clip"),
     },
     "sdxl": {
         "unet": ("unet", DM, "unet"),
         "vae": ("vae", VAE_PREFIX, "vae"),
-        "clip_l": ("text_encoder", "conditioner.embedders.0.transformer.", "hf_clip"),
-        "clip_g": ("text_encoder_2", "conditioner.embedders.1.model.", "open_clip"),
+        "clip_l": ("text_encoder", SDXL_CLIP_L, "hf_clip"),
+        "clip_g": ("text_encoder_2", SDXL_CLIP_G, "open_clip"),
     },
     "sdxl_refiner": {
         "unet": ("unet", DM, "unet"),
         "vae": ("vae", VAE_PREFIX, "vae"),
-        "clip_g": ("text_encoder_2", "conditioner.embedders.0.model.", "open_clip"),
+        "clip_g": ("text_encoder_2", REFINER_CLIP_G, "open_clip"),
     },
 }
 _SD3_LAYOUT = {
     "transformer": ("transformer", DM, "mmdit"),
     "vae": ("vae", VAE_PREFIX, "vae"),
-    "clip_l": ("text_encoder", "text_encoders.clip_l.transformer.", "hf_clip"),
-    "clip_g": ("text_encoder_2", "text_encoders.clip_g.transformer.", "hf_clip"),
-    "t5xxl": ("text_encoder_3", "text_encoders.t5xxl.transformer.", "t5"),
+    "clip_l": ("text_encoder", SD3_TE["clip_l"] + "transformer.", "hf_clip"),
+    "clip_g": ("text_encoder_2", SD3_TE["clip_g"] + "transformer.", "hf_clip"),
+    "t5xxl": ("text_encoder_3", SD3_TE["t5xxl"] + "transformer.", "t5"),
 }
 for _family in ("sd3", "sd35_medium", "sd35_large"):
     _LAYOUTS[_family] = _SD3_LAYOUT

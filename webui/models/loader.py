@@ -203,10 +203,10 @@ def _plan_t5(detection: Detection, family: FamilySpec, ctx: _Context, parts: _Te
 
 
 def _separate_text_encoder(file: Path, family: FamilySpec, slot: str, ctx: _Context, parts: _TextParts) -> Any:
-    from webui.models.text_encoder_files import load_text_encoder_file
+    from webui.models.text_encoder_files import load_text_encoder_file, strip_checkpoint_prefix
 
     header = guard(file, lambda: read_header(file))
-    shapes = {_strip_te_prefix(k): t.shape for k, t in header.tensors.items()}
+    shapes = {strip_checkpoint_prefix(k): t.shape for k, t in header.tensors.items()}
     layout = "t5" if slot == "t5xxl" else "hf"
     config = guard(file, lambda: text_encoder_config(shapes, family, slot, layout=layout))
     if config is None:
@@ -216,16 +216,6 @@ def _separate_text_encoder(file: Path, family: FamilySpec, slot: str, ctx: _Cont
     parts.shapes[slot] = shapes
     parts.notes.append(f"{TEXT_ENCODERS[slot].label} loaded from {file.name}")
     return guard(file, lambda: load_text_encoder_file(file, config, family, slot, ctx.dtype))
-
-
-_TE_FILE_PREFIXES = ("text_encoders.clip_l.transformer.", "text_encoders.clip_g.transformer.", "text_encoders.t5xxl.transformer.")
-
-
-def _strip_te_prefix(key: str) -> str:
-    for prefix in _TE_FILE_PREFIXES:
-        if key.startswith(prefix):
-            return key[len(prefix) :]
-    return key
 
 
 # --- pickle files ------------------------------------------------------------------------------

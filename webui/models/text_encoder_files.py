@@ -10,11 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from webui.models.detect import SD3_TE
 from webui.models.families import FamilySpec
 from webui.models.safetensors_header import ModelFileError
 
-_CLIP_PREFIXES = ("text_encoders.clip_l.transformer.", "text_encoders.clip_g.transformer.")
-_T5_PREFIXES = ("text_encoders.t5xxl.transformer.",)
+# A text encoder cut out of an SD3 checkpoint keeps its prefix there: text_encoders.<slot>.transformer.
+_SD3_FILE_PREFIXES = tuple(prefix + "transformer." for prefix in SD3_TE.values())
+
+
+def strip_checkpoint_prefix(key: str) -> str:
+    """The transformers key of a text encoder tensor, without an SD3 checkpoint's prefix."""
+    for prefix in _SD3_FILE_PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return key
 
 
 def load_text_encoder_file(path: Path, config: Mapping[str, Any], family: FamilySpec, slot: str, dtype: Any) -> Any:
@@ -57,18 +66,14 @@ def load_text_encoder_file(path: Path, config: Mapping[str, Any], family: Family
 def _clip_state(tensors: Mapping[str, Any], model: Any) -> dict:
     core = {}
     for key, t in tensors.items():
-        for prefix in _CLIP_PREFIXES:
-            key = key.removeprefix(prefix)
-        core[key.removeprefix("text_model.")] = t
+        core[strip_checkpoint_prefix(key).removeprefix("text_model.")] = t
     return {k: core[k.removeprefix("text_model.")] for k in model.state_dict() if k.removeprefix("text_model.") in core}
 
 
 def _t5_state(tensors: Mapping[str, Any], model: Any) -> dict:
     core = {}
     for key, t in tensors.items():
-        for prefix in _T5_PREFIXES:
-            key = key.removeprefix(prefix)
-        core[key] = t
+        core[strip_checkpoint_prefix(key)] = t
     embed = core.get("shared.weight", core.get("encoder.embed_tokens.weight"))
     if embed is not None:
         core.setdefault("shared.weight", embed)
