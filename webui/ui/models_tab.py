@@ -43,9 +43,10 @@ def create_demo_models(services: Any) -> str:
 def download_default(services: Any, name: str, progress: Any) -> str:
     from webui.models import download
 
-    entry = next((d for d in download.DEFAULT_CHECKPOINTS if d.name == name), None)
-    if entry is None:
-        return f"Unknown default checkpoint {name!r}."
+    try:
+        entry = download.find_default(name)
+    except KeyError as exc:
+        return f"**Cannot download:** {exc}"
 
     def report(done: int, total: int | None) -> None:
         if total:
