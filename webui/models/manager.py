@@ -267,7 +267,6 @@ class ModelManager:
                 self._to_device(slot, "cpu")
             self._ram[slot.key] = slot
             self._trim_ram_cache()
-        del slot
 
     def _trim_ram_cache(self) -> None:
         while len(self._ram) > self._ram_cache_models:
