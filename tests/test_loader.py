@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from webui.models.config_folder import write_config_folder
 from webui.models.detect import detect_checkpoint
 from webui.models.families import default_families
-from webui.models.ldm_config import infer_configs, write_config_folder
+from webui.models.ldm_config import infer_configs
 from webui.models.loader import ModelLoadError, header_from_state_dict, load_checkpoint
 
 FAMILIES = ["sd15", "sdxl", "sdxl_refiner", "sd3"]

@@ -17,16 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from webui.models.config_folder import t5_tokenizer_files, write_config_folder
 from webui.models.detect import Detection, detect_checkpoint
 from webui.models.families import TEXT_ENCODERS, FamilySpec, default_families
-from webui.models.ldm_config import (
-    ConfigInferenceError,
-    pipeline_class_name,
-    t5_tokenizer_files,
-    text_encoder_config,
-    text_slots,
-    write_config_folder,
-)
+from webui.models.ldm_config import ConfigInferenceError, pipeline_class_name, text_encoder_config, text_slots
 from webui.models.safetensors_header import ModelFileError, SafetensorsHeader, TensorInfo, read_header
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from webui.models.config_folder import t5_tokenizer_files
 from webui.models.detect import Detection
 from webui.models.families import FamilySpec
-from webui.models.ldm_config import t5_tokenizer_files, text_slots
+from webui.models.ldm_config import text_slots
 from webui.models.loader import T5_TOKENIZER_DIR, LoadedModel, ModelLoadError, guard, finish
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")

@@ -1,0 +1,157 @@
+"""The weight-less diffusers folder that ``Pipeline.from_single_file(path, config=folder)`` needs.
+
+Built from the configs ``ldm_config.infer_configs`` reads off a checkpoint's shapes, plus
+the CLIP tokenizers (bundled vocabulary) and, when found, the user's T5 tokenizer. Folders
+are cached by content hash and written atomically (temp folder + rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Mapping
+
+from webui.models.detect import Detection
+from webui.models.families import TEXT_ENCODERS, FamilySpec
+from webui.models.ldm_config import TEXT_SLOTS, Shapes, infer_configs, pipeline_class_name, text_slots
+
+# Bump when the folder layout or the config rules change, so stale cached folders are not reused.
+FOLDER_FORMAT = 1
+T5_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "spiece.model",
+    "added_tokens.json",
+)
+
+# Components some pipelines accept that we never load (written as null).
+_NULL_COMPONENTS: Mapping[str, tuple[str, ...]] = {
+    "StableDiffusionPipeline": ("safety_checker", "feature_extractor", "image_encoder"),
+    "StableDiffusionXLPipeline": ("image_encoder", "feature_extractor"),
+    "StableDiffusionXLImg2ImgPipeline": ("image_encoder", "feature_extractor"),
+    "StableDiffusion3Pipeline": ("image_encoder", "feature_extractor"),
+}
+_PIPELINE_FLAGS: Mapping[str, Mapping[str, object]] = {
+    "StableDiffusionPipeline": {"requires_safety_checker": False},
+    "StableDiffusionXLPipeline": {"force_zeros_for_empty_prompt": True},
+    "StableDiffusionXLImg2ImgPipeline": {"requires_aesthetics_score": True, "force_zeros_for_empty_prompt": False},
+    "StableDiffusion3Pipeline": {},
+}
+
+
+
+def model_index(
+    detection: Detection, family: FamilySpec, configs: Mapping[str, dict], *, with_t5_tokenizer: bool
+) -> dict:
+    import diffusers
+
+    base = family.pipelines["txt2img"]
+    index: dict = {"_class_name": pipeline_class_name(detection, family), "_diffusers_version": diffusers.__version__}
+    index.update(_PIPELINE_FLAGS[base])
+    denoiser = "transformer" if family.denoiser == "mmdit" else "unet"
+    index[denoiser] = ["diffusers", configs[denoiser]["_class_name"]]
+    index["vae"] = ["diffusers", "AutoencoderKL"]
+    index["scheduler"] = ["diffusers", configs["scheduler"]["_class_name"]]
+    present = text_slots(family)
+    for slot, name in TEXT_SLOTS[base].items():
+        tok = name.replace("text_encoder", "tokenizer")
+        if slot in present:
+            index[name] = ["transformers", configs[name]["architectures"][0]]
+            if slot != "t5xxl":
+                index[tok] = ["transformers", "CLIPTokenizer"]
+            else:
+                index[tok] = ["transformers", "T5TokenizerFast"] if with_t5_tokenizer else [None, None]
+        elif name not in index:
+            index[name] = [None, None]
+            index[tok] = [None, None]
+    for name in _NULL_COMPONENTS[base]:
+        index[name] = [None, None]
+    return index
+
+
+def t5_tokenizer_files(t5_tokenizer_dir: Path | None) -> list[Path]:
+    """The tokenizer files found in a T5 tokenizer folder (empty if none usable)."""
+    if t5_tokenizer_dir is None or not Path(t5_tokenizer_dir).is_dir():
+        return []
+    files = [Path(t5_tokenizer_dir) / n for n in T5_TOKENIZER_FILES if (Path(t5_tokenizer_dir) / n).is_file()]
+    names = {f.name for f in files}
+    return files if names & {"tokenizer.json", "spiece.model"} else []
+
+
+def write_config_folder(
+    dest: Path,
+    detection: Detection,
+    family: FamilySpec,
+    shapes: Shapes,
+    t5_tokenizer_dir: Path | None,
+    *,
+    text_encoder_shapes: Mapping[str, Shapes] | None = None,
+) -> Path:
+    """Write (or reuse) the weight-less diffusers folder for a checkpoint; return its path.
+
+    ``dest`` is the cache directory: the folder is ``dest/<family>-<hash>``, where the hash
+    covers the configs and the T5 tokenizer files, so files with the same architecture share
+    one folder. Written into a temp folder and renamed, so a reader never sees half a folder.
+    ``tokenizer_3`` is filled only when ``t5_tokenizer_dir`` holds usable tokenizer files.
+    """
+    configs = infer_configs(shapes, detection, family, text_encoder_shapes=text_encoder_shapes)
+    t5_files = t5_tokenizer_files(t5_tokenizer_dir) if "t5xxl" in family.text_encoders else []
+    index = model_index(detection, family, configs, with_t5_tokenizer=bool(t5_files))
+    digest = hashlib.sha256()
+    digest.update(json.dumps([FOLDER_FORMAT, family.id, index, configs], sort_keys=True).encode())
+    for f in t5_files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    dest = Path(dest)
+    folder = dest / f"{family.id}-{digest.hexdigest()[:20]}"
+    if (folder / "model_index.json").is_file():
+        return folder
+    dest.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_dirs(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{family.id}-", dir=dest))
+    try:
+        _fill_folder(tmp, family, configs, index, t5_files)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "model_index.json").is_file():  # not a lost race with another writer
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _remove_stale_temp_dirs(dest: Path, max_age_s: float = 3600.0) -> None:
+    """Temp folders left by a writer that crashed (a live writer finishes in well under an hour)."""
+    now = time.time()
+    for tmp in dest.glob(".tmp-*"):
+        try:
+            if tmp.is_dir() and now - tmp.stat().st_mtime > max_age_s:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _fill_folder(tmp: Path, family: FamilySpec, configs: Mapping[str, dict], index: dict, t5_files: list[Path]) -> None:
+    from webui.models.tokenizers import write_clip_tokenizer
+
+    for name, config in configs.items():
+        (tmp / name).mkdir()
+        filename = "scheduler_config.json" if name == "scheduler" else "config.json"
+        (tmp / name / filename).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+    for slot, name in text_slots(family).items():
+        tok = tmp / name.replace("text_encoder", "tokenizer")
+        if slot == "t5xxl":
+            if t5_files:
+                tok.mkdir()
+                for f in t5_files:
+                    shutil.copyfile(f, tok / f.name)
+        else:
+            write_clip_tokenizer(tok, TEXT_ENCODERS[slot].pad_token)
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True), encoding="utf-8")
