@@ -98,8 +98,8 @@ def build(services: Any, on_change: tuple[Any, Any]) -> None:
     message = gr.Markdown()
 
     def after():
-        services.catalog.refresh()
-        return model_rows(services), refresh_choices()
+        choices = refresh_choices()  # rescans the models folder once, for the table too
+        return model_rows(services), choices
 
     rescan.click(after, outputs=[table, checkpoint_dropdown])
     demo.click(lambda: create_demo_models(services), outputs=message).then(
