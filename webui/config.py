@@ -44,6 +44,9 @@ class Settings:
     # Where the T5 tokenizer for SD3 is looked for (spiece.model or tokenizer.json),
     # relative to models_dir unless absolute.
     t5_tokenizer_dir: str = "text_encoder/t5_tokenizer"
+    # Generation: live preview every N steps (0 = off); the largest width/height a request may ask for.
+    preview_every: int = 5
+    max_image_size: int = 2048
     # Never touch the network for models (downloads of the default checkpoint excepted).
     offline: bool = True
     skip_install: bool = False
@@ -106,6 +109,10 @@ def _validate(settings: Settings) -> Settings:
         raise SettingsError(f"--port must be between 1 and 65535, got {settings.port}")
     if settings.ram_cache_models < 0:
         raise SettingsError("ram_cache_models must be 0 or more")
+    if settings.preview_every < 0:
+        raise SettingsError("preview_every must be 0 (off) or more")
+    if not 64 <= settings.max_image_size <= 16384 or settings.max_image_size % 8:
+        raise SettingsError(f"max_image_size must be a multiple of 8 between 64 and 16384, got {settings.max_image_size}")
     return settings
 
 
@@ -130,6 +137,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, help="weights precision (default auto)")
     p.add_argument("--ram-cache-models", type=int, help="checkpoints kept in RAM for fast switching (default 0)")
     p.add_argument("--default-model", help="checkpoint loaded for the first generation")
+    p.add_argument("--preview-every", type=int, help="live preview every N steps, 0 = off (default 5)")
+    p.add_argument("--max-image-size", type=int, help="largest width/height a request may ask for (default 2048)")
     p.add_argument(
         "--skip-install",
         action="store_const",
@@ -158,6 +167,8 @@ _CLI_TO_FIELD = {
     "precision": "precision",
     "ram_cache_models": "ram_cache_models",
     "default_model": "default_model",
+    "preview_every": "preview_every",
+    "max_image_size": "max_image_size",
     "skip_install": "skip_install",
 }
 

@@ -35,6 +35,8 @@ class FamilySpec:
     lora_group: str
     default_steps: int = 20
     default_cfg: float = 7.0
+    # (width, height) sizes the model was trained on; the UI offers them as presets.
+    resolution_presets: tuple[tuple[int, int], ...] = ()
     # Configuration values of the reference model; the loader overrides any that
     # the checkpoint's tensor shapes say are different.
     reference: Mapping[str, object] = field(default_factory=dict)
@@ -87,6 +89,22 @@ def default_families() -> Registry[FamilySpec]:
     return reg
 
 
+# SD1.5: its 512 base and the common portrait/landscape sizes that stay near 512x512 pixels.
+_SD15_SIZES = ((512, 512), (512, 768), (768, 512), (448, 640), (640, 448), (576, 768), (768, 576))
+_SD2_SIZES = ((768, 768), (640, 896), (896, 640), (512, 512))
+# SDXL's trained aspect buckets (about one megapixel each, SDXL report appendix); SD3 was trained on the same set.
+_MEGAPIXEL_BUCKETS = (
+    (1024, 1024),
+    (1152, 896),
+    (896, 1152),
+    (1216, 832),
+    (832, 1216),
+    (1344, 768),
+    (768, 1344),
+    (1536, 640),
+    (640, 1536),
+)
+
 _BUILTIN = (
     FamilySpec(
         id="sd15",
@@ -100,6 +118,7 @@ _BUILTIN = (
         vae_shift_factor=None,
         text_encoders=("clip_l",),
         lora_group="sd15",
+        resolution_presets=_SD15_SIZES,
         reference={"cross_attention_dim": 768, "heads": 8},
     ),
     FamilySpec(
@@ -114,6 +133,7 @@ _BUILTIN = (
         vae_shift_factor=None,
         text_encoders=("openclip_h",),
         lora_group="sd2",
+        resolution_presets=_SD2_SIZES,
         reference={"cross_attention_dim": 1024, "head_dim": 64},
     ),
     FamilySpec(
@@ -130,6 +150,7 @@ _BUILTIN = (
         lora_group="sdxl",
         default_steps=25,
         default_cfg=6.0,
+        resolution_presets=_MEGAPIXEL_BUCKETS,
         reference={"cross_attention_dim": 2048, "head_dim": 64},
     ),
     FamilySpec(
@@ -150,6 +171,7 @@ _BUILTIN = (
         lora_group="sdxl_refiner",
         default_steps=25,
         default_cfg=6.0,
+        resolution_presets=_MEGAPIXEL_BUCKETS,
         reference={"cross_attention_dim": 1280, "head_dim": 64},
     ),
     FamilySpec(
@@ -166,6 +188,7 @@ _BUILTIN = (
         lora_group="sd3",
         default_steps=28,
         default_cfg=7.0,
+        resolution_presets=_MEGAPIXEL_BUCKETS,
         reference={"head_dim": 64, "shift": 3.0},
     ),
     FamilySpec(
@@ -182,6 +205,7 @@ _BUILTIN = (
         lora_group="sd35_medium",
         default_steps=40,
         default_cfg=4.5,
+        resolution_presets=_MEGAPIXEL_BUCKETS,
         reference={"head_dim": 64, "shift": 3.0},
     ),
     FamilySpec(
@@ -198,6 +222,7 @@ _BUILTIN = (
         lora_group="sd35_large",
         default_steps=28,
         default_cfg=3.5,
+        resolution_presets=_MEGAPIXEL_BUCKETS,
         reference={"head_dim": 64, "shift": 3.0},
     ),
 )

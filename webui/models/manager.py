@@ -40,6 +40,14 @@ class _Slot:
     # LoRA adapters live on this model's modules, so their bookkeeping lives with the model.
     loras: Any = None
     vae: Any = None  # webui.models.vae.VaeOverride while a VAE from models/VAE is in use
+    # The checkpoint's scheduler config as loaded: every sampler is built from it, never from a
+    # scheduler a previous job replaced.
+    scheduler_config: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.scheduler_config:
+            scheduler = getattr(self.loaded.pipeline, "scheduler", None)
+            self.scheduler_config = dict(getattr(scheduler, "config", {}))
 
     @property
     def key(self) -> tuple[Path, int]:
@@ -114,6 +122,8 @@ class ModelManager:
         self._lock = threading.RLock()
         self._current: _Slot | None = None
         self._ram: "OrderedDict[tuple[Path, int], _Slot]" = OrderedDict()
+        # A second checkpoint used beside the active one (the SDXL refiner).
+        self._secondary: _Slot | None = None
 
     # -- state -----------------------------------------------------------------
     @property
@@ -173,7 +183,45 @@ class ModelManager:
     def unload(self) -> None:
         with self._lock:
             self._current = None
+            self._secondary = None
             self._ram.clear()
+        self._collect()
+
+    def scheduler_config(self, secondary: bool = False) -> dict:
+        """The scheduler config the active (or secondary) checkpoint came with."""
+        with self._lock:
+            slot = self._secondary if secondary else self._require_slot()
+            if slot is None:
+                raise ModelNotLoadedError("no secondary checkpoint is loaded")
+            return dict(slot.scheduler_config)
+
+    def secondary(self, name: str, task: str = "img2img") -> tuple[Any, FamilySpec]:
+        """A second checkpoint kept on the device beside the active one (SDXL refiner): (pipeline, family).
+
+        Loaded once and kept until another one is asked for or the manager unloads.
+        """
+        entry = self.catalog.find(name)
+        if entry.error:
+            raise ValueError(entry.error)
+        with self._lock:
+            slot = self._secondary
+            if slot is None or slot.key != (entry.path, entry.mtime_ns):
+                self._secondary = None
+                self._collect()
+                start = time.perf_counter()
+                slot = _Slot(entry, self._load_fresh(entry))
+                slot.load_seconds = time.perf_counter() - start
+                self._secondary = slot
+                log.info("loaded %s as secondary model in %.2f s", entry.name, slot.load_seconds)
+            pipe = slot.tasks.get(task)
+            if pipe is None:
+                pipe = derive_pipeline(slot.loaded.pipeline, slot.loaded.family.pipelines[task])
+                slot.tasks[task] = pipe
+            return pipe, slot.loaded.family
+
+    def release_secondary(self) -> None:
+        with self._lock:
+            self._secondary = None
         self._collect()
 
     def pipeline(self, task: str = "txt2img") -> Any:
@@ -210,6 +258,12 @@ class ModelManager:
             if slot.loras is None:
                 slot.loras = LoraManager()
             return slot.loras.apply(slot.loaded.pipeline, slot.loaded.family, infos)
+
+    def vae_name(self) -> str:
+        """The VAE override in use ('' = the checkpoint's own)."""
+        with self._lock:
+            slot = self._current
+            return slot.vae.path.stem if slot is not None and slot.vae is not None else ""
 
     def set_vae(self, name: str | None) -> str:
         """Use a VAE from models/VAE (None or "" = the checkpoint's own); returns the VAE in use."""

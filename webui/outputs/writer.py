@@ -38,6 +38,7 @@ CATEGORY_FOLDERS = {
 GRID_CATEGORIES = frozenset(name for name in CATEGORY_FOLDERS if name.endswith("-grids"))
 
 # fmt -> (PIL format, file extension)
+PNG_COMPRESS_LEVEL = 4
 IMAGE_FORMATS = {"png": ("PNG", "png"), "jpg": ("JPEG", "jpg"), "jpeg": ("JPEG", "jpg"), "webp": ("WEBP", "webp")}
 JPEG_QUALITY = 95
 EXIF_IFD = 0x8769
@@ -93,7 +94,8 @@ def _save_png(image: Any, infotext: str, fp: BinaryIO, quality: int) -> None:
     info = PngInfo()
     if infotext:
         info.add_text("parameters", infotext)  # tEXt when latin-1, else iTXt (UTF-8)
-    image.save(fp, format="PNG", pnginfo=info)
+    # zlib level 4: about 3x faster than PIL's default 6 on a 1024x1024 image for ~4% more bytes (ComfyUI's choice).
+    image.save(fp, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
 
 
 def _save_jpeg(image: Any, infotext: str, fp: BinaryIO, quality: int) -> None:

@@ -1,0 +1,506 @@
+"""The generation engine: turns one validated request into images, on the worker thread.
+
+It picks the checkpoint, activates the prompt's LoRAs, checks the sampler against the family,
+draws the noise from the seeds, runs the passes (first pass, SDXL refiner hand-off, hires fix,
+inpaint crop and paste-back), writes each image with its infotext and publishes progress. The
+queue (``service.py``) calls ``Engine.run``; nothing else touches the pipelines.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from webui.generation import passes
+from webui.generation.requests import GenerationRequest, Limits, RequestError, hires_size, validate_request
+from webui.generation.service import BatchSkipped, JobContext, JobInterrupted, JobResult
+
+log = logging.getLogger(__name__)
+
+VAE_NONE = ("", "Automatic", "None")
+
+
+@dataclass
+class _Job:
+    """Everything resolved for one request (defaults filled, model chosen, seeds drawn)."""
+
+    req: GenerationRequest
+    family: Any
+    pipe_task: str
+    sampler: str
+    schedule: str
+    steps: int
+    cfg: float
+    width: int
+    height: int
+    seeds: list[tuple[int, int]]
+    prompt: str
+    negative: str
+    loras: list[Any]
+    model_name: str = ""
+    model_hash: str = ""
+    vae_name: str = ""
+    lora_hashes: dict[str, str] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(
+        self,
+        manager: Any,
+        samplers: Any,
+        writer: Any,
+        hashes: Any = None,
+        limits: Limits | None = None,
+        default_model: str = "",
+    ) -> None:
+        self.manager = manager
+        self.samplers = samplers
+        self.writer = writer
+        self.hashes = hashes
+        self.limits = limits or Limits()
+        self.default_model = default_model
+
+    # -- entry point ------------------------------------------------------------
+    def run(self, request: GenerationRequest, ctx: JobContext) -> JobResult:
+        validate_request(request, self.limits)
+        job = self._resolve(request)
+        result = JobResult()
+        result.info = self._info(job, [], [])
+        total_images = request.total_images
+        ctx.plan(self._total_steps(job) * request.n_iter, total_images)
+        per_batch = request.batch_size
+        try:
+            for it in range(request.n_iter):
+                batch = job.seeds[it * per_batch : (it + 1) * per_batch]
+                try:
+                    ctx.check()
+                    images = self._run_batch(job, batch, ctx)
+                except BatchSkipped:
+                    result.skipped_batches += 1
+                    continue
+                self._collect(job, batch, images, result, it * per_batch)
+                ctx.image_done(len(images))
+                ctx.partial(result)
+        except JobInterrupted:
+            result.interrupted = True
+        result.info = self._info(job, result.seeds, result.infotexts)
+        return result
+
+    # -- resolving the request -----------------------------------------------
+    def _resolve(self, req: GenerationRequest) -> _Job:
+        from webui.generation.noise import image_seeds, resolve_seed
+        from webui.generation.prompts import extract_loras
+
+        self._ensure_model(req.sd_model_checkpoint)
+        family = self.manager.family
+        if req.sd_vae:
+            self._apply_vae(req.sd_vae)
+        sampler = req.sampler_name or self.samplers.default_sampler(family)
+        spec, schedule = self._check_sampler(family, req.task, sampler, req.scheduler, "sampler_name")
+        if req.enable_hr and req.hr_sampler_name:
+            self._check_sampler(
+                family, "img2img", req.hr_sampler_name, req.hr_scheduler or schedule.name, "hr_sampler_name"
+            )
+        width = req.width or family.default_size[0]
+        height = req.height or family.default_size[1]
+        if req.task != "txt2img" and not (req.width and req.height):
+            width, height = req.init_image.size[0] // 8 * 8, req.init_image.size[1] // 8 * 8
+        prompt, loras = extract_loras(req.prompt)
+        negative, _ = extract_loras(req.negative_prompt)
+        seed = resolve_seed(req.seed)
+        subseed = resolve_seed(req.subseed) if req.subseed_strength > 0 else max(req.subseed, -1)
+        if req.task != "txt2img" and req.subseed_strength > 0:
+            raise RequestError(
+                "subseed_strength", "variation seeds work for txt2img only for now; set the variation strength to 0"
+            )
+        job = _Job(
+            req=req,
+            family=family,
+            pipe_task=req.task,
+            sampler=spec.name,
+            schedule=schedule.name,
+            steps=req.steps or family.default_steps,
+            cfg=family.default_cfg if req.cfg_scale is None else req.cfg_scale,
+            width=width,
+            height=height,
+            seeds=image_seeds(seed, subseed, req.subseed_strength, req.batch_size, req.n_iter),
+            prompt=prompt,
+            negative=negative,
+            loras=loras,
+        )
+        self._apply_loras(job)
+        self._describe_model(job)
+        return job
+
+    def _check_sampler(self, family: Any, task: str, sampler: str, schedule: str, field_name: str) -> tuple:
+        from webui.generation.samplers import SamplerError
+
+        try:
+            return self.samplers.check(family, task, sampler, schedule)
+        except SamplerError as exc:
+            raise RequestError(field_name, str(exc)) from None
+
+    def _ensure_model(self, name: str) -> None:
+        manager = self.manager
+        if name:
+            try:
+                manager.load(name)
+            except KeyError as exc:
+                raise RequestError("sd_model_checkpoint", str(exc).strip("'\"")) from None
+            return
+        if manager.current_entry is not None:
+            return
+        usable = [e for e in manager.catalog.entries("checkpoint") if e.usable]
+        if not usable:
+            raise RequestError(
+                "sd_model_checkpoint",
+                "no checkpoint is installed; put a .safetensors file in models/Stable-diffusion "
+                "or use the Models tab to download one",
+            )
+        manager.load(self.default_model or usable[0])
+
+    def _apply_vae(self, name: str) -> None:
+        try:
+            self.manager.set_vae(None if name in VAE_NONE else name)
+        except KeyError as exc:
+            raise RequestError("sd_vae", str(exc).strip("'\"")) from None
+
+    def _apply_loras(self, job: _Job) -> None:
+        from webui.models.lora import LoraError
+
+        try:
+            self.manager.apply_loras([(tag.name, tag.weight) for tag in job.loras])
+        except KeyError as exc:
+            raise RequestError("prompt", f"{str(exc).strip(chr(39))} (from a <lora:...> tag)") from None
+        except LoraError as exc:
+            raise RequestError("prompt", str(exc)) from None
+        for tag in job.loras:
+            entry = self.manager.catalog.find(tag.name, kind="lora")
+            digest = self.hashes.get(entry.path, compute=True) if self.hashes else None
+            if digest:
+                job.lora_hashes[entry.stem] = digest[:12]
+
+    def _describe_model(self, job: _Job) -> None:
+        entry = self.manager.current_entry
+        job.model_name = entry.stem
+        if self.hashes is not None and entry.format != "diffusers":
+            digest = self.hashes.get(entry.path, compute=False)
+            job.model_hash = digest[:10] if digest else ""
+        job.vae_name = self.manager.vae_name()
+
+    def _total_steps(self, job: _Job) -> int:
+        req = job.req
+        if req.task == "txt2img":
+            total = job.steps
+            if req.enable_hr:
+                total += passes.steps_run(req.hr_second_pass_steps or job.steps, req.denoising_strength)
+            return total
+        return max(1, passes.steps_run(job.steps, req.denoising_strength))
+
+    # -- running one batch ------------------------------------------------------
+    def _run_batch(self, job: _Job, batch: list[tuple[int, int]], ctx: JobContext) -> list[Any]:
+        runners = {"txt2img": self._txt2img, "img2img": self._img2img, "inpaint": self._inpaint}
+        return runners[job.req.task](job, batch, ctx)
+
+    def _pass(
+        self,
+        job: _Job,
+        task: str,
+        ctx: JobContext,
+        *,
+        n: int,
+        pipe: Any = None,
+        family: Any = None,
+        sampler: str = "",
+        schedule: str = "",
+        prompt: str | None = None,
+        negative: str | None = None,
+        steps: int | None = None,
+        width: int = 0,
+        height: int = 0,
+        secondary: bool = False,
+        seed: int | None = None,
+    ) -> passes.PassInputs:
+        from webui.generation.conditioning import encode_prompts
+        from webui.generation.preview import latents_to_preview
+
+        family = family or job.family
+        pipe = pipe or self.manager.pipeline(task)
+        built = self.samplers.build(
+            self.manager.scheduler_config(secondary=secondary),
+            family,
+            task,
+            sampler or job.sampler,
+            schedule or job.schedule,
+            steps=steps or job.steps,
+            shift=job.req.shift or None,
+            seed=seed,  # SDE samplers draw their Brownian noise from it; without it they use the global RNG
+        )
+        req = job.req
+        cond = encode_prompts(
+            pipe,
+            family,
+            [job.prompt if prompt is None else prompt] * n,
+            [job.negative if negative is None else negative] * n,
+            clip_skip=req.clip_skip,
+            use_t5=req.use_t5,
+        )
+        width, height = width or job.width, height or job.height
+
+        def on_step(step: int, latents: Any) -> None:
+            ctx.on_step(step, latents, preview=lambda lat: latents_to_preview(lat, family))
+
+        return passes.PassInputs(
+            pipe=pipe,
+            family=family,
+            scheduler=built.scheduler,
+            call_kwargs=built.call_kwargs,
+            cond=cond,
+            steps=steps or job.steps,
+            cfg_scale=job.cfg,
+            width=width,
+            height=height,
+            on_step=on_step,
+            sdxl_conditioning=self._sdxl_conditioning(job, width, height),
+        )
+
+    @staticmethod
+    def _sdxl_conditioning(job: _Job, width: int, height: int) -> dict[str, Any]:
+        req = job.req
+        return {
+            "original_size": (req.original_height or height, req.original_width or width),
+            "target_size": (req.target_height or height, req.target_width or width),
+            "crops_coords_top_left": (req.crop_top, req.crop_left),
+        }
+
+    def _noise(self, job: _Job, batch: list[tuple[int, int]], width: int, height: int, pipe: Any) -> tuple[Any, list]:
+        """Initial noise of each image from its seed (and variation seed), plus the generators that drew it.
+
+        The same generators go to the pipeline, so an ancestral sampler's per-step noise continues
+        each image's own stream (A1111) instead of repeating the initial draw.
+        """
+        from webui.generation.noise import make_generators, make_noise
+
+        model = passes.denoiser(pipe)
+        seeds = [s for s, _ in batch]
+        generators = make_generators(seeds, device=model.device, rng=job.req.rng)
+        noise = make_noise(
+            (job.family.latent_channels, height // 8, width // 8),
+            seeds,
+            [sub for _, sub in batch],
+            job.req.subseed_strength,
+            device=model.device,
+            dtype=model.dtype,
+            rng=job.req.rng,
+            generators=generators,
+        )
+        return noise, generators
+
+    def _generators(self, job: _Job, batch: list[tuple[int, int]]) -> list[Any]:
+        from webui.generation.noise import make_generators
+
+        return make_generators([s for s, _ in batch], device=self.manager.device.device, rng=job.req.rng)
+
+    def _txt2img(self, job: _Job, batch: list[tuple[int, int]], ctx: JobContext) -> list[Any]:
+        req = job.req
+        n = len(batch)
+        inputs = self._pass(job, "txt2img", ctx, n=n, seed=batch[0][0])
+        noise, generators = self._noise(job, batch, job.width, job.height, inputs.pipe)
+        ctx.begin_pass(job.steps, "txt2img")
+        if req.refiner_checkpoint:
+            latents = self._with_refiner(job, batch, ctx, inputs, noise, generators)
+            if not req.enable_hr:
+                return passes.decode_latents(inputs.pipe, latents)
+        elif req.enable_hr:
+            latents = passes.txt2img(inputs, noise, generators, output_type="latent")
+            ctx.finish_pass(job.steps)
+        else:
+            images = passes.txt2img(inputs, noise, generators)
+            ctx.finish_pass(job.steps)
+            return images
+        return self._hires(job, batch, ctx, inputs.pipe, latents)
+
+    def _with_refiner(
+        self, job: _Job, batch, ctx: JobContext, inputs: passes.PassInputs, noise: Any, generators: list
+    ) -> Any:
+        req = job.req
+        if job.family.id != "sdxl":
+            raise RequestError(
+                "refiner_checkpoint", f"the refiner hand-off needs an SDXL base model, not {job.family.label}"
+            )
+        try:
+            refiner_pipe, refiner_family = self.manager.secondary(req.refiner_checkpoint, "img2img")
+        except KeyError as exc:
+            raise RequestError("refiner_checkpoint", str(exc).strip("'\"")) from None
+        if refiner_family.id not in passes.SDXL_FAMILIES:
+            raise RequestError(
+                "refiner_checkpoint",
+                f"{req.refiner_checkpoint} is {refiner_family.label}; pick an SDXL refiner or base model",
+            )
+        switch = req.refiner_switch_at
+        latents = passes.txt2img(inputs, noise, generators, output_type="latent", denoising_end=switch)
+        ctx.finish_pass(max(1, round(job.steps * switch)))
+        refiner_inputs = self._pass(
+            job,
+            "img2img",
+            ctx,
+            n=len(batch),
+            pipe=refiner_pipe,
+            family=refiner_family,
+            secondary=True,
+            seed=batch[0][0],
+        )
+        ctx.begin_pass(max(1, job.steps - round(job.steps * switch)), "refiner")
+        out = passes.img2img(refiner_inputs, latents, 1.0, generators, output_type="latent", denoising_start=switch)
+        ctx.finish_pass(max(1, job.steps - round(job.steps * switch)))
+        return out
+
+    def _hires(self, job: _Job, batch, ctx: JobContext, pipe: Any, latents: Any) -> list[Any]:
+        from webui.generation.img_ops import resize_image
+
+        req = job.req
+        width, height = hires_size(job.width, job.height, req)
+        if req.hr_upscaler in passes.LATENT_UPSCALE_MODES:
+            image: Any = passes.upscale_latents(latents, width, height, req.hr_upscaler)
+        else:
+            image = [resize_image(im, width, height, 0) for im in passes.decode_latents(pipe, latents)]
+        steps = passes.steps_for_strength(req.hr_second_pass_steps or job.steps, req.denoising_strength)
+        inputs = self._pass(
+            job,
+            "img2img",
+            ctx,
+            n=len(batch),
+            sampler=req.hr_sampler_name,
+            schedule=req.hr_scheduler,
+            prompt=extract_text(req.hr_prompt) if req.hr_prompt else None,
+            negative=extract_text(req.hr_negative_prompt) if req.hr_negative_prompt else None,
+            steps=steps,
+            width=width,
+            height=height,
+            seed=batch[0][0],
+        )
+        run = passes.steps_run(steps, req.denoising_strength)
+        ctx.begin_pass(run, "hires fix")
+        images = passes.img2img(inputs, image, req.denoising_strength, self._generators(job, batch))
+        ctx.finish_pass(run)
+        return images
+
+    def _img2img(self, job: _Job, batch, ctx: JobContext) -> list[Any]:
+        from webui.generation.img_ops import resize_image
+
+        req = job.req
+        init = resize_image(req.init_image.convert("RGB"), job.width, job.height, req.resize_mode)
+        steps = passes.steps_for_strength(job.steps, req.denoising_strength)
+        inputs = self._pass(job, "img2img", ctx, n=len(batch), steps=steps, seed=batch[0][0])
+        run = passes.steps_run(steps, req.denoising_strength)
+        ctx.begin_pass(run, "img2img")
+        images = passes.img2img(inputs, [init] * len(batch), req.denoising_strength, self._generators(job, batch))
+        ctx.finish_pass(run)
+        return images
+
+    def _inpaint(self, job: _Job, batch, ctx: JobContext) -> list[Any]:
+        from webui.generation import inpaint as inpaint_ops
+
+        return inpaint_ops.run(self, job, batch, ctx)
+
+    # -- results ------------------------------------------------------------------
+    def _collect(self, job: _Job, batch, images: list[Any], result: JobResult, first_index: int) -> None:
+        from webui.generation.infotext_map import infotext_for
+
+        req = job.req
+        for k, (image, (seed, subseed)) in enumerate(zip(images, batch)):
+            text = infotext_for(
+                req,
+                req.prompt,
+                req.negative_prompt,
+                seed=seed,
+                subseed=subseed,
+                width=job.width,
+                height=job.height,
+                sampler_name=job.sampler,
+                schedule=job.schedule,
+                steps=job.steps,
+                cfg_scale=job.cfg,
+                model_name=job.model_name,
+                model_hash=job.model_hash,
+                vae_name=job.vae_name,
+                lora_hashes=job.lora_hashes,
+            )
+            path = ""
+            if req.save_images:
+                path = str(
+                    self.writer.save(
+                        image,
+                        category=req.task,
+                        infotext=text,
+                        seed=seed,
+                        fmt=req.output_format,
+                        tokens={
+                            "model_name": job.model_name,
+                            "sampler": job.sampler,
+                            "steps": job.steps,
+                            "cfg": job.cfg,
+                            "width": image.width,
+                            "height": image.height,
+                            "prompt": req.prompt,
+                        },
+                    )
+                )
+            result.images.append(image)
+            result.infotexts.append(text)
+            result.seeds.append(seed)
+            result.subseeds.append(subseed)
+            result.paths.append(path)
+
+    def _info(self, job: _Job, seeds: list[int], infotexts: list[str]) -> dict[str, Any]:
+        req = job.req
+        first_seed, first_sub = job.seeds[0]
+        n = len(seeds) or req.total_images
+        return {
+            "prompt": req.prompt,
+            "all_prompts": [req.prompt] * n,
+            "negative_prompt": req.negative_prompt,
+            "all_negative_prompts": [req.negative_prompt] * n,
+            "seed": first_seed,
+            "all_seeds": list(seeds) or [s for s, _ in job.seeds],
+            "subseed": first_sub,
+            "all_subseeds": [sub for _, sub in job.seeds][:n],
+            "subseed_strength": req.subseed_strength,
+            "width": job.width,
+            "height": job.height,
+            "sampler_name": job.sampler,
+            "scheduler": job.schedule,
+            "cfg_scale": job.cfg,
+            "steps": job.steps,
+            "batch_size": req.batch_size,
+            "restore_faces": False,
+            "face_restoration_model": None,
+            "sd_model_name": job.model_name,
+            "sd_model_hash": job.model_hash or None,
+            "sd_vae_name": job.vae_name or None,
+            "sd_vae_hash": None,
+            "seed_resize_from_w": -1,
+            "seed_resize_from_h": -1,
+            "denoising_strength": req.denoising_strength if (req.task != "txt2img" or req.enable_hr) else None,
+            "extra_generation_params": dict(req.extra_generation_params),
+            "index_of_first_image": 0,
+            "infotexts": list(infotexts),
+            "styles": [],
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+            "clip_skip": req.clip_skip,
+            "is_using_inpainting_conditioning": req.task == "inpaint" and self._inpainting_model(),
+            "family": job.family.id,
+            "version": "",
+        }
+
+    def _inpainting_model(self) -> bool:
+        model = passes.denoiser(self.manager.loaded.pipeline)
+        return getattr(model.config, "in_channels", 4) == 9
+
+
+def extract_text(prompt: str) -> str:
+    from webui.generation.prompts import extract_loras
+
+    return extract_loras(prompt)[0]

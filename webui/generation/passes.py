@@ -1,0 +1,195 @@
+"""One denoising pass on a diffusers pipeline: txt2img, img2img, inpaint, refiner hand-off, hires upscale.
+
+The engine decides what runs; this module only knows how to call diffusers for it. Progress,
+previews, interrupt and skip go through ``callback_on_step_end``: the callback raises to stop,
+so an interrupted pass never spends time on a VAE decode, and the offload hooks are reset.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from webui.models.families import FamilySpec
+
+SDXL_FAMILIES = ("sdxl", "sdxl_refiner")
+
+# hires "Latent ..." upscalers -> (torch interpolate mode, antialias)
+LATENT_UPSCALE_MODES: Mapping[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+
+
+@dataclass
+class PassInputs:
+    """What every pass needs: the pipeline, its sampler, the encoded prompts and the numbers."""
+
+    pipe: Any
+    family: FamilySpec
+    scheduler: Any
+    call_kwargs: Mapping[str, Any]
+    cond: Mapping[str, Any]
+    steps: int
+    cfg_scale: float
+    width: int
+    height: int
+    on_step: Callable[[int, Any], None]  # (1-based step of this pass, latents) -> may raise to stop
+    sdxl_conditioning: Mapping[str, Any] = field(default_factory=dict)
+
+
+def denoiser(pipe: Any) -> Any:
+    return getattr(pipe, "unet", None) or pipe.transformer
+
+
+def _callback(on_step: Callable[[int, Any], None]) -> Callable[..., dict]:
+    def callback(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+        on_step(step + 1, kwargs.get("latents"))
+        return {}
+
+    return callback
+
+
+def _accepts(pipe: Any, name: str) -> bool:
+    return name in inspect.signature(type(pipe).__call__).parameters
+
+
+def _call(inputs: PassInputs, **kwargs: Any) -> Any:
+    pipe = inputs.pipe
+    pipe.scheduler = inputs.scheduler
+    pipe.set_progress_bar_config(disable=True)
+    args = dict(inputs.cond)
+    args.update(
+        num_inference_steps=inputs.steps,
+        guidance_scale=inputs.cfg_scale,
+        callback_on_step_end=_callback(inputs.on_step),
+        callback_on_step_end_tensor_inputs=["latents"],
+    )
+    args.update(inputs.call_kwargs)
+    if inputs.family.id in SDXL_FAMILIES:
+        args.update(inputs.sdxl_conditioning)
+    args.update(kwargs)
+    try:
+        return pipe(**args).images
+    except BaseException:
+        # The callback raised (interrupt, skip) or the pipeline failed: reset offload hooks so the next job starts clean.
+        pipe.maybe_free_model_hooks()
+        raise
+
+
+def steps_run(steps: int, strength: float) -> int:
+    """How many steps an img2img pass with this strength really runs (diffusers: int(steps * strength))."""
+    return min(int(steps * strength), steps)
+
+
+def steps_for_strength(steps: int, strength: float) -> int:
+    """num_inference_steps that makes at least one step run at a low strength."""
+    if steps_run(steps, strength) >= 1:
+        return steps
+    return math.ceil(1.0 / strength)
+
+
+def txt2img(
+    inputs: PassInputs,
+    noise: Any,
+    generators: list[Any],
+    output_type: str = "pil",
+    denoising_end: float | None = None,
+) -> Any:
+    extra: dict[str, Any] = {}
+    if denoising_end is not None:
+        extra["denoising_end"] = denoising_end
+    return _call(
+        inputs,
+        height=inputs.height,
+        width=inputs.width,
+        latents=noise,
+        generator=generators,
+        output_type=output_type,
+        **extra,
+    )
+
+
+def img2img(
+    inputs: PassInputs,
+    image: Any,
+    strength: float,
+    generators: list[Any],
+    output_type: str = "pil",
+    denoising_start: float | None = None,
+) -> Any:
+    """image: PIL images (already at the target size) or latents in the loop's scaled space."""
+    extra: dict[str, Any] = {}
+    if denoising_start is not None:
+        extra["denoising_start"] = denoising_start
+    if _accepts(inputs.pipe, "height"):  # SD3 img2img resizes to these (default 1024) instead of the image's size
+        extra.update(height=inputs.height, width=inputs.width)
+    return _call(inputs, image=image, strength=strength, generator=generators, output_type=output_type, **extra)
+
+
+def inpaint(
+    inputs: PassInputs,
+    image: Any,
+    mask: Any,
+    strength: float,
+    generators: list[Any],
+    masked_image_latents: Any = None,
+    output_type: str = "pil",
+) -> Any:
+    extra: dict[str, Any] = {}
+    if masked_image_latents is not None:
+        extra["masked_image_latents"] = masked_image_latents
+    return _call(
+        inputs,
+        image=image,
+        mask_image=mask,
+        strength=strength,
+        generator=generators,
+        height=inputs.height,
+        width=inputs.width,
+        output_type=output_type,
+        **extra,
+    )
+
+
+def upscale_latents(latents: Any, width: int, height: int, upscaler: str) -> Any:
+    import torch.nn.functional as F
+
+    mode, antialias = LATENT_UPSCALE_MODES[upscaler]
+    size = (height // 8, width // 8)
+    if mode in ("nearest", "nearest-exact"):
+        return F.interpolate(latents, size=size, mode=mode)
+    return F.interpolate(latents, size=size, mode=mode, antialias=antialias)
+
+
+def decode_latents(pipe: Any, latents: Any) -> list[Any]:
+    """Latents of the loop (scaled space) to PIL images, the way the pipeline decodes them."""
+    import torch
+
+    vae = pipe.vae
+    scale = vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    with torch.inference_mode():
+        decoded = vae.decode(latents.to(vae.dtype) / scale + shift, return_dict=False)[0]
+    return pipe.image_processor.postprocess(decoded, output_type="pil")
+
+
+def encode_images(pipe: Any, images: list[Any], generators: list[Any]) -> Any:
+    """PIL images to latents in the loop's scaled space (sampled from the VAE's distribution per seed)."""
+    import torch
+
+    vae = pipe.vae
+    scale = vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    pixels = pipe.image_processor.preprocess(images).to(device=vae.device, dtype=vae.dtype)
+    with torch.inference_mode():
+        # One encode per image so that each image's sample comes from its own seed's generator.
+        latents = torch.cat([vae.encode(pixels[i : i + 1]).latent_dist.sample(gen) for i, gen in enumerate(generators)])
+    return (latents - shift) * scale
