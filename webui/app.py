@@ -54,6 +54,10 @@ class Services:
     hashes: Any
     manager: Any
     device: Any
+    samplers: Any = None  # webui.generation.samplers.SamplerTable
+    writer: Any = None  # webui.outputs.writer.OutputWriter
+    engine: Any = None  # webui.generation.engine.Engine
+    generation: Any = None  # webui.generation.service.GenerationService (started by start_generation)
 
 
 def prepare_environment(settings: Settings) -> None:
@@ -106,7 +110,32 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
         t5_tokenizer_dir=paths.t5_tokenizer_dir(settings),
         on_loaded=hash_in_background,
     )
-    return Services(settings, paths, families, catalog, hashes, manager, device)
+    services = Services(settings, paths, families, catalog, hashes, manager, device)
+    build_generation(services)
+    return services
+
+
+def build_generation(services: Services) -> None:
+    """The sampler table, output writer, engine and job queue (the worker starts in ``start_generation``)."""
+    from webui.generation.engine import Engine
+    from webui.generation.requests import Limits
+    from webui.generation.samplers import SamplerTable
+    from webui.generation.service import GenerationService
+    from webui.outputs.writer import OutputWriter
+
+    settings = services.settings
+    services.samplers = SamplerTable()
+    services.writer = OutputWriter(services.paths.outputs)
+    limits = Limits(max_side=settings.max_image_size, max_hires_side=2 * settings.max_image_size)
+    services.engine = Engine(
+        services.manager,
+        services.samplers,
+        services.writer,
+        hashes=services.hashes,
+        limits=limits,
+        default_model=settings.default_model,
+    )
+    services.generation = GenerationService(services.engine.run, preview_every=settings.preview_every)
 
 
 def build_server(services: Services) -> Any:
@@ -116,7 +145,10 @@ def build_server(services: Services) -> Any:
 
     from webui.ui.shell import build_ui
 
+    from webui.api.sdapi import build_sdapi_router
+
     api = FastAPI(title="Stable Diffusion web UI", docs_url="/docs")
+    api.include_router(build_sdapi_router(services))
     blocks = build_ui(services)
     return gr.mount_gradio_app(api, blocks, path="/")
 
@@ -164,7 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if entry.error:
             log.warning("cannot use %s", entry.error)
     app = build_server(services)
-    return serve(app, settings.host, settings.port, started)
+    services.generation.start()
+    try:
+        return serve(app, settings.host, settings.port, started)
+    finally:
+        services.generation.stop()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,273 @@
+"""The read-mostly ``/sdapi/v1`` answers: model lists, samplers, upscalers, and the options.
+
+Options (``GET``/``POST /sdapi/v1/options``): we keep no A1111 settings file, so only these
+keys exist (see ``schemas.WRITABLE_OPTIONS`` for the ones POST changes):
+
+  sd_model_checkpoint         title of the loaded checkpoint (null when none); POST loads one
+                              (on the generation worker, after the jobs already queued)
+  sd_checkpoint_hash          its sha256 when known
+  sd_vae                      "Automatic", "None" or a file in models/VAE; POST applies it now to
+                              the loaded model and to later API jobs
+  CLIP_stop_at_last_layers    clip skip of later API jobs that do not set it
+  sd_checkpoints_limit        checkpoints kept in RAM, the active one included
+  samples_format              file format of saved images (png, jpg, webp)
+  randn_source, sd3_enable_t5 noise source (GPU/CPU) and SD3's T5, for later API jobs
+  show_progress_every_n_steps live preview interval (0 = off)
+  samples_save, outdir_*, live_previews_enable, eta_noise_seed_delta: read-only facts.
+
+POST with an unknown or read-only key ignores it with a warning in the log and lists it under
+``ignored`` (A1111 ignores unknown keys too); a known key with a bad value is a 422, an unknown
+model or VAE a 404, and nothing is applied unless every value is good.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from webui.api.convert import ApiDefaults
+from webui.api.errors import ApiError, not_found
+from webui.api.schemas import WRITABLE_OPTIONS
+from webui.generation.requests import HR_UPSCALERS, RNG_SOURCES, RequestError
+
+log = logging.getLogger(__name__)
+
+VAE_NONE = ("", "Automatic", "None")
+SAVE_FORMATS = ("png", "jpg", "jpeg", "webp")
+MODEL_LOAD_TIMEOUT = 1800.0  # seconds a POST /options waits for the queue and the load
+
+
+# --- catalog listings ------------------------------------------------------------------------
+
+
+def sha256_of(services: Any, entry: Any) -> str | None:
+    """The cached sha256 (never computed here: hashing a 6 GB file takes a while)."""
+    if entry.format == "diffusers" or services.hashes is None:
+        return None
+    try:
+        return services.hashes.get(entry.path, compute=False)
+    except OSError:
+        return None
+
+
+def checkpoint_title(services: Any, entry: Any) -> str:
+    sha = sha256_of(services, entry)
+    return entry.title(sha[:10] if sha else None)
+
+
+def sd_models(services: Any) -> list[dict[str, Any]]:
+    out = []
+    for entry in services.catalog.usable("checkpoint"):
+        sha = sha256_of(services, entry)
+        out.append(
+            {
+                "title": entry.title(sha[:10] if sha else None),
+                "model_name": entry.stem,
+                "hash": sha[:10] if sha else None,
+                "sha256": sha,
+                "filename": str(entry.path),
+                "config": None,
+                "family": entry.family,
+            }
+        )
+    return out
+
+
+def sd_vaes(services: Any) -> list[dict[str, Any]]:
+    return [{"model_name": e.name, "filename": str(e.path)} for e in services.catalog.usable("vae")]
+
+
+def loras(services: Any) -> list[dict[str, Any]]:
+    """A1111's Lora list; ``name`` is what goes in ``<lora:name:weight>``."""
+    out = []
+    for entry in services.catalog.usable("lora"):
+        name = Path(entry.stem).name
+        out.append({"name": name, "alias": name, "path": str(entry.path), "metadata": {}})
+    return out
+
+
+def samplers(services: Any) -> list[dict[str, Any]]:
+    """The loaded family's samplers, or every sampler when no model is loaded."""
+    from webui.generation.samplers import samplers_json
+
+    return samplers_json(services.samplers, services.manager.family)
+
+
+def schedulers(services: Any) -> list[dict[str, Any]]:
+    from webui.generation.samplers import schedulers_json
+
+    return schedulers_json(services.samplers)
+
+
+def upscalers() -> list[dict[str, Any]]:
+    """Hires-fix image upscalers (no model files: plain resampling)."""
+    return [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": None} for n in _image_up()]
+
+
+def latent_upscale_modes() -> list[dict[str, str]]:
+    return [{"name": n} for n in HR_UPSCALERS if n.startswith("Latent")]
+
+
+def _image_up() -> list[str]:
+    return [n for n in HR_UPSCALERS if not n.startswith("Latent")]
+
+
+def refresh(services: Any, kind: str) -> dict[str, int]:
+    services.catalog.refresh()
+    return {"count": len(services.catalog.entries(kind))}
+
+
+# --- options ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ApiState:
+    """What the options change: defaults of later API jobs and the RAM cache size (one per router)."""
+
+    defaults: ApiDefaults
+    checkpoints_limit: int = 1
+
+
+def get_options(services: Any, state: ApiState) -> dict[str, Any]:
+    entry = services.manager.current_entry
+    defaults = state.defaults
+    writer_root = getattr(services.writer, "root", None) or services.paths.outputs
+    preview_every = getattr(services.generation, "preview_every", 0)
+    return {
+        "sd_model_checkpoint": checkpoint_title(services, entry) if entry is not None else None,
+        "sd_checkpoint_hash": sha256_of(services, entry) if entry is not None else None,
+        "sd_vae": defaults.sd_vae,
+        "CLIP_stop_at_last_layers": defaults.clip_skip,
+        "sd_checkpoints_limit": state.checkpoints_limit,
+        "samples_save": True,
+        "samples_format": defaults.output_format,
+        "outdir_samples": "",
+        "outdir_txt2img_samples": str(Path(writer_root) / "txt2img-images"),
+        "outdir_img2img_samples": str(Path(writer_root) / "img2img-images"),
+        "randn_source": defaults.rng,
+        "sd3_enable_t5": defaults.use_t5,
+        "show_progress_every_n_steps": preview_every,
+        "live_previews_enable": preview_every > 0,
+        "eta_noise_seed_delta": 0,
+    }
+
+
+def _int_in(name: str, low: int, high: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise RequestError(name, f"must be a whole number between {low} and {high}, got {value!r}")
+        try:
+            number = int(value)
+        except ValueError:
+            raise RequestError(name, f"must be a whole number between {low} and {high}, got {value!r}") from None
+        if not low <= number <= high:
+            raise RequestError(name, f"must be between {low} and {high}, got {number}")
+        return number
+
+    return convert
+
+
+def _one_of(name: str, valid: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        text = str(value)
+        if text not in valid:
+            raise RequestError(name, f"must be one of {', '.join(valid)}, got {value!r}")
+        return text
+
+    return convert
+
+
+def _flag(name: str) -> Callable[[Any], bool]:
+    def convert(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise RequestError(name, f"must be true or false, got {value!r}")
+        return value
+
+    return convert
+
+
+def _checkpoint(services: Any) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        try:
+            entry = services.catalog.find(str(value))
+        except KeyError as exc:
+            raise not_found("sd_model_checkpoint", exc, [e.name for e in services.catalog.usable()]) from None
+        if entry.error:
+            raise RequestError("sd_model_checkpoint", entry.error)
+        return entry
+
+    return convert
+
+
+def _vae(services: Any) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        text = str(value)
+        if text in VAE_NONE:
+            return text or "Automatic"
+        try:
+            return services.catalog.find(text, kind="vae").name
+        except KeyError as exc:
+            valid = ["Automatic", "None", *(e.name for e in services.catalog.usable("vae"))]
+            raise not_found("sd_vae", exc, valid) from None
+
+    return convert
+
+
+def _converters(services: Any) -> dict[str, Callable[[Any], Any]]:
+    return {
+        "sd_model_checkpoint": _checkpoint(services),
+        "sd_vae": _vae(services),
+        "CLIP_stop_at_last_layers": _int_in("CLIP_stop_at_last_layers", 1, 12),
+        "sd_checkpoints_limit": _int_in("sd_checkpoints_limit", 1, 64),
+        "samples_format": _one_of("samples_format", SAVE_FORMATS),
+        "show_progress_every_n_steps": _int_in("show_progress_every_n_steps", -1, 1000),
+        "randn_source": _one_of("randn_source", RNG_SOURCES),
+        "sd3_enable_t5": _flag("sd3_enable_t5"),
+    }
+
+
+def set_options(services: Any, state: ApiState, values: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Check every value, load the model if asked, then apply the rest; see the module docstring."""
+    converters = _converters(services)
+    checked = {key: converters[key](value) for key, value in values.items() if key in WRITABLE_OPTIONS}
+    ignored = [key for key in values if key not in WRITABLE_OPTIONS]
+    if ignored:
+        log.warning("POST /sdapi/v1/options: ignored %s (not settable here)", ", ".join(ignored))
+    if "sd_model_checkpoint" in checked:
+        entry = checked["sd_model_checkpoint"]
+        on_worker(services, lambda: services.manager.load(entry), f"loading {entry.name}")
+    defaults = state.defaults
+    for key, value in checked.items():
+        if key == "sd_vae":
+            defaults.sd_vae = value
+            if services.manager.current_entry is not None:
+                name = None if value in VAE_NONE else value
+                on_worker(services, lambda n=name: services.manager.set_vae(n), f"switching the VAE to {value}")
+        elif key == "CLIP_stop_at_last_layers":
+            defaults.clip_skip = value
+        elif key == "sd_checkpoints_limit":
+            state.checkpoints_limit = value
+            services.manager.set_ram_cache_models(value - 1)
+        elif key == "samples_format":
+            defaults.output_format = value
+        elif key == "show_progress_every_n_steps":
+            services.generation.preview_every = max(0, value)
+        elif key == "randn_source":
+            defaults.rng = value
+        elif key == "sd3_enable_t5":
+            defaults.use_t5 = value
+    return {"applied": list(checked), "ignored": ignored}
+
+
+def on_worker(services: Any, action: Callable[[], Any], what: str) -> Any:
+    """Run on the generation worker (it owns the device); a failure is a 500 with its message."""
+    try:
+        return services.generation.call(action, timeout=MODEL_LOAD_TIMEOUT, label=what)
+    except TimeoutError as exc:
+        raise ApiError(503, "Busy", f"{what} did not start in time: {exc}") from None
+    except Exception as exc:
+        log.exception("%s failed", what)
+        raise ApiError(500, "ServerError", f"{what} failed: {type(exc).__name__}: {exc}") from None
