@@ -23,6 +23,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from tests.api_server import serve_api
+from tests.app_services import tmp_services
 from tests.headers import KOHYA_LORA, SD15, VAE, write_safetensors
 from webui.generation.requests import GenerationRequest, RequestError
 from webui.generation.service import BatchSkipped, GenerationService, JobInterrupted, JobResult
@@ -120,8 +121,6 @@ class FakeRunner:
 @pytest.fixture(scope="session")
 def api_env(tmp_path_factory):
     """(services, fake runner, base URL, client) over demo models + a LoRA and a VAE; one per session."""
-    from webui.app import build_services
-    from webui.config import Settings
     from webui.models.demo import write_demo_models
 
     root = tmp_path_factory.mktemp("api")
@@ -129,16 +128,7 @@ def api_env(tmp_path_factory):
     write_demo_models(models, ("sd15", "sdxl"))
     write_safetensors(models / "Lora" / "tiny-lora.safetensors", KOHYA_LORA)
     write_safetensors(models / "VAE" / "tiny-vae.safetensors", VAE)
-    settings = Settings(
-        models_dir=str(models),
-        outputs_dir=str(root / "outputs"),
-        extensions_dir=str(root / "ext"),
-        cache_dir=str(root / "cache"),
-        config_file=str(root / "config.json"),
-        device="cpu",
-        precision="fp32",
-    )
-    services = build_services(settings, base=root)
+    services = tmp_services(root)
     runner = FakeRunner()
     services.generation = GenerationService(runner, preview_every=1)
     services.generation.start()

@@ -16,33 +16,21 @@ import pytest
 from PIL import Image
 
 from tests.api_server import serve_api
+from tests.app_services import tmp_services
 from webui.models.demo import demo_checkpoint_name, write_demo_models
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    from webui.app import build_server, build_services
-    from webui.config import Settings
+    from webui.app import build_server
 
     root = tmp_path_factory.mktemp("app")
     write_demo_models(root / "models", ("sd15", "sd3"))
-    settings = Settings(
-        models_dir=str(root / "models"),
-        outputs_dir=str(root / "outputs"),
-        extensions_dir=str(root / "ext"),
-        cache_dir=str(root / "cache"),
-        config_file=str(root / "config.json"),
-        device="cpu",
-        precision="fp32",
-        ram_cache_models=2,
-    )
-    services = build_services(settings, base=root)
+    services = tmp_services(root, ram_cache_models=2)
     services.generation.start()
     try:
-        with serve_api(services, app=build_server(services)) as url:
-            with httpx.Client(base_url=url, timeout=120) as c:
-                c.services = services  # type: ignore[attr-defined]
-                yield c
+        with serve_api(services, app=build_server(services)) as url, httpx.Client(base_url=url, timeout=120) as c:
+            yield c
     finally:
         services.generation.stop()
 
@@ -73,7 +61,9 @@ def test_txt2img_png_info_and_replay_give_the_same_image(client):
     assert png["info"] == info["infotexts"][0]
     assert png["parameters"]["Seed"] in (42, "42")
     # replay through the A1111 `infotext` field: same image, bit for bit
-    again = client.post("/sdapi/v1/txt2img", json={"infotext": png["info"], "override_settings": BASE["override_settings"]})
+    again = client.post(
+        "/sdapi/v1/txt2img", json={"infotext": png["info"], "override_settings": BASE["override_settings"]}
+    )
     assert again.status_code == 200, again.text
     assert np.array_equal(np.asarray(decode(first)), np.asarray(decode(again.json()["images"][0])))
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webui.app import build_services
-from webui.config import Settings
+from tests.app_services import tmp_services
 from webui.generation.requests import GenerationRequest
 from webui.generation.service import DONE, FAILED, INTERRUPTED
 from webui.models.demo import demo_checkpoint_name, write_demo_models
@@ -28,18 +27,7 @@ def services(tmp_path_factory, tiny_checkpoint):
     ckpts = models / "Stable-diffusion"
     shutil.copy(tiny_checkpoint("sd15", inpaint=True).path, ckpts / "sd15-inpainting.safetensors")
     shutil.copy(tiny_checkpoint("sdxl_refiner").path, ckpts / "sdxl-refiner.safetensors")
-    settings = Settings(
-        models_dir=str(models),
-        outputs_dir=str(root / "outputs"),
-        extensions_dir=str(root / "ext"),
-        cache_dir=str(root / "cache"),
-        config_file=str(root / "config.json"),
-        device="cpu",
-        precision="fp32",
-        ram_cache_models=4,
-        preview_every=1,
-    )
-    svc = build_services(settings, base=root)
+    svc = tmp_services(root, ram_cache_models=4, preview_every=1)
     svc.generation.start()
     yield svc
     svc.generation.stop()
@@ -70,7 +58,9 @@ def pixels(image) -> np.ndarray:
 
 def init_image(size: int = SIZE) -> Image.Image:
     grad = np.linspace(0, 255, size, dtype=np.uint8)
-    rgb = np.stack([np.tile(grad, (size, 1)), np.tile(grad[:, None], (1, size)), np.full((size, size), 90, np.uint8)], -1)
+    rgb = np.stack(
+        [np.tile(grad, (size, 1)), np.tile(grad[:, None], (1, size)), np.full((size, size), 90, np.uint8)], -1
+    )
     return Image.fromarray(rgb)
 
 
@@ -111,7 +101,9 @@ def test_same_request_and_seed_give_the_same_image_bit_for_bit(services, family)
 
 
 def test_batch_seeds_follow_a1111_and_each_image_matches_its_seed_alone(services):
-    job = ok(services, prompt="batch", seed=500, batch_size=2, n_iter=2, sd_model_checkpoint=model("sd15"), save_images=False)
+    job = ok(
+        services, prompt="batch", seed=500, batch_size=2, n_iter=2, sd_model_checkpoint=model("sd15"), save_images=False
+    )
     assert job.result.seeds == [500, 501, 502, 503]
     alone = ok(services, prompt="batch", seed=502, sd_model_checkpoint=model("sd15"), save_images=False)
     assert np.array_equal(pixels(job.result.images[2]), pixels(alone.result.images[0]))
@@ -155,7 +147,15 @@ def test_every_offered_txt2img_sampler_runs(services, family):
     services.generation.call(lambda: services.manager.load(model(family)), timeout=60)
     fam = services.manager.family
     for name in services.samplers.samplers_for(fam, "txt2img"):
-        job = generate(services, prompt="s", seed=1, sampler_name=name, steps=2, sd_model_checkpoint=model(family), save_images=False)
+        job = generate(
+            services,
+            prompt="s",
+            seed=1,
+            sampler_name=name,
+            steps=2,
+            sd_model_checkpoint=model(family),
+            save_images=False,
+        )
         assert job.state == DONE, f"{name}: {job.error}"
 
 
@@ -260,8 +260,14 @@ def test_infotext_round_trip_regenerates_the_same_image(services):
         save_images=True,
     )
     fields = request_fields_from_infotext(parse_infotext(read_infotext(first.result.paths[0])))
-    again = ok(services, **{k: v for k, v in fields.items() if k not in ("width", "height", "steps")},
-               width=fields["width"], height=fields["height"], steps=fields["steps"], save_images=False)
+    again = ok(
+        services,
+        **{k: v for k, v in fields.items() if k not in ("width", "height", "steps")},
+        width=fields["width"],
+        height=fields["height"],
+        steps=fields["steps"],
+        save_images=False,
+    )
     assert np.array_equal(pixels(first.result.images[0]), pixels(again.result.images[0]))
 
 
@@ -278,8 +284,16 @@ def test_invalid_requests_fail_with_the_field_to_change(services):
 
 def test_interrupt_keeps_finished_images(services):
     job = services.generation.submit(
-        GenerationRequest(prompt="long", seed=1, n_iter=40, steps=3, width=SIZE, height=SIZE,
-                          sd_model_checkpoint=model("sd15"), save_images=False)
+        GenerationRequest(
+            prompt="long",
+            seed=1,
+            n_iter=40,
+            steps=3,
+            width=SIZE,
+            height=SIZE,
+            sd_model_checkpoint=model("sd15"),
+            save_images=False,
+        )
     )
     import time
 

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import time
 
-from webui.app import build_services
-from webui.config import Settings
+from tests.app_services import tmp_services
 from webui.models.hashes import sha256_file
 from webui.ui import models_tab, shell
 
 
 def _services(tmp_path):
-    settings = Settings(
-        models_dir=str(tmp_path / "models"),
-        outputs_dir=str(tmp_path / "outputs"),
-        extensions_dir=str(tmp_path / "ext"),
-        cache_dir=str(tmp_path / "cache"),
-        config_file=str(tmp_path / "config.json"),
-        device="cpu",
-        precision="fp32",
-    )
-    return build_services(settings, base=tmp_path)
+    return tmp_services(tmp_path)
 
 
 def test_fresh_machine_demo_models_load_and_get_hashed(tmp_path):

@@ -1,0 +1,24 @@
+"""The composed app's services over a temporary folder, as the tests build them (CPU, fp32)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def tmp_services(root: Path, **overrides: Any) -> Any:
+    """``build_services`` with every folder under ``root`` (models in ``root/models``)."""
+    from webui.app import build_services
+    from webui.config import Settings
+
+    values: dict[str, Any] = {
+        "models_dir": str(root / "models"),
+        "outputs_dir": str(root / "outputs"),
+        "extensions_dir": str(root / "ext"),
+        "cache_dir": str(root / "cache"),
+        "config_file": str(root / "config.json"),
+        "device": "cpu",
+        "precision": "fp32",
+    }
+    values.update(overrides)
+    return build_services(Settings(**values), base=root)
