@@ -1,0 +1,244 @@
+"""The hook specs: every point where built-ins and extensions plug into the app.
+
+A hook spec is a documented function below; an implementation is a function with the same name in
+an extension's module (or any plugin object), marked ``@hookimpl``, that takes any subset of the
+spec's arguments, by name. ``webui.extensions.ExtensionHost`` checks implementations against these
+specs when it registers them and calls them; see ``docs/EXTENSIONS.md`` for the author's guide.
+
+Rules that hold for every hook:
+
+- Errors are isolated. An exception raised by an implementation is caught, logged with the
+  extension's name and shown in the Extensions tab; the other implementations still run and the job
+  goes on. An extension that keeps failing is turned off for the session. (One exception:
+  ``JobRefused`` raised in ``webui_before_job`` fails the job on purpose, with its message.)
+- Order: implementations marked ``@hookimpl(tryfirst=True)`` run first, ``trylast=True`` last, the
+  rest in between; within each group they run in registration order: built-ins, then extensions
+  from ``extensions/`` in folder-name order, then installed packages in entry-point name order.
+- Chaining: for hooks that may return a replacement (request, latents, image), each implementation
+  sees the previous one's result. Returning None keeps the value unchanged.
+- ``options`` (every hook but ``webui_settings``): a read-only mapping of the extension settings'
+  current values (name -> value), declared through ``webui_settings``.
+- Threads: start-up hooks run on the main thread; job hooks on the generation worker thread (the one
+  thread that owns the GPU, so they may use torch freely but should be quick); UI hooks on a web
+  server thread.
+
+This module imports nothing from the app, so an extension can import it cheaply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+PROJECT = "webui"
+ENTRY_POINT_GROUP = "webui.extensions"  # pip-installed plugins: [project.entry-points."webui.extensions"]
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+# A tab an extension adds: (title, build) where build() creates Gradio components (it runs inside gr.Tab).
+TabBuilder = tuple[str, Callable[[], Any]]
+
+
+class JobRefused(Exception):
+    """Raise it in ``webui_before_job`` to fail the job with this message (the only hook error that is not isolated)."""
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """A setting an extension adds to the Settings tab (``webui_settings``).
+
+    ``name`` is global across extensions: prefix it with your extension's name ("my_ext_strength").
+    The value has the type of ``default`` (bool, int, float or str); ``choices`` limits a str/int
+    setting to a list. Read the current value from the ``options`` argument of any other hook.
+    """
+
+    name: str
+    default: Any
+    label: str
+    section: str = "Extensions"
+    choices: Sequence[Any] | None = None
+    info: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").replace(".", "").isalnum():
+            raise ValueError(f"setting name {self.name!r} must be letters, digits, '_' or '.'")
+        if not isinstance(self.default, (bool, int, float, str)):
+            raise TypeError(f"setting {self.name!r}: default must be a bool, int, float or str")
+        if self.choices is not None:
+            object.__setattr__(self, "choices", tuple(self.choices))
+            if self.default not in self.choices:
+                raise ValueError(f"setting {self.name!r}: default {self.default!r} is not one of {self.choices}")
+
+    def problem(self, value: Any) -> str:
+        """Why ``value`` cannot be this setting's value ("" when it can): the type of the default, one of choices."""
+        kind = type(self.default)
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        fits = (
+            is_int
+            if kind is int
+            else (is_int or isinstance(value, float))
+            if kind is float
+            else isinstance(value, kind)
+        )
+        if not fits:
+            return f"setting {self.name!r} takes a {kind.__name__}, not {value!r}"
+        if self.choices is not None and value not in self.choices:
+            return f"setting {self.name!r} must be one of {list(self.choices)}, not {value!r}"
+        return ""
+
+
+@dataclass(frozen=True)
+class ModelLoadedEvent:
+    name: str  # checkpoint name as listed in the UI
+    family: str  # family id: "sd15", "sdxl", "sdxl_refiner", "sd3", ...
+    pipeline: Any  # the loaded diffusers pipeline (do not move it between devices)
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    job_id: str
+    step: int  # 1-based step within the current pass
+    total_steps: int  # steps of the current pass
+    latents: Any  # torch tensor (batch, channels, height / 8, width / 8) after this step
+    timestep: Any  # the scheduler's timestep for this step (tensor or number)
+    family: str  # family id of the model that runs this pass
+    pass_label: str = ""  # "txt2img", "img2img", "hires fix", "refiner", "inpaint"
+
+
+@dataclass(frozen=True)
+class ImageEvent:
+    image: Any  # PIL.Image.Image, decoded
+    index: int  # position of the image in the job (0-based)
+    seed: int
+    request: Any  # the GenerationRequest that made it (after webui_before_job)
+    job_id: str = ""
+
+
+@dataclass(frozen=True)
+class SaveEvent:
+    image: Any  # PIL.Image.Image about to be / just written
+    infotext: str  # A1111 "parameters" text
+    index: int
+    seed: int
+    request: Any
+    job_id: str = ""
+    path: str = ""  # set for webui_after_save: where the file was written
+
+
+class HookSpecs:
+    """The hook specifications. Implement any of them in your extension with ``@hookimpl``."""
+
+    # --- start-up (main thread, once) -----------------------------------------------------------
+
+    @hookspec
+    def webui_register_samplers(self, table: Any, options: Mapping[str, Any]) -> None:
+        """Add samplers or schedule types to the sampler table, before the UI is built.
+
+        ``table`` is a ``webui.generation.samplers.SamplerTable``: call
+        ``table.register_sampler(SamplerSpec(...))`` / ``table.register_schedule(ScheduleType(...))``.
+        A name that is taken raises, and the error is reported against your extension.
+        The built-in samplers are registered through this same hook, first. Return value ignored.
+        """
+
+    @hookspec
+    def webui_register_memory_modes(self, registry: Any, options: Mapping[str, Any]) -> None:
+        """Add memory modes (``webui.memory``) to the registry: ``registry.register(mode)``.
+
+        The built-in modes (offloads, VAE tiling, ...) are registered through this same hook, first.
+        """
+
+    @hookspec
+    def webui_settings(self) -> list[SettingSpec]:
+        """Return the settings this extension adds (a list of ``SettingSpec``), shown in the Settings tab.
+
+        Called when the extension is registered. Names must be unique across extensions.
+        """
+
+    @hookspec
+    def webui_ui_tabs(self, services: Any, options: Mapping[str, Any]) -> list[TabBuilder]:
+        """Return the tabs to add: a list of ``(title, build)``; ``build()`` creates Gradio components.
+
+        ``build`` runs inside ``gr.Tab(title)`` while the page is built; an error in it shows in that tab.
+        ``services`` is the app's ``Services`` object (read it; keep what you need for event handlers).
+        """
+
+    @hookspec
+    def webui_app_started(self, app: Any, services: Any, options: Mapping[str, Any]) -> None:
+        """Add API routes: ``app`` is the FastAPI app (``@app.get("/my-ext/...")``), before the UI is mounted.
+
+        Prefix your paths with your extension's name. Return value ignored.
+        """
+
+    # --- models and jobs (generation worker thread) --------------------------------------------
+
+    @hookspec
+    def webui_model_loaded(self, event: ModelLoadedEvent, options: Mapping[str, Any]) -> None:
+        """A checkpoint was loaded (or swapped in from the RAM cache). Return value ignored."""
+
+    @hookspec
+    def webui_before_job(self, request: Any, options: Mapping[str, Any]) -> Any:
+        """Before a job runs: return a changed request (``dataclasses.replace(request, ...)``) or None.
+
+        ``request`` is a frozen ``webui.generation.requests.GenerationRequest``; the next
+        implementation sees your result. Returning another type is reported and ignored. Raise
+        ``JobRefused("why")`` to fail the job with that message.
+        """
+
+    @hookspec
+    def webui_step(self, event: StepEvent, options: Mapping[str, Any]) -> Any:
+        """After each denoising step: return a tensor to replace the latents, or None.
+
+        Like A1111's cfg-denoiser callback. The replacement must have the latents' shape (it is
+        moved to their device and dtype); the next implementation and the sampler continue from it.
+        Runs once per step of every pass: keep it fast.
+        """
+
+    @hookspec
+    def webui_image(self, event: ImageEvent, options: Mapping[str, Any]) -> Any:
+        """Each finished image, before it is saved: return a PIL image to replace it, or None."""
+
+    @hookspec
+    def webui_before_save(self, event: SaveEvent, options: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Before an image is written: return extra infotext fields ``{"My field": "value"}``, or None.
+
+        Fields of all implementations are merged (a later one wins on the same key); they never
+        replace the core fields (Steps, Sampler, Seed ...). Keys may not contain ':' or newlines.
+        """
+
+    @hookspec
+    def webui_after_save(self, event: SaveEvent, options: Mapping[str, Any]) -> None:
+        """After an image was written: ``event.path`` and ``event.infotext`` are final. Return value ignored."""
+
+    # --- UI (web server thread) ------------------------------------------------------------------
+
+    @hookspec
+    def webui_infotext_pasted(self, text: str, fields: dict[str, Any], options: Mapping[str, Any]) -> None:
+        """Infotext was pasted into the UI and parsed into ``fields``; update ``fields`` in place.
+
+        Use it to read your own fields back (A1111's on_infotext_pasted). Return value ignored.
+        """
+
+
+HOOK_NAMES: tuple[str, ...] = tuple(name for name in vars(HookSpecs) if name.startswith(f"{PROJECT}_"))
+
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "HOOK_NAMES",
+    "PROJECT",
+    "HookSpecs",
+    "ImageEvent",
+    "JobRefused",
+    "ModelLoadedEvent",
+    "SaveEvent",
+    "SettingSpec",
+    "StepEvent",
+    "TabBuilder",
+    "hookimpl",
+    "hookspec",
+]
