@@ -188,3 +188,9 @@ def test_call_runs_on_the_worker_thread_in_turn_and_reraises():
     with pytest.raises(KeyError, match="no such checkpoint"):
         service.call(fails, timeout=5)
     service.stop()
+
+
+def test_call_without_a_running_worker_fails_at_once_instead_of_hanging():
+    service = GenerationService(fake_runner())
+    with pytest.raises(RuntimeError, match="worker is not running"):
+        service.call(lambda: 1, timeout=5)

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.app_services import tmp_services
 from webui.models.hashes import sha256_file
 from webui.ui import models_tab, shell
 
 
-def _services(tmp_path):
-    return tmp_services(tmp_path)
+@pytest.fixture
+def services(tmp_path):
+    svc = tmp_services(tmp_path)
+    svc.generation.start()  # model loads run on the worker thread
+    yield svc
+    svc.generation.stop()
 
 
-def test_fresh_machine_demo_models_load_and_get_hashed(tmp_path):
-    services = _services(tmp_path)
+def test_fresh_machine_demo_models_load_and_get_hashed(services):
     assert shell.checkpoint_choices(services) == []
     message = models_tab.create_demo_models(services)
     assert "random weights" in message
@@ -31,8 +36,7 @@ def test_fresh_machine_demo_models_load_and_get_hashed(tmp_path):
     assert row[5] == sha256_file(path)[:10]
 
 
-def test_load_failure_is_shown_not_raised(tmp_path):
-    services = _services(tmp_path)
+def test_load_failure_is_shown_not_raised(services):
     bad = services.paths.models / "Stable-diffusion" / "bad.safetensors"
     bad.write_bytes(b"12345678")
     services.catalog.refresh()

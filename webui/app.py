@@ -58,6 +58,7 @@ class Services:
     writer: Any = None  # webui.outputs.writer.OutputWriter
     engine: Any = None  # webui.generation.engine.Engine
     generation: Any = None  # webui.generation.service.GenerationService (started by start_generation)
+    extensions: Any = None  # webui.extensions.ExtensionHost
 
 
 def prepare_environment(settings: Settings) -> None:
@@ -95,11 +96,14 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
     device = resolve_device(settings.device, settings.precision)
     families = default_families()
 
-    def hash_in_background(report) -> None:
+    extensions = build_extensions(settings, paths)
+
+    def on_loaded(report) -> None:
         # A1111 shows "name [short hash]"; hashing a 6 GB file takes a while, so never on the load path.
         entry = catalog.find(report.name)
         if entry.format != "diffusers":
             threading.Thread(target=hashes.get, args=(entry.path,), name="hash", daemon=True).start()
+        _announce_model(extensions, manager, entry)
 
     manager = ModelManager(
         catalog,
@@ -108,11 +112,35 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
         families=families,
         ram_cache_models=settings.ram_cache_models,
         t5_tokenizer_dir=paths.t5_tokenizer_dir(settings),
-        on_loaded=hash_in_background,
+        on_loaded=on_loaded,
     )
-    services = Services(settings, paths, families, catalog, hashes, manager, device)
+    services = Services(settings, paths, families, catalog, hashes, manager, device, extensions=extensions)
     build_generation(services)
     return services
+
+
+def build_extensions(settings: Settings, paths: AppPaths) -> Any:
+    """The extension host with our built-ins registered first, then extensions/<name>/ and entry points."""
+    from webui.extensions import ExtensionHost, install_allowed
+    from webui.generation.samplers import BuiltinSamplers
+
+    host = ExtensionHost(
+        paths.extensions,
+        paths.config_file.with_name("extensions.json"),
+        allow_install=install_allowed(settings.host, getattr(settings, "enable_insecure_extension_access", False)),
+    )
+    host.register_builtin("samplers", BuiltinSamplers())
+    for ext in host.discover():
+        if ext.status == "failed":
+            log.warning("extension %s failed: %s", ext.name, ext.error)
+    return host
+
+
+def _announce_model(extensions: Any, manager: Any, entry: Any) -> None:
+    from webui.hooks import ModelLoadedEvent
+
+    loaded = manager.loaded
+    extensions.model_loaded(ModelLoadedEvent(entry.name, loaded.family.id, loaded.pipeline, str(entry.path)))
 
 
 def build_generation(services: Services) -> None:
@@ -124,7 +152,9 @@ def build_generation(services: Services) -> None:
     from webui.outputs.writer import OutputWriter
 
     settings = services.settings
-    services.samplers = SamplerTable()
+    # Built-in samplers arrive through the same hook as an extension's (webui_register_samplers).
+    services.samplers = SamplerTable(samplers=[])
+    services.extensions.register_samplers(services.samplers)
     services.writer = OutputWriter(services.paths.outputs)
     limits = Limits(max_side=settings.max_image_size, max_hires_side=2 * settings.max_image_size)
     services.engine = Engine(
@@ -134,6 +164,7 @@ def build_generation(services: Services) -> None:
         hashes=services.hashes,
         limits=limits,
         default_model=settings.default_model,
+        hooks=services.extensions,
     )
     services.generation = GenerationService(services.engine.run, preview_every=settings.preview_every)
 
@@ -149,6 +180,7 @@ def build_server(services: Services) -> Any:
 
     api = FastAPI(title="Stable Diffusion web UI", docs_url="/docs")
     api.include_router(build_sdapi_router(services))
+    services.extensions.app_started(api, services)  # before the UI is mounted at "/", which would shadow routes
     blocks = build_ui(services)
     return gr.mount_gradio_app(api, blocks, path="/")
 

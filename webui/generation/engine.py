@@ -9,11 +9,10 @@ queue (``service.py``) calls ``Engine.run``; nothing else touches the pipelines.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from webui.generation import passes
+from webui.generation import passes, results
 from webui.generation.requests import GenerationRequest, Limits, RequestError, hires_size, validate_request
 from webui.generation.service import BatchSkipped, JobContext, JobInterrupted, JobResult
 
@@ -43,6 +42,7 @@ class _Job:
     model_hash: str = ""
     vae_name: str = ""
     lora_hashes: dict[str, str] = field(default_factory=dict)
+    job_id: str = ""
 
 
 class Engine:
@@ -54,6 +54,7 @@ class Engine:
         hashes: Any = None,
         limits: Limits | None = None,
         default_model: str = "",
+        hooks: Any = None,
     ) -> None:
         self.manager = manager
         self.samplers = samplers
@@ -61,11 +62,14 @@ class Engine:
         self.hashes = hashes
         self.limits = limits or Limits()
         self.default_model = default_model
+        self.hooks = hooks  # webui.extensions.ExtensionHost (None: no extensions)
 
     # -- entry point ------------------------------------------------------------
     def run(self, request: GenerationRequest, ctx: JobContext) -> JobResult:
+        request = self._before_job(request)
         validate_request(request, self.limits)
         job = self._resolve(request)
+        job.job_id = ctx.job_id
         result = JobResult()
         result.info = self._info(job, [], [])
         total_images = request.total_images
@@ -87,6 +91,17 @@ class Engine:
             result.interrupted = True
         result.info = self._info(job, result.seeds, result.infotexts)
         return result
+
+    def _before_job(self, request: GenerationRequest) -> GenerationRequest:
+        """Extensions may change the request (``webui_before_job``) or refuse it."""
+        if self.hooks is None:
+            return request
+        from webui.hooks import JobRefused
+
+        try:
+            return self.hooks.before_job(request)
+        except JobRefused as exc:
+            raise RequestError("prompt", str(exc)) from None
 
     # -- resolving the request -----------------------------------------------
     def _resolve(self, req: GenerationRequest) -> _Job:
@@ -222,6 +237,7 @@ class Engine:
         height: int = 0,
         secondary: bool = False,
         seed: int | None = None,
+        label: str = "",
     ) -> passes.PassInputs:
         from webui.generation.conditioning import encode_prompts
         from webui.generation.preview import latents_to_preview
@@ -249,8 +265,14 @@ class Engine:
         )
         width, height = width or job.width, height or job.height
 
-        def on_step(step: int, latents: Any) -> None:
-            ctx.on_step(step, latents, preview=lambda lat: latents_to_preview(lat, family))
+        step_hook = self._step_hook(job, family, label or task, steps or job.steps)
+
+        def on_step(step: int, timestep: Any, latents: Any) -> Any:
+            changed = step_hook(step, timestep, latents) if step_hook else None
+            ctx.on_step(
+                step, latents if changed is None else changed, preview=lambda lat: latents_to_preview(lat, family)
+            )
+            return changed
 
         return passes.PassInputs(
             pipe=pipe,
@@ -265,6 +287,19 @@ class Engine:
             on_step=on_step,
             sdxl_conditioning=self._sdxl_conditioning(job, width, height),
         )
+
+    def _step_hook(self, job: _Job, family: Any, label: str, steps: int) -> Any:
+        """``webui_step`` for this pass, or None when no extension listens (no per-step cost then)."""
+        if self.hooks is None or not self.hooks.has_impls("webui_step"):
+            return None
+        from webui.hooks import StepEvent
+
+        def call(step: int, timestep: Any, latents: Any) -> Any:
+            event = StepEvent(job.job_id, step, steps, latents, timestep, family.id, label)
+            out = self.hooks.step(event)
+            return None if out is latents else out
+
+        return call
 
     @staticmethod
     def _sdxl_conditioning(job: _Job, width: int, height: int) -> dict[str, Any]:
@@ -380,6 +415,7 @@ class Engine:
             width=width,
             height=height,
             seed=batch[0][0],
+            label="hires fix",
         )
         run = passes.steps_run(steps, req.denoising_strength)
         ctx.begin_pass(run, "hires fix")
@@ -407,93 +443,10 @@ class Engine:
 
     # -- results ------------------------------------------------------------------
     def _collect(self, job: _Job, batch, images: list[Any], result: JobResult, first_index: int) -> None:
-        from webui.generation.infotext_map import infotext_for
-
-        req = job.req
-        for k, (image, (seed, subseed)) in enumerate(zip(images, batch)):
-            text = infotext_for(
-                req,
-                req.prompt,
-                req.negative_prompt,
-                seed=seed,
-                subseed=subseed,
-                width=job.width,
-                height=job.height,
-                sampler_name=job.sampler,
-                schedule=job.schedule,
-                steps=job.steps,
-                cfg_scale=job.cfg,
-                model_name=job.model_name,
-                model_hash=job.model_hash,
-                vae_name=job.vae_name,
-                lora_hashes=job.lora_hashes,
-            )
-            path = ""
-            if req.save_images:
-                path = str(
-                    self.writer.save(
-                        image,
-                        category=req.task,
-                        infotext=text,
-                        seed=seed,
-                        fmt=req.output_format,
-                        tokens={
-                            "model_name": job.model_name,
-                            "sampler": job.sampler,
-                            "steps": job.steps,
-                            "cfg": job.cfg,
-                            "width": image.width,
-                            "height": image.height,
-                            "prompt": req.prompt,
-                        },
-                    )
-                )
-            result.images.append(image)
-            result.infotexts.append(text)
-            result.seeds.append(seed)
-            result.subseeds.append(subseed)
-            result.paths.append(path)
+        results.collect(self, job, batch, images, result, first_index)
 
     def _info(self, job: _Job, seeds: list[int], infotexts: list[str]) -> dict[str, Any]:
-        req = job.req
-        first_seed, first_sub = job.seeds[0]
-        n = len(seeds) or req.total_images
-        return {
-            "prompt": req.prompt,
-            "all_prompts": [req.prompt] * n,
-            "negative_prompt": req.negative_prompt,
-            "all_negative_prompts": [req.negative_prompt] * n,
-            "seed": first_seed,
-            "all_seeds": list(seeds) or [s for s, _ in job.seeds],
-            "subseed": first_sub,
-            "all_subseeds": [sub for _, sub in job.seeds][:n],
-            "subseed_strength": req.subseed_strength,
-            "width": job.width,
-            "height": job.height,
-            "sampler_name": job.sampler,
-            "scheduler": job.schedule,
-            "cfg_scale": job.cfg,
-            "steps": job.steps,
-            "batch_size": req.batch_size,
-            "restore_faces": False,
-            "face_restoration_model": None,
-            "sd_model_name": job.model_name,
-            "sd_model_hash": job.model_hash or None,
-            "sd_vae_name": job.vae_name or None,
-            "sd_vae_hash": None,
-            "seed_resize_from_w": -1,
-            "seed_resize_from_h": -1,
-            "denoising_strength": req.denoising_strength if (req.task != "txt2img" or req.enable_hr) else None,
-            "extra_generation_params": dict(req.extra_generation_params),
-            "index_of_first_image": 0,
-            "infotexts": list(infotexts),
-            "styles": [],
-            "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
-            "clip_skip": req.clip_skip,
-            "is_using_inpainting_conditioning": req.task == "inpaint" and self._inpainting_model(),
-            "family": job.family.id,
-            "version": "",
-        }
+        return results.info(job, seeds, infotexts, inpainting=job.req.task == "inpaint" and self._inpainting_model())
 
     def _inpainting_model(self) -> bool:
         model = passes.denoiser(self.manager.loaded.pipeline)

@@ -41,7 +41,8 @@ class PassInputs:
     cfg_scale: float
     width: int
     height: int
-    on_step: Callable[[int, Any], None]  # (1-based step of this pass, latents) -> may raise to stop
+    # (1-based step of this pass, timestep, latents) -> replacement latents or None; may raise to stop
+    on_step: Callable[[int, Any, Any], Any]
     sdxl_conditioning: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -49,10 +50,10 @@ def denoiser(pipe: Any) -> Any:
     return getattr(pipe, "unet", None) or pipe.transformer
 
 
-def _callback(on_step: Callable[[int, Any], None]) -> Callable[..., dict]:
+def _callback(on_step: Callable[[int, Any, Any], Any]) -> Callable[..., dict]:
     def callback(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
-        on_step(step + 1, kwargs.get("latents"))
-        return {}
+        changed = on_step(step + 1, timestep, kwargs.get("latents"))
+        return {} if changed is None else {"latents": changed}
 
     return callback
 

@@ -260,6 +260,14 @@ def _choices(names: Iterable[str]) -> str:
     return ", ".join(names) or "(none)"
 
 
+class BuiltinSamplers:
+    """Our own samplers, registered through ``webui_register_samplers`` exactly as an extension's are."""
+
+    def webui_register_samplers(self, table: "SamplerTable") -> None:
+        for spec in builtin_samplers():
+            table.register_sampler(spec)
+
+
 class SamplerTable:
     """Samplers (per kind) and schedule types by name; lookups are case-insensitive and accept aliases."""
 

@@ -247,6 +247,8 @@ class GenerationService:
 
         It waits its turn behind the jobs already queued; its exception is re-raised here.
         """
+        if self._thread is None or not self._thread.is_alive():
+            raise RuntimeError(f"cannot run {label}: the generation worker is not running (start the service first)")
         job = self.submit(None, source=label, action=action)  # type: ignore[arg-type]
         if not job.wait(timeout):
             raise TimeoutError(f"{label} did not finish within {timeout} s; it is still queued or running")

@@ -1,0 +1,143 @@
+"""A job's results: extension image hooks, infotext, atomic saving, and A1111's info summary."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from webui.generation.requests import GenerationRequest
+from webui.generation.service import JobResult
+
+
+def collect(
+    engine: Any, job: Any, batch: list[tuple[int, int]], images: list[Any], result: JobResult, first_index: int
+) -> None:
+    """Run the image hooks, write each image with its infotext, and append it to the job's result."""
+    req = job.req
+    for k, (image, (seed, subseed)) in enumerate(zip(images, batch)):
+        index = first_index + k
+        image = _image_hook(engine.hooks, job, image, index, seed)
+        text = infotext(job, req, seed, subseed)
+        extra = _save_fields(engine.hooks, job, image, text, index, seed)
+        if extra:
+            text = infotext(job, req, seed, subseed, extra)
+        path = ""
+        if req.save_images:
+            path = str(
+                engine.writer.save(
+                    image,
+                    category=req.task,
+                    infotext=text,
+                    seed=seed,
+                    fmt=req.output_format,
+                    tokens={
+                        "model_name": job.model_name,
+                        "sampler": job.sampler,
+                        "steps": job.steps,
+                        "cfg": job.cfg,
+                        "width": image.width,
+                        "height": image.height,
+                        "prompt": req.prompt,
+                    },
+                )
+            )
+            _after_save(engine.hooks, job, image, text, index, seed, path)
+        result.images.append(image)
+        result.infotexts.append(text)
+        result.seeds.append(seed)
+        result.subseeds.append(subseed)
+        result.paths.append(path)
+
+
+def infotext(job: Any, req: GenerationRequest, seed: int, subseed: int, extra: dict | None = None) -> str:
+    from webui.generation.infotext_map import infotext_for
+
+    if extra:
+        req = req.replace(extra_generation_params={**req.extra_generation_params, **extra})
+    return infotext_for(
+        req,
+        req.prompt,
+        req.negative_prompt,
+        seed=seed,
+        subseed=subseed,
+        width=job.width,
+        height=job.height,
+        sampler_name=job.sampler,
+        schedule=job.schedule,
+        steps=job.steps,
+        cfg_scale=job.cfg,
+        model_name=job.model_name,
+        model_hash=job.model_hash,
+        vae_name=job.vae_name,
+        lora_hashes=job.lora_hashes,
+    )
+
+
+def _image_hook(hooks: Any, job: Any, image: Any, index: int, seed: int) -> Any:
+    if hooks is None:
+        return image
+    from webui.hooks import ImageEvent
+
+    return hooks.image(ImageEvent(image, index, seed, job.req, job.job_id))
+
+
+def _save_fields(hooks: Any, job: Any, image: Any, text: str, index: int, seed: int) -> dict[str, str]:
+    """Infotext fields extensions add (``webui_before_save``); they never replace a core field."""
+    if hooks is None:
+        return {}
+    from webui.hooks import SaveEvent
+
+    fields = hooks.before_save(SaveEvent(image, text, index, seed, job.req, job.job_id))
+    core = text.rsplit("\n", 1)[-1]
+    return {k: v for k, v in fields.items() if f"{k}: " not in core}
+
+
+def _after_save(hooks: Any, job: Any, image: Any, text: str, index: int, seed: int, path: str) -> None:
+    if hooks is None:
+        return
+    from webui.hooks import SaveEvent
+
+    hooks.after_save(SaveEvent(image, text, index, seed, job.req, job.job_id, path=path))
+
+
+def info(job: Any, seeds: list[int], infotexts: list[str], inpainting: bool = False) -> dict[str, Any]:
+    """A1111's ``Processed.js()`` summary of a job, for the API's ``info``."""
+    req = job.req
+    first_seed, first_sub = job.seeds[0]
+    n = len(seeds) or req.total_images
+    return {
+        "prompt": req.prompt,
+        "all_prompts": [req.prompt] * n,
+        "negative_prompt": req.negative_prompt,
+        "all_negative_prompts": [req.negative_prompt] * n,
+        "seed": first_seed,
+        "all_seeds": list(seeds) or [s for s, _ in job.seeds],
+        "subseed": first_sub,
+        "all_subseeds": [sub for _, sub in job.seeds][:n],
+        "subseed_strength": req.subseed_strength,
+        "width": job.width,
+        "height": job.height,
+        "sampler_name": job.sampler,
+        "scheduler": job.schedule,
+        "cfg_scale": job.cfg,
+        "steps": job.steps,
+        "batch_size": req.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": job.model_name,
+        "sd_model_hash": job.model_hash or None,
+        "sd_vae_name": job.vae_name or None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": req.denoising_strength if (req.task != "txt2img" or req.enable_hr) else None,
+        "extra_generation_params": dict(req.extra_generation_params),
+        "index_of_first_image": 0,
+        "infotexts": list(infotexts),
+        "styles": [],
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+        "clip_skip": req.clip_skip,
+        "is_using_inpainting_conditioning": inpainting,
+        "family": job.family.id,
+        "version": "",
+    }
