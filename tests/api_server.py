@@ -29,7 +29,7 @@ def serve_api(services: Any, app: Any = None) -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app or build_api_app(services), log_level="warning", lifespan="off")
+    config = uvicorn.Config(app or build_api_app(services), log_level="warning", lifespan="off" if app is None else "on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="test-http", daemon=True)
     thread.start()

@@ -155,7 +155,7 @@ def build_generation(services: Services) -> None:
     # Built-in samplers arrive through the same hook as an extension's (webui_register_samplers).
     services.samplers = SamplerTable(samplers=[])
     services.extensions.register_samplers(services.samplers)
-    services.writer = OutputWriter(services.paths.outputs)
+    services.writer = OutputWriter(services.paths.outputs, filename_pattern=settings.filename_pattern)
     limits = Limits(max_side=settings.max_image_size, max_hires_side=2 * settings.max_image_size)
     services.engine = Engine(
         services.manager,

@@ -10,13 +10,16 @@ import argparse
 import dataclasses
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 ENV_PREFIX = "WEBUI_"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+SAMPLES_FORMATS = ("png", "jpg", "webp")
+RNG_SOURCES = ("GPU", "CPU")
 
 
 class SettingsError(ValueError):
@@ -47,11 +50,18 @@ class Settings:
     # Generation: live preview every N steps (0 = off); the largest width/height a request may ask for.
     preview_every: int = 5
     max_image_size: int = 2048
+    # Saving: A1111's file name pattern ("[seed]", "[seed]-[prompt_words]", ...) and image format.
+    filename_pattern: str = "[seed]"
+    samples_format: str = "png"
+    # Where the UI draws the initial noise by default: "GPU" (the device) or "CPU" (same image on any device).
+    default_rng: str = "GPU"
+    # Allow "Install requirements" in the Extensions tab even when listening beyond localhost.
+    enable_insecure_extension_access: bool = False
     # Never touch the network for models (downloads of the default checkpoint excepted).
     offline: bool = True
     skip_install: bool = False
 
-    def with_updates(self, **changes: Any) -> "Settings":
+    def with_updates(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **_coerce_all(changes))
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,21 +108,61 @@ def _coerce_all(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _coerce(k, v) for k, v in values.items()}
 
 
+def _check_port(value: int) -> str:
+    return "" if 0 < value < 65536 else f"--port must be between 1 and 65535, got {value}"
+
+
+def _check_max_image_size(value: int) -> str:
+    if 64 <= value <= 16384 and value % 8 == 0:
+        return ""
+    return f"max_image_size must be a multiple of 8 between 64 and 16384, got {value}"
+
+
+def _one_of(name: str, choices: tuple[str, ...]) -> Any:
+    def check(value: str) -> str:
+        return "" if value in choices else f"{name} must be one of {', '.join(choices)}, got {value!r}"
+
+    return check
+
+
+def _not_negative(name: str, meaning: str) -> Any:
+    return lambda value: "" if value >= 0 else f"{name} must be {meaning}, got {value}"
+
+
+def _not_blank(name: str) -> Any:
+    return lambda value: "" if str(value).strip() else f"{name} must not be empty"
+
+
+# setting -> check(value) returning "" when fine, else a message that says what to change.
+FIELD_CHECKS: dict[str, Any] = {
+    "device": _one_of("--device", DEVICES),
+    "precision": _one_of("--precision", PRECISIONS),
+    "port": _check_port,
+    "ram_cache_models": _not_negative("ram_cache_models", "0 or more"),
+    "preview_every": _not_negative("preview_every", "0 (off) or more"),
+    "max_image_size": _check_max_image_size,
+    "samples_format": _one_of("samples_format", SAMPLES_FORMATS),
+    "default_rng": _one_of("default_rng", RNG_SOURCES),
+    "models_dir": _not_blank("models_dir"),
+    "outputs_dir": _not_blank("outputs_dir"),
+    "extensions_dir": _not_blank("extensions_dir"),
+    "cache_dir": _not_blank("cache_dir"),
+}
+
+
+def check_field(name: str, value: Any) -> Any:
+    """The value coerced to the setting's type; SettingsError with a user-facing message if unusable."""
+    value = _coerce(name, value)
+    check = FIELD_CHECKS.get(name)
+    message = check(value) if check else ""
+    if message:
+        raise SettingsError(message)
+    return value
+
+
 def _validate(settings: Settings) -> Settings:
-    if settings.device not in DEVICES:
-        raise SettingsError(f"--device must be one of {', '.join(DEVICES)}, got {settings.device!r}")
-    if settings.precision not in PRECISIONS:
-        raise SettingsError(
-            f"--precision must be one of {', '.join(PRECISIONS)}, got {settings.precision!r}"
-        )
-    if not 0 < settings.port < 65536:
-        raise SettingsError(f"--port must be between 1 and 65535, got {settings.port}")
-    if settings.ram_cache_models < 0:
-        raise SettingsError("ram_cache_models must be 0 or more")
-    if settings.preview_every < 0:
-        raise SettingsError("preview_every must be 0 (off) or more")
-    if not 64 <= settings.max_image_size <= 16384 or settings.max_image_size % 8:
-        raise SettingsError(f"max_image_size must be a multiple of 8 between 64 and 16384, got {settings.max_image_size}")
+    for name in FIELD_CHECKS:
+        check_field(name, getattr(settings, name))
     return settings
 
 
@@ -139,6 +189,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--default-model", help="checkpoint loaded for the first generation")
     p.add_argument("--preview-every", type=int, help="live preview every N steps, 0 = off (default 5)")
     p.add_argument("--max-image-size", type=int, help="largest width/height a request may ask for (default 2048)")
+    p.add_argument(
+        "--enable-insecure-extension-access",
+        action="store_const",
+        const=True,
+        help="allow installing extension requirements from the web UI even with --listen (trusted networks only)",
+    )
     p.add_argument(
         "--skip-install",
         action="store_const",
@@ -170,6 +226,7 @@ _CLI_TO_FIELD = {
     "preview_every": "preview_every",
     "max_image_size": "max_image_size",
     "skip_install": "skip_install",
+    "enable_insecure_extension_access": "enable_insecure_extension_access",
 }
 
 

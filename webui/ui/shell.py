@@ -1,61 +1,123 @@
-"""The page: model bar on top, then the tabs. Builds no model and imports no torch."""
+"""The page: the model bar on top, then the tabs in A1111's order. Builds no model and imports no torch.
+
+``build_ui(services)`` returns the ``gr.Blocks``; ``webui.app.build_server`` mounts it. Each tab is a
+module with ``build(services, page)``; a tab that fails to build shows why in its place and the rest
+of the page still works.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from webui.ui import models_tab
+from webui.ui.model_bar import checkpoint_choices, load_checkpoint  # noqa: F401  (kept for callers)
+from webui.ui.page import PageContext
+
+log = logging.getLogger(__name__)
+
+# (label, tab id, module under webui.ui)
+TABS = (
+    ("txt2img", "txt2img", "txt2img_tab"),
+    ("img2img", "img2img", "img2img_tab"),
+    ("Inpaint", "inpaint", "inpaint_tab"),
+    ("PNG Info", "png_info", "png_info_tab"),
+    ("Extensions", "extensions", "extensions_tab"),
+    ("Settings", "settings", "settings_tab"),
+)
+
+PAGE_CSS = """
+.webui-progress { position: relative; min-height: 1.8em; border-radius: 6px; overflow: hidden;
+  border: 1px solid var(--border-color-primary); background: var(--block-background-fill); }
+.webui-progress.queued { padding: 0.2em 0.6em; }
+.webui-progress-bar { position: absolute; left: 0; top: 0; bottom: 0; background: var(--color-accent); opacity: 0.35; }
+.webui-progress-text { position: relative; padding: 0 0.6em; line-height: 1.8em; font-size: 0.9em; }
+[id$="_token_counter"] { text-align: right; font-size: 0.8em; opacity: 0.7; margin-top: -0.4em; }
+"""
+
+# Runs once per page load: Ctrl+Enter in a prompt box presses that tab's Generate; the page CSS.
+PAGE_JS = """
+() => {
+  if (window.__webuiReady) return;
+  window.__webuiReady = true;
+  document.addEventListener('keydown', (e) => {
+    if (e.key !== 'Enter' || !(e.ctrlKey || e.metaKey)) return;
+    const box = e.target.closest && e.target.closest('[id$="_prompt"]');
+    if (!box) return;
+    const tab = box.id.replace(/_(hr_)?(neg_)?prompt$/, '');
+    const button = document.getElementById(tab + '_generate');
+    if (button) { e.preventDefault(); button.click(); }
+  });
+  const style = document.createElement('style');
+  style.textContent = %s;
+  document.head.appendChild(style);
+}
+"""
 
 
-def checkpoint_choices(services: Any) -> list[tuple[str, str]]:
-    labels = {spec_id: spec.label for spec_id, spec in services.families.items()}
-    out = []
-    for e in services.catalog.usable("checkpoint"):
-        family = labels.get(e.family or "", "family found when loaded")
-        demo = ", demo: makes noise" if e.demo else ""
-        out.append((f"{e.name} ({family}{demo})", e.name))
-    return out
+def page_js() -> str:
+    import json
+
+    return PAGE_JS % json.dumps(PAGE_CSS)
 
 
-def load_checkpoint(services: Any, name: str | None):
-    """Generator for the model bar: a 'loading' line at once, then the result."""
-    if not name:
-        yield "No checkpoint selected."
-        return
-    yield f"Loading {name} ..."
+def _build_tab(services: Any, page: Any, module_name: str) -> None:
+    import importlib
+
+    import gradio as gr
+
     try:
-        report = services.manager.load(name)
-    except Exception as exc:  # shown to the user, the server keeps running
-        yield f"**Could not load {name}:** {exc}"
+        module = importlib.import_module(f"webui.ui.{module_name}")
+        module.build(services, page)
+    except Exception as exc:  # one broken tab must not take the page down
+        log.exception("the %s tab could not be built", module_name)
+        gr.Markdown(f"**This tab could not be built:** {type(exc).__name__}: {exc}. The other tabs work.")
+
+
+def _models_tab(services: Any, page: Any) -> None:
+    from webui.ui import models_tab
+    from webui.ui.model_bar import checkpoint_update
+
+    def refresh_choices() -> Any:
+        services.catalog.refresh()
+        return checkpoint_update(services)
+
+    models_tab.build(services, on_change=(refresh_choices, page.checkpoint))
+
+
+def _extension_tabs(services: Any) -> None:
+    """Tabs added by extensions (``webui_ui_tabs``); one that fails to build shows why, the page still loads."""
+    import gradio as gr
+
+    host = getattr(services, "extensions", None)
+    if host is None:
         return
-    how = "from the RAM cache" if report.from_cache else "from disk"
-    family = services.families.get(report.family).label
-    notes = "".join(f"\n- {n}" for n in report.notes)
-    yield f"Loaded **{report.name}** ({family}) {how} in {report.seconds:.1f} s.{notes}"
+    for tab in host.ui_tabs(services):
+        with gr.Tab(tab.title, elem_id=f"tab_ext_{tab.extension}"):
+            ok, _ = host.run_guarded(tab.extension, f"tab {tab.title!r}", tab.build)
+            if not ok:
+                gr.Markdown(
+                    f"The extension **{tab.extension}** could not build this tab; "
+                    "the Extensions tab says why. Turn it off there or update it."
+                )
 
 
 def build_ui(services: Any) -> Any:
     import gradio as gr
 
+    from webui.ui.model_bar import build_model_bar
+
+    page = PageContext(services)
     with gr.Blocks(title="Stable Diffusion web UI") as blocks:
-        with gr.Row():
-            ckpt = gr.Dropdown(
-                label="Stable Diffusion checkpoint",
-                choices=checkpoint_choices(services),
-                value=None,
-                scale=4,
-                elem_id="checkpoint",
-            )
-            refresh = gr.Button("Refresh", scale=0, elem_id="refresh-checkpoints")
-        status = gr.Markdown("No checkpoint loaded yet: one is loaded when you pick it.", elem_id="model-status")
-
-        def do_refresh():
-            services.catalog.refresh()
-            return gr.update(choices=checkpoint_choices(services))
-
-        refresh.click(do_refresh, outputs=ckpt)
-        ckpt.change(lambda n: (yield from load_checkpoint(services, n)), inputs=ckpt, outputs=status)
-        with gr.Tabs():
-            with gr.Tab("Models", id="models"):
-                models_tab.build(services, on_change=(do_refresh, ckpt))
+        build_model_bar(services, page)
+        with gr.Tabs(elem_id="tabs") as tabs:
+            page.tabs = tabs
+            for label, tab_id, module_name in TABS:
+                with gr.Tab(label, id=tab_id, elem_id=f"tab_{tab_id}"):
+                    _build_tab(services, page, module_name)
+            with gr.Tab("Models", id="models", elem_id="tab_models"):
+                _models_tab(services, page)
+            _extension_tabs(services)
+        page.finish()
+        blocks.load(page.sync_updates, inputs=[page.family], outputs=page.sync_outputs(), queue=False)
+        blocks.load(None, js=page_js())
     return blocks

@@ -1,0 +1,136 @@
+"""What the controls offer for a model family: samplers, schedule types, defaults, size presets.
+
+Pure python over the services (sampler table, families, catalog); no gradio. With no model loaded
+the page shows SD 1.5's defaults and every sampler (the engine checks the choice once it knows
+the model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from webui.generation.infotext_map import USE_SAME_SAMPLER, USE_SAME_SCHEDULER
+from webui.generation.requests import HR_UPSCALERS, MASKED_CONTENT, RESIZE_MODES
+from webui.ui.control_values import NO_REFINER
+
+__all__ = [
+    "HR_UPSCALERS",
+    "MASKED_CONTENT",
+    "RESIZE_MODES",
+    "USE_SAME_SAMPLER",
+    "USE_SAME_SCHEDULER",
+    "FamilyView",
+    "family_view",
+    "parse_preset",
+    "preset_choices",
+    "refiner_choices",
+    "schedules_for",
+    "usable_values",
+]
+
+FALLBACK_FAMILY = "sd15"
+
+
+@dataclass(frozen=True)
+class FamilyView:
+    """The choices and defaults one tab shows for a family (None: no model loaded)."""
+
+    family_id: str
+    label: str
+    samplers: list[str]
+    sampler: str
+    schedules: list[str]
+    hr_samplers: list[str]
+    steps: int
+    cfg: float
+    width: int
+    height: int
+    presets: list[tuple[str, str]]
+    is_flow: bool
+
+
+def preset_choices(sizes: Any) -> list[tuple[str, str]]:
+    """``[("512 × 768", "512x768"), ...]`` for a family's resolution presets."""
+    return [(f"{w} × {h}", f"{w}x{h}") for w, h in sizes]
+
+
+def parse_preset(value: str | None) -> tuple[int, int] | None:
+    """``"512x768"`` -> (512, 768); anything else -> None."""
+    try:
+        w, h = str(value).lower().split("x")
+        return int(w), int(h)
+    except (TypeError, ValueError):
+        return None
+
+
+def schedules_for(services: Any, family: Any, sampler: str | None) -> list[str]:
+    """Schedule types for this sampler on this family; every one when either is unknown."""
+    from webui.generation.samplers import SamplerError
+
+    table = services.samplers
+    if family is None or not sampler:
+        return table.schedule_names()
+    try:
+        return table.schedules_for(family, sampler)
+    except SamplerError:
+        return table.schedule_names()
+
+
+def family_view(services: Any, family: Any, task: str) -> FamilyView:
+    table = services.samplers
+    base = family if family is not None else services.families.get(FALLBACK_FAMILY)
+    if family is None:
+        samplers = table.sampler_names()
+        hr = table.sampler_names()
+    else:
+        samplers = table.samplers_for(family, task)
+        hr = table.samplers_for(family, "img2img")
+    sampler = table.default_sampler(base)
+    if sampler not in samplers:
+        sampler = samplers[0] if samplers else ""
+    return FamilyView(
+        family_id=family.id if family is not None else "",
+        label=family.label if family is not None else "no model loaded",
+        samplers=samplers,
+        sampler=sampler,
+        schedules=schedules_for(services, family, sampler),
+        hr_samplers=[USE_SAME_SAMPLER, *hr],
+        steps=base.default_steps,
+        cfg=base.default_cfg,
+        width=base.default_size[0],
+        height=base.default_size[1],
+        presets=preset_choices(base.resolution_presets),
+        is_flow=bool(family is not None and family.is_flow),
+    )
+
+
+def refiner_choices(services: Any) -> list[str]:
+    return [NO_REFINER, *(e.name for e in services.catalog.usable("checkpoint"))]
+
+
+def usable_values(services: Any, task: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` without the dropdown choices this page cannot show for the loaded family.
+
+    A sampler the family lacks is dropped (the control keeps its value), its schedule with it; a
+    schedule the sampler does not take becomes Automatic; an unknown refiner becomes None.
+    """
+    out = dict(values)
+    view = family_view(services, services.manager.family, task)
+    if "sampler_name" in out and out["sampler_name"] not in view.samplers:
+        out.pop("sampler_name")
+        out.pop("scheduler", None)
+    if "scheduler" in out:
+        sampler = out.get("sampler_name") or view.sampler
+        if out["scheduler"] not in schedules_for(services, services.manager.family, sampler):
+            out["scheduler"] = "Automatic"
+    if "hr_sampler_name" in out and out["hr_sampler_name"] not in view.hr_samplers:
+        out["hr_sampler_name"] = USE_SAME_SAMPLER
+    if "hr_scheduler" in out and out["hr_scheduler"] not in [USE_SAME_SCHEDULER, *services.samplers.schedule_names()]:
+        out["hr_scheduler"] = USE_SAME_SCHEDULER
+    if "hr_upscaler" in out and out["hr_upscaler"] not in HR_UPSCALERS:
+        out.pop("hr_upscaler")
+    if "refiner_checkpoint" in out and out["refiner_checkpoint"] not in refiner_choices(services):
+        out["refiner_checkpoint"] = NO_REFINER
+    return out

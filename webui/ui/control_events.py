@@ -1,0 +1,149 @@
+"""Events inside one tab's controls: token counters, size presets, seed buttons, sampler -> schedule
+types, the ↙ paste button, and following the loaded model's family. Called by ``build_controls``."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from webui.ui import choices as C
+from webui.ui.control_values import has_parameters, token_counter_text, values_from_infotext
+
+CLIP_PAD = "<|endoftext|>"
+
+
+def prompt_tokenizer(page: Any) -> Any:
+    """The bundled CLIP tokenizer, built once per page.
+
+    Every family we run has a CLIP BPE tokenizer first (SD 1.5 / SDXL / SD3: CLIP-L; SD 2.x:
+    OpenCLIP-H, same vocabulary), so the count is the model's. The loaded pipeline's own tokenizer
+    is not used: a fast tokenizer shared with the generation worker can fail with "Already
+    borrowed" when both threads use it at once.
+    """
+    tokenizer = page.cache.get("clip_tokenizer")
+    if tokenizer is None:
+        from webui.models.tokenizers import clip_tokenizer
+
+        tokenizer = page.cache["clip_tokenizer"] = clip_tokenizer(CLIP_PAD)
+    return tokenizer
+
+
+def count_text(services: Any, page: Any, text: str) -> str:
+    """``"12/75"`` for a prompt box; ``"?/75"`` when the tokenizer fails (never an error in the page)."""
+    from webui.generation.prompts import count_tokens
+
+    lock = page.cache.setdefault("clip_tokenizer_lock", threading.Lock())  # one tokenizer, many browser tabs
+    try:
+        with lock:
+            used, limit = count_tokens(prompt_tokenizer(page), text or "")
+    except Exception:  # noqa: BLE001 - a counter must never break the page
+        return "?/75"
+    return token_counter_text(used, limit)
+
+
+def wire_token_counters(services: Any, page: Any, c: Any) -> None:
+    pairs = (
+        (c.fields["prompt"], c.widgets["token_counter"]),
+        (c.fields["negative_prompt"], c.widgets["neg_token_counter"]),
+    )
+    for box, counter in pairs:
+        box.change(
+            lambda text: count_text(services, page, text),
+            inputs=[box],
+            outputs=[counter],
+            queue=False,
+            show_progress="hidden",
+            trigger_mode="always_last",
+        )
+
+
+def wire_size_and_seed(services: Any, c: Any) -> None:
+    import gradio as gr
+
+    width, height = c.fields["width"], c.fields["height"]
+
+    def preset(value: str | None) -> tuple[Any, Any]:
+        size = C.parse_preset(value)
+        return (size[0], size[1]) if size else (gr.update(), gr.update())
+
+    c.size_preset.input(preset, inputs=[c.size_preset], outputs=[width, height], queue=False, show_progress="hidden")
+    c.widgets["swap_size"].click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], queue=False)
+    c.widgets["random_seed"].click(lambda: -1, outputs=[c.fields["seed"]], queue=False)
+
+
+def wire_sampler_schedules(services: Any, c: Any) -> None:
+    import gradio as gr
+
+    sampler, scheduler = c.fields["sampler_name"], c.fields["scheduler"]
+
+    def schedules(name: str, current: str) -> Any:
+        names = C.schedules_for(services, services.manager.family, name)
+        return gr.update(choices=names, value=current if current in names else "Automatic")
+
+    sampler.change(schedules, inputs=[sampler, scheduler], outputs=[scheduler], queue=False, show_progress="hidden")
+
+
+def paste_updates(services: Any, c: Any, text: str) -> list[Any]:
+    """Updates for the fields (+ the error box) from the infotext in the prompt box."""
+    import gradio as gr
+
+    if not has_parameters(text):
+        gr.Info("Paste an image's parameters (the text under a generated image) into the prompt box, then press ↙.")
+        return [gr.update() for _ in c.fields] + [gr.update()]
+    values = values_from_infotext(text)
+    usable = C.usable_values(services, c.task, values)
+    note = ""
+    if "sampler_name" in values and "sampler_name" not in usable:
+        note = f"The sampler {values['sampler_name']} does not work with the loaded model; kept the current one."
+        gr.Info(note)
+    return c.updates(values, services) + [note]
+
+
+def wire_paste(services: Any, page: Any, c: Any) -> None:
+    c.paste.click(
+        lambda text: paste_updates(services, c, text),
+        inputs=[c.fields["prompt"]],
+        outputs=[*c.field_components(), c.error],
+        queue=False,
+        show_progress="hidden",
+    )
+
+
+def family_updates(services: Any, c: Any, family: Any, changed: bool) -> list[Any]:
+    """Updates for ``family_outputs(c)`` after a model switch (defaults reset when the family changed)."""
+    import gradio as gr
+
+    view = C.family_view(services, family, c.task)
+    keep = gr.update()
+    out = [
+        gr.update(choices=view.samplers, value=view.sampler) if changed else gr.update(choices=view.samplers),
+        gr.update(choices=view.schedules, value="Automatic") if changed else keep,
+        view.steps if changed else keep,
+        view.cfg if changed else keep,
+        view.width if changed else keep,
+        view.height if changed else keep,
+        gr.update(choices=view.presets, value=None),
+        gr.update(choices=C.refiner_choices(services)),
+        gr.update(visible=view.is_flow),
+    ]
+    if "hr_sampler_name" in c.fields:
+        hr = (
+            gr.update(choices=view.hr_samplers, value=C.USE_SAME_SAMPLER)
+            if changed
+            else gr.update(choices=view.hr_samplers)
+        )
+        out.append(hr)
+    return out
+
+
+def family_outputs(c: Any) -> list[Any]:
+    f = c.fields
+    out = [f["sampler_name"], f["scheduler"], f["steps"], f["cfg_scale"], f["width"], f["height"], c.size_preset]
+    out += [f["refiner_checkpoint"], c.sd3_options]
+    if "hr_sampler_name" in f:
+        out.append(f["hr_sampler_name"])
+    return out
+
+
+def follow_family(services: Any, page: Any, c: Any) -> None:
+    page.on_family_change(family_outputs(c), lambda family, changed: family_updates(services, c, family, changed))

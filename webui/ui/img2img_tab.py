@@ -1,0 +1,32 @@
+"""img2img tab: an init image, resize mode and denoising strength, then the shared controls and runner.
+
+The image is ``init_image`` (a request field, ``gr.Image(type="pil")``), so the controls' request
+builder takes it as is. Element id of the image: ``img2img_image``; the rest as in ``controls``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def build(services: Any, page: Any) -> None:
+    import gradio as gr
+
+    from webui.ui.controls import build_controls
+    from webui.ui.page import PasteTarget
+    from webui.ui.runner import attach_runner
+
+    def image_input() -> dict[str, Any]:
+        image = gr.Image(
+            label="Image for img2img",
+            type="pil",
+            image_mode="RGB",
+            sources=["upload", "clipboard"],
+            height=360,
+            elem_id="img2img_image",
+        )
+        return {"init_image": image}
+
+    controls = build_controls(services, page, "img2img", inputs_slot=image_input)
+    attach_runner(services, page, controls)
+    page.register_paste_target(PasteTarget("img2img", controls, image=controls.extra["init_image"]))

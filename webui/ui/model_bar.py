@@ -1,0 +1,146 @@
+"""The model bar on top of the page: checkpoint dropdown ("name (family)"), refresh, VAE dropdown, status.
+
+Loads go through ``services.generation.call`` (the worker thread owns the device), inside
+generators that first yield "Loading ..." so the page stays responsive; a failed load says why.
+After a switch ``page.follow_model`` updates every tab (samplers, size presets, defaults).
+The checkpoint and VAE shown here also travel with each request from this page, so what a
+browser tab shows is what it generates with, even when another tab switched the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+AUTOMATIC_VAE = "Automatic"
+NO_MODEL_STATUS = "No checkpoint loaded yet: pick one, or press Generate to load the default."
+
+
+def checkpoint_choices(services: Any) -> list[tuple[str, str]]:
+    """``[(label, name)]``: "name (family)" for each usable checkpoint."""
+    labels = {spec_id: spec.label for spec_id, spec in services.families.items()}
+    out = []
+    for e in services.catalog.usable("checkpoint"):
+        family = labels.get(e.family or "", "family found when loaded")
+        demo = ", demo: makes noise" if e.demo else ""
+        out.append((f"{e.name} ({family}{demo})", e.name))
+    return out
+
+
+def vae_choices(services: Any) -> list[str]:
+    return [AUTOMATIC_VAE, *(e.name for e in services.catalog.usable("vae"))]
+
+
+def current_checkpoint(services: Any) -> str | None:
+    entry = services.manager.current_entry
+    return entry.name if entry is not None else None
+
+
+def checkpoint_update(services: Any) -> Any:
+    """The dropdown's choices, and its value when a model is loaded (else unchanged)."""
+    import gradio as gr
+
+    name = current_checkpoint(services)
+    choices = checkpoint_choices(services)
+    if name is not None and name in {value for _, value in choices}:
+        return gr.update(choices=choices, value=name)
+    return gr.update(choices=choices)
+
+
+def loaded_status(services: Any) -> str:
+    """The status line for whatever is loaded now (a job or another browser tab may have loaded it)."""
+    entry, family = services.manager.current_entry, services.manager.family
+    if entry is None or family is None:
+        return NO_MODEL_STATUS
+    return f"Loaded **{entry.name}** ({family.label})."
+
+
+def describe_load(services: Any, report: Any) -> str:
+    how = "from the RAM cache" if report.from_cache else "from disk"
+    family = services.families.get(report.family).label
+    notes = "".join(f"\n- {n}" for n in report.notes)
+    return f"Loaded **{report.name}** ({family}) {how} in {report.seconds:.1f} s.{notes}"
+
+
+def load_checkpoint(services: Any, name: str | None, timeout: float | None = None) -> Iterator[str]:
+    """Generator for the model bar: a 'loading' line at once, then the result (never raises).
+
+    The load runs on the generation worker (behind jobs already queued), so the service must be
+    started.
+    """
+    if not name:
+        yield "No checkpoint selected."
+        return
+    yield f"Loading {name} ..."
+    try:
+        report = services.generation.call(lambda: services.manager.load(name), timeout=timeout, label="model load")
+    except Exception as exc:  # noqa: BLE001 - shown to the user, the server keeps running
+        yield f"**Could not load {name}:** {_reason(exc)}"
+        return
+    yield describe_load(services, report)
+
+
+def set_vae(services: Any, name: str | None, timeout: float | None = None) -> Iterator[str]:
+    """Generator: switch the VAE of the loaded checkpoint ("Automatic" = its own)."""
+    label = name or AUTOMATIC_VAE
+    if services.manager.current_entry is None:
+        yield f"VAE {label} is used once a checkpoint is loaded."
+        return
+    yield f"Loading VAE {label} ..."
+    target = None if label == AUTOMATIC_VAE else label
+    try:
+        used = services.generation.call(lambda: services.manager.set_vae(target), timeout=timeout, label="VAE switch")
+    except Exception as exc:  # noqa: BLE001 - shown to the user
+        yield f"**Could not use the VAE {label}:** {_reason(exc)}"
+        return
+    yield f"VAE: {used}."
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip("'\"")
+    return text or type(exc).__name__
+
+
+def refresh(services: Any) -> tuple[Any, Any]:
+    """Rescan models/ (on a worker of Gradio's, not the generation worker): new choices for both lists."""
+    import gradio as gr
+
+    services.catalog.refresh()
+    return checkpoint_update(services), gr.update(choices=vae_choices(services))
+
+
+def build_model_bar(services: Any, page: Any) -> None:
+    """Create the bar's components on ``page`` (checkpoint, vae, model_status, family) and wire them."""
+    import gradio as gr
+
+    with gr.Row(elem_id="model-bar"):
+        page.checkpoint = gr.Dropdown(
+            label="Stable Diffusion checkpoint",
+            choices=checkpoint_choices(services),
+            value=current_checkpoint(services),
+            scale=4,
+            elem_id="checkpoint",
+        )
+        refresh_button = gr.Button("↻", scale=0, min_width=50, elem_id="refresh-checkpoints")
+        page.vae = gr.Dropdown(
+            label="SD VAE", choices=vae_choices(services), value=AUTOMATIC_VAE, scale=2, elem_id="sd_vae"
+        )
+    page.model_status = gr.Markdown(NO_MODEL_STATUS, elem_id="model-status")
+    page.family = gr.State("")
+
+    def load(name: str | None) -> Iterator[str]:
+        for line in load_checkpoint(services, name):
+            if line.startswith("**Could not"):
+                gr.Warning(line.replace("**", ""))
+            yield line
+
+    loaded = page.checkpoint.input(
+        load, inputs=[page.checkpoint], outputs=[page.model_status], concurrency_limit=None, show_progress="minimal"
+    )
+    page.follow_model(loaded)
+    refresh_button.click(lambda: refresh(services), outputs=[page.checkpoint, page.vae], show_progress="hidden")
+
+    def vae(name: str | None) -> Iterator[str]:
+        yield from set_vae(services, name)
+
+    page.vae.input(vae, inputs=[page.vae], outputs=[page.model_status], concurrency_limit=None)

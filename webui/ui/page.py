@@ -1,0 +1,176 @@
+"""What every tab's ``build(services, page)`` shares: the tabs, the model bar, paste targets, deferred wiring.
+
+The shell makes one ``PageContext`` per UI, builds the model bar (which fills ``checkpoint``, ``vae``
+and ``family``), then each tab inside ``page.tabs``, then calls ``page.finish()``, which runs the
+functions queued with ``after_build`` (in the order they were queued). Nothing here is global: a
+second ``build_ui`` gets its own context.
+
+API for tab authors (stable):
+
+* ``page.tabs``: the ``gr.Tabs``; tab ids are ``TAB_IDS`` ("txt2img", "img2img", "inpaint",
+  "png_info", "extensions", "settings", "models"). ``gr.Tabs(selected="img2img")`` as an output
+  update switches tab.
+* ``page.checkpoint`` / ``page.vae``: the model bar's dropdowns (values: catalog names; the VAE
+  "Automatic" = the checkpoint's own). ``page.family``: a ``gr.State`` with the id of the family this
+  browser page shows ("" while no model is loaded).
+* ``page.register_paste_target(PasteTarget(tab, controls, image, image_value))``: a generation tab
+  that other tabs can fill ("Send to img2img", PNG Info's "Send to ..."). ``image`` is the component
+  that receives the image (None for txt2img); ``image_value(pil) -> value`` converts the PIL image
+  to that component's value (default: the PIL image itself; an ImageEditor wants a dict).
+* ``page.send_button(button, target_tab, inputs, read)``: wires ``button`` (after the build, so the
+  target may be built later) to fill ``target_tab`` from ``read(*input_values) -> (pil_or_None,
+  infotext)`` and switch to it. A missing target makes the button hidden, never an error.
+* ``page.on_family_change(outputs, fn)``: ``fn(family_or_None, changed) -> one update per output`` runs
+  after every model switch (and on page load, and after each generation); ``changed`` is True when
+  the family differs from what this page showed, the moment to reset defaults. Register during the
+  build, not in ``after_build``.
+* ``page.follow_model(event, reset_defaults=True, status=False)``: chain the model sync after an
+  event (the runner does this for Generate with ``reset_defaults=False``, since a job may load a
+  checkpoint and the user's values must stay).
+* ``page.after_build(fn)``: run ``fn()`` once every tab exists (inside the Blocks context).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+TAB_IDS = ("txt2img", "img2img", "inpaint", "png_info", "extensions", "settings", "models")
+
+
+@dataclass
+class PasteTarget:
+    """A tab whose controls can be filled from an infotext (and whose image input can be set)."""
+
+    tab: str
+    controls: Any  # webui.ui.controls.Controls
+    image: Any = None  # component receiving a sent image (gr.Image, gr.ImageEditor) or None
+    image_value: Callable[[Any], Any] | None = None  # PIL image -> value for ``image``
+
+
+@dataclass
+class FamilyListener:
+    outputs: list[Any]
+    fn: Callable[[Any, bool], Sequence[Any]]  # (FamilySpec | None, changed) -> one update per output
+
+
+@dataclass
+class PageContext:
+    services: Any
+    tabs: Any = None
+    checkpoint: Any = None
+    vae: Any = None
+    model_status: Any = None
+    family: Any = None
+    paste_targets: dict[str, PasteTarget] = field(default_factory=dict)
+    family_listeners: list[FamilyListener] = field(default_factory=list)
+    # Per-UI caches (no globals): the fallback CLIP tokenizer, LoRA header inspections.
+    cache: dict[str, Any] = field(default_factory=dict)
+    _deferred: list[Callable[[], None]] = field(default_factory=list)
+    _finished: bool = False
+
+    # -- registries -------------------------------------------------------------------------------
+    def register_paste_target(self, target: PasteTarget) -> None:
+        if target.tab in self.paste_targets:
+            raise ValueError(f"tab {target.tab!r} registered a paste target twice")
+        self.paste_targets[target.tab] = target
+
+    def on_family_change(self, outputs: Sequence[Any], fn: Callable[[Any, bool], Sequence[Any]]) -> None:
+        if self._finished:
+            raise RuntimeError("register family listeners while the tabs are built, not after")
+        self.family_listeners.append(FamilyListener(list(outputs), fn))
+
+    def after_build(self, fn: Callable[[], None]) -> None:
+        if self._finished:
+            fn()
+        else:
+            self._deferred.append(fn)
+
+    def finish(self) -> None:
+        """Run the deferred wiring (the shell calls this once, inside the Blocks context)."""
+        while self._deferred:
+            self._deferred.pop(0)()
+        self._finished = True
+
+    # -- model sync -------------------------------------------------------------------------------
+    def sync_outputs(self) -> list[Any]:
+        outputs = [self.checkpoint, self.family, self.model_status]
+        for listener in self.family_listeners:
+            outputs.extend(listener.outputs)
+        return outputs
+
+    def sync_updates(self, shown_family: str | None, *, reset_defaults: bool = True, status: bool = True) -> list[Any]:
+        """Updates for ``sync_outputs()``: the checkpoint list, the family id, the status line, every listener.
+
+        Listeners see ``changed`` True only with ``reset_defaults`` and a family that differs from
+        ``shown_family`` (after a job, the user's values stay). ``status`` rewrites the status line
+        when the family changed (the load event writes its own).
+        """
+        import gradio as gr
+
+        from webui.ui.model_bar import checkpoint_update, loaded_status
+
+        family = self.services.manager.family
+        family_id = family.id if family is not None else ""
+        changed = family_id != (shown_family or "")
+        line = loaded_status(self.services) if status and changed and family is not None else gr.update()
+        updates: list[Any] = [checkpoint_update(self.services), family_id, line]
+        for listener in self.family_listeners:
+            got = list(listener.fn(family, changed and reset_defaults))
+            if len(got) != len(listener.outputs):
+                raise ValueError(f"a family listener returned {len(got)} updates for {len(listener.outputs)} outputs")
+            updates.extend(got)
+        return updates
+
+    def follow_model(self, event: Any, *, reset_defaults: bool = True, status: bool = False) -> None:
+        """Chain the model sync after ``event`` (wired once every tab exists).
+
+        ``reset_defaults``: a family change resets steps/CFG/size/sampler to the family's defaults
+        (a model switch); False keeps the user's values (after a job, which may have loaded a model).
+        """
+
+        def sync(shown: str | None) -> list[Any]:
+            return self.sync_updates(shown, reset_defaults=reset_defaults, status=status)
+
+        def wire() -> None:
+            event.then(sync, inputs=[self.family], outputs=self.sync_outputs(), queue=False, show_progress="hidden")
+
+        self.after_build(wire)
+
+    # -- sending infotext + image to a tab ---------------------------------------------------------
+    def send_button(
+        self, button: Any, target_tab: str, inputs: Sequence[Any], read: Callable[..., tuple[Any, str]]
+    ) -> None:
+        """Fill ``target_tab`` from ``read(*values) -> (image or None, infotext)`` and switch to it."""
+
+        def wire() -> None:
+            import gradio as gr
+
+            target = self.paste_targets.get(target_tab)
+            if target is None:
+                button.visible = False
+                return
+            outputs = [*target.controls.field_components(), *([target.image] if target.image else []), self.tabs]
+
+            def send(*values: Any) -> list[Any]:
+                image, text = read(*values)
+                return self.paste_updates(target, image, text) + [gr.Tabs(selected=target.tab)]
+
+            button.click(send, inputs=list(inputs), outputs=outputs, show_progress="hidden")
+
+        self.after_build(wire)
+
+    def paste_updates(self, target: PasteTarget, image: Any, text: str) -> list[Any]:
+        """Updates for ``target``'s fields (+ its image when it has one) from an infotext."""
+        import gradio as gr
+
+        from webui.ui.controls import values_from_infotext
+
+        updates = target.controls.updates(values_from_infotext(text or ""), self.services)
+        if target.image is not None:
+            if image is None:
+                updates.append(gr.update())
+            else:
+                updates.append(target.image_value(image) if target.image_value else image)
+        return updates

@@ -1,0 +1,82 @@
+"""PNG Info tab: drop an image, read its generation parameters (ours or A1111's), send them to a tab.
+
+The image arrives as the uploaded file itself (``type="filepath"``, ``image_mode=None``), so its
+PNG text chunks and EXIF survive; ``read_infotext`` reads both. Element ids: ``pnginfo_image``,
+``pnginfo_text``, ``pnginfo_table``, ``pnginfo_message``, ``pnginfo_send_<tab>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+SEND_TO = (("txt2img", "Send to txt2img"), ("img2img", "Send to img2img"), ("inpaint", "Send to inpaint"))
+TABLE_HEADERS = ["parameter", "value"]
+NO_PARAMETERS = "This image has no generation parameters (no PNG `parameters` text and no EXIF UserComment)."
+
+
+def parameter_rows(text: str) -> list[list[str]]:
+    """The infotext as written, one (name, value) row each: prompt, negative prompt, then the rest."""
+    from webui.outputs.infotext import split_infotext
+
+    prompt, negative, params = split_infotext(text)
+    rows = [["Prompt", prompt]]
+    if negative:
+        rows.append(["Negative prompt", negative])
+    rows.extend([str(key), str(value)] for key, value in params.items())
+    return rows
+
+
+def read_parameters(path: str | Path | None) -> tuple[str, list[list[str]], str]:
+    """(infotext, table rows, message for the user) for the image at ``path``; never raises."""
+    from webui.outputs.writer import read_infotext
+
+    if not path:
+        return "", [], ""
+    try:
+        text = read_infotext(Path(path))
+    except (OSError, ValueError) as exc:
+        return "", [], f"Cannot read this file: {exc}"
+    if not text:
+        return "", [], NO_PARAMETERS
+    return text, parameter_rows(text), ""
+
+
+def open_image(path: str | Path | None) -> Any:
+    """The image at ``path`` as a loaded PIL image (None without a path)."""
+    from PIL import Image
+
+    if not path:
+        return None
+    with Image.open(path) as image:
+        image.load()
+        return image.copy()
+
+
+def build(services: Any, page: Any) -> None:
+    import gradio as gr
+
+    with gr.Row():
+        with gr.Column():
+            image = gr.Image(
+                label="Source",
+                type="filepath",
+                image_mode=None,
+                sources=["upload", "clipboard"],
+                elem_id="pnginfo_image",
+            )
+        with gr.Column():
+            message = gr.Markdown(elem_id="pnginfo_message")
+            text = gr.Textbox(label="Parameters", lines=6, interactive=False, buttons=["copy"], elem_id="pnginfo_text")
+            table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="pnginfo_table")
+            with gr.Row():
+                buttons = {tab: gr.Button(title, elem_id=f"pnginfo_send_{tab}") for tab, title in SEND_TO}
+
+    def show(path: str | None) -> tuple[str, Any, str]:
+        infotext, rows, note = read_parameters(path)
+        return infotext, rows or None, note
+
+    image.change(show, inputs=image, outputs=[text, table, message], concurrency_limit=None, show_progress="hidden")
+    page.send_button(buttons["txt2img"], "txt2img", [text], lambda infotext: (None, infotext))
+    for tab in ("img2img", "inpaint"):
+        page.send_button(buttons[tab], tab, [image, text], lambda path, infotext: (open_image(path), infotext))

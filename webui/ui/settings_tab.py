@@ -1,0 +1,132 @@
+"""Settings tab: edit the persisted settings, apply them live where possible, reset to defaults.
+
+Element ids follow A1111: ``setting_<name>`` for each control, ``settings_submit``/``settings_reset``
+for the buttons, ``settings_result`` for the outcome; an error shows under its control in
+``setting_<name>_error``. The logic lives in ``settings_apply``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from webui.config import Settings
+from webui.ui import settings_apply
+from webui.ui.settings_apply import SPECS, SettingSpec
+
+NO_DEFAULT_MODEL = "(the first checkpoint found)"
+
+
+def model_choices(services: Any) -> list[tuple[str, str]]:
+    return [(NO_DEFAULT_MODEL, ""), *((n, n) for n in settings_apply.checkpoint_names(services))]
+
+
+def _control(spec: SettingSpec, value: Any, services: Any) -> Any:
+    import gradio as gr
+
+    kind = Settings.__dataclass_fields__[spec.name].type
+    common: dict[str, Any] = {"label": spec.label, "elem_id": f"setting_{spec.name}", "value": value}
+    if spec.info:
+        common["info"] = spec.info
+    if spec.name == "default_model":
+        return gr.Dropdown(choices=model_choices(services), **common)
+    if spec.choices:
+        return gr.Radio(choices=list(spec.choices), **common)
+    if kind == "bool":
+        common.pop("info", None)
+        return gr.Checkbox(**common)
+    if kind == "int":
+        return gr.Number(precision=0, **common)
+    return gr.Textbox(max_lines=1, **common)
+
+
+def _extension_control(spec: Any, value: Any) -> Any:
+    """A control for an extension's ``webui.hooks.SettingSpec`` (type from its default)."""
+    import gradio as gr
+
+    common: dict[str, Any] = {"label": spec.label, "elem_id": f"setting_{spec.name}", "value": value}
+    if spec.info:
+        common["info"] = spec.info
+    if spec.choices is not None:
+        return gr.Dropdown(choices=list(spec.choices), **common)
+    if isinstance(spec.default, bool):
+        common.pop("info", None)
+        return gr.Checkbox(**common)
+    if isinstance(spec.default, (int, float)):
+        return gr.Number(precision=0 if isinstance(spec.default, int) else None, **common)
+    return gr.Textbox(max_lines=1, **common)
+
+
+def error_updates(names: list[str], errors: dict[str, str]) -> list[Any]:
+    import gradio as gr
+
+    return [
+        gr.update(value=f"**{errors[name]}**", visible=True) if name in errors else gr.update(value="", visible=False)
+        for name in names
+    ]
+
+
+def _sections() -> dict[str, list[SettingSpec]]:
+    sections: dict[str, list[SettingSpec]] = {}
+    for spec in SPECS:
+        sections.setdefault(spec.section, []).append(spec)
+    return sections
+
+
+def _error_box(name: str) -> Any:
+    import gradio as gr
+
+    return gr.Markdown(visible=False, elem_id=f"setting_{name}_error", elem_classes="setting-error")
+
+
+def _build_controls(services: Any) -> dict[str, tuple[Any, Any]]:
+    """(control, error box) by setting name: ours by section, then each extension section."""
+    import gradio as gr
+
+    values = settings_apply.current_values(services)
+    built: dict[str, tuple[Any, Any]] = {}
+    for section, specs in _sections().items():
+        with gr.Group():
+            gr.Markdown(f"### {section}")
+            for spec in specs:
+                built[spec.name] = (_control(spec, values[spec.name], services), _error_box(spec.name))
+    by_section: dict[str, list[tuple[str, Any]]] = {}
+    for extension, spec in settings_apply.extension_settings(services):
+        by_section.setdefault(spec.section, []).append((extension, spec))
+    for section, specs in by_section.items():
+        with gr.Group():
+            gr.Markdown(f"### {section}")
+            for extension, spec in specs:
+                control = _extension_control(spec, values[spec.name])
+                built[spec.name] = (control, _error_box(spec.name))
+    return built
+
+
+def build(services: Any, page: Any) -> None:
+    import gradio as gr
+
+    settings_apply.sync_writer(services)  # a saved file name pattern, after a restart
+    with gr.Row():
+        submit = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
+        reset = gr.Button("Reset to defaults", elem_id="settings_reset")
+    result = gr.Markdown(elem_id="settings_result")
+    built = _build_controls(services)
+    names = list(built)
+    controls = [built[name][0] for name in names]
+    errors = [built[name][1] for name in names]
+    gr.Markdown(f"Settings are saved in `{services.paths.config_file}`. Command-line flags override the file.")
+    model_control = built["default_model"][0]
+
+    def apply(*raw: Any) -> list[Any]:
+        known = settings_apply.known_names(services)
+        outcome = settings_apply.save_settings(services, {n: v for n, v in zip(names, raw) if n in known})
+        return [*error_updates(names, outcome.errors), outcome.message(), gr.update(choices=model_choices(services))]
+
+    def reset_all() -> list[Any]:
+        defaults = settings_apply.default_values(services)
+        outcome = settings_apply.save_settings(services, {n: defaults[n] for n in names if n in defaults}, reset=True)
+        message = "Defaults restored. " + outcome.message() if outcome.ok else outcome.message()
+        shown = [defaults.get(name, gr.update()) for name in names]
+        return [*shown, *error_updates(names, outcome.errors), message]
+
+    submit.click(apply, inputs=controls, outputs=[*errors, result, model_control], concurrency_limit=None)
+    reset.click(reset_all, outputs=[*controls, *errors, result], concurrency_limit=None)

@@ -1,0 +1,15 @@
+"""txt2img tab: the shared generation controls (with hires fix) and the runner; nothing of its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def build(services: Any, page: Any) -> None:
+    from webui.ui.controls import build_controls
+    from webui.ui.page import PasteTarget
+    from webui.ui.runner import attach_runner
+
+    controls = build_controls(services, page, "txt2img")
+    attach_runner(services, page, controls)
+    page.register_paste_target(PasteTarget("txt2img", controls))
