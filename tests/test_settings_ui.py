@@ -364,3 +364,26 @@ def test_inpaint_request_from_the_tab_values():
     assert (request.task, request.prompt, request.steps, request.inpainting_fill) == ("inpaint", "a hat", 4, 2)
     assert request.init_image.size == request.mask.size == (64, 64)
     assert request.mask.getbbox() == (0, 0, 32, 64)
+
+
+def test_memory_modes_conflict_is_refused_next_to_the_setting(services):
+    result = save_settings(services, {"memory_modes": "model_cpu_offload,sequential_cpu_offload"})
+    assert not result.ok and "memory_modes" in result.errors
+    assert services.manager.memory_modes == services.settings.memory_modes
+
+
+def test_memory_modes_apply_to_the_loaded_model_on_the_worker(services):
+    from webui.models.demo import demo_checkpoint_name, write_demo_models
+
+    write_demo_models(services.paths.models, ("sd15",))
+    services.catalog.refresh()
+    services.generation.start()
+    try:
+        services.generation.call(lambda: services.manager.load(demo_checkpoint_name("sd15")), timeout=120)
+        result = save_settings(services, {"memory_modes": "vae_slicing,attention_slicing", "memory_oom_retry": False})
+        assert result.ok, result.errors
+        assert set(services.manager.memory_plan.names) == {"vae_slicing", "attention_slicing"}
+        assert services.engine.oom_retry is False
+        assert config_on_disk(services)["memory_modes"] == "vae_slicing,attention_slicing"
+    finally:
+        services.generation.stop()

@@ -97,6 +97,7 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
     families = default_families()
 
     extensions = build_extensions(settings, paths)
+    memory_registry = build_memory_registry(extensions)
 
     def on_loaded(report) -> None:
         # A1111 shows "name [short hash]"; hashing a 6 GB file takes a while, so never on the load path.
@@ -113,6 +114,8 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
         ram_cache_models=settings.ram_cache_models,
         t5_tokenizer_dir=paths.t5_tokenizer_dir(settings),
         on_loaded=on_loaded,
+        memory_registry=memory_registry,
+        memory_modes=settings.memory_modes,
     )
     services = Services(settings, paths, families, catalog, hashes, manager, device, extensions=extensions)
     build_generation(services)
@@ -123,6 +126,7 @@ def build_extensions(settings: Settings, paths: AppPaths) -> Any:
     """The extension host with our built-ins registered first, then extensions/<name>/ and entry points."""
     from webui.extensions import ExtensionHost, install_allowed
     from webui.generation.samplers import BuiltinSamplers
+    from webui.memory.modes import BuiltinMemoryModes
 
     host = ExtensionHost(
         paths.extensions,
@@ -130,10 +134,20 @@ def build_extensions(settings: Settings, paths: AppPaths) -> Any:
         allow_install=install_allowed(settings.host, getattr(settings, "enable_insecure_extension_access", False)),
     )
     host.register_builtin("samplers", BuiltinSamplers())
+    host.register_builtin("memory-modes", BuiltinMemoryModes())
     for ext in host.discover():
         if ext.status == "failed":
             log.warning("extension %s failed: %s", ext.name, ext.error)
     return host
+
+
+def build_memory_registry(extensions: Any) -> Any:
+    """Memory modes, registered through ``webui_register_memory_modes`` (ours as a built-in plugin)."""
+    from webui.memory.modes import MemoryModeRegistry
+
+    registry = MemoryModeRegistry()
+    extensions.register_memory_modes(registry)
+    return registry
 
 
 def _announce_model(extensions: Any, manager: Any, entry: Any) -> None:
@@ -165,6 +179,7 @@ def build_generation(services: Services) -> None:
         limits=limits,
         default_model=settings.default_model,
         hooks=services.extensions,
+        oom_retry=settings.memory_oom_retry,
     )
     services.generation = GenerationService(services.engine.run, preview_every=settings.preview_every)
 

@@ -55,6 +55,12 @@ class Settings:
     samples_format: str = "png"
     # Where the UI draws the initial noise by default: "GPU" (the device) or "CPU" (same image on any device).
     default_rng: str = "GPU"
+    # Memory-saving modes: "auto" (chosen from free VRAM and the model's size), "none", or a comma
+    # list of mode names (drop_t5, model_cpu_offload, sequential_cpu_offload, group_offload,
+    # vae_tiling, vae_slicing, attention_slicing, xformers, fp8_weights).
+    memory_modes: str = "auto"
+    # After an out-of-memory error, retry the batch once with the next stronger memory mode.
+    memory_oom_retry: bool = True
     # Allow "Install requirements" in the Extensions tab even when listening beyond localhost.
     enable_insecure_extension_access: bool = False
     # Never touch the network for models (downloads of the default checkpoint excepted).
@@ -129,6 +135,17 @@ def _not_negative(name: str, meaning: str) -> Any:
     return lambda value: "" if value >= 0 else f"{name} must be {meaning}, got {value}"
 
 
+def _check_memory_modes(value: str) -> str:
+    """Syntax only here (no app imports); the mode names are checked against the registry when applied."""
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if value.strip().lower() in ("auto", "none", ""):
+        return ""
+    bad = [n for n in names if not n.replace("_", "").isalnum()]
+    if bad:
+        return f"memory_modes must be auto, none or a comma list of mode names, got {bad[0]!r}"
+    return ""
+
+
 def _not_blank(name: str) -> Any:
     return lambda value: "" if str(value).strip() else f"{name} must not be empty"
 
@@ -143,6 +160,7 @@ FIELD_CHECKS: dict[str, Any] = {
     "max_image_size": _check_max_image_size,
     "samples_format": _one_of("samples_format", SAMPLES_FORMATS),
     "default_rng": _one_of("default_rng", RNG_SOURCES),
+    "memory_modes": _check_memory_modes,
     "models_dir": _not_blank("models_dir"),
     "outputs_dir": _not_blank("outputs_dir"),
     "extensions_dir": _not_blank("extensions_dir"),
@@ -187,6 +205,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, help="weights precision (default auto)")
     p.add_argument("--ram-cache-models", type=int, help="checkpoints kept in RAM for fast switching (default 0)")
     p.add_argument("--default-model", help="checkpoint loaded for the first generation")
+    p.add_argument(
+        "--memory-modes",
+        help="memory-saving modes: auto (default), none, or a comma list such as model_cpu_offload,vae_tiling",
+    )
     p.add_argument("--preview-every", type=int, help="live preview every N steps, 0 = off (default 5)")
     p.add_argument("--max-image-size", type=int, help="largest width/height a request may ask for (default 2048)")
     p.add_argument(
@@ -223,6 +245,7 @@ _CLI_TO_FIELD = {
     "precision": "precision",
     "ram_cache_models": "ram_cache_models",
     "default_model": "default_model",
+    "memory_modes": "memory_modes",
     "preview_every": "preview_every",
     "max_image_size": "max_image_size",
     "skip_install": "skip_install",

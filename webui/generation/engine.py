@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from webui.generation import passes, results
+from webui.generation import oom, passes, results
 from webui.generation.requests import GenerationRequest, Limits, RequestError, hires_size, validate_request
 from webui.generation.service import BatchSkipped, JobContext, JobInterrupted, JobResult
 
@@ -55,6 +55,7 @@ class Engine:
         limits: Limits | None = None,
         default_model: str = "",
         hooks: Any = None,
+        oom_retry: bool = True,
     ) -> None:
         self.manager = manager
         self.samplers = samplers
@@ -63,6 +64,7 @@ class Engine:
         self.limits = limits or Limits()
         self.default_model = default_model
         self.hooks = hooks  # webui.extensions.ExtensionHost (None: no extensions)
+        self.oom_retry = oom_retry  # retry a batch once with a stronger memory mode after out of memory
 
     # -- entry point ------------------------------------------------------------
     def run(self, request: GenerationRequest, ctx: JobContext) -> JobResult:
@@ -80,7 +82,7 @@ class Engine:
                 batch = job.seeds[it * per_batch : (it + 1) * per_batch]
                 try:
                     ctx.check()
-                    images = self._run_batch(job, batch, ctx)
+                    images = self._run_batch_guarded(job, batch, ctx)
                 except BatchSkipped:
                     result.skipped_batches += 1
                     continue
@@ -215,6 +217,10 @@ class Engine:
         return max(1, passes.steps_run(job.steps, req.denoising_strength))
 
     # -- running one batch ------------------------------------------------------
+    def _run_batch_guarded(self, job: _Job, batch: list[tuple[int, int]], ctx: JobContext) -> list[Any]:
+        """One batch; after out of memory, retry once with the next stronger memory mode, or say which helps."""
+        return oom.run_guarded(self, job, batch, ctx)
+
     def _run_batch(self, job: _Job, batch: list[tuple[int, int]], ctx: JobContext) -> list[Any]:
         runners = {"txt2img": self._txt2img, "img2img": self._img2img, "inpaint": self._inpaint}
         return runners[job.req.task](job, batch, ctx)
@@ -317,17 +323,20 @@ class Engine:
         each image's own stream (A1111) instead of repeating the initial draw.
         """
         from webui.generation.noise import make_generators, make_noise
+        from webui.memory.apply import execution_device
 
-        model = passes.denoiser(pipe)
+        # Under offload the weights sit on the CPU but the pipeline computes on the GPU: draw there,
+        # in the compute dtype (an fp8-stored denoiser still computes in it).
+        device = execution_device(pipe)
         seeds = [s for s, _ in batch]
-        generators = make_generators(seeds, device=model.device, rng=job.req.rng)
+        generators = make_generators(seeds, device=device, rng=job.req.rng)
         noise = make_noise(
             (job.family.latent_channels, height // 8, width // 8),
             seeds,
             [sub for _, sub in batch],
             job.req.subseed_strength,
-            device=model.device,
-            dtype=model.dtype,
+            device=device,
+            dtype=self.manager.device.dtype,
             rng=job.req.rng,
             generators=generators,
         )

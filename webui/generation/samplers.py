@@ -263,7 +263,7 @@ def _choices(names: Iterable[str]) -> str:
 class BuiltinSamplers:
     """Our own samplers, registered through ``webui_register_samplers`` exactly as an extension's are."""
 
-    def webui_register_samplers(self, table: "SamplerTable") -> None:
+    def webui_register_samplers(self, table: SamplerTable) -> None:
         for spec in builtin_samplers():
             table.register_sampler(spec)
 

@@ -42,6 +42,10 @@ class QueueFullError(RuntimeError):
     pass
 
 
+class JobFailed(RuntimeError):
+    """A failure whose message is already written for the user (e.g. out of memory, with the mode that helps)."""
+
+
 @dataclass(frozen=True)
 class Progress:
     step: int = 0  # step within the current pass
@@ -179,6 +183,8 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
     """A message a user can act on, and the request field at fault ('' when none)."""
     if isinstance(exc, RequestError):
         return str(exc), exc.field
+    if isinstance(exc, JobFailed):
+        return str(exc), ""
     name = type(exc).__name__
     if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
         hint = "Try a smaller size or batch size, or a memory-saving mode (model CPU offload, VAE tiling)"

@@ -54,17 +54,21 @@ def load_checkpoint(
     text_encoder_files: Mapping[str, Path] = _NO_FILES,
     t5_tokenizer_dir: Path | None = None,
     families: Any = None,
+    load_kwargs: Mapping[str, Any] = _NO_FILES,
 ) -> LoadedModel:
     """Load ``path`` (``.safetensors``, ``.ckpt``/``.pt``, or a diffusers folder) onto ``device``.
 
     ``cache_dir`` holds the generated config folders. ``text_encoder_files`` maps a slot
     ("clip_l", "clip_g", "t5xxl") to a separate text encoder file, used for the parts the
     checkpoint lacks. ``t5_tokenizer_dir`` holds the T5 tokenizer files; without them SD3
-    runs without T5. Raises ``ModelLoadError``.
+    runs without T5. ``load_kwargs`` come from the memory plan (``text_encoder_3=None`` drops T5).
+    Raises ``ModelLoadError``.
     """
     path = Path(path)
     families = default_families() if families is None else families
-    ctx = _Context(device, dtype, Path(cache_dir), dict(text_encoder_files), t5_tokenizer_dir, families)
+    ctx = _Context(
+        device, dtype, Path(cache_dir), dict(text_encoder_files), t5_tokenizer_dir, families, dict(load_kwargs)
+    )
     if path.is_dir():
         from webui.models.loader_folder import load_diffusers_folder
 
@@ -90,6 +94,11 @@ class _Context:
     text_encoder_files: Mapping[str, Path]
     t5_tokenizer_dir: Path | None
     families: Any
+    load_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def drop_t5(self) -> bool:
+        return "text_encoder_3" in self.load_kwargs and self.load_kwargs["text_encoder_3"] is None
 
     @property
     def config_dir(self) -> Path:
@@ -171,13 +180,19 @@ def _text_encoder_parts(source: Path, detection: Detection, family: FamilySpec, 
         )
     parts = _TextParts()
     for slot in absent:
-        parts.modules[slots[slot]] = _separate_text_encoder(Path(ctx.text_encoder_files[slot]), family, slot, ctx, parts)
+        parts.modules[slots[slot]] = _separate_text_encoder(
+            Path(ctx.text_encoder_files[slot]), family, slot, ctx, parts
+        )
     if "t5xxl" in slots:
         _plan_t5(detection, family, ctx, parts)
     return parts
 
 
 def _plan_t5(detection: Detection, family: FamilySpec, ctx: _Context, parts: _TextParts) -> None:
+    if ctx.drop_t5:
+        parts.modules.update(text_encoder_3=None, tokenizer_3=None)
+        parts.notes.append(f"T5 left out by the 'Drop T5' memory mode; {family.label} runs on its CLIP encoders")
+        return
     in_file = "t5xxl" in detection.components
     file = ctx.text_encoder_files.get("t5xxl")
     have_tokenizer = bool(t5_tokenizer_files(ctx.t5_tokenizer_dir))
@@ -205,7 +220,8 @@ def _separate_text_encoder(file: Path, family: FamilySpec, slot: str, ctx: _Cont
     config = guard(file, lambda: text_encoder_config(shapes, family, slot, layout=layout))
     if config is None:
         raise ModelLoadError(
-            file, f"not a {TEXT_ENCODERS[slot].label} text encoder in transformers layout; check the file in {TEXT_ENCODER_DIR}"
+            file,
+            f"not a {TEXT_ENCODERS[slot].label} text encoder in transformers layout; check the file in {TEXT_ENCODER_DIR}",
         )
     parts.shapes[slot] = shapes
     parts.notes.append(f"{TEXT_ENCODERS[slot].label} loaded from {file.name}")
@@ -316,7 +332,9 @@ def _for_safetensors(state: Mapping[str, Any], dtype: Any) -> dict:
 # --- common end --------------------------------------------------------------------------------
 
 
-def finish(pipe: Any, family: FamilySpec, detection: Detection, source: Path, notes: list[str], device: str) -> LoadedModel:
+def finish(
+    pipe: Any, family: FamilySpec, detection: Detection, source: Path, notes: list[str], device: str
+) -> LoadedModel:
     """Eval mode, completeness check, move to ``device``."""
     import torch
 
@@ -327,7 +345,8 @@ def finish(pipe: Any, family: FamilySpec, detection: Detection, source: Path, no
             meta = [n for n, p in module.state_dict().items() if p.is_meta]
             if meta:
                 raise ModelLoadError(
-                    source, f"the {name} weights are incomplete ({len(meta)} missing, e.g. {meta[0]}); the file may be damaged"
+                    source,
+                    f"the {name} weights are incomplete ({len(meta)} missing, e.g. {meta[0]}); the file may be damaged",
                 )
     absent = [n for n in required_components(family) if getattr(pipe, n, None) is None]
     if absent:
@@ -361,7 +380,9 @@ def guard(source: Path, fn: Callable[[], Any], doing: str = "loading") -> Any:
     except ConfigInferenceError as exc:
         raise ModelLoadError(source, f"cannot work out this model's architecture: {exc}") from exc
     except MemoryError as exc:
-        raise ModelLoadError(source, f"not enough memory while {doing}; close other programs or use a smaller model") from exc
+        raise ModelLoadError(
+            source, f"not enough memory while {doing}; close other programs or use a smaller model"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - the boundary where library errors become user messages
         log.exception("%s failed for %s", doing, source)
         raise ModelLoadError(source, _explain(exc, doing)) from exc

@@ -28,9 +28,7 @@ def load_diffusers_folder(folder: Path, ctx: Any) -> LoadedModel:
     if "safety_checker" in cls._optional_components:
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     notes = _plan_t5(folder, index, family, ctx, kwargs)
-    pipe = guard(
-        folder, lambda: cls.from_pretrained(str(folder), local_files_only=True, dtype=ctx.dtype, **kwargs)
-    )
+    pipe = guard(folder, lambda: cls.from_pretrained(str(folder), local_files_only=True, dtype=ctx.dtype, **kwargs))
     return finish(pipe, family, detection, folder, notes, ctx.device)
 
 
@@ -78,9 +76,7 @@ def _identify(folder: Path, index: dict, families: Any) -> tuple[FamilySpec, Det
     config = _read_json(folder, f"{denoiser}/config.json")
     family_id = _family_id(index, denoiser, config)
     if family_id is None or family_id not in families:
-        raise ModelLoadError(
-            folder, f"a {index.get('_class_name', 'unknown')} folder, which this app does not support"
-        )
+        raise ModelLoadError(folder, f"a {index.get('_class_name', 'unknown')} folder, which this app does not support")
     family = families.get(family_id)
     components = {denoiser} | {n for n in ("vae",) if _present(index, n)}
     components |= {slot for slot, name in text_slots(family).items() if _present(index, name)}
@@ -93,6 +89,9 @@ def _plan_t5(folder: Path, index: dict, family: FamilySpec, ctx: Any, kwargs: di
     """Leave T5 out (with a note) unless the folder has its weights and a tokenizer is at hand."""
     if "t5xxl" not in family.text_encoders:
         return []
+    if getattr(ctx, "drop_t5", False):
+        kwargs.update(text_encoder_3=None, tokenizer_3=None)
+        return [f"T5 left out by the 'Drop T5' memory mode; {family.label} runs on its CLIP encoders"]
     reason = None
     if not (_present(index, "text_encoder_3") and _has_weights(folder / "text_encoder_3")):
         reason = "the folder has no text_encoder_3 weights"

@@ -43,8 +43,11 @@ class _Slot:
     # The checkpoint's scheduler config as loaded: every sampler is built from it, never from a
     # scheduler a previous job replaced.
     scheduler_config: dict = field(default_factory=dict)
+    plan: Any = None  # webui.memory.planner.MemoryPlan the model was loaded with
 
     def __post_init__(self) -> None:
+        if self.plan is None:
+            self.plan = getattr(self.loaded, "plan", None)
         if not self.scheduler_config:
             scheduler = getattr(self.loaded.pipeline, "scheduler", None)
             self.scheduler_config = dict(getattr(scheduler, "config", {}))
@@ -110,6 +113,8 @@ class ModelManager:
         t5_tokenizer_dir: Path | None = None,
         loader: Callable[..., Any] | None = None,
         on_loaded: Callable[[LoadReport], None] | None = None,
+        memory_registry: Any = None,
+        memory_modes: str = "none",
     ) -> None:
         self.catalog = catalog
         self.device = device
@@ -124,6 +129,9 @@ class ModelManager:
         self._ram: "OrderedDict[tuple[Path, int], _Slot]" = OrderedDict()
         # A second checkpoint used beside the active one (the SDXL refiner).
         self._secondary: _Slot | None = None
+        # Memory modes (webui.memory): the registry, and the user's choice ("auto", "none" or names).
+        self.memory_registry = memory_registry
+        self.memory_modes = memory_modes
 
     # -- state -----------------------------------------------------------------
     @property
@@ -174,7 +182,11 @@ class ModelManager:
             self._current = slot
             report = self._report(slot, slot.load_seconds, from_cache)
         log.info(
-            "loaded %s (%s) in %.2f s%s", entry.name, report.family, report.seconds, " from RAM cache" if from_cache else ""
+            "loaded %s (%s) in %.2f s%s",
+            entry.name,
+            report.family,
+            report.seconds,
+            " from RAM cache" if from_cache else "",
         )
         if self._on_loaded:
             self._on_loaded(report)
@@ -232,9 +244,56 @@ class ModelManager:
             slot = self._require_slot()
             pipe = slot.tasks.get(task)
             if pipe is None:
-                pipe = derive_pipeline(slot.loaded.pipeline, slot.loaded.family.pipelines[task])
-                slot.tasks[task] = pipe
+                pipe = self._derive(slot, task)
             return pipe
+
+    @property
+    def memory_plan(self) -> Any:
+        """The memory plan of the active model (an empty plan when none is loaded)."""
+        from webui.memory.planner import NO_PLAN
+
+        slot = self._current
+        return slot.plan if slot is not None and slot.plan is not None else NO_PLAN
+
+    def set_memory_modes(self, choice: str) -> list[str]:
+        """Use ``choice`` from now on; the active model switches in place or is reloaded. Returns notes.
+
+        Raises ``PlanError`` (unknown or conflicting modes) before anything changes.
+        """
+        from webui.memory.apply import change_plan, update_plan
+
+        with self._lock:
+            self.memory_modes = choice
+            self._ram.clear()  # parked models carry the old plan; they reload when asked for
+            slot = self._current
+            if slot is None:
+                return []
+            new = self._plan_for(slot.entry)
+            return self._switch_plan(slot, new, change_plan, update_plan)
+
+    def set_memory_plan(self, new: Any) -> list[str]:
+        """Switch the active model to an explicit plan (the out-of-memory retry); reloads when needed."""
+        from webui.memory.apply import change_plan, update_plan
+
+        with self._lock:
+            return self._switch_plan(self._require_slot(), new, change_plan, update_plan)
+
+    def _switch_plan(self, slot: _Slot, new: Any, change_plan: Any, update_plan: Any) -> list[str]:
+        old = slot.plan or self.memory_plan
+        if change_plan(old, new) == "in place":
+            notes = update_plan(
+                slot.loaded.pipeline, old, new, self.device.device, dtype=self.device.dtype, family=slot.loaded.family
+            )
+            slot.plan = new
+            slot.tasks.clear()
+            return notes
+        entry = slot.entry
+        self._current = None
+        del slot
+        self._collect()
+        fresh = _Slot(entry, self._load_fresh(entry, new))
+        self._current = fresh
+        return list(fresh.loaded.notes)
 
     # -- LoRA and VAE --------------------------------------------------------
     def apply_loras(self, requests: list[tuple[str, float]]) -> Any:
@@ -277,6 +336,7 @@ class ModelManager:
                     restore_vae(pipe, slot.vae)
                     slot.vae = None
                     slot.tasks.clear()
+                    self._refresh_memory(slot)
                 return "checkpoint's own VAE"
             entry = self.catalog.find(name, kind="vae")
             if entry.error:
@@ -285,6 +345,7 @@ class ModelManager:
                 return entry.name
             slot.vae = load_vae_override(entry.path, pipe, slot.loaded.family, active=slot.vae)
             slot.tasks.clear()  # task pipelines are rebuilt around the new VAE
+            self._refresh_memory(slot)
             return entry.name
 
     # -- internals -------------------------------------------------------------
@@ -293,7 +354,67 @@ class ModelManager:
             raise ModelNotLoadedError("no checkpoint is loaded; pick one in the checkpoint list")
         return self._current
 
-    def _load_fresh(self, entry: CatalogEntry) -> Any:
+    def _derive(self, slot: _Slot, task: str) -> Any:
+        from webui.memory.apply import share_offload_state
+
+        pipe = derive_pipeline(slot.loaded.pipeline, slot.loaded.family.pipelines[task])
+        share_offload_state(slot.loaded.pipeline, pipe)
+        slot.tasks[task] = pipe
+        return pipe
+
+    def _refresh_memory(self, slot: _Slot) -> None:
+        """A component was swapped (VAE override): its memory modes must cover the new module too."""
+        if slot.plan is None or not slot.plan.modes:
+            return
+        from webui.memory.apply import refresh_after_swap
+
+        refresh_after_swap(
+            slot.loaded.pipeline, slot.plan, self.device.device, dtype=self.device.dtype, family=slot.loaded.family
+        )
+
+    def _plan_for(self, entry: CatalogEntry) -> Any:
+        """The memory plan for loading ``entry`` under the current choice (``PlanError`` if it cannot be)."""
+        from webui.memory.planner import NO_PLAN, T5_XXL_PARAMS, auto_plan, plan
+
+        if self.memory_registry is None:
+            return NO_PLAN
+        choice = (self.memory_modes or "none").strip()
+        family = self.families.get(entry.family) if entry.family in self.families else entry.family
+        device = self.device.device
+        if choice.lower() == "none":
+            return NO_PLAN
+        if choice.lower() != "auto":
+            return plan(choice, self.memory_registry, family, device)
+        from webui.memory.apply import free_vram_bytes
+
+        scale = 2 if str(self.device.dtype).endswith("float32") else 1  # file sizes are fp16
+        has_t5 = entry.detection is not None and "t5xxl" in entry.detection.components
+        t5 = T5_XXL_PARAMS * 2 * scale if has_t5 else 0
+        return auto_plan(
+            free_vram_bytes(device),
+            entry.size * scale,
+            family,
+            device,
+            self.memory_registry,
+            t5_bytes=t5,
+            largest_bytes=t5 or None,
+        )
+
+    def _load_fresh(self, entry: CatalogEntry, memory_plan: Any = None) -> Any:
+        from webui.memory.apply import apply_plan
+
+        memory_plan = self._plan_for(entry) if memory_plan is None else memory_plan
+        loaded = self._load_weights(entry, memory_plan)
+        if not memory_plan.modes and not memory_plan.notes:
+            return loaded
+        notes = apply_plan(
+            loaded.pipeline, memory_plan, self.device.device, dtype=self.device.dtype, family=loaded.family
+        )
+        loaded.notes.extend(n for n in notes if n not in loaded.notes)
+        loaded.plan = memory_plan
+        return loaded
+
+    def _load_weights(self, entry: CatalogEntry, memory_plan: Any) -> Any:
         loader = self._loader
         if loader is None:
             from webui.models.loader import load_checkpoint as loader
@@ -302,14 +423,16 @@ class ModelManager:
             slot = te.info.get("slot")
             if slot and slot not in te_files:
                 te_files[slot] = te.path
+        extra = {"load_kwargs": memory_plan.load_kwargs} if memory_plan.load_kwargs else {}
         return loader(
             entry.path,
-            device=self.device.device,
+            device=memory_plan.load_device(self.device.device),
             dtype=self.device.dtype,
             cache_dir=self.cache_dir,
             text_encoder_files=te_files,
             t5_tokenizer_dir=self.t5_tokenizer_dir,
             families=self.families,
+            **extra,
         )
 
     def _park_current(self) -> None:
@@ -328,6 +451,8 @@ class ModelManager:
 
     @staticmethod
     def _to_device(slot: _Slot, device: str) -> None:
+        if slot.plan is not None and slot.plan.manages_placement:
+            return  # an offload mode decides where the weights live; .to() would break its hooks
         slot.loaded.pipeline.to(device)
 
     def _collect(self) -> None:

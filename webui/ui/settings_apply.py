@@ -21,6 +21,7 @@ SECTION_SAVING = "Saving images"
 SECTION_PREVIEW = "Live preview"
 SECTION_MODELS = "Models"
 SECTION_SAMPLING = "Sampling"
+SECTION_MEMORY = "Memory"
 SECTION_SERVER = "Server and folders (applied after a restart)"
 
 
@@ -69,6 +70,20 @@ SPECS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec(
         "max_image_size", "Largest width/height a request may ask for", SECTION_SAMPLING, True, "multiple of 8"
+    ),
+    SettingSpec(
+        "memory_modes",
+        "Memory-saving modes",
+        SECTION_MEMORY,
+        True,
+        "auto (from free VRAM and the model's size), none, or a comma list: drop_t5, model_cpu_offload, "
+        "sequential_cpu_offload, group_offload, vae_tiling, vae_slicing, attention_slicing, xformers, fp8_weights",
+    ),
+    SettingSpec(
+        "memory_oom_retry",
+        "After out of memory, retry once with the next stronger mode",
+        SECTION_MEMORY,
+        True,
     ),
     SettingSpec("host", "Host to serve on", SECTION_SERVER, False),
     SettingSpec("port", "Port", SECTION_SERVER, False),
@@ -272,6 +287,28 @@ def _apply_limits(services: Any, settings: Settings, base: Path) -> None:
     services.engine.limits = dataclasses.replace(services.engine.limits, max_side=size, max_hires_side=2 * size)
 
 
+def check_memory_modes(services: Any, choice: str) -> str:
+    """ "" when the memory modes can be used with the loaded model on this device, else what to change."""
+    from webui.memory.planner import PlanError, plan
+
+    manager = services.manager
+    registry = getattr(manager, "memory_registry", None)
+    if registry is None or choice.strip().lower() in ("auto", "none", ""):
+        return ""
+    try:
+        plan(choice, registry, manager.family, manager.device.device)
+    except PlanError as exc:
+        return str(exc)
+    return ""
+
+
+def _apply_memory(services: Any, settings: Settings, base: Path) -> None:
+    """Switch the loaded model's memory modes on the worker (in place, or by reloading the model)."""
+    services.engine.oom_retry = settings.memory_oom_retry
+    if services.manager.memory_modes != settings.memory_modes:
+        services.generation.call(lambda: services.manager.set_memory_modes(settings.memory_modes), timeout=1800)
+
+
 def _read_at_request_time(services: Any, settings: Settings, base: Path) -> None:
     """The page reads these from ``services.settings`` each time it builds a request."""
 
@@ -285,6 +322,8 @@ LIVE_APPLIERS: dict[str, Callable[[Any, Settings, Path], None]] = {
     "ram_cache_models": _apply_ram_cache,
     "default_rng": _read_at_request_time,
     "max_image_size": _apply_limits,
+    "memory_modes": _apply_memory,
+    "memory_oom_retry": _apply_memory,
 }
 
 
@@ -327,6 +366,10 @@ def save_settings(services: Any, values: Mapping[str, Any], *, reset: bool = Fal
     specs = {spec.name: spec for _, spec in extension_settings(services)}
     core = {k: v for k, v in values.items() if k not in specs}
     clean, errors = check_values(core, checkpoint_names(services))
+    if "memory_modes" in clean:
+        message = check_memory_modes(services, clean["memory_modes"])
+        if message:
+            errors["memory_modes"] = message
     ext_clean, ext_errors = check_extension_values(specs, {k: v for k, v in values.items() if k in specs})
     errors.update(ext_errors)
     if errors:
