@@ -22,18 +22,27 @@ def build_api_app(services: Any) -> Any:
 
 
 @contextmanager
-def serve_api(services: Any, app: Any = None) -> Iterator[str]:
-    """Serve ``app`` (default: the API over ``services``) on a free 127.0.0.1 port; yield the base URL."""
+def serve_api(services: Any, app: Any = None, start_timeout: float = 20.0) -> Iterator[str]:
+    """Serve ``app`` (default: the API over ``services``) on a free 127.0.0.1 port; yield the base URL.
+
+    A given ``app`` (the composed app with the Gradio UI) runs with its ASGI lifespan on: Gradio
+    starts its event queue there, and without it every queued UI event would wait forever.
+    """
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app or build_api_app(services), log_level="warning", lifespan="off" if app is None else "on")
+    config = uvicorn.Config(
+        app or build_api_app(services),
+        log_level="warning",
+        lifespan="off" if app is None else "on",
+        timeout_graceful_shutdown=2,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="test-http", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + start_timeout
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the test API server did not start")
@@ -42,5 +51,5 @@ def serve_api(services: Any, app: Any = None) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        thread.join(10)
+        thread.join(15)
         sock.close()
