@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from webui.config import Settings, SettingsError, load_settings
+from webui.config import Settings, SettingsError, check_exposure, exposure_warning, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("webui")
@@ -68,6 +68,8 @@ def prepare_environment(settings: Settings) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # Uploads go to the app's own cache folder, not the shared /tmp/gradio.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.path("cache_dir", ROOT) / "gradio"))
 
 
 def quiet_libraries() -> None:
@@ -170,6 +172,7 @@ def build_generation(services: Services) -> None:
     services.samplers = SamplerTable(samplers=[])
     services.extensions.register_samplers(services.samplers)
     services.writer = OutputWriter(services.paths.outputs, filename_pattern=settings.filename_pattern)
+    services.writer.clean_temp_files()  # hidden temp files a killed process left behind
     limits = Limits(max_side=settings.max_image_size, max_hires_side=2 * settings.max_image_size)
     services.engine = Engine(
         services.manager,
@@ -186,7 +189,6 @@ def build_generation(services: Services) -> None:
 
 def build_server(services: Services) -> Any:
     """The FastAPI app: the Gradio UI at ``/`` (API routes are added here too)."""
-    import gradio as gr
     from fastapi import FastAPI
 
     from webui.ui.shell import build_ui
@@ -197,7 +199,9 @@ def build_server(services: Services) -> Any:
     api.include_router(build_sdapi_router(services))
     services.extensions.app_started(api, services)  # before the UI is mounted at "/", which would shadow routes
     blocks = build_ui(services)
-    return gr.mount_gradio_app(api, blocks, path="/")
+    from webui.security.mount import mount_ui
+
+    return mount_ui(api, blocks, services, ROOT)
 
 
 def serve(app: Any, host: str, port: int, started: float) -> int:
@@ -229,12 +233,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings, _args = load_settings(argv, base_dir=ROOT)
+        problem = check_exposure(settings)  # --listen needs credentials (or an explicit --insecure)
+        if problem:
+            raise SettingsError(problem)
         prepare_environment(settings)
         services = build_services(settings)
         quiet_libraries()
+        app = build_server(services)  # a bad --auth-file is a SettingsError too
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    warning = exposure_warning(settings)
+    if warning:
+        log.warning("%s", warning)
     device = services.device
     log.info("device: %s, precision: %s (%s)", device.device, device.precision, device.reason)
     found = services.catalog.entries("checkpoint")
@@ -242,7 +253,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for entry in found:
         if entry.error:
             log.warning("cannot use %s", entry.error)
-    app = build_server(services)
     services.generation.start()
     try:
         return serve(app, settings.host, settings.port, started)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,13 @@ class Settings:
     memory_oom_retry: bool = True
     # Allow "Install requirements" in the Extensions tab even when listening beyond localhost.
     enable_insecure_extension_access: bool = False
+    # Credentials ("user:password", or a comma list of them) for the UI login; the API asks for the same
+    # unless api_auth is set. auth_file holds one "user:password" per line. Never shown in repr or logs.
+    auth: str = field(default="", repr=False)
+    auth_file: str = ""
+    api_auth: str = field(default="", repr=False)
+    # Serve beyond localhost without credentials (trusted networks only); otherwise such a start is refused.
+    insecure: bool = False
     # Never touch the network for models (downloads of the default checkpoint excepted).
     offline: bool = True
     skip_install: bool = False
@@ -150,6 +158,35 @@ def _not_blank(name: str) -> Any:
     return lambda value: "" if str(value).strip() else f"{name} must not be empty"
 
 
+def credential_pairs(text: str) -> list[tuple[str, str]]:
+    """``"user:pass,user2:pass2"`` -> pairs (split at the first ``:``); SettingsError naming the bad entry.
+
+    The message never repeats a password: it names the entry by its position and user name only.
+    """
+    pairs = []
+    for index, item in enumerate(text.split(","), start=1):
+        item = item.strip()
+        if not item:
+            continue
+        user, sep, password = item.partition(":")
+        if not sep or not user.strip() or not password:
+            who = f" (user {user.strip()!r})" if sep and user.strip() else ""
+            raise SettingsError(f"credential {index}{who} must be written user:password with both parts non-empty")
+        pairs.append((user.strip(), password))
+    return pairs
+
+
+def _check_credentials(name: str) -> Any:
+    def check(value: str) -> str:
+        try:
+            credential_pairs(value)
+        except SettingsError as exc:
+            return f"{name}: {exc}"
+        return ""
+
+    return check
+
+
 # setting -> check(value) returning "" when fine, else a message that says what to change.
 FIELD_CHECKS: dict[str, Any] = {
     "device": _one_of("--device", DEVICES),
@@ -165,6 +202,8 @@ FIELD_CHECKS: dict[str, Any] = {
     "outputs_dir": _not_blank("outputs_dir"),
     "extensions_dir": _not_blank("extensions_dir"),
     "cache_dir": _not_blank("cache_dir"),
+    "auth": _check_credentials("--auth"),
+    "api_auth": _check_credentials("--api-auth"),
 }
 
 
@@ -218,6 +257,25 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="allow installing extension requirements from the web UI even with --listen (trusted networks only)",
     )
     p.add_argument(
+        "--auth",
+        "--gradio-auth",
+        help="user:password (or a comma list) for the UI login; the API asks for the same unless --api-auth is"
+        " given. Prefer --auth-file or WEBUI_AUTH: other users of this machine can read a command line",
+    )
+    p.add_argument(
+        "--auth-file",
+        "--gradio-auth-path",
+        help="file with one user:password per line (lines starting with # are ignored)",
+    )
+    p.add_argument("--api-auth", help="user:password (or a comma list) for the /sdapi API, HTTP basic auth")
+    p.add_argument(
+        "--insecure",
+        action="store_const",
+        const=True,
+        help="allow --listen without credentials: anyone who can reach the port can use the app (trusted networks)",
+    )
+    p.add_argument("--share", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
         "--skip-install",
         action="store_const",
         const=True,
@@ -250,6 +308,10 @@ _CLI_TO_FIELD = {
     "max_image_size": "max_image_size",
     "skip_install": "skip_install",
     "enable_insecure_extension_access": "enable_insecure_extension_access",
+    "auth": "auth",
+    "auth_file": "auth_file",
+    "api_auth": "api_auth",
+    "insecure": "insecure",
 }
 
 
@@ -292,6 +354,11 @@ def load_settings(
     """Merge defaults, the config file, ``WEBUI_*`` variables and the command line."""
     environ = os.environ if environ is None else environ
     args, _unknown = build_arg_parser().parse_known_args(list(argv or []))
+    if args.share:
+        raise SettingsError(
+            "--share is not offered: a public share link would expose this machine to anyone with the link;"
+            " use --listen with --auth user:password on a network you control"
+        )
     cli = {
         field_name: getattr(args, arg)
         for arg, field_name in _CLI_TO_FIELD.items()
@@ -311,3 +378,51 @@ def load_settings(
     if settings.listen and "host" not in env:
         settings = settings.with_updates(host="0.0.0.0")
     return settings, args
+
+
+# --- exposure ---------------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach: localhost, 127.0.0.0/8, ::1."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def has_credentials(settings: Settings) -> bool:
+    """Whether the UI has a login (``auth`` or ``auth_file``)."""
+    return bool(settings.auth.strip() or settings.auth_file.strip())
+
+
+def check_exposure(settings: Settings) -> str:
+    """ "" when the app may start with these settings, else why not and what to pass instead.
+
+    Serving beyond localhost (``--listen``, or a host that is not a loopback address) needs a login
+    for the UI (``--auth``/``--auth-file``), which the API then asks for too unless ``--api-auth`` is
+    given, or an explicit ``--insecure``. Pure: reads no file (``webui.security.auth`` reads the auth file).
+    """
+    if is_loopback(settings.host) or has_credentials(settings) or settings.insecure:
+        return ""
+    return (
+        f"refusing to serve on {settings.host} without a password: anyone who can reach this machine"
+        " could generate images, read your outputs and change settings. Set credentials with"
+        " --auth user:password (or --auth-file FILE with one user:password per line, or the WEBUI_AUTH"
+        " environment variable); the API then asks for the same ones unless --api-auth is given."
+        " To serve without a password on a network you trust, add --insecure;"
+        " to use the app on this machine only, drop --listen."
+    )
+
+
+def exposure_warning(settings: Settings) -> str:
+    """A line for the log when the app serves beyond localhost with no login ("" otherwise)."""
+    if is_loopback(settings.host) or has_credentials(settings):
+        return ""
+    return (
+        f"serving on {settings.host} WITHOUT a password (--insecure): anyone who can reach port"
+        f" {settings.port} can use this app"
+    )

@@ -19,12 +19,14 @@ import binascii
 import io
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from webui.api.checks import check_derived_limits, check_mask_not_empty
 from webui.generation.requests import REQUEST_FIELDS, GenerationRequest, Limits, RequestError, validate_request
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,7 @@ _INFOTEXT_OWNERS: Mapping[str, tuple[str, ...]] = {
 }
 _NOT_FROM_INFOTEXT = ("task", "init_image", "mask", "save_images", "output_format", "extra_generation_params")
 IMAGE_PAYLOADS = ("init_images", "mask", "firstpass_image", "latent_mask")
+MAX_IMAGE_PIXELS = 4096 * 4096  # uploads (img2img uses the hires limit squared)
 DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 
 
@@ -169,8 +172,12 @@ def default_infotext_reader(text: str) -> Mapping[str, Any]:
 # --- images ----------------------------------------------------------------------------------
 
 
-def decode_image(value: Any, field_name: str) -> Any:
-    """A base64 image (with or without a ``data:image/...;base64,`` prefix) -> a loaded PIL image."""
+def decode_image(value: Any, field_name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Any:
+    """A base64 image (with or without a ``data:image/...;base64,`` prefix) -> a loaded PIL image.
+
+    The size is read from the header first: an image over ``max_pixels`` is refused before it is
+    decoded (a small PNG can declare a huge image).
+    """
     from PIL import Image
 
     if not isinstance(value, str) or not value.strip():
@@ -185,7 +192,16 @@ def decode_image(value: Any, field_name: str) -> Any:
         raise RequestError(field_name, "is not valid base64; send the image file's bytes base64-encoded") from None
     try:
         image = Image.open(io.BytesIO(raw))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise RequestError(
+                field_name,
+                f"is {width}x{height} pixels; the largest image accepted has {max_pixels} pixels "
+                f"(e.g. {math.isqrt(max_pixels)}x{math.isqrt(max_pixels)}); send a smaller image",
+            )
         image.load()
+    except RequestError:
+        raise
     except Image.DecompressionBombError:
         raise RequestError(field_name, "the image has too many pixels; send a smaller image") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken data
@@ -250,12 +266,14 @@ def request_from_api(
     values["save_images"] = bool(body.save_images) and not body.do_not_save_samples
     values.update(_override_settings(body.override_settings or {}, warnings))
     _note_ignored(body, warnings)
+    limits = limits or Limits()
     if task == "img2img":
-        values.update(_images(body, warnings))
+        values.update(_images(body, warnings, limits.max_hires_side**2))
     else:
         values["task"] = "txt2img"
     request = GenerationRequest(**values)
-    validate_request(request, limits or Limits())
+    validate_request(request, limits)
+    check_derived_limits(request, limits)
     for message in warnings:
         log.warning("API %s: %s", task, message)
     return ApiCall(request, echo_parameters(body), send_images=body.send_images is not False, warnings=warnings)
@@ -317,7 +335,7 @@ def _override_settings(overrides: Mapping[str, Any], warnings: list[str]) -> dic
             name, convert = OVERRIDE_SETTINGS[key]
             try:
                 out[name] = convert(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise RequestError(f"override_settings.{key}", f"has the wrong type: {value!r}") from None
         elif key == "eta_noise_seed_delta":
             if value not in (0, None):
@@ -346,17 +364,18 @@ def _note_ignored(body: Any, warnings: list[str]) -> None:
         warnings.append(f"unknown field {name!r} was ignored")
 
 
-def _images(body: Any, warnings: list[str]) -> dict[str, Any]:
+def _images(body: Any, warnings: list[str], max_pixels: int) -> dict[str, Any]:
     images = body.init_images or []
     if not images:
         raise RequestError("init_images", "img2img needs at least one base64 image in init_images")
     if len(images) > 1:
         warnings.append(f"init_images has {len(images)} images; only the first was used")
-    init = to_rgb(decode_image(images[0], "init_images[0]"))
+    init = to_rgb(decode_image(images[0], "init_images[0]", max_pixels))
     out: dict[str, Any] = {"init_image": init, "task": "img2img"}
     if body.mask:
-        out["mask"] = to_mask(decode_image(body.mask, "mask"), init.size)
+        out["mask"] = to_mask(decode_image(body.mask, "mask", max_pixels), init.size)
         out["task"] = "inpaint"
+        check_mask_not_empty(out["mask"], bool(body.inpainting_mask_invert))
     return out
 
 

@@ -5,9 +5,11 @@ jobs take turns on the one worker that owns the device. ``txt2img``/``img2img`` 
 their job ends, as A1111 does; while they wait, the event loop stays free (the handler polls
 the job, it holds no thread), so ``/progress``, ``/interrupt`` and ``/skip`` answer at once.
 
-Status codes: 200 (done, or interrupted: the images finished so far), 404 (unknown checkpoint,
-VAE or LoRA; the answer lists the valid names), 422 (a field the app cannot use; the answer names
-it), 500 (the job failed; its message), 503 (the queue is full). Errors are JSON:
+Status codes: 200 (done, or interrupted: the images finished so far), 400 (the body is not JSON
+in UTF-8), 404 (unknown checkpoint, VAE or LoRA; the answer lists the valid names), 413 (body over
+the size limit), 422 (a field the app cannot use; the answer names it; unknown samplers and
+schedule types are refused before the job is queued), 500 (the job failed; its message), 503
+(the queue is full). Errors are JSON:
 ``{"error", "detail", "field", "valid"}`` (``webui.api.errors``).
 
 A client that disconnects while waiting: its job is cancelled when nobody would get anything
@@ -26,7 +28,7 @@ from fastapi import APIRouter, Body, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from webui.api import convert, views
-from webui.api.errors import ApiError, ApiRoute, error_responses, not_found
+from webui.api.errors import ApiError, ApiRoute, SafeJSONResponse, error_responses, not_found
 from webui.api.schemas import (
     ControlResponse,
     GenerationResponse,
@@ -93,7 +95,48 @@ class SdApi:
     def _prepare(self, body: Any, task: str) -> convert.ApiCall:
         call = convert.request_from_api(body, task, self.state.defaults, self.limits)
         self._check_names(call, body)
+        self._check_samplers(call.request)
         return call
+
+    def _check_samplers(self, req: Any) -> None:
+        """422 before queueing for a sampler or schedule type the job's family cannot use.
+
+        The family is the requested checkpoint's, else the loaded model's (none loaded: the
+        engine checks when the job runs). Nothing is loaded or queued for a request refused here.
+        """
+        from webui.generation.samplers import SamplerError
+
+        family = self._request_family(req)
+        if family is None:
+            return
+        samplers = self.services.samplers
+
+        def check(task: str, sampler: str, schedule: str, fields: tuple[str, str]) -> Any:
+            try:
+                samplers.check(family, task, sampler, "")
+            except SamplerError as exc:
+                raise RequestError(fields[0], str(exc)) from None
+            try:
+                return samplers.check(family, task, sampler, schedule)[1]
+            except SamplerError as exc:
+                raise RequestError(fields[1], str(exc)) from None
+
+        first = check(req.task, req.sampler_name, req.scheduler, ("sampler_name", "scheduler"))
+        if req.enable_hr and req.hr_sampler_name:  # the engine's rule: no hires schedule = the first pass's
+            check("img2img", req.hr_sampler_name, req.hr_scheduler or first.name, ("hr_sampler_name", "hr_scheduler"))
+
+    def _request_family(self, req: Any) -> Any:
+        services = self.services
+        if not hasattr(services.samplers, "check"):
+            return None
+        if not req.sd_model_checkpoint:
+            return services.manager.family if services.manager.current_entry is not None else None
+        families = getattr(services, "families", None)
+        try:
+            family_id = services.catalog.find(req.sd_model_checkpoint, kind="checkpoint").family
+            return families.get(family_id) if families is not None and family_id else None
+        except KeyError:
+            return None
 
     def _check_names(self, call: convert.ApiCall, body: Any) -> None:
         """404 before queueing for a checkpoint, VAE or LoRA that does not exist."""
@@ -287,8 +330,10 @@ def _failure(job: Any) -> ApiError:
 def build_sdapi_router(services: Any) -> APIRouter:
     """All ``/sdapi/v1`` routes over ``services`` (catalog, manager, hashes, generation, samplers, writer)."""
     api = SdApi(services)
-    router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], route_class=ApiRoute)
-    gen_errors = error_responses(404, 422, 500, 503)
+    router = APIRouter(
+        prefix="/sdapi/v1", tags=["sdapi"], route_class=ApiRoute, default_response_class=SafeJSONResponse
+    )
+    gen_errors = error_responses(400, 404, 413, 422, 500, 503)
     router.add_api_route(
         "/txt2img", api.txt2img, methods=["POST"], response_model=GenerationResponse, responses=gen_errors
     )
@@ -304,7 +349,7 @@ def build_sdapi_router(services: Any) -> APIRouter:
         api.set_options,
         methods=["POST"],
         response_model=OptionsUpdateResponse,
-        responses=error_responses(404, 422, 500),
+        responses=error_responses(400, 404, 413, 422, 500),
     )
     lists = [
         ("/sd-models", api.sd_models, list[SdModelItem]),
@@ -325,6 +370,10 @@ def build_sdapi_router(services: Any) -> APIRouter:
         router.add_api_route(path, handler, methods=["POST"], response_model=RefreshResponse)
     router.add_api_route("/unload-checkpoint", api.unload_checkpoint, methods=["POST"])
     router.add_api_route(
-        "/png-info", api.png_info, methods=["POST"], response_model=PngInfoResponse, responses=error_responses(422)
+        "/png-info",
+        api.png_info,
+        methods=["POST"],
+        response_model=PngInfoResponse,
+        responses=error_responses(400, 413, 422),
     )
     return router

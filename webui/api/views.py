@@ -161,7 +161,7 @@ def _int_in(name: str, low: int, high: int) -> Callable[[Any], int]:
             raise RequestError(name, f"must be a whole number between {low} and {high}, got {value!r}")
         try:
             number = int(value)
-        except ValueError:
+        except (ValueError, OverflowError):  # "x", nan, inf
             raise RequestError(name, f"must be a whole number between {low} and {high}, got {value!r}") from None
         if not low <= number <= high:
             raise RequestError(name, f"must be between {low} and {high}, got {number}")

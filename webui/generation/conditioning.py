@@ -25,6 +25,8 @@ mean over the whole batch, so its result for one prompt depends on the other pro
 
 from __future__ import annotations
 
+from webui.generation.requests import RequestError
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,7 +148,8 @@ def _hidden(encoder: Any, output: Any, slot: _ClipSlot, clip_skip: int) -> Any:
     depth = clip_skip if slot.layer == "last" else clip_skip + 1
     states = output.hidden_states
     if depth > len(states):
-        raise ValueError(
+        raise RequestError(
+            "clip_skip",
             f"clip skip {clip_skip} is too large for {slot.encoder} ({len(states) - 1} layers); "
             f"use at most {len(states) - (slot.layer != 'last')}"
         )

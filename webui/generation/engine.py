@@ -356,7 +356,7 @@ class Engine:
         if req.refiner_checkpoint:
             latents = self._with_refiner(job, batch, ctx, inputs, noise, generators)
             if not req.enable_hr:
-                return passes.decode_latents(inputs.pipe, latents)
+                return passes.decode_guarded(inputs.pipe, latents)
         elif req.enable_hr:
             latents = passes.txt2img(inputs, noise, generators, output_type="latent")
             ctx.finish_pass(job.steps)
@@ -409,7 +409,7 @@ class Engine:
         if req.hr_upscaler in passes.LATENT_UPSCALE_MODES:
             image: Any = passes.upscale_latents(latents, width, height, req.hr_upscaler)
         else:
-            image = [resize_image(im, width, height, 0) for im in passes.decode_latents(pipe, latents)]
+            image = [resize_image(im, width, height, 0) for im in passes.decode_guarded(pipe, latents)]
         steps = passes.steps_for_strength(req.hr_second_pass_steps or job.steps, req.denoising_strength)
         inputs = self._pass(
             job,

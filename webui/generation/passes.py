@@ -77,8 +77,12 @@ def _call(inputs: PassInputs, **kwargs: Any) -> Any:
     if inputs.family.id in SDXL_FAMILIES:
         args.update(inputs.sdxl_conditioning)
     args.update(kwargs)
+    decode = args.get("output_type", "pil") == "pil"
+    if decode:
+        args["output_type"] = "latent"  # we decode ourselves, with the NaN guard
     try:
-        return pipe(**args).images
+        images = pipe(**args).images
+        return decode_guarded(pipe, images) if decode else images
     except BaseException:
         # The callback raised (interrupt, skip) or the pipeline failed: reset offload hooks so the next job starts clean.
         pipe.maybe_free_model_hooks()
@@ -160,6 +164,26 @@ def inpaint(
     )
 
 
+def decode_guarded(pipe: Any, latents: Any) -> list[Any]:
+    """Latents to PIL images as the pipeline would decode them; an fp16 VAE overflow is retried in fp32.
+
+    A black (NaN) image is never returned: NaN latents or a VAE that fails even in fp32 fail the job
+    with a message.
+    """
+    from webui.generation.service import JobFailed
+    from webui.speed.vae_guard import NonFiniteLatentsError, VaeDecodeError, decode_latents
+
+    try:
+        return decode_latents(pipe, latents)
+    except NonFiniteLatentsError:
+        raise JobFailed(
+            "The sampler produced NaN values (a numeric overflow in the model), so there is no image to save. "
+            "Try fp32 or bf16 precision (--precision), another sampler, or a lower CFG scale."
+        ) from None
+    except VaeDecodeError as exc:
+        raise JobFailed(f"The VAE could not decode this image even in fp32 ({exc}); pick another VAE.") from None
+
+
 def upscale_latents(latents: Any, width: int, height: int, upscaler: str) -> Any:
     import torch.nn.functional as F
 
@@ -168,18 +192,6 @@ def upscale_latents(latents: Any, width: int, height: int, upscaler: str) -> Any
     if mode in ("nearest", "nearest-exact"):
         return F.interpolate(latents, size=size, mode=mode)
     return F.interpolate(latents, size=size, mode=mode, antialias=antialias)
-
-
-def decode_latents(pipe: Any, latents: Any) -> list[Any]:
-    """Latents of the loop (scaled space) to PIL images, the way the pipeline decodes them."""
-    import torch
-
-    vae = pipe.vae
-    scale = vae.config.scaling_factor
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    with torch.inference_mode():
-        decoded = vae.decode(latents.to(vae.dtype) / scale + shift, return_dict=False)[0]
-    return pipe.image_processor.postprocess(decoded, output_type="pil")
 
 
 def encode_images(pipe: Any, images: list[Any], generators: list[Any]) -> Any:

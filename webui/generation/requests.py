@@ -168,6 +168,11 @@ def validate_request(req: GenerationRequest, limits: Limits = Limits()) -> Gener
             name,
             f"is {len(value)} characters long; the limit is {limits.max_prompt_chars}",
         )
+        _check(
+            _is_unicode(value),
+            name,
+            "contains characters that are not valid Unicode (a lone surrogate such as \\ud800); retype or paste it",
+        )
     _check_size("width", req.width, limits.max_side)
     _check_size("height", req.height, limits.max_side)
     if req.steps is not None:
@@ -210,7 +215,55 @@ def validate_request(req: GenerationRequest, limits: Limits = Limits()) -> Gener
             f"must be between 0 and 1 (the fraction of steps before the refiner takes over), got {req.refiner_switch_at}",
         )
     _check(req.shift >= 0.0, "shift", f"must be 0 (the model's own) or positive, got {req.shift}")
+    _validate_derived_limits(req, limits)
     return req
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a lone UTF-16 surrogate (JSON's "\\ud800"): the tokenizer and the PNG text chunk fail on it."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+MIN_IMAGE_SIDE = 8  # a size taken from the init image (one latent pixel)
+MIN_DENOISING = 0.01  # the UI slider's smallest step; 1 / strength steps are scheduled (passes.steps_for_strength)
+
+
+def _validate_derived_limits(req: GenerationRequest, limits: Limits) -> None:
+    """Limits on what follows from the fields: the init image's size, hires fix's size, the steps scheduled."""
+    if req.task != "txt2img" and req.init_image is not None and not (req.width and req.height):
+        w, h = (side // 8 * 8 for side in req.init_image.size)
+        _check(
+            MIN_IMAGE_SIDE <= min(w, h) and max(w, h) <= limits.max_side,
+            "init_image",
+            f"is {req.init_image.size[0]}x{req.init_image.size[1]}; without width and height the result "
+            f"takes the image's size, which must be between {MIN_IMAGE_SIDE} and {limits.max_side} per side: "
+            "send width and height, or an image of a size in that range",
+        )
+    if req.task != "txt2img" or req.enable_hr:
+        _check(
+            req.denoising_strength >= MIN_DENOISING,
+            "denoising_strength",
+            f"{req.denoising_strength} is too small to change anything; use at least {MIN_DENOISING}",
+        )
+    if not req.enable_hr:
+        return
+    for name in ("hr_resize_x", "hr_resize_y"):
+        value = getattr(req, name)
+        _check(value == 0 or value >= 64, name, f"must be 0 (use the scale) or at least 64, got {value}")
+    if req.width and req.height:
+        w, h = hires_size(req.width, req.height, req)
+        _check(
+            max(w, h) <= limits.max_hires_side,
+            "hr_resize_x" if req.hr_resize_x or req.hr_resize_y else "hr_scale",
+            f"hires fix would make {w}x{h}; each side must be at most {limits.max_hires_side}: "
+            "use a smaller scale or size",
+        )
 
 
 def _validate_img2img(req: GenerationRequest) -> None:

@@ -61,13 +61,14 @@ class Identified:
 
 
 def _max_index(header: SafetensorsHeader, pattern: str) -> int:
+    """1 + the largest block number in keys matching ``pattern`` (group 1: ASCII digits, at most 6 of them)."""
     rx = re.compile(pattern)
-    found = [int(m.group(1)) for k in header.keys() if (m := rx.match(k))]
+    found = [int(m.group(1)) for k in header.keys() if (m := rx.match(k))]  # noqa: SIM118 - not a dict
     return max(found) + 1 if found else 0
 
 
 def _sd3(header: SafetensorsHeader, prefix: str) -> Detection:
-    layers = _max_index(header, re.escape(prefix) + r"joint_blocks\.(\d+)\.")
+    layers = _max_index(header, re.escape(prefix) + r"joint_blocks\.([0-9]{1,6})\.")
     keys = header.keys()
     qk_norm = any(k.startswith(prefix + "joint_blocks.0.x_block.attn.ln_q") for k in keys)
     mmdit_x = any(".x_block.attn2." in k for k in keys)
@@ -113,7 +114,7 @@ def _unet_family(header: SafetensorsHeader) -> str:
     if header.has_prefix(SD1_CLIP_L):
         return "sd15"
     label = header.shape(DM + "label_emb.0.0.weight")
-    if label:
+    if label and len(label) == 2:
         if label[1] == 2560:
             return "sdxl_refiner"
         return "sdxl"
@@ -140,10 +141,10 @@ def _unet(header: SafetensorsHeader) -> Detection:
     in_ch = _unet_in_channels(header)
     variant = {9: "inpaint", 8: "instruct_pix2pix"}.get(in_ch, "")
     notes = []
-    if "v_pred" in header.keys():
+    if "v_pred" in header.keys():  # noqa: SIM118 - a header, not a dict
         variant = variant or "v_pred"
         notes.append("v-prediction")
-    if "edm_mean" in header.keys():
+    if "edm_mean" in header.keys():  # noqa: SIM118 - a header, not a dict
         variant = variant or "edm"
         notes.append("EDM (Playground 2.5 style)")
     if variant == "instruct_pix2pix":
@@ -210,7 +211,7 @@ def _text_encoder_slot(header: SafetensorsHeader) -> str | None:
     emb = None
     for k in ("text_model.embeddings.token_embedding.weight", "embeddings.token_embedding.weight"):
         emb = emb or header.shape(k)
-    if emb:
+    if emb and len(emb) == 2:
         has_proj = any(k.endswith("text_projection.weight") for k in keys)
         return "clip_g" if has_proj and emb[1] != 768 else "clip_l"
     return None
@@ -263,10 +264,11 @@ def detect_diffusers_folder(folder: Path) -> Detection:
     folder = Path(folder)
     index = _read_json(folder / "model_index.json")
     cls = index.get("_class_name", "")
-    family = _DIFFUSERS_CLASSES.get(cls)
+    family = _DIFFUSERS_CLASSES.get(cls) if isinstance(cls, str) else None
     if family is None:
-        raise UnsupportedModelError(folder, f"diffusers pipeline {cls or '(unnamed)'} is not supported")
-    present = {name for name, value in index.items() if isinstance(value, list) and value[0] is not None}
+        shown = cls if isinstance(cls, str) and cls else "(unnamed)"
+        raise UnsupportedModelError(folder, f"diffusers pipeline {shown[:80]} is not supported")
+    present = {name for name, value in index.items() if isinstance(value, list) and value and value[0] is not None}
     comps = set()
     if family == "sd3":
         cfg = _read_json(folder / "transformer" / "config.json")
@@ -281,7 +283,11 @@ def detect_diffusers_folder(folder: Path) -> Detection:
         cfg = _read_json(folder / "unet" / "config.json")
         comps.add("unet")
         in_ch = cfg.get("in_channels", 4)
-        if family == "sdxl" and "text_encoder" not in present and cfg.get("projection_class_embeddings_input_dim") != 2816:
+        if (
+            family == "sdxl"
+            and "text_encoder" not in present
+            and cfg.get("projection_class_embeddings_input_dim") != 2816
+        ):
             family = "sdxl_refiner"
         if family == "sd15" and cfg.get("cross_attention_dim") == 1024:
             family = "sd2"
@@ -291,6 +297,9 @@ def detect_diffusers_folder(folder: Path) -> Detection:
             "sdxl": {"text_encoder": "clip_l", "text_encoder_2": "clip_g"},
             "sdxl_refiner": {"text_encoder_2": "clip_g"},
         }[family]
+    if not isinstance(in_ch, int) or isinstance(in_ch, bool) or not 0 < in_ch <= 64:
+        part = "transformer" if family.startswith("sd3") else "unet"
+        raise UnsupportedModelError(folder, f"{part}/config.json has no valid in_channels ({str(in_ch)[:40]})")
     comps |= {te for slot, te in slots.items() if slot in present}
     if "vae" in present:
         comps.add("vae")

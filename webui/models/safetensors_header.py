@@ -12,33 +12,39 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
-# Bytes per element for each dtype the safetensors format defines.
-DTYPE_SIZES: Mapping[str, float] = {
-    "BOOL": 1,
-    "U8": 1,
-    "I8": 1,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-    "F8_E8M0": 1,
-    "I16": 2,
-    "U16": 2,
-    "F16": 2,
-    "BF16": 2,
-    "I32": 4,
-    "U32": 4,
-    "F32": 4,
-    "I64": 8,
-    "U64": 8,
-    "F64": 8,
-    "F4": 0.5,
-    "F6_E2M3": 0.75,
-    "F6_E3M2": 0.75,
+# Bits per element for each dtype the safetensors format defines (the library's own list).
+DTYPE_BITS: Mapping[str, int] = {
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E4M3": 8,
+    "F8_E5M2": 8,
+    "F8_E8M0": 8,
+    "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "I64": 64,
+    "U64": 64,
+    "F64": 64,
+    "C64": 64,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
 }
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+# Bytes per element (fractions for the sub-byte formats).
+DTYPE_SIZES: Mapping[str, float] = {name: bits / 8 for name, bits in DTYPE_BITS.items()}
+# The safetensors library refuses larger headers (its MAX_HEADER_SIZE).
+MAX_HEADER_BYTES = 100_000_000
 
 
 class ModelFileError(ValueError):
@@ -89,7 +95,12 @@ class SafetensorsHeader:
 
 
 def read_header(path: Path | str) -> SafetensorsHeader:
-    """Parse and validate the header; raise ``ModelFileError`` with a reason a user can act on."""
+    """Parse and validate the header; raise ``ModelFileError`` with a reason a user can act on.
+
+    A file passes only if the safetensors library would open it too: known dtypes, sizes that match
+    the shapes, tensors that tile the data block exactly (no gap, no overlap, nothing left over) and
+    ``__metadata__`` of strings. So a file the catalog lists as usable never fails later on its header.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -108,26 +119,37 @@ def read_header(path: Path | str) -> SafetensorsHeader:
             raw = f.read(n)
     except OSError as exc:
         raise ModelFileError(path, f"cannot read file: {exc.strerror or exc}") from None
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ModelFileError(path, "safetensors header is not valid JSON; the file is damaged") from None
-    if not isinstance(doc, dict):
-        raise ModelFileError(path, "safetensors header is not a JSON object; the file is damaged")
-    metadata = doc.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise ModelFileError(path, "safetensors __metadata__ is not an object")
+    doc = _parse_json(path, raw)
+    metadata = _metadata(path, doc.pop("__metadata__", None))
     data_start = 8 + n
     data_size = size - data_start
     tensors = {name: _tensor_info(path, name, entry, data_size) for name, entry in doc.items()}
-    _check_no_overlap(path, tensors)
-    return SafetensorsHeader(
-        path=path,
-        tensors=tensors,
-        metadata={str(k): str(v) for k, v in metadata.items()},
-        file_size=size,
-        data_start=data_start,
-    )
+    _check_layout(path, tensors, data_size)
+    return SafetensorsHeader(path=path, tensors=tensors, metadata=metadata, file_size=size, data_start=data_start)
+
+
+def _parse_json(path: Path, raw: bytes) -> dict:
+    if not raw.lstrip(b" \t\r\n").startswith(b"{"):
+        raise ModelFileError(path, "safetensors header is not a JSON object; the file is damaged")
+    try:
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        raise ModelFileError(path, "safetensors header is not valid JSON; the file is damaged") from None
+    if not isinstance(doc, dict):
+        raise ModelFileError(path, "safetensors header is not a JSON object; the file is damaged")
+    return doc
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _metadata(path: Path, value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ModelFileError(path, "safetensors __metadata__ must map names to strings; the file is damaged")
+    return dict(value)
 
 
 def _looks_like(head: bytes) -> str:
@@ -135,9 +157,14 @@ def _looks_like(head: bytes) -> str:
         return " (it looks like a zip archive: a PyTorch .ckpt/.pt saved with the wrong extension?)"
     if head[:1] == b"\x80":
         return " (it looks like a Python pickle: a .ckpt/.pt file with the wrong extension?)"
-    if head[:1] in (b"<", b"{"):
+    if head[:1] in (b"<", b"{") and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
         return " (it looks like text or HTML: a failed download saved as a model?)"
     return ""
+
+
+def _is_count(value: object) -> bool:
+    """A JSON integer >= 0 (``true`` is an int in Python, not in JSON)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _tensor_info(path: Path, name: str, entry: object, data_size: int) -> TensorInfo:
@@ -146,34 +173,48 @@ def _tensor_info(path: Path, name: str, entry: object, data_size: int) -> Tensor
     dtype = entry.get("dtype")
     shape = entry.get("shape")
     offsets = entry.get("data_offsets")
-    if dtype not in DTYPE_SIZES:
-        raise ModelFileError(path, f"tensor {name!r} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ModelFileError(path, f"tensor {name!r} has an invalid shape {shape!r}")
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(isinstance(o, int) for o in offsets)
-        or not 0 <= offsets[0] <= offsets[1]
-    ):
-        raise ModelFileError(path, f"tensor {name!r} has invalid data offsets {offsets!r}")
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        raise ModelFileError(path, f"tensor {name!r} has unknown dtype {_short(dtype)}")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise ModelFileError(path, f"tensor {name!r} has an invalid shape {_short(shape)}")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        raise ModelFileError(path, f"tensor {name!r} has invalid data offsets {_short(offsets)}")
     start, end = offsets
+    if start > end:
+        raise ModelFileError(path, f"tensor {name!r} has invalid data offsets {_short(offsets)}")
     if end > data_size:
         raise ModelFileError(
             path,
             f"tensor {name!r} ends at byte {end} but the data block has {data_size} bytes;"
             " the file is truncated: download it again",
         )
-    expected = math.prod(shape) * DTYPE_SIZES[dtype]
-    if end - start != expected:
-        raise ModelFileError(
-            path, f"tensor {name!r} claims {end - start} bytes but {dtype}{shape} needs {expected:g}"
-        )
+    bits = math.prod(shape) * DTYPE_BITS[dtype]
+    if bits % 8 or end - start != bits // 8:
+        need = f"{bits / 8:g}" if bits < 10**15 else "far more"
+        raise ModelFileError(path, f"tensor {name!r} claims {end - start} bytes but {dtype}{shape} needs {need}")
     return TensorInfo(dtype=dtype, shape=tuple(shape), start=start, end=end)
 
 
-def _check_no_overlap(path: Path, tensors: Mapping[str, TensorInfo]) -> None:
-    spans = sorted((t.start, t.end, name) for name, t in tensors.items() if t.end > t.start)
-    for (s0, e0, n0), (s1, _e1, n1) in zip(spans, spans[1:]):
-        if s1 < e0:
-            raise ModelFileError(path, f"tensors {n0!r} and {n1!r} overlap in the file; it is damaged")
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_layout(path: Path, tensors: Mapping[str, TensorInfo], data_size: int) -> None:
+    """The tensors must tile the data block: each starts where the previous ends, the last ends at its end."""
+    spans = sorted((t.start, t.end, name) for name, t in tensors.items())
+    position, previous = 0, None
+    for start, end, name in spans:
+        if start < position:
+            raise ModelFileError(path, f"tensors {previous!r} and {name!r} overlap in the file; it is damaged")
+        if start > position:
+            raise ModelFileError(
+                path, f"the data block has a gap of {start - position} bytes before tensor {name!r}; it is damaged"
+            )
+        position, previous = end, name
+    if position != data_size:
+        raise ModelFileError(
+            path,
+            f"the data block has {data_size - position} bytes that no tensor uses; the file is damaged"
+            " (or was not written by a safetensors library)",
+        )

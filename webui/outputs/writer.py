@@ -1,9 +1,12 @@
 """Saving generated images: A1111's folder layout and names, infotext embedded, written atomically.
 
 ``outputs/<category folder>/<date>/<NNNNN>-<pattern>.<ext>`` (grids: ``grid-<NNNN>.<ext>``). Each
-image is encoded into a hidden temp file in the target folder, flushed and fsynced, then given its
-final name with a hard link, which never replaces an existing file; a failed save leaves nothing
-behind. Infotext: PNG ``parameters`` text chunk; JPEG/WebP EXIF ``UserComment`` (``UNICODE`` +
+image is encoded in memory, written into a hidden temp file in the target folder, flushed and
+fsynced, then given its final name with a hard link, which never replaces an existing file; a
+failed save leaves nothing behind, and a process killed mid-save leaves at most a hidden temp file
+(``OutputWriter.clean_temp_files`` removes those). Encoding in memory first keeps the OS error of a
+full or read-only disk (PIL's C encoders write to the file descriptor themselves and report only
+"encoder error"), so the message can say what to do. Infotext: PNG ``parameters`` text chunk; JPEG/WebP EXIF ``UserComment`` (``UNICODE`` +
 UTF-16BE, as A1111 writes it with piexif). PIL only, no torch.
 """
 
@@ -16,6 +19,7 @@ import re
 import secrets
 import struct
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,6 +59,7 @@ MAX_TOKEN_CHARS = 128
 MAX_DECORATION_BYTES = 180
 PROMPT_WORDS = 8
 _TOKEN = re.compile(r"\[([^\[\]<>]+)((?:<[^>]*>)?)\]")
+_TEMP_NAME = re.compile(r"^\.[0-9a-f]{16}\.(?:png|jpg|webp)\.tmp$")  # what ``save`` writes before the rename
 _NON_WORD = re.compile(r"\W+")
 _MAX_NUMBER_TRIES = 10_000
 
@@ -389,6 +394,24 @@ class OutputWriter:
     quality: int = JPEG_QUALITY
     _lock: Any = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
+    def clean_temp_files(self, older_than: float = 3600.0) -> int:
+        """Delete the hidden temp files a killed process left (a save never takes an hour); return how many.
+
+        Only names ``save`` makes (``.<16 hex>.<ext>.tmp``) are touched; call it once at start-up.
+        """
+        removed = 0
+        cutoff = time.time() - older_than
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                path = Path(folder) / name
+                try:
+                    if _TEMP_NAME.match(name) and path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+                except OSError:
+                    continue  # gone already, or not ours to delete
+        return removed
+
     def folder_for(self, category: str, now: datetime) -> Path:
         """``root/<category folder>/<date parts>`` (not created); unknown categories raise."""
         if category not in CATEGORY_FOLDERS:
@@ -440,9 +463,10 @@ class OutputWriter:
             raise OutputError(f"could not save the image in {folder}: {_NOT_A_FOLDER}")
 
     def _write_temp(self, tmp: Path, image: Any, infotext: str, fmt: str) -> None:
+        data = encode_image(image, infotext, fmt, quality=self.quality)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(fd, "wb") as handle:
-            write_image(image, infotext, fmt, handle, quality=self.quality)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
 
