@@ -9,7 +9,9 @@ The pipelines' own decode (``output_type="pil"``):
 
 ``decode_latents`` does all of that for any pipeline (the config decides, not the class). A decode
 in reduced precision that gives NaN or inf (an fp16 VAE overflowing: a black image) is retried in
-fp32 and the VAE stays in fp32 from then on, with a warning in the log. NaN already in the
+fp32, and that VAE decodes in fp32 from then on, with a warning in the log. Upcasting is for the
+call only: the weights stay in the pipeline's dtype, because the pipelines' own VAE encode (img2img,
+inpaint) casts its input to the denoiser's dtype and would fail against an fp32 VAE. NaN already in the
 latents is the denoiser's overflow, not the VAE's, and raises ``NonFiniteLatentsError``; a VAE
 that gives NaN even in fp32 is damaged and raises ``VaeDecodeError``.
 """
@@ -20,6 +22,8 @@ import logging
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+DECODE_FP32 = "_webui_decode_fp32"  # attribute on a VAE module: decode it in fp32
 
 
 class NonFiniteLatentsError(RuntimeError):
@@ -78,37 +82,58 @@ def _finite(t: Any) -> bool:
     return bool(torch.isfinite(t).all())
 
 
+def mark_decode_fp32(vae: Any, on: bool = True) -> None:
+    """Make every later decode of this VAE run in fp32 (its weights stay in their dtype)."""
+    setattr(vae, DECODE_FP32, on)
+
+
+def decodes_in_fp32(vae: Any) -> bool:
+    import torch
+
+    if _vae_dtype(vae) == torch.float32:
+        return True
+    force = vae.dtype == torch.float16 and bool(_cfg(vae, "force_upcast"))
+    return force or bool(getattr(vae, DECODE_FP32, False))
+
+
+def _decode_fp32(vae: Any, latents: Any) -> Any:
+    """Decode with the VAE cast to fp32 for the call, then cast back (a lossless round trip)."""
+    import torch
+
+    stored = vae.dtype
+    if stored == torch.float32:
+        return _decode_raw(vae, latents)
+    vae.to(dtype=torch.float32)
+    try:
+        return _decode_raw(vae, latents)
+    finally:
+        vae.to(dtype=stored)
+
+
 def decode_tensor(vae: Any, latents: Any) -> Any:
     """Latents (loop space) -> the VAE's output tensor in [-1, 1], never NaN/inf.
 
-    fp16 VAEs with ``force_upcast`` decode in fp32 and go back to fp16 (as SDXL's pipeline).
-    A non-finite result in reduced precision is decoded again in fp32; the VAE then stays fp32.
+    Decodes in fp32 when the VAE is fp32, when an fp16 VAE says ``force_upcast`` (as SDXL's
+    pipeline does) or when it was marked (``mark_decode_fp32``); in the VAE's dtype otherwise.
+    A non-finite result in reduced precision is decoded again in fp32 and the VAE is marked.
+    The weights keep their dtype, so the pipelines' own VAE encode (img2img) still matches them.
     """
-    import torch
-
     if not _finite(latents):
         raise NonFiniteLatentsError(
             "the sampler produced NaN or infinite values: the model overflowed in "
             f"{str(latents.dtype).removeprefix('torch.')}; use --precision fp32 or bf16, or another sampler"
         )
-    upcast = vae.dtype == torch.float16 and bool(_cfg(vae, "force_upcast"))
-    if upcast:
-        vae.to(dtype=torch.float32)
-        try:
-            decoded = _decode_raw(vae, latents)
-        finally:
-            vae.to(dtype=torch.float16)
-    else:
-        decoded = _decode_raw(vae, latents)
+    fp32 = decodes_in_fp32(vae)
+    decoded = _decode_fp32(vae, latents) if fp32 else _decode_raw(vae, latents)
     if _finite(decoded):
         return decoded
-    if _vae_dtype(vae) != torch.float32:
+    if not fp32:
         log.warning(
-            "the VAE gave NaN/inf in %s (a black image); decoding again in fp32, and keeping this VAE in fp32",
+            "the VAE gave NaN/inf in %s (a black image); decoding again in fp32, and from now on",
             str(_vae_dtype(vae)).removeprefix("torch."),
         )
-        vae.to(dtype=torch.float32)
-        decoded = _decode_raw(vae, latents)
+        mark_decode_fp32(vae)
+        decoded = _decode_fp32(vae, latents)
         if _finite(decoded):
             return decoded
     raise VaeDecodeError(
