@@ -1,4 +1,4 @@
-"""The composed app's services over a temporary folder, as the tests build them (CPU, fp32)."""
+"""The composed app's services over a temporary folder, as the tests build them (CPU, fp32, contiguous layout)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ def tmp_services(root: Path, **overrides: Any) -> Any:
         "config_file": str(root / "config.json"),
         "device": "cpu",
         "precision": "fp32",
+        # Deterministic across runs: "auto" would measure the layout and could pick either.
+        "channels_last": "off",
     }
     values.update(overrides)
     return build_services(Settings(**values), base=root)

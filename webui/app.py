@@ -95,7 +95,12 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
     catalog = ModelCatalog(paths.models, hash_of=lambda p: hashes.get(p, compute=False))
     catalog.ensure_folders()
     catalog.refresh()
-    device = resolve_device(settings.device, settings.precision)
+    device = resolve_device(
+        settings.device,
+        settings.precision,
+        vae_precision=settings.vae_precision,
+        probe_cache=paths.cache / "precision_probe.json",  # the CPU bf16 measurement, once per machine
+    )
     families = default_families()
 
     extensions = build_extensions(settings, paths)
@@ -118,10 +123,18 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
         on_loaded=on_loaded,
         memory_registry=memory_registry,
         memory_modes=settings.memory_modes,
+        speed=build_speed_tuner(settings, device),
     )
     services = Services(settings, paths, families, catalog, hashes, manager, device, extensions=extensions)
     build_generation(services)
     return services
+
+
+def build_speed_tuner(settings: Settings, device: Any) -> Any:
+    """What the manager applies to every model it loads: VAE precision, layout, attention, compile."""
+    from webui.speed.optimize import SpeedTuner, options_from_settings
+
+    return SpeedTuner(device, options_from_settings(settings))
 
 
 def build_extensions(settings: Settings, paths: AppPaths) -> Any:
@@ -166,6 +179,7 @@ def build_generation(services: Services) -> None:
     from webui.generation.samplers import SamplerTable
     from webui.generation.service import GenerationService
     from webui.outputs.writer import OutputWriter
+    from webui.speed.prompt_cache import PromptCache
 
     settings = services.settings
     # Built-in samplers arrive through the same hook as an extension's (webui_register_samplers).
@@ -183,6 +197,7 @@ def build_generation(services: Services) -> None:
         default_model=settings.default_model,
         hooks=services.extensions,
         oom_retry=settings.memory_oom_retry,
+        prompt_cache=PromptCache(settings.prompt_cache_size),
     )
     services.generation = GenerationService(services.engine.run, preview_every=settings.preview_every)
 
@@ -247,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if warning:
         log.warning("%s", warning)
     device = services.device
-    log.info("device: %s, precision: %s (%s)", device.device, device.precision, device.reason)
+    log.info("device: %s", device.describe())
     found = services.catalog.entries("checkpoint")
     log.info("models: %d checkpoint(s) in %s; none is loaded until needed", len(found), services.paths.models)
     for entry in found:

@@ -19,6 +19,8 @@ from typing import Any
 ENV_PREFIX = "WEBUI_"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+VAE_PRECISIONS = ("auto", "fp32")
+CHANNELS_LAST = ("auto", "on", "off")
 SAMPLES_FORMATS = ("png", "jpg", "webp")
 RNG_SOURCES = ("GPU", "CPU")
 
@@ -41,6 +43,13 @@ class Settings:
     config_file: str = "config.json"
     device: str = "auto"
     precision: str = "auto"
+    # VAE decode precision: "auto" (the model's, fp32 for VAEs that overflow in fp16) or "fp32" (--no-half-vae).
+    vae_precision: str = "auto"
+    # Speed: channels_last memory layout ("auto": measured once per model family), opt-in torch.compile of
+    # the UNet/transformer blocks, and how many encoded prompts are kept for reuse (0 = off).
+    channels_last: str = "auto"
+    compile: bool = False
+    prompt_cache_size: int = 16
     # How many recently used checkpoints stay loaded in RAM besides the active one.
     ram_cache_models: int = 0
     # Checkpoint to load on the first generation ("" = the first one found).
@@ -191,6 +200,9 @@ def _check_credentials(name: str) -> Any:
 FIELD_CHECKS: dict[str, Any] = {
     "device": _one_of("--device", DEVICES),
     "precision": _one_of("--precision", PRECISIONS),
+    "vae_precision": _one_of("--vae-precision", VAE_PRECISIONS),
+    "channels_last": _one_of("--channels-last", CHANNELS_LAST),
+    "prompt_cache_size": _not_negative("prompt_cache_size", "0 (off) or more"),
     "port": _check_port,
     "ram_cache_models": _not_negative("ram_cache_models", "0 or more"),
     "preview_every": _not_negative("preview_every", "0 (off) or more"),
@@ -241,7 +253,36 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--extensions-dir", help="extensions folder (default extensions/)")
     p.add_argument("--config-file", help="settings file (default config.json)")
     p.add_argument("--device", choices=DEVICES, help="compute device (default auto)")
-    p.add_argument("--precision", choices=PRECISIONS, help="weights precision (default auto)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="compute precision (default auto: bf16 on CPUs and GPUs that are faster with it, fp16 on other GPUs,"
+        " fp32 elsewhere; the choice and why is logged and shown on the Settings page)",
+    )
+    p.add_argument(
+        "--vae-precision",
+        choices=VAE_PRECISIONS,
+        help="VAE decode precision (default auto: fp32 for VAEs that overflow in fp16; every decode is checked for NaN)",
+    )
+    p.add_argument(
+        "--no-half-vae",
+        dest="vae_precision",
+        action="store_const",
+        const="fp32",
+        help="same as --vae-precision fp32 (A1111's flag)",
+    )
+    p.add_argument(
+        "--channels-last",
+        choices=CHANNELS_LAST,
+        help="channels_last memory layout for the UNet and VAE (default auto: measured once per model family)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_const",
+        const=True,
+        help="torch.compile the UNet/transformer blocks (compiled on first use per image size; falls back if it fails)",
+    )
+    p.add_argument("--prompt-cache-size", type=int, help="encoded prompts kept for reuse, 0 = off (default 16)")
     p.add_argument("--ram-cache-models", type=int, help="checkpoints kept in RAM for fast switching (default 0)")
     p.add_argument("--default-model", help="checkpoint loaded for the first generation")
     p.add_argument(
@@ -301,6 +342,10 @@ _CLI_TO_FIELD = {
     "config_file": "config_file",
     "device": "device",
     "precision": "precision",
+    "vae_precision": "vae_precision",
+    "channels_last": "channels_last",
+    "compile": "compile",
+    "prompt_cache_size": "prompt_cache_size",
     "ram_cache_models": "ram_cache_models",
     "default_model": "default_model",
     "memory_modes": "memory_modes",

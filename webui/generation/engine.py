@@ -56,6 +56,7 @@ class Engine:
         default_model: str = "",
         hooks: Any = None,
         oom_retry: bool = True,
+        prompt_cache: Any = None,
     ) -> None:
         self.manager = manager
         self.samplers = samplers
@@ -65,6 +66,7 @@ class Engine:
         self.default_model = default_model
         self.hooks = hooks  # webui.extensions.ExtensionHost (None: no extensions)
         self.oom_retry = oom_retry  # retry a batch once with a stronger memory mode after out of memory
+        self.prompt_cache = prompt_cache  # webui.speed.prompt_cache.PromptCache (None: encode every pass)
 
     # -- entry point ------------------------------------------------------------
     def run(self, request: GenerationRequest, ctx: JobContext) -> JobResult:
@@ -245,7 +247,6 @@ class Engine:
         seed: int | None = None,
         label: str = "",
     ) -> passes.PassInputs:
-        from webui.generation.conditioning import encode_prompts
         from webui.generation.preview import latents_to_preview
 
         family = family or job.family
@@ -260,14 +261,14 @@ class Engine:
             shift=job.req.shift or None,
             seed=seed,  # SDE samplers draw their Brownian noise from it; without it they use the global RNG
         )
-        req = job.req
-        cond = encode_prompts(
+        cond = self._encode(
+            job,
             pipe,
             family,
-            [job.prompt if prompt is None else prompt] * n,
-            [job.negative if negative is None else negative] * n,
-            clip_skip=req.clip_skip,
-            use_t5=req.use_t5,
+            job.prompt if prompt is None else prompt,
+            job.negative if negative is None else negative,
+            n,
+            secondary,
         )
         width, height = width or job.width, height or job.height
 
@@ -293,6 +294,30 @@ class Engine:
             on_step=on_step,
             sdxl_conditioning=self._sdxl_conditioning(job, width, height),
         )
+
+    def _encode(self, job: _Job, pipe: Any, family: Any, prompt: str, negative: str, n: int, secondary: bool) -> dict:
+        """The prompt embeddings, from the prompt cache when this model state encoded them before."""
+        from webui.generation.conditioning import encode_prompts
+
+        req = job.req
+
+        def encode() -> dict[str, Any]:
+            return encode_prompts(
+                pipe, family, [prompt] * n, [negative] * n, clip_skip=req.clip_skip, use_t5=req.use_t5
+            )
+
+        if self.prompt_cache is None:
+            return encode()
+        from webui.speed.prompt_cache import PromptKey
+
+        entry = self.manager.current_entry
+        state = (
+            (str(entry.path), entry.mtime_ns) if entry is not None else None,
+            req.refiner_checkpoint if secondary else "",
+            tuple((tag.name, float(tag.weight)) for tag in job.loras),  # text-encoder LoRAs change the embeddings
+        )
+        key = PromptKey.of(pipe, state, prompt, negative, clip_skip=req.clip_skip, use_t5=req.use_t5, batch=n)
+        return self.prompt_cache.get_or_encode(pipe, key, encode)
 
     def _step_hook(self, job: _Job, family: Any, label: str, steps: int) -> Any:
         """``webui_step`` for this pass, or None when no extension listens (no per-step cost then)."""

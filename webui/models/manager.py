@@ -115,6 +115,7 @@ class ModelManager:
         on_loaded: Callable[[LoadReport], None] | None = None,
         memory_registry: Any = None,
         memory_modes: str = "none",
+        speed: Any = None,
     ) -> None:
         self.catalog = catalog
         self.device = device
@@ -132,6 +133,9 @@ class ModelManager:
         # Memory modes (webui.memory): the registry, and the user's choice ("auto", "none" or names).
         self.memory_registry = memory_registry
         self.memory_modes = memory_modes
+        # webui.speed.optimize.SpeedTuner: VAE precision, layout, attention and compile, applied to
+        # every model after its memory modes (None: the pipelines as diffusers loads them).
+        self.speed = speed
 
     # -- state -----------------------------------------------------------------
     @property
@@ -281,11 +285,15 @@ class ModelManager:
     def _switch_plan(self, slot: _Slot, new: Any, change_plan: Any, update_plan: Any) -> list[str]:
         old = slot.plan or self.memory_plan
         if change_plan(old, new) == "in place":
+            self._untune(
+                slot.loaded.pipeline, old
+            )  # offload hooks wrap forward; compiled regions must not be in the way
             notes = update_plan(
                 slot.loaded.pipeline, old, new, self.device.device, dtype=self.device.dtype, family=slot.loaded.family
             )
             slot.plan = new
             slot.tasks.clear()
+            self._tune(slot.loaded.pipeline, slot.loaded.family, new)
             return notes
         entry = slot.entry
         self._current = None
@@ -337,6 +345,7 @@ class ModelManager:
                     slot.vae = None
                     slot.tasks.clear()
                     self._refresh_memory(slot)
+                    self._tune(pipe, slot.loaded.family, slot.plan)
                 return "checkpoint's own VAE"
             entry = self.catalog.find(name, kind="vae")
             if entry.error:
@@ -346,6 +355,7 @@ class ModelManager:
             slot.vae = load_vae_override(entry.path, pipe, slot.loaded.family, active=slot.vae)
             slot.tasks.clear()  # task pipelines are rebuilt around the new VAE
             self._refresh_memory(slot)
+            self._tune(pipe, slot.loaded.family, slot.plan)  # the new VAE's decode precision and layout
             return entry.name
 
     # -- internals -------------------------------------------------------------
@@ -405,14 +415,51 @@ class ModelManager:
 
         memory_plan = self._plan_for(entry) if memory_plan is None else memory_plan
         loaded = self._load_weights(entry, memory_plan)
-        if not memory_plan.modes and not memory_plan.notes:
-            return loaded
-        notes = apply_plan(
-            loaded.pipeline, memory_plan, self.device.device, dtype=self.device.dtype, family=loaded.family
-        )
-        loaded.notes.extend(n for n in notes if n not in loaded.notes)
-        loaded.plan = memory_plan
+        if memory_plan.modes or memory_plan.notes:
+            notes = apply_plan(
+                loaded.pipeline, memory_plan, self.device.device, dtype=self.device.dtype, family=loaded.family
+            )
+            loaded.notes.extend(n for n in notes if n not in loaded.notes)
+            loaded.plan = memory_plan
+        loaded.notes.extend(self._tune(loaded.pipeline, loaded.family, memory_plan))
         return loaded
+
+    # -- speed -------------------------------------------------------------------
+    def set_speed_options(self, options: Any) -> list[str]:
+        """Use these ``SpeedOptions`` from now on; the active model is re-tuned in place. Returns notes."""
+        with self._lock:
+            if self.speed is None:
+                return []
+            self._ram.clear()  # parked models carry the old layout / compiled blocks
+            self.speed.options = options
+            slot = self._current
+            if slot is None:
+                return []
+            self._untune(slot.loaded.pipeline, slot.plan)
+            slot.tasks.clear()
+            return self._tune(slot.loaded.pipeline, slot.loaded.family, slot.plan)
+
+    def _tune(self, pipe: Any, family: FamilySpec, plan: Any) -> list[str]:
+        if self.speed is None:
+            return []
+        report = self.speed.apply(
+            pipe,
+            family.id,
+            manages_placement=bool(plan is not None and plan.manages_placement),
+            manages_attention=bool(plan is not None and (plan.has("xformers") or plan.has("attention_slicing"))),
+        )
+        return report.lines()
+
+    def _untune(self, pipe: Any, plan: Any) -> None:
+        """Back to eager forwards and the contiguous layout, so that a change starts from the loaded model."""
+        if self.speed is None:
+            return
+        from webui.speed.compile import uncompile_denoiser
+        from webui.speed.layout import apply_layout
+
+        uncompile_denoiser(pipe)
+        if plan is None or not plan.manages_placement:  # offloaded weights are never moved by hand
+            apply_layout(pipe, False)
 
     def _load_weights(self, entry: CatalogEntry, memory_plan: Any) -> Any:
         loader = self._loader

@@ -15,13 +15,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from webui.config import RNG_SOURCES, SAMPLES_FORMATS, Settings, SettingsError, check_field
+from webui.config import (
+    CHANNELS_LAST,
+    PRECISIONS,
+    RNG_SOURCES,
+    SAMPLES_FORMATS,
+    VAE_PRECISIONS,
+    Settings,
+    SettingsError,
+    check_field,
+)
 
 SECTION_SAVING = "Saving images"
 SECTION_PREVIEW = "Live preview"
 SECTION_MODELS = "Models"
 SECTION_SAMPLING = "Sampling"
 SECTION_MEMORY = "Memory"
+SECTION_SPEED = "Speed"
 SECTION_SERVER = "Server and folders (applied after a restart)"
 
 
@@ -85,11 +95,42 @@ SPECS: tuple[SettingSpec, ...] = (
         SECTION_MEMORY,
         True,
     ),
+    SettingSpec(
+        "channels_last",
+        "channels_last memory layout",
+        SECTION_SPEED,
+        True,
+        "auto: measured once per model family and kept only where it is faster",
+        CHANNELS_LAST,
+    ),
+    SettingSpec(
+        "compile",
+        "Compile the UNet/transformer (torch.compile)",
+        SECTION_SPEED,
+        True,
+        "the first image of each size waits for the compiler; falls back to normal speed if compiling fails",
+    ),
+    SettingSpec("prompt_cache_size", "Encoded prompts kept for reuse", SECTION_SPEED, True, "0 turns the cache off"),
     SettingSpec("host", "Host to serve on", SECTION_SERVER, False),
     SettingSpec("port", "Port", SECTION_SERVER, False),
     SettingSpec("listen", "Listen on all interfaces (0.0.0.0)", SECTION_SERVER, False),
     SettingSpec("device", "Compute device", SECTION_SERVER, False, choices=("auto", "cpu", "cuda", "mps")),
-    SettingSpec("precision", "Weights precision", SECTION_SERVER, False, choices=("auto", "fp32", "fp16", "bf16")),
+    SettingSpec(
+        "precision",
+        "Compute precision",
+        SECTION_SERVER,
+        False,
+        "auto: bf16 where this device computes it fast, fp16 on other GPUs, fp32 elsewhere",
+        PRECISIONS,
+    ),
+    SettingSpec(
+        "vae_precision",
+        "VAE decode precision",
+        SECTION_SERVER,
+        False,
+        "auto: fp32 for VAEs that overflow in fp16; every decode is checked for NaN and redone in fp32",
+        VAE_PRECISIONS,
+    ),
     SettingSpec("models_dir", "Models folder", SECTION_SERVER, False),
     SettingSpec("extensions_dir", "Extensions folder", SECTION_SERVER, False),
     SettingSpec("cache_dir", "Cache folder", SECTION_SERVER, False),
@@ -129,6 +170,17 @@ class SaveResult:
         if self.persist_error:
             parts.append(self.persist_error)
         return " ".join(parts)
+
+
+def device_summary(services: Any) -> str:
+    """What the app computes with and why (``--precision auto``'s choice), for the top of the page."""
+    device = getattr(services, "device", None)
+    if device is None:
+        return ""
+    return (
+        f"**Computing on** {device.describe()}. "
+        "Change *Compute precision* and *VAE decode precision* below to override (applied after a restart)."
+    )
 
 
 def label(name: str) -> str:
@@ -309,6 +361,23 @@ def _apply_memory(services: Any, settings: Settings, base: Path) -> None:
         services.generation.call(lambda: services.manager.set_memory_modes(settings.memory_modes), timeout=1800)
 
 
+def _apply_speed(services: Any, settings: Settings, base: Path) -> None:
+    """Layout and compile: the loaded model is re-tuned on the worker; the prompt cache is resized."""
+    from webui.speed.optimize import options_from_settings
+
+    cache = getattr(services.engine, "prompt_cache", None)
+    if cache is not None:
+        cache.resize(settings.prompt_cache_size)
+    manager = services.manager
+    options = options_from_settings(settings)
+    if manager.speed is None or manager.speed.options == options:
+        return
+    if manager.current_entry is None:  # nothing to re-tune: no device work, the manager's lock is enough
+        manager.set_speed_options(options)
+    else:
+        services.generation.call(lambda: manager.set_speed_options(options), timeout=1800)
+
+
 def _read_at_request_time(services: Any, settings: Settings, base: Path) -> None:
     """The page reads these from ``services.settings`` each time it builds a request."""
 
@@ -324,6 +393,9 @@ LIVE_APPLIERS: dict[str, Callable[[Any, Settings, Path], None]] = {
     "max_image_size": _apply_limits,
     "memory_modes": _apply_memory,
     "memory_oom_retry": _apply_memory,
+    "channels_last": _apply_speed,
+    "compile": _apply_speed,
+    "prompt_cache_size": _apply_speed,
 }
 
 

@@ -109,6 +109,7 @@ def build(services: Any, page: Any) -> None:
         submit = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
         reset = gr.Button("Reset to defaults", elem_id="settings_reset")
     result = gr.Markdown(elem_id="settings_result")
+    gr.Markdown(settings_apply.device_summary(services), elem_id="settings_device")
     built = _build_controls(services)
     names = list(built)
     controls = [built[name][0] for name in names]
