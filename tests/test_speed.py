@@ -332,11 +332,13 @@ def _latents(channels=4, seed=0):
     return torch.randn(1, channels, 8, 8, generator=torch.Generator().manual_seed(seed))
 
 
-def test_force_upcast_vae_decodes_in_fp32_and_stays_fp16():
+def test_force_upcast_vae_decodes_in_fp32_and_stays_fp16(capfd):
     pipe = _tiny("sdxl")
     pipe.vae.to(torch.float16)
     expected = decode_tensor(_tiny("sdxl").vae.to(torch.float16).to(torch.float32), _latents())
+    capfd.readouterr()
     got = decode_tensor(pipe.vae, _latents().half())
+    assert capfd.readouterr().err == ""  # nothing logged per image (diffusers warns on every to(dtype=...))
     assert pipe.vae.dtype == torch.float16 and got.dtype == torch.float32
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-3)  # latents were rounded to fp16
 

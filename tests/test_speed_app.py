@@ -32,7 +32,7 @@ def services(tmp_path, models):
 
 
 def _request(**fields) -> GenerationRequest:
-    base = dict(prompt="a red cube", seed=7, steps=3, width=64, height=64, save_images=False)
+    base = {"prompt": "a red cube", "seed": 7, "steps": 3, "width": 64, "height": 64, "save_images": False}
     base.update(fields)
     return GenerationRequest(sd_model_checkpoint=demo_checkpoint_name("sd15"), **base)
 
@@ -98,7 +98,8 @@ def test_a_loaded_model_is_tuned_and_the_load_report_says_how(tmp_path, models):
 
     notes = services.manager.set_speed_options(SpeedOptions(channels_last="off"))
     assert "channels_last off (setting)" in notes
-    assert _conv_weight(pipe).is_contiguous() and not _conv_weight(pipe).is_contiguous(memory_format=torch.channels_last)
+    weight = _conv_weight(pipe)
+    assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_channels_last_auto_follows_the_measurement_once_per_family(tmp_path, models):
@@ -192,3 +193,24 @@ def test_prompt_cache_size_from_the_settings_page(services):
     _image(services)
     _image(services)
     assert services.engine.prompt_cache.hits == 0
+
+
+def test_the_empty_keep_in_fp32_warning_is_silenced_and_others_are_not(capfd, fresh_tiny_pipe):
+    import logging
+
+    from webui.app import _empty_fp32_modules_warning, quiet_libraries
+
+    quiet_libraries()
+    quiet_libraries()  # idempotent: one filter
+    modeling = logging.getLogger("diffusers.models.modeling_utils")
+    assert modeling.filters.count(_empty_fp32_modules_warning) == 1
+    unet = fresh_tiny_pipe("sd15").unet
+    capfd.readouterr()
+    unet.to(dtype=torch.bfloat16)  # a load in bf16 does this; diffusers 0.42 warns about an empty list
+    assert "kept in float32" not in capfd.readouterr().err
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("diffusers.models.modeling_utils", logging.WARNING, "", 0, message, (), None)
+
+    assert _empty_fp32_modules_warning(record("There are modules in X that should be kept in float32: ['norm']."))
+    assert not _empty_fp32_modules_warning(record("There are modules in X that should be kept in float32: []."))

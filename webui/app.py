@@ -72,6 +72,12 @@ def prepare_environment(settings: Settings) -> None:
     os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.path("cache_dir", ROOT) / "gradio"))
 
 
+def _empty_fp32_modules_warning(record: logging.LogRecord) -> bool:
+    """False for diffusers 0.42's warning that an empty list of modules "should be kept in float32",
+    which it logs on every ``to(dtype=...)`` of a model although nothing is kept (a load in bf16/fp16)."""
+    return "should be kept in float32: []" not in record.getMessage()
+
+
 def quiet_libraries() -> None:
     """Loading progress bars of diffusers/transformers clutter the log; the UI shows its own progress."""
     import diffusers
@@ -79,6 +85,9 @@ def quiet_libraries() -> None:
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    modeling = logging.getLogger("diffusers.models.modeling_utils")
+    if _empty_fp32_modules_warning not in modeling.filters:
+        modeling.addFilter(_empty_fp32_modules_warning)
 
 
 def build_services(settings: Settings, base: Path = ROOT) -> Services:

@@ -96,6 +96,19 @@ def decodes_in_fp32(vae: Any) -> bool:
     return force or bool(getattr(vae, DECODE_FP32, False))
 
 
+def _cast(vae: Any, dtype: Any) -> None:
+    """``float()`` / ``half()`` / ``bfloat16()``: the same cast as ``to(dtype=...)``, without the warning
+    diffusers 0.42 logs on every ``to(dtype=...)`` of a model (it would repeat for each image)."""
+    import torch
+
+    casts = {torch.float32: vae.float, torch.float16: vae.half, torch.bfloat16: vae.bfloat16}
+    cast = casts.get(dtype)
+    if cast is None:
+        vae.to(dtype=dtype)
+    else:
+        cast()
+
+
 def _decode_fp32(vae: Any, latents: Any) -> Any:
     """Decode with the VAE cast to fp32 for the call, then cast back (a lossless round trip)."""
     import torch
@@ -103,11 +116,11 @@ def _decode_fp32(vae: Any, latents: Any) -> Any:
     stored = vae.dtype
     if stored == torch.float32:
         return _decode_raw(vae, latents)
-    vae.to(dtype=torch.float32)
+    _cast(vae, torch.float32)
     try:
         return _decode_raw(vae, latents)
     finally:
-        vae.to(dtype=stored)
+        _cast(vae, stored)
 
 
 def decode_tensor(vae: Any, latents: Any) -> Any:
