@@ -20,7 +20,7 @@ from webui.models.devices import DeviceChoice, DeviceError, resolve_device
 from webui.models.families import default_families
 from webui.speed.compile import compile_denoiser, regions_of, uncompile_denoiser
 from webui.speed.cpu_features import CpuFeatures, detect_cpu_features
-from webui.speed.layout import apply_layout, decide_channels_last, time_resnet
+from webui.speed.layout import apply_layout, decide_channels_last, describe_layout, time_resnet
 from webui.speed.optimize import SpeedOptions, SpeedTuner
 from webui.speed.probe import ProbeResult, probe_cpu_bf16
 from webui.speed.prompt_cache import PromptCache, PromptKey
@@ -378,14 +378,44 @@ def test_nan_latents_or_a_broken_vae_raise_an_actionable_error():
 # --- layout, attention, compile, tuner ---------------------------------------------------------------
 
 
-def test_layout_choice_follows_the_measurement():
+def test_layout_choice_follows_the_measurement_per_module():
     pipe = _tiny("sd15")
-    assert decide_channels_last(pipe, "auto", lambda block: (10.0, 8.0)).channels_last
-    assert not decide_channels_last(pipe, "auto", lambda block: (10.0, 9.9)).channels_last
-    assert decide_channels_last(pipe, "on").channels_last and not decide_channels_last(pipe, "off").channels_last
-    assert not decide_channels_last(_tiny("sd3"), "auto").channels_last  # no UNet
+    both = decide_channels_last(pipe, "auto", lambda block, **kw: (10.0, 8.0))
+    assert both["unet"].channels_last and both["vae"].channels_last
+    neither = decide_channels_last(pipe, "auto", lambda block, **kw: (10.0, 9.9))
+    assert not neither["unet"].channels_last and not neither["vae"].channels_last
+    # the VAE decoder block is timed at a decode-sized input: larger than the UNet's
+    sizes = {}
+
+    def vae_only(block, size, batch):
+        sizes[size] = batch
+        return (10.0, 5.0) if size >= 128 else (10.0, 12.0)
+
+    mixed = decide_channels_last(pipe, "auto", vae_only)
+    assert sizes == {32: 2, 128: 1}
+    assert not mixed["unet"].channels_last and mixed["vae"].channels_last
+    assert describe_layout(mixed) == (
+        "channels_last: unet not faster (measured 12.0 vs 10.0 ms per UNet ResNet block),"
+        " vae faster (measured 5.0 vs 10.0 ms per VAE decoder block)"
+    )
+    on = decide_channels_last(pipe, "on")
+    assert all(d.channels_last for d in on.values()) and describe_layout(on) == "channels_last on (setting)"
+    assert not any(d.channels_last for d in decide_channels_last(pipe, "off").values())
+    sd3 = decide_channels_last(_tiny("sd3"), "auto", lambda block, **kw: (10.0, 5.0))
+    assert list(sd3) == ["vae"]  # no UNet: only the VAE has convolutions
     with pytest.raises(ValueError, match="auto, on, off"):
         decide_channels_last(pipe, "maybe")
+
+
+def test_tuner_applies_each_modules_own_layout():
+    def vae_only(block, size, batch):
+        return (10.0, 5.0) if size >= 128 else (10.0, 12.0)
+
+    pipe = _tiny("sd15")
+    report = SpeedTuner(DeviceChoice("cpu", "fp32", "test"), measure_layout=vae_only).apply(pipe, "sd15")
+    assert "unet not faster" in report.layout and "vae faster" in report.layout
+    assert pipe.unet.conv_in.weight.is_contiguous()
+    assert pipe.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_resnet_timing_leaves_the_block_as_it_was():
@@ -400,13 +430,13 @@ def test_resnet_timing_leaves_the_block_as_it_was():
 def test_tuner_measures_layout_once_per_family_and_applies_it():
     measured = []
     tuner = SpeedTuner(
-        DeviceChoice("cpu", "fp32", "test"), measure_layout=lambda block: (measured.append(1), (10.0, 5.0))[1]
+        DeviceChoice("cpu", "fp32", "test"), measure_layout=lambda block, **kw: (measured.append(1), (10.0, 5.0))[1]
     )
     for _ in range(2):
         pipe = _tiny("sd15")
         report = tuner.apply(pipe, "sd15")
         assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    assert len(measured) == 1 and "faster" in report.layout and "SDPA" in report.attention
+    assert len(measured) == 2 and "faster" in report.layout and "SDPA" in report.attention  # UNet and VAE, once
     offloaded = SpeedTuner(DeviceChoice("cpu", "fp32", "test")).apply(_tiny("sd15"), "sd15", manages_placement=True)
     assert "not used: an offload mode" in offloaded.layout
 

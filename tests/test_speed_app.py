@@ -107,17 +107,17 @@ def test_channels_last_auto_follows_the_measurement_once_per_family(tmp_path, mo
     services = tmp_services(tmp_path, channels_last="auto")
     calls = []
 
-    def measure(block):
+    def measure(block, size, batch):
         calls.append(block)
         return 10.0, 5.0  # channels_last twice as fast
 
     services.manager.speed._measure_layout = measure
     report = services.manager.load(demo_checkpoint_name("sd15"))
-    assert any("channels_last faster (measured 5.0 vs 10.0 ms" in n for n in report.notes)
+    assert any("unet faster (measured 5.0 vs 10.0 ms" in n and "vae faster" in n for n in report.notes)
     assert _conv_weight(services.manager.loaded.pipeline).is_contiguous(memory_format=torch.channels_last)
     services.manager.unload()
     services.manager.load(demo_checkpoint_name("sd15"))
-    assert len(calls) == 1  # the second load of the same family reuses the measurement
+    assert len(calls) == 2  # UNet and VAE once: the second load of the same family reuses the measurement
 
 
 def test_offload_modes_keep_their_placement_and_skip_channels_last(tmp_path, models):

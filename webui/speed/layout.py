@@ -1,8 +1,10 @@
 """channels_last memory layout for the convolution-heavy modules (UNet, VAE), chosen by measurement.
 
-``auto`` times one of the model's own ResNet blocks at a UNet-sized input in both layouts
-(interleaved, best of a few rounds: well under a second on a CPU) and keeps channels_last only
-when it is clearly faster. The MMDiT of SD3 is made of linear layers; layout does not apply to it.
+``auto`` decides for each module on its own: it times one of the UNet's ResNet blocks at a
+UNet-sized input, and one of the VAE decoder's full-resolution ResNet blocks at a decode-sized
+input, in both layouts (interleaved, best of a few rounds: about a second on a CPU), and keeps
+channels_last only where it is clearly faster. On a CPU it can pay off for the VAE (large
+activations) and not for the UNet. The MMDiT of SD3 is made of linear layers: only its VAE is measured.
 """
 
 from __future__ import annotations
@@ -32,6 +34,24 @@ def _first_resnet(module: Any) -> Any:
     found = [m for m in module.modules() if isinstance(m, ResnetBlock2D) and m.conv1.in_channels >= 64]
     # a block of the second resolution level: the size most of a UNet's time is spent at
     return found[min(2, len(found) - 1)] if found else None
+
+
+def _full_resolution_resnet(module: Any) -> Any:
+    """A ResNet block of the decoder's full-resolution level (its narrowest blocks), where most of a
+    decode's time goes. Not simply the last one found: the mid block registers after the up blocks."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    found = [
+        m for m in module.modules() if isinstance(m, ResnetBlock2D) and m.conv1.in_channels == m.conv2.out_channels
+    ]
+    return min(found, key=lambda m: m.conv1.in_channels) if found else None
+
+
+# module -> (how to find the block to time, input side, batch, what the timing is of)
+_PROBES: dict[str, tuple[Callable[[Any], Any], int, int, str]] = {
+    "unet": (_first_resnet, 32, 2, "UNet ResNet block"),
+    "vae": (lambda vae: _full_resolution_resnet(getattr(vae, "decoder", vae)), 128, 1, "VAE decoder block"),
+}
 
 
 def _sync(device: Any) -> None:
@@ -68,30 +88,52 @@ def time_resnet(block: Any, size: int = 32, batch: int = 2, rounds: int = ROUNDS
 
 
 def decide_channels_last(
-    pipe: Any, choice: str = "auto", measure: Callable[[Any], tuple[float, float]] = time_resnet
-) -> LayoutDecision:
+    pipe: Any, choice: str = "auto", measure: Callable[..., tuple[float, float]] = time_resnet
+) -> dict[str, LayoutDecision]:
+    """For each convolution module the pipeline has (``unet``, ``vae``): channels_last or not, and why.
+
+    ``measure(block, size=, batch=)`` gives (contiguous ms, channels_last ms) for one block.
+    """
     if choice not in CHANNELS_LAST_CHOICES:
         raise ValueError(f"channels_last must be one of {', '.join(CHANNELS_LAST_CHOICES)}, got {choice!r}")
-    if choice != "auto":
-        return LayoutDecision(choice == "on", f"channels_last {choice} (setting)")
-    unet = getattr(pipe, "unet", None)
-    block = _first_resnet(unet) if unet is not None else None
-    if block is None:
-        return LayoutDecision(False, "no UNet: memory layout does not matter for a transformer")
-    plain, last = measure(block)
-    faster = last * MIN_GAIN <= plain
-    verdict = "faster" if faster else "not faster"
-    reason = f"channels_last {verdict} (measured {last:.1f} vs {plain:.1f} ms per ResNet block)"
-    return LayoutDecision(faster, reason, plain, last)
+    decisions = {}
+    for name in CONV_MODULES:
+        module = getattr(pipe, name, None)
+        if module is None:
+            continue
+        if choice != "auto":
+            decisions[name] = LayoutDecision(choice == "on", f"channels_last {choice} (setting)")
+            continue
+        find, size, batch, what = _PROBES[name]
+        block = find(module)
+        if block is None:
+            continue
+        plain, last = measure(block, size=size, batch=batch)
+        faster = last * MIN_GAIN <= plain
+        verdict = "faster" if faster else "not faster"
+        decisions[name] = LayoutDecision(
+            faster, f"{verdict} (measured {last:.1f} vs {plain:.1f} ms per {what})", plain, last
+        )
+    return decisions
 
 
-def apply_layout(pipe: Any, channels_last: bool) -> list[str]:
-    """Put the UNet and VAE in channels_last (or back to contiguous); returns the modules changed."""
+def describe_layout(decisions: dict[str, LayoutDecision]) -> str:
+    """One line for the load message, e.g. "channels_last: unet not faster (...), vae faster (...)"."""
+    reasons = {d.reason for d in decisions.values()}
+    if len(reasons) == 1 and next(iter(reasons)).startswith("channels_last"):
+        return next(iter(reasons))  # the setting: the same for every module
+    if not decisions:
+        return "channels_last: no convolution module to lay out"
+    return "channels_last: " + ", ".join(f"{name} {d.reason}" for name, d in decisions.items())
+
+
+def apply_layout(pipe: Any, channels_last: bool, modules: tuple[str, ...] = CONV_MODULES) -> list[str]:
+    """Put these modules (default: the UNet and VAE) in channels_last or back to contiguous; returns those changed."""
     import torch
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     changed = []
-    for name in CONV_MODULES:
+    for name in modules:
         module = getattr(pipe, name, None)
         if isinstance(module, torch.nn.Module):
             module.to(memory_format=fmt)

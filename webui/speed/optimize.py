@@ -12,7 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from webui.speed.layout import CHANNELS_LAST_CHOICES, LayoutDecision, apply_layout, decide_channels_last, time_resnet
+from webui.speed.layout import (
+    CHANNELS_LAST_CHOICES,
+    LayoutDecision,
+    apply_layout,
+    decide_channels_last,
+    describe_layout,
+    time_resnet,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +65,7 @@ class SpeedTuner:
         choice: Any,  # webui.models.devices.DeviceChoice
         options: SpeedOptions = SpeedOptions(),
         *,
-        measure_layout: Callable[[Any], tuple[float, float]] = time_resnet,
+        measure_layout: Callable[..., tuple[float, float]] = time_resnet,
         compile_fn: Callable[..., Any] | None = None,
         choose_attention: Callable[..., str] | None = None,
     ) -> None:
@@ -67,7 +74,7 @@ class SpeedTuner:
         self._measure_layout = measure_layout
         self._compile_fn = compile_fn
         self._choose_attention = choose_attention
-        self._layouts: dict[tuple[str, str, str], LayoutDecision] = {}
+        self._layouts: dict[tuple[str, str, str], dict[str, LayoutDecision]] = {}
 
     def apply(
         self, pipe: Any, family_id: str, *, manages_placement: bool = False, manages_attention: bool = False
@@ -105,17 +112,17 @@ class SpeedTuner:
     def _layout(self, pipe: Any, family_id: str, manages_placement: bool) -> str:
         choice = self.options.channels_last
         if manages_placement and choice != "off":
-            decision = LayoutDecision(False, "channels_last not used: an offload mode places the weights")
-        else:
-            key = (family_id, self.choice.device, self.choice.precision)
-            decision = self._layouts.get(key) if choice == "auto" else None
-            if decision is None:
-                decision = decide_channels_last(pipe, choice, self._measure_layout)
-                if choice == "auto" and decision.contiguous_ms:
-                    self._layouts[key] = decision
-        if decision.channels_last:
-            apply_layout(pipe, True)
-        return decision.reason
+            return "channels_last not used: an offload mode places the weights"
+        key = (family_id, self.choice.device, self.choice.precision)
+        decisions = self._layouts.get(key) if choice == "auto" else None
+        if decisions is None:
+            decisions = decide_channels_last(pipe, choice, self._measure_layout)
+            if choice == "auto":
+                self._layouts[key] = decisions
+        for name, decision in decisions.items():
+            if decision.channels_last:
+                apply_layout(pipe, True, (name,))
+        return describe_layout(decisions)
 
     def _attention(self, pipe: Any) -> str:
         choose = self._choose_attention
