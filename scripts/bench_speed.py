@@ -10,9 +10,12 @@ gives the denoiser's FLOPs per step over the seconds per step, and that as a sha
 prompt encoded on every call, the pipeline's own decode. The app's path encodes through the prompt
 cache, runs the loop to latents and decodes through the guarded decode (``webui.speed``). Variants
 run interleaved, repeat after repeat, so that other load on the machine hits all of them alike; the
-table keeps each variant's best repeat. Quality: pixel difference (0-255) to the bare fp32 image.
+table keeps each variant's best repeat. The speed-up is paired: the median over repeats of the bare
+row's time over the variant's in the same repeat (this shared VM's speed drifts by 25% over minutes,
+which a ratio of bests can mistake for a speed-up or a slow-down). Quality: pixel difference (0-255)
+to the bare fp32 image.
 
-    python scripts/bench_speed.py                          # 10 steps, 2 repeats, all variants
+    python scripts/bench_speed.py                          # 10 steps, 3 repeats, all variants
     python scripts/bench_speed.py --steps 4 --repeats 1    # quick look while developing
     python scripts/bench_speed.py --compile                # adds torch.compile rows (minutes of compiling)
     python scripts/bench_speed.py --family sdxl --device cuda --compile
@@ -51,6 +54,14 @@ class Variant:
     steps: list[float] = field(default_factory=list)
     image: object = None
     note: str = ""
+
+    def pipe_key(self) -> str:
+        """Rows that lay the weights out differently get their own freshly loaded pipeline: converting a
+        shared one back and forth re-allocates its weights, and re-allocated weights ran up to 25%
+        slower here (same strides, same values), which would bias whichever rows come after."""
+        if self.precision == "auto":
+            return "auto"  # + compile shares it: compiling only wraps forwards
+        return f"{self.precision}+cl" if self.channels_last else self.precision
 
 
 def _load(path: Path, precision: str, cache_dir: Path, device: str):
@@ -106,21 +117,30 @@ def _run(v: Variant, pipe, family, cache, steps: int, size: int):
     return image, seconds, cpu, per_step
 
 
-def _prepare(v: Variant, pipes, tuners, family_id: str) -> object:
-    from webui.speed.compile import compile_denoiser, uncompile_denoiser
+def _setup(v: Variant, pipe, tuner, family_id: str) -> None:
+    """Once, before the warm-up: the layout (or the app's tuning for the auto rows)."""
     from webui.speed.layout import apply_layout
 
-    pipe = pipes[v.precision]
-    apply_layout(pipe, False)
     if v.channels_last is None:
-        v.note = "; ".join(tuners[v.precision].apply(pipe, family_id).lines())
+        v.note = "; ".join(tuner.apply(pipe, family_id).lines())
     elif v.channels_last:
         apply_layout(pipe, True)
+
+
+def _prepare(v: Variant, pipes) -> object:
+    from webui.speed.compile import compile_denoiser, uncompile_denoiser
+
+    pipe = pipes[v.pipe_key()]
     if v.compile:
         compile_denoiser(pipe)
     else:
         uncompile_denoiser(pipe)
     return pipe
+
+
+def _paired(base: Variant, v: Variant) -> float:
+    """Median over repeats of base time / variant time within the same repeat."""
+    return statistics.median(b / x for b, x in zip(base.seconds, v.seconds, strict=True))
 
 
 def _diff(image, reference) -> tuple[float, float]:
@@ -218,7 +238,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--steps", type=int, help="default: 10 for sd15, 30 for sdxl, 28 for sd3")
     p.add_argument("--size", type=int, help="default: 256 for sd15, 1024 for sdxl and sd3")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="add a torch.compile row (slow to compile)")
     p.add_argument("--only", default="", help="comma list of variant names to run (the bare and auto rows always run)")
     args = p.parse_args(argv)
@@ -253,22 +273,25 @@ def main(argv: list[str]) -> int:
         keep = {n.strip() for n in args.only.split(",")}
         variants = [v for v in variants if not v.app or (v.precision == "auto" and not v.compile) or v.name in keep]
     precisions = sorted({auto.precision if v.precision == "auto" else v.precision for v in variants})
-    loaded = {prec: _load(path, prec, work / "cache", device) for prec in precisions}
-    pipes = {prec: m.pipeline for prec, m in loaded.items()}
-    pipes["auto"] = pipes[auto.precision]
-    tuners = {"auto": SpeedTuner(auto)}
+    pipes = {}
+    tuner = SpeedTuner(auto)
+    for v in variants:
+        key = v.pipe_key()
+        if key not in pipes:
+            pipes[key] = _load(path, auto.precision if key == "auto" else v.precision, work / "cache", device).pipeline
+        _setup(v, pipes[key], tuner, args.family)
     cache = PromptCache()
     flops = step_flops(args.family, size)
 
     for v in variants:  # warm-up: oneDNN / cuDNN primitives, the prompt cache, torch.compile
-        pipe = _prepare(v, pipes, tuners, args.family)
+        pipe = _prepare(v, pipes)
         start = time.perf_counter()
         _run(v, pipe, family, cache, 2, size)
         if v.compile:
             print(f"{v.name}: first run with compilation {time.perf_counter() - start:.1f} s", flush=True)
     for r in range(args.repeats):
         for v in variants:
-            pipe = _prepare(v, pipes, tuners, args.family)
+            pipe = _prepare(v, pipes)
             image, seconds, cpu, per_step = _run(v, pipe, family, cache, steps, size)
             v.seconds.append(seconds)
             v.cpu_seconds.append(cpu)
@@ -282,6 +305,8 @@ def main(argv: list[str]) -> int:
 
     base = variants[0]
     print(f"\n{args.family} full size, {size}x{size}, {steps} steps, CFG {CFG}, {device}, best of {args.repeats}")
+    spread = f"{min(base.seconds):.2f}-{max(base.seconds):.2f}"
+    print(f"the bare row took {spread} s over the repeats (the machine's drift; speed-ups are paired per repeat)")
     print(f"one denoising step with CFG: {flops / 1e12:.3f} TFLOP (counted on the meta device)")
     print(f"load average at end: {os.getloadavg()[0]:.2f}\n")
     peaks = {prec: _peak_line(device, prec) for prec in precisions}
@@ -297,7 +322,7 @@ def main(argv: list[str]) -> int:
         peak = peaks[auto.precision if v.precision == "auto" else v.precision][0]
         share = f"{100 * achieved / peak:.0f}%" if peak else "-"
         print(
-            f"| {v.name} | {wall:.2f} | {step:.3f} | {min(base.seconds) / wall:.2f}x | {cpu:.1f}"
+            f"| {v.name} | {wall:.2f} | {step:.3f} | {_paired(base, v):.2f}x | {cpu:.1f}"
             f" | {achieved / 1e12:.3f} | {share} | {mean:.2f} | {p99:.1f} |"
         )
     print("\npeaks:")
@@ -311,7 +336,7 @@ def main(argv: list[str]) -> int:
     print(f"\noverheads (against one step of {auto_row.name}):")
     for line in _overheads(pipes["auto"], family, cache, min(auto_row.steps), size, device):
         print(f"  {line}")
-    del pipes, loaded
+    del pipes
     gc.collect()
     return 0
 
