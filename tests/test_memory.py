@@ -199,6 +199,7 @@ def test_plan_orders_dedupes_and_reads_a_comma_list(registry):
     assert result.names == ("fp8_weights", "vae_tiling", "model_cpu_offload")
     assert result.manages_placement and result.load_device("cuda") == "cpu"
     assert plan(["vae_tiling"], registry, "sdxl", "cuda").load_device("cuda") == "cuda"
+    assert not result.manages_attention and plan(["attention_slicing"], registry, "sdxl", "cpu").manages_attention
     assert result.changes_image and len(result.image_notes) == 2
     assert plan(["drop_t5"], registry, "sd3", "cpu").load_kwargs == {"text_encoder_3": None, "tokenizer_3": None}
     with pytest.raises(PlanError, match="auto_plan"):

@@ -128,6 +128,13 @@ def test_offload_modes_keep_their_placement_and_skip_channels_last(tmp_path, mod
     assert not _conv_weight(services.manager.loaded.pipeline).is_contiguous(memory_format=torch.channels_last)
 
 
+def test_an_attention_memory_mode_keeps_its_kernel(tmp_path, models):
+    (tmp_path / "models").symlink_to(models)
+    services = tmp_services(tmp_path, memory_modes="attention_slicing")
+    report = services.manager.load(demo_checkpoint_name("sd15"))
+    assert not any(n.startswith("attention:") for n in report.notes)  # the tuner leaves the mode's choice
+
+
 # -- layout and compile from the settings page keep the image ------------------------------------
 
 

@@ -90,6 +90,11 @@ class MemoryPlan:
         """True when an offload mode decides where the weights live (never call pipe.to then)."""
         return any(m.phase == "placement" for m in self.modes)
 
+    @property
+    def manages_attention(self) -> bool:
+        """True when a mode chose the attention kernels (xformers, slicing, an extension's)."""
+        return any(m.phase == "attention" for m in self.modes)
+
     def load_device(self, device: str) -> str:
         """Where to load the weights: the CPU when a mode must see them before they reach the GPU."""
         if any(m.phase in ("weights", "placement") for m in self.modes):

@@ -285,9 +285,8 @@ class ModelManager:
     def _switch_plan(self, slot: _Slot, new: Any, change_plan: Any, update_plan: Any) -> list[str]:
         old = slot.plan or self.memory_plan
         if change_plan(old, new) == "in place":
-            self._untune(
-                slot.loaded.pipeline, old
-            )  # offload hooks wrap forward; compiled regions must not be in the way
+            # offload hooks wrap forward: compiled regions must not be in the way while they change
+            self._untune(slot.loaded.pipeline, old)
             notes = update_plan(
                 slot.loaded.pipeline, old, new, self.device.device, dtype=self.device.dtype, family=slot.loaded.family
             )
@@ -446,7 +445,7 @@ class ModelManager:
             pipe,
             family.id,
             manages_placement=bool(plan is not None and plan.manages_placement),
-            manages_attention=bool(plan is not None and (plan.has("xformers") or plan.has("attention_slicing"))),
+            manages_attention=bool(plan is not None and plan.manages_attention),
         )
         return report.lines()
 
