@@ -10,6 +10,7 @@ max <= 2 (other conv kernels, same maths); the guarded decode and the prompt cac
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -516,3 +517,21 @@ def test_tuner_reports_compile_state():
     assert "region" in tuner.apply(_tiny("sd15"), "sd15").compiled
     with pytest.raises(ValueError, match="channels_last"):
         SpeedOptions(channels_last="yes")
+
+
+def test_timing_takes_turns_warms_up_once_and_keeps_the_best_round():
+    from webui.speed.timing import best_ms
+
+    order, costs = [], {"a": iter([0.05, 0.02, 0.01]), "b": iter([0.05, 0.002, 0.004])}
+
+    def run(key):
+        def call():
+            order.append(key)
+            time.sleep(next(costs[key]))
+
+        return call
+
+    slow_setup = []
+    ms = best_ms({"a": run("a"), "b": run("b")}, 2, before=lambda key: (slow_setup.append(key), time.sleep(0.03)))
+    assert order == ["a", "b"] * 3 and slow_setup == order  # interleaved; setup before every run
+    assert 10 <= ms["a"] < 20 and 2 <= ms["b"] < 4  # the 50 ms warm-up and the 30 ms setups are not counted

@@ -8,9 +8,10 @@ attention call at the model's size is faster with it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
+
+from webui.speed.timing import best_ms, cuda_sync
 
 ROUNDS = 5
 MIN_GAIN = 1.05
@@ -31,18 +32,6 @@ def processors(pipe: Any) -> list[str]:
     return sorted({type(p).__name__ for p in found.values()})
 
 
-def _time(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
-    fn()
-    sync()
-    best = float("inf")
-    for _ in range(ROUNDS):
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
-
-
 def time_kernels(device: str, dtype: Any, tokens: int = 4096, heads: int = 10, dim: int = 64) -> tuple[float, float]:
     """(SDPA ms, xformers ms) for one self-attention of ``tokens`` tokens (a 1024px SDXL UNet's first level)."""
     import torch
@@ -50,10 +39,15 @@ def time_kernels(device: str, dtype: Any, tokens: int = 4096, heads: int = 10, d
     import xformers.ops as xops
 
     q, k, v = (torch.randn(2, tokens, heads, dim, device=device, dtype=dtype) for _ in range(3))
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    sdpa = _time(lambda: F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)), sync)
-    xf = _time(lambda: xops.memory_efficient_attention(q, k, v), sync)
-    return sdpa, xf
+    ms = best_ms(
+        {
+            "sdpa": lambda: F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)),
+            "xformers": lambda: xops.memory_efficient_attention(q, k, v),
+        },
+        ROUNDS,
+        sync=cuda_sync(device),
+    )
+    return ms["sdpa"], ms["xformers"]
 
 
 def choose_attention(

@@ -9,10 +9,11 @@ activations) and not for the UNet. The MMDiT of SD3 is made of linear layers: on
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from webui.speed.timing import best_ms, cuda_sync
 
 CHANNELS_LAST_CHOICES = ("auto", "on", "off")
 CONV_MODULES = ("unet", "vae")
@@ -54,13 +55,6 @@ _PROBES: dict[str, tuple[Callable[[Any], Any], int, int, str]] = {
 }
 
 
-def _sync(device: Any) -> None:
-    import torch
-
-    if getattr(device, "type", str(device)) == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_resnet(block: Any, size: int = 32, batch: int = 2, rounds: int = ROUNDS) -> tuple[float, float]:
     """(contiguous ms, channels_last ms) for one ResNet block; leaves the block contiguous."""
     import torch
@@ -70,21 +64,16 @@ def time_resnet(block: Any, size: int = 32, batch: int = 2, rounds: int = ROUNDS
     temb = None
     if getattr(block, "time_emb_proj", None) is not None:
         temb = torch.randn(batch, block.time_emb_proj.in_features, device=param.device, dtype=param.dtype)
-    formats = (torch.contiguous_format, torch.channels_last)
-    best = {f: float("inf") for f in formats}
+    inputs = {fmt: x.contiguous(memory_format=fmt) for fmt in (torch.contiguous_format, torch.channels_last)}
     with torch.inference_mode():
-        for r in range(rounds + 1):  # round 0 warms up
-            for fmt in formats:
-                block.to(memory_format=fmt)
-                xx = x.contiguous(memory_format=fmt)
-                _sync(param.device)
-                start = time.perf_counter()
-                block(xx, temb)
-                _sync(param.device)
-                if r:
-                    best[fmt] = min(best[fmt], time.perf_counter() - start)
+        ms = best_ms(
+            {fmt: (lambda xx=xx: block(xx, temb)) for fmt, xx in inputs.items()},
+            rounds,
+            before=lambda fmt: block.to(memory_format=fmt),
+            sync=cuda_sync(param.device),
+        )
     block.to(memory_format=torch.contiguous_format)
-    return best[torch.contiguous_format] * 1e3, best[torch.channels_last] * 1e3
+    return ms[torch.contiguous_format], ms[torch.channels_last]
 
 
 def decide_channels_last(

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from webui.speed.timing import best_ms
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +60,13 @@ def _time_ops(rounds: int = ROUNDS) -> tuple[float, float]:
             a.to(dt),
             lin_w.to(dt),
         )
-    best = {dt: float("inf") for dt in cases}
-    with torch.inference_mode():
-        for r in range(rounds + 1):  # round 0 warms up (oneDNN primitive creation)
-            for dt, (xx, cw, aa, lw) in cases.items():
-                start = time.perf_counter()
-                torch.nn.functional.conv2d(xx, cw, padding=1)
-                torch.nn.functional.linear(aa, lw)
-                took = time.perf_counter() - start
-                if r:
-                    best[dt] = min(best[dt], took)
-    return best[torch.float32] * 1e3, best[torch.bfloat16] * 1e3
+
+    def op(xx, cw, aa, lw):
+        return lambda: (torch.nn.functional.conv2d(xx, cw, padding=1), torch.nn.functional.linear(aa, lw))
+
+    with torch.inference_mode():  # the first round warms up (oneDNN primitive creation)
+        ms = best_ms({dt: op(*tensors) for dt, tensors in cases.items()}, rounds)
+    return ms[torch.float32], ms[torch.bfloat16]
 
 
 def _machine_key(cpu_name: str, flags: frozenset[str]) -> str:
