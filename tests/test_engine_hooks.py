@@ -59,6 +59,24 @@ def root(tmp_path_factory):
     return root
 
 
+@pytest.fixture
+def with_extension(root, tmp_path):
+    """``with_extension(name, code)``: the app with that extension installed and its worker running."""
+    started = []
+
+    def build(name: str, code: str):
+        write_extension(tmp_path, name, code)
+        (tmp_path / "models").symlink_to(root / "models")
+        services = tmp_services(tmp_path)
+        services.generation.start()
+        started.append(services)
+        return services
+
+    yield build
+    for services in started:
+        services.generation.stop()
+
+
 def run(services, **fields):
     fields = {"prompt": "a cube", "seed": 3, "steps": 3, "width": 64, "height": 64, "save_images": True, **fields}
     job = services.generation.submit(GenerationRequest(sd_model_checkpoint=demo_checkpoint_name("sd15"), **fields))
@@ -66,36 +84,24 @@ def run(services, **fields):
     return job
 
 
-def test_hooks_change_request_latents_image_and_infotext(root, tmp_path):
-    write_extension(tmp_path, "hooked", HOOKED)
-    (tmp_path / "models").symlink_to(root / "models")
-    services = tmp_services(tmp_path)
-    services.generation.start()
-    try:
-        job = run(services)
-        assert job.state == DONE, job.error
-        text = job.result.infotexts[0]
-        assert text.startswith("a cube, hooked")
-        assert "Hooked: yes" in text and "Steps: 3," in text and "999" not in text
-        # the step hook zeroes the final latents, so the seed no longer matters
-        other = run(services, seed=4)
-        assert np.array_equal(np.asarray(job.result.images[0]), np.asarray(other.result.images[0]))
-        refused = run(services, prompt="please refuse me")
-        assert refused.state == FAILED and "refuses prompts" in refused.error
-    finally:
-        services.generation.stop()
+def test_hooks_change_request_latents_image_and_infotext(with_extension):
+    services = with_extension("hooked", HOOKED)
+    job = run(services)
+    assert job.state == DONE, job.error
+    text = job.result.infotexts[0]
+    assert text.startswith("a cube, hooked")
+    assert "Hooked: yes" in text and "Steps: 3," in text and "999" not in text
+    # the step hook zeroes the final latents, so the seed no longer matters
+    other = run(services, seed=4)
+    assert np.array_equal(np.asarray(job.result.images[0]), np.asarray(other.result.images[0]))
+    refused = run(services, prompt="please refuse me")
+    assert refused.state == FAILED and "refuses prompts" in refused.error
 
 
-def test_a_failing_extension_is_reported_and_the_job_goes_on(root, tmp_path):
-    write_extension(tmp_path, "broken", BROKEN)
-    (tmp_path / "models").symlink_to(root / "models")
-    services = tmp_services(tmp_path)
-    services.generation.start()
-    try:
-        job = run(services)
-        assert job.state == DONE, job.error
-        assert len(job.result.images) == 1
-        ext = services.extensions.get("broken")
-        assert "boom" in (ext.error or "")
-    finally:
-        services.generation.stop()
+def test_a_failing_extension_is_reported_and_the_job_goes_on(with_extension):
+    services = with_extension("broken", BROKEN)
+    job = run(services)
+    assert job.state == DONE, job.error
+    assert len(job.result.images) == 1
+    ext = services.extensions.get("broken")
+    assert "boom" in (ext.error or "")
