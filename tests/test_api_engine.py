@@ -17,6 +17,7 @@ from PIL import Image
 
 from tests.api_server import serve_api
 from tests.app_services import tmp_services
+from tests.tolerance import assert_close_pixels
 from webui.models.demo import demo_checkpoint_name, write_demo_models
 
 
@@ -60,12 +61,13 @@ def test_txt2img_png_info_and_replay_give_the_same_image(client):
     png = client.post("/sdapi/v1/png-info", json={"image": first}).json()
     assert png["info"] == info["infotexts"][0]
     assert png["parameters"]["Seed"] in (42, "42")
-    # replay through the A1111 `infotext` field: same image, bit for bit
+    # replay through the A1111 `infotext` field: the same image within rounding (the first was image 0 of a
+    # batch of 2, the replay a batch of 1: other kernels; tests/tolerance.py)
     again = client.post(
         "/sdapi/v1/txt2img", json={"infotext": png["info"], "override_settings": BASE["override_settings"]}
     )
     assert again.status_code == 200, again.text
-    assert np.array_equal(np.asarray(decode(first)), np.asarray(decode(again.json()["images"][0])))
+    assert_close_pixels(np.asarray(decode(first)), np.asarray(decode(again.json()["images"][0])))
 
 
 def test_img2img_inpaint_keeps_unmasked_pixels(client):
