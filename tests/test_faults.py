@@ -319,21 +319,29 @@ def test_a_process_killed_while_saving_leaves_no_corrupt_image(tmp_path):
         assert read_infotext(path).startswith("saved ")
     leftovers = [p for p in all_files(tmp_path) if p.suffix == ".tmp"]
     assert all(p.name.startswith(".") for p in leftovers)  # hidden, never counted as images
-    assert OutputWriter(tmp_path).clean_temp_files(older_than=0) == len(leftovers)
+    assert OutputWriter(tmp_path).clean_temp_files() == len(leftovers)  # at the next start, not an hour later
     assert [p for p in all_files(tmp_path) if p.suffix == ".tmp"] == []
     record_figures("faults", kills=KILLS, images_checked=len(images), corrupt_images=0, temp_files_left=len(leftovers))
 
 
-def test_clean_temp_files_keeps_fresh_temps_and_other_files(tmp_path):
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(30)
+    return child.pid
+
+
+def test_clean_temp_files_removes_what_dead_writers_left_and_keeps_the_rest(tmp_path):
     writer = OutputWriter(tmp_path)
     folder = tmp_path / "txt2img-images"
     folder.mkdir()
-    old = folder / ".0123456789abcdef.png.tmp"
+    killed = folder / f".{_dead_pid()}-0123456789abcdef.png.tmp"  # fresh, but its writer is gone
+    running = folder / f".{os.getppid()}-fedcba9876543210.webp.tmp"  # another live process is saving it
+    old = folder / ".0123456789abcdef.png.tmp"  # an older version's name (no pid): by age
     fresh = folder / ".fedcba9876543210.webp.tmp"
     other = folder / ".notes.tmp"
-    for path in (old, fresh, other):
+    for path in (killed, running, old, fresh, other):
         path.write_bytes(b"x")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     os.utime(other, (time.time() - 7200, time.time() - 7200))
-    assert writer.clean_temp_files() == 1
-    assert sorted(p.name for p in folder.iterdir()) == sorted([fresh.name, other.name])
+    assert writer.clean_temp_files() == 2
+    assert sorted(p.name for p in folder.iterdir()) == sorted([running.name, fresh.name, other.name])

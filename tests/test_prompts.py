@@ -177,3 +177,24 @@ def test_padded_chunk_has_start_end_and_pad_tokens(tokenizer):
 )
 def test_count_tokens(tokenizer, text, expected):
     assert count_tokens(tokenizer, text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("(" * 1000 + "x", "attention weight of 'x' is 2.47e+41"),  # issue 12: overflowed to a NaN image
+        ("[" * 3 + "(cat:150)", "attention weight of 'cat'"),
+        ("(cat:-101)", "is -101"),
+        ("<lora:name:1e30> a cat", "<lora:name:...> has the weight 1e+30"),
+        ("<lora:name:-1000>", "between -100 and 100"),
+        ("<lora:name:nan>", "is not a number"),
+        ("(" * 48 + "x", ""),  # 1.1**48 = 97: deep nesting is still fine
+        ("(cat:100) [dog] <lora:slider:-8>", ""),
+        ("a BREAK b", ""),
+    ],
+)
+def test_weights_that_would_overflow_the_model_are_named(text, problem):
+    from webui.generation.prompts import weight_problem
+
+    found = weight_problem(text)
+    assert (problem in found) if problem else found == "", found

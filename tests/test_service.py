@@ -129,6 +129,29 @@ def test_interrupt_keeps_finished_images_and_stops_the_rest():
     service.stop()
 
 
+def test_a_job_past_the_time_budget_stops_keeps_its_images_and_says_why():
+    """Issue 12: one allowed request held the worker for its own estimate of 43.6 hours."""
+    service = make_service(runner=fake_runner(step_delay=0.02, steps=5), job_timeout=0.5)
+    started = time.monotonic()
+    job = service.submit(GenerationRequest(prompt="long", n_iter=10_000))
+    assert job.wait(10)
+    assert time.monotonic() - started < 5  # stopped near the budget, not after 10,000 batches
+    assert job.state == INTERRUPTED and job.result.interrupted
+    assert 1 <= len(job.result.images) < 10_000
+    assert "stopped after 0.5 s" in job.stop_reason and "job_timeout" in job.stop_reason
+    assert job.error == job.stop_reason
+    nxt = service.submit(GenerationRequest(prompt="after"))  # the next job gets a budget of its own
+    assert nxt.wait(5) and nxt.state == DONE and not nxt.stop_reason
+    service.job_timeout = 0  # 0 = no limit (a live setting)
+    service.stop()
+
+
+def test_model_switches_and_other_tasks_have_no_time_budget():
+    service = make_service(job_timeout=0.05)
+    assert service.call(lambda: time.sleep(0.2) or "loaded", timeout=5) == "loaded"
+    service.stop()
+
+
 def test_interrupting_a_queued_job_means_it_never_runs():
     order: list[str] = []
     gate = threading.Event()

@@ -40,9 +40,12 @@ def config_on_disk(services) -> dict:
         ("max_image_size", 100, "multiple of 8"),
         ("ram_cache_models", -2, "0 or more"),
         ("default_model", "missing.safetensors", "pick one from the list"),
-        ("port", 0, "between 1 and 65535"),
-        ("outputs_dir", "  ", "must not be empty"),
-        ("offline", False, "cannot be changed on the settings page"),
+        ("job_timeout", -1, "0 (no limit) or more"),
+        ("filename_pattern", "[seed]\x00", "NUL byte"),
+        ("port", 7999, "cannot be changed from the browser"),
+        ("outputs_dir", "/tmp/x", "set it with --outputs-dir"),
+        ("offline", False, "cannot be changed from the browser"),
+        ("colour", "red", "cannot be changed on the settings page"),
     ],
 )
 def test_each_bad_value_gets_a_message_next_to_its_setting(name, value, phrase):
@@ -53,11 +56,11 @@ def test_each_bad_value_gets_a_message_next_to_its_setting(name, value, phrase):
 
 def test_good_values_are_coerced_to_their_types():
     clean, errors = check_values(
-        {"preview_every": "3", "listen": "true", "default_model": "a.safetensors", "filename_pattern": ""},
+        {"preview_every": "3", "compile": "true", "default_model": "a.safetensors", "filename_pattern": ""},
         checkpoints=["a.safetensors"],
     )
     assert errors == {}
-    assert clean == {"preview_every": 3, "listen": True, "default_model": "a.safetensors", "filename_pattern": ""}
+    assert clean == {"preview_every": 3, "compile": True, "default_model": "a.safetensors", "filename_pattern": ""}
 
 
 def test_every_setting_on_the_page_is_a_real_setting_and_live_ones_have_an_applier():
@@ -67,11 +70,9 @@ def test_every_setting_on_the_page_is_a_real_setting_and_live_ones_have_an_appli
 
 
 def test_live_settings_apply_at_once_and_persist(services, tmp_path):
-    new_outputs = tmp_path / "elsewhere"
     result = save_settings(
         services,
         {
-            "outputs_dir": str(new_outputs),
             "filename_pattern": "[seed]-[prompt_words]",
             "preview_every": 2,
             "ram_cache_models": 3,
@@ -82,7 +83,6 @@ def test_live_settings_apply_at_once_and_persist(services, tmp_path):
     )
     assert result.ok and not result.after_restart and not result.persist_error
     assert set(result.applied) == {
-        "outputs_dir",
         "filename_pattern",
         "preview_every",
         "ram_cache_models",
@@ -91,7 +91,7 @@ def test_live_settings_apply_at_once_and_persist(services, tmp_path):
         "samples_format",
     }
     assert services.writer is services.engine.writer
-    assert Path(services.writer.root) == new_outputs == services.paths.outputs and new_outputs.is_dir()
+    assert Path(services.writer.root) == tmp_path / "outputs" == services.paths.outputs
     assert services.writer.filename_pattern == "[seed]-[prompt_words]"
     assert services.generation.preview_every == 2
     assert services.manager._ram_cache_models == 3  # no public getter; the value the cache trims to
@@ -99,7 +99,11 @@ def test_live_settings_apply_at_once_and_persist(services, tmp_path):
     assert (services.settings.default_rng, services.settings.samples_format) == ("CPU", "webp")
     # read back at the next start
     settings, _ = load_settings(["--config-file", str(services.paths.config_file)], environ={})
-    assert (settings.outputs_dir, settings.preview_every, settings.samples_format) == (str(new_outputs), 2, "webp")
+    assert (settings.filename_pattern, settings.preview_every, settings.samples_format) == (
+        "[seed]-[prompt_words]",
+        2,
+        "webp",
+    )
 
 
 def test_only_changed_settings_are_written(services):
@@ -107,12 +111,12 @@ def test_only_changed_settings_are_written(services):
     assert config_on_disk(services) == {"preview_every": 9}
 
 
-def test_server_settings_wait_for_a_restart(services):
-    result = save_settings(services, {"port": 7999, "device": "cuda", "preview_every": 5})
-    assert result.ok and result.applied == [] and set(result.after_restart) == {"port", "device"}
-    assert "after a restart" in result.message() and "Port" in result.message()
+def test_device_settings_wait_for_a_restart(services):
+    result = save_settings(services, {"precision": "bf16", "device": "cuda", "preview_every": 5})
+    assert result.ok and result.applied == [] and set(result.after_restart) == {"precision", "device"}
+    assert "after a restart" in result.message() and "Compute precision" in result.message()
     assert services.device.device == "cpu"  # the running device is untouched
-    assert config_on_disk(services) == {"port": 7999, "device": "cuda"}
+    assert config_on_disk(services) == {"precision": "bf16", "device": "cuda"}
 
 
 def test_an_error_changes_nothing(services):
@@ -124,16 +128,19 @@ def test_an_error_changes_nothing(services):
     assert services.settings.preview_every == 5 and config_on_disk(services) == {}
 
 
-def test_an_outputs_folder_that_cannot_be_created_is_reported(services, tmp_path):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("x")
-    result = save_settings(services, {"outputs_dir": str(blocker / "sub")})
-    assert list(result.errors) == ["outputs_dir"] and "choose a folder" in result.errors["outputs_dir"]
-    assert services.paths.outputs == tmp_path / "outputs"
+@pytest.mark.parametrize("name", sorted(settings_apply.NOT_FROM_PAGE))
+def test_settings_that_decide_code_files_or_listening_are_never_saved_from_the_page(services, tmp_path, name):
+    """Issue 12: "Extensions folder = the upload folder" made an uploaded file code that ran at the next start."""
+    before = services.settings
+    value = {"int": 7999, "bool": True}.get(Settings.__dataclass_fields__[name].type, str(tmp_path / "cache" / "x"))
+    result = save_settings(services, {name: value, "preview_every": 3})
+    assert list(result.errors) == [name] and "cannot be changed from the browser" in result.errors[name]
+    assert services.settings == before and config_on_disk(services) == {}
+    assert name not in settings_apply.EDITABLE
 
 
 def test_reset_restores_defaults_live_and_in_the_file(services, tmp_path):
-    save_settings(services, {"filename_pattern": "[seed]-[steps]", "preview_every": 1, "port": 8001})
+    save_settings(services, {"filename_pattern": "[seed]-[steps]", "preview_every": 1, "precision": "fp32"})
     config = Path(services.paths.config_file)
     data = json.loads(config.read_text())
     config.write_text(json.dumps({**data, "t5_tokenizer_dir": "keep/me"}))
@@ -176,7 +183,7 @@ def test_infer_base_finds_the_folder_relative_paths_hang_from(tmp_path):
     assert infer_base(settings, paths) == tmp_path / "app"
 
 
-def test_the_next_image_uses_the_new_folder_and_file_name_pattern(tmp_path):
+def test_the_next_image_uses_the_new_file_name_pattern(tmp_path):
     write_demo_models(tmp_path / "models", ("sd15",))
     services = tmp_services(tmp_path)
     services.generation.start()
@@ -184,7 +191,6 @@ def test_the_next_image_uses_the_new_folder_and_file_name_pattern(tmp_path):
         result = save_settings(
             services,
             {
-                "outputs_dir": str(tmp_path / "mine"),
                 "filename_pattern": "[seed]-[prompt_words]",
                 "default_model": demo_checkpoint_name("sd15"),
             },
@@ -196,7 +202,7 @@ def test_the_next_image_uses_the_new_folder_and_file_name_pattern(tmp_path):
     finally:
         services.generation.stop()
     path = Path(job.result.paths[0])
-    assert path.is_relative_to(tmp_path / "mine" / "txt2img-images")
+    assert path.is_relative_to(tmp_path / "outputs" / "txt2img-images")
     assert path.name.endswith("-7-red fox.png")
     assert "Seed: 7" in read_infotext(path)
 
@@ -387,3 +393,12 @@ def test_memory_modes_apply_to_the_loaded_model_on_the_worker(services):
         assert config_on_disk(services)["memory_modes"] == "vae_slicing,attention_slicing"
     finally:
         services.generation.stop()
+
+
+def test_saving_over_a_broken_settings_file_keeps_a_copy_of_it(services):
+    config = Path(services.paths.config_file)
+    config.write_text('{"preview_every": 3,')  # the app started with defaults and said so
+    result = save_settings(services, {"preview_every": 4})
+    assert result.ok and not result.persist_error
+    assert config_on_disk(services) == {"preview_every": 4}
+    assert config.with_name("config.json.broken").read_text() == '{"preview_every": 3,'

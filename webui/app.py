@@ -196,7 +196,8 @@ def build_generation(services: Services) -> None:
     services.extensions.register_samplers(services.samplers)
     services.writer = OutputWriter(services.paths.outputs, filename_pattern=settings.filename_pattern)
     services.writer.clean_temp_files()  # hidden temp files a killed process left behind
-    limits = Limits(max_side=settings.max_image_size, max_hires_side=2 * settings.max_image_size)
+    size = settings.max_image_size
+    limits = Limits(max_side=size, max_hires_side=2 * size, max_steps=settings.max_steps)
     services.engine = Engine(
         services.manager,
         services.samplers,
@@ -208,7 +209,9 @@ def build_generation(services: Services) -> None:
         oom_retry=settings.memory_oom_retry,
         prompt_cache=PromptCache(settings.prompt_cache_size),
     )
-    services.generation = GenerationService(services.engine.run, preview_every=settings.preview_every)
+    services.generation = GenerationService(
+        services.engine.run, preview_every=settings.preview_every, job_timeout=settings.job_timeout
+    )
 
 
 def build_server(services: Services) -> Any:
@@ -256,7 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings, _args = load_settings(argv, base_dir=ROOT)
+        problems: list[str] = []  # bad values in config.json: left out, their defaults apply
+        settings, _args = load_settings(argv, base_dir=ROOT, problems=problems)
+        for problem in problems:
+            log.warning("settings: %s", problem)
         problem = check_exposure(settings)  # --listen needs credentials (or an explicit --insecure)
         if problem:
             raise SettingsError(problem)

@@ -60,6 +60,9 @@ class Settings:
     # Generation: live preview every N steps (0 = off); the largest width/height a request may ask for.
     preview_every: int = 5
     max_image_size: int = 2048
+    # The most sampling steps a request may ask for. A1111's API has no cap (its UI slider stops at 150);
+    # this one only refuses absurd values such as 10**6, which would hold the worker for hours.
+    max_steps: int = 1000
     # Saving: A1111's file name pattern ("[seed]", "[seed]-[prompt_words]", ...) and image format.
     filename_pattern: str = "[seed]"
     samples_format: str = "png"
@@ -80,6 +83,15 @@ class Settings:
     api_auth: str = field(default="", repr=False)
     # Serve beyond localhost without credentials (trusted networks only); otherwise such a start is refused.
     insecure: bool = False
+    # Host names (comma list) the app answers to besides localhost/127.0.0.1/[::1] and, with --listen, this
+    # machine's own addresses and names; any other Host header is refused (DNS rebinding).
+    allowed_hosts: str = ""
+    # Web origins (comma list, e.g. "http://localhost:3000") or a regular expression of them that may call the
+    # app from another site's page (CORS, A1111's --cors-allow-origins); none by default.
+    cors_allow_origins: str = ""
+    cors_allow_origins_regex: str = ""
+    # The longest one job may hold the worker, in seconds (0 = no limit); a job past it stops like an interrupt.
+    job_timeout: int = 3600
     # Never touch the network for models (downloads of the default checkpoint excepted).
     offline: bool = True
     skip_install: bool = False
@@ -167,6 +179,51 @@ def _not_blank(name: str) -> Any:
     return lambda value: "" if str(value).strip() else f"{name} must not be empty"
 
 
+MAX_PATH_CHARS = 4096
+
+
+def _check_path(name: str, *, optional: bool = False) -> Any:
+    """A folder or file path: not blank (unless ``optional``), not absurdly long (text checks cover NUL bytes)."""
+
+    def check(value: str) -> str:
+        if not value.strip():
+            return "" if optional else f"{name} must not be empty"
+        if len(value) > MAX_PATH_CHARS:
+            return f"{name} is {len(value)} characters long; a path has at most {MAX_PATH_CHARS}"
+        return ""
+
+    return check
+
+
+def text_problem(name: str, value: str) -> str:
+    """ "" when a text setting holds only printable Unicode, else what is wrong (NUL bytes, control characters,
+    lone surrogates: a path with a NUL byte cannot be opened, and the next start would fail on it)."""
+    bad = next((c for c in value if ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF), None)
+    if bad is None:
+        return ""
+    what = "a NUL byte" if bad == "\x00" else f"the control character {bad!r}"
+    if 0xD800 <= ord(bad) <= 0xDFFF:
+        what = "text that is not valid Unicode (a lone surrogate)"
+    return f"{name} contains {what}; type the value again without it"
+
+
+def _check_origins(value: str) -> str:
+    for origin in (o.strip() for o in value.split(",")):
+        if origin and origin != "*" and not origin.startswith(("http://", "https://")):
+            return f"cors_allow_origins: {origin!r} is not an origin; write it like http://localhost:3000"
+    return ""
+
+
+def _check_regex(value: str) -> str:
+    import re
+
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"cors_allow_origins_regex is not a regular expression: {exc}"
+    return ""
+
+
 def credential_pairs(text: str) -> list[tuple[str, str]]:
     """``"user:pass,user2:pass2"`` -> pairs (split at the first ``:``); SettingsError naming the bad entry.
 
@@ -207,13 +264,20 @@ FIELD_CHECKS: dict[str, Any] = {
     "ram_cache_models": _not_negative("ram_cache_models", "0 or more"),
     "preview_every": _not_negative("preview_every", "0 (off) or more"),
     "max_image_size": _check_max_image_size,
+    "max_steps": lambda value: "" if value >= 1 else f"max_steps must be 1 or more, got {value}",
     "samples_format": _one_of("samples_format", SAMPLES_FORMATS),
     "default_rng": _one_of("default_rng", RNG_SOURCES),
     "memory_modes": _check_memory_modes,
-    "models_dir": _not_blank("models_dir"),
-    "outputs_dir": _not_blank("outputs_dir"),
-    "extensions_dir": _not_blank("extensions_dir"),
-    "cache_dir": _not_blank("cache_dir"),
+    "models_dir": _check_path("models_dir"),
+    "outputs_dir": _check_path("outputs_dir"),
+    "extensions_dir": _check_path("extensions_dir"),
+    "cache_dir": _check_path("cache_dir"),
+    "config_file": _check_path("config_file"),
+    "auth_file": _check_path("auth_file", optional=True),
+    "t5_tokenizer_dir": _check_path("t5_tokenizer_dir"),
+    "cors_allow_origins": _check_origins,
+    "cors_allow_origins_regex": _check_regex,
+    "job_timeout": _not_negative("job_timeout", "0 (no limit) or more seconds"),
     "auth": _check_credentials("--auth"),
     "api_auth": _check_credentials("--api-auth"),
 }
@@ -223,14 +287,15 @@ def check_field(name: str, value: Any) -> Any:
     """The value coerced to the setting's type; SettingsError with a user-facing message if unusable."""
     value = _coerce(name, value)
     check = FIELD_CHECKS.get(name)
-    message = check(value) if check else ""
+    message = text_problem(name, value) if isinstance(value, str) else ""
+    message = message or (check(value) if check else "")
     if message:
         raise SettingsError(message)
     return value
 
 
 def _validate(settings: Settings) -> Settings:
-    for name in FIELD_CHECKS:
+    for name in _FIELD_TYPES:
         check_field(name, getattr(settings, name))
     return settings
 
@@ -315,6 +380,23 @@ def build_arg_parser() -> argparse.ArgumentParser:
         const=True,
         help="allow --listen without credentials: anyone who can reach the port can use the app (trusted networks)",
     )
+    p.add_argument(
+        "--allowed-hosts",
+        help="host names (comma list) the app answers to besides localhost and, with --listen, this machine's"
+        " addresses, e.g. the name of a reverse proxy (sd.example.lan); other Host headers are refused",
+    )
+    p.add_argument(
+        "--cors-allow-origins",
+        help="web origins (comma list) whose pages may call this app from the browser, e.g. http://localhost:3000"
+        " (none by default; requests from other sites' pages are refused)",
+    )
+    p.add_argument("--cors-allow-origins-regex", help="the same as a regular expression of origins")
+    p.add_argument(
+        "--job-timeout",
+        type=int,
+        help="the longest one job may run, in seconds (default 3600; 0 = no limit); a longer job stops and keeps"
+        " the images it finished",
+    )
     p.add_argument("--share", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
         "--skip-install",
@@ -357,6 +439,10 @@ _CLI_TO_FIELD = {
     "auth_file": "auth_file",
     "api_auth": "api_auth",
     "insecure": "insecure",
+    "allowed_hosts": "allowed_hosts",
+    "cors_allow_origins": "cors_allow_origins",
+    "cors_allow_origins_regex": "cors_allow_origins_regex",
+    "job_timeout": "job_timeout",
 }
 
 
@@ -371,6 +457,25 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SettingsError(f"settings file {path} must hold a JSON object")
     return {k: v for k, v in data.items() if k in _FIELD_TYPES and k not in _CLI_ONLY}
+
+
+def read_config_file_leniently(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The usable persisted settings and what was wrong with the rest; never raises.
+
+    A file the app cannot read, or a value it cannot use (a NUL byte in a folder, a port of "abc"), must
+    not keep the app from starting: the bad part is left out (its default applies) and named in the list.
+    """
+    try:
+        stored = read_config_file(path)
+    except SettingsError as exc:
+        return {}, [f"{exc}; starting with the default settings"]
+    values, problems = {}, []
+    for name, value in stored.items():
+        try:
+            values[name] = check_field(name, value)
+        except SettingsError as exc:
+            problems.append(f"{path}: {exc}; using the default ({getattr(Settings(), name)!r}) instead")
+    return values, problems
 
 
 def write_config_file(path: Path, values: Mapping[str, Any]) -> None:
@@ -395,8 +500,13 @@ def load_settings(
     argv: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
     base_dir: Path | None = None,
+    problems: list[str] | None = None,
 ) -> tuple[Settings, argparse.Namespace]:
-    """Merge defaults, the config file, ``WEBUI_*`` variables and the command line."""
+    """Merge defaults, the config file, ``WEBUI_*`` variables and the command line.
+
+    A bad command line or environment variable is a ``SettingsError`` (whoever typed it is there to fix
+    it); a bad config file value is left out and described in ``problems`` (the app still starts).
+    """
     environ = os.environ if environ is None else environ
     args, _unknown = build_arg_parser().parse_known_args(list(argv or []))
     if args.share:
@@ -415,7 +525,10 @@ def load_settings(
     if not config_path.is_absolute():
         config_path = (base_dir or Path.cwd()) / config_path
     merged: dict[str, Any] = {}
-    merged.update(read_config_file(config_path))
+    stored, found = read_config_file_leniently(config_path)
+    if problems is not None:
+        problems.extend(found)
+    merged.update(stored)
     merged.update(env)
     merged.update(cli)
     merged["config_file"] = str(config_path)

@@ -29,6 +29,10 @@ COMMA_BACKTRACK = 20  # A1111 "comma_padding_backtrack": how far back a chunk ma
 ROUND_FACTOR = 1.1
 SQUARE_FACTOR = 1 / 1.1
 BREAK = ("BREAK", -1.0)
+# The largest attention or LoRA weight a prompt may give (either sign). Brackets multiply: 1000 nested "("
+# give 1.1**1000 = 2.5e41, which overflows fp32 and turns the whole image into NaN; weights past a few units
+# only make noise, so a prompt beyond this is refused with a message instead of failing as a NaN image.
+MAX_WEIGHT = 100.0
 
 _LORA_TAG = re.compile(r"<(?:lora|lyco):([^>]*)>", re.IGNORECASE)
 _BREAK_WORD = re.compile(r"\s*\bBREAK\b\s*")
@@ -164,6 +168,30 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     for start in squares:
         out.scale_from(start, SQUARE_FACTOR)
     return out.merged()
+
+
+def weight_problem(text: str) -> str:
+    """ "" when every attention weight and ``<lora:...>`` weight of ``text`` is within ±``MAX_WEIGHT``,
+    else a message naming the first one that is not and what to write instead."""
+    try:
+        body, loras = extract_loras(text)
+    except ValueError as exc:
+        return str(exc)
+    for tag in loras:
+        if abs(tag.weight) > MAX_WEIGHT:
+            return (
+                f"<lora:{tag.name}:...> has the weight {tag.weight:g}; LoRA weights must be between "
+                f"-{MAX_WEIGHT:g} and {MAX_WEIGHT:g} (usually -2 to 2), write it like <lora:{tag.name}:0.8>"
+            )
+    for fragment, weight in parse_prompt_attention(body):
+        if abs(weight) > MAX_WEIGHT and not is_break((fragment, weight)):
+            shown = fragment.strip()[:40] or fragment[:40]
+            return (
+                f"the attention weight of {shown!r} is {weight:.3g}: brackets multiply (each ( by 1.1), and weights"
+                f" beyond ±{MAX_WEIGHT:g} overflow the model; use fewer brackets or an explicit weight such as"
+                f" ({shown}:1.5)"
+            )
+    return ""
 
 
 def is_break(fragment: tuple[str, float]) -> bool:

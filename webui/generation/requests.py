@@ -11,9 +11,11 @@ No torch here: a request is plain data plus PIL images.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from webui.generation.prompts import weight_problem
 
 TASKS = ("txt2img", "img2img", "inpaint")
 
@@ -31,20 +33,40 @@ HR_UPSCALERS = (
     "Latent (bicubic antialiased)",
     "Latent (nearest)",
     "Latent (nearest-exact)",
+    "None",  # A1111 lists its image upscalers None first (clients such as SillyTavern rely on it)
     "Lanczos",
     "Nearest",
-    "None",
 )
 RNG_SOURCES = ("GPU", "CPU")
 
 
 class RequestError(ValueError):
-    """A request field has a value the app cannot use. ``field`` names it for the UI and API."""
+    """A request field has a value the app cannot use. ``field`` names it for the UI and API.
 
-    def __init__(self, field_name: str, message: str) -> None:
+    ``valid``: the values the field may take, when the message lists them (the API's ``valid``).
+    """
+
+    def __init__(self, field_name: str, message: str, valid: Sequence[str] | None = None) -> None:
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
         self.message = message
+        self.valid = tuple(valid) if valid is not None else None
+
+
+_CHOOSE = "choose one of: "
+
+
+def listed_choices(exc: BaseException) -> tuple[str, ...] | None:
+    """The names an error lists as valid: its ``valid``, else what follows "choose one of: " in its message.
+
+    The sampler table's errors (``SamplerError``) end with that phrase and the comma-separated names.
+    """
+    valid = getattr(exc, "valid", None)
+    if valid is not None:
+        return tuple(valid)
+    _, found, names = str(exc).rpartition(_CHOOSE)
+    listed = tuple(n.strip() for n in names.split(", ") if n.strip()) if found else ()
+    return listed if listed and listed != ("(none)",) else None
 
 
 @dataclass(frozen=True)
@@ -53,7 +75,8 @@ class Limits:
 
     max_side: int = 2048  # width/height of the first pass
     max_hires_side: int = 4096  # width/height after hires fix
-    max_steps: int = 150
+    # A1111's API has no cap (its slider stops at 150): this one only refuses absurd values (setting max_steps).
+    max_steps: int = 1000
     max_batch_size: int = 8
     max_n_iter: int = 100
     max_prompt_chars: int = 10_000
@@ -139,13 +162,13 @@ def request_from_mapping(values: Mapping[str, Any], **overrides: Any) -> Generat
     merged = {**values, **overrides}
     unknown = sorted(k for k in merged if k not in REQUEST_FIELDS)
     if unknown:
-        raise RequestError(unknown[0], f"unknown field; valid fields: {', '.join(REQUEST_FIELDS)}")
+        raise RequestError(unknown[0], f"unknown field; valid fields: {', '.join(REQUEST_FIELDS)}", REQUEST_FIELDS)
     return GenerationRequest(**merged)
 
 
-def _check(cond: bool, name: str, message: str) -> None:
+def _check(cond: bool, name: str, message: str, valid: Sequence[str] | None = None) -> None:
     if not cond:
-        raise RequestError(name, message)
+        raise RequestError(name, message, valid)
 
 
 def _check_size(name: str, value: int, limit: int) -> None:
@@ -159,7 +182,7 @@ def _check_size(name: str, value: int, limit: int) -> None:
 
 def validate_request(req: GenerationRequest, limits: Limits = Limits()) -> GenerationRequest:
     """Raise RequestError for the first field a user must change; return the request unchanged."""
-    _check(req.task in TASKS, "task", f"unknown task {req.task!r}; valid: {', '.join(TASKS)}")
+    _check(req.task in TASKS, "task", f"unknown task {req.task!r}; valid: {', '.join(TASKS)}", TASKS)
     for name in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
         value = getattr(req, name)
         _check(isinstance(value, str), name, "must be text")
@@ -173,6 +196,7 @@ def validate_request(req: GenerationRequest, limits: Limits = Limits()) -> Gener
             name,
             "contains characters that are not valid Unicode (a lone surrogate such as \\ud800); retype or paste it",
         )
+        _check(not (problem := weight_problem(value)), name, problem)
     _check_size("width", req.width, limits.max_side)
     _check_size("height", req.height, limits.max_side)
     if req.steps is not None:
@@ -196,11 +220,12 @@ def validate_request(req: GenerationRequest, limits: Limits = Limits()) -> Gener
         f"must be between 0 and 1, got {req.subseed_strength}",
     )
     _check(1 <= req.clip_skip <= 12, "clip_skip", f"must be between 1 and 12, got {req.clip_skip}")
-    _check(req.rng in RNG_SOURCES, "rng", f"must be one of {', '.join(RNG_SOURCES)}, got {req.rng!r}")
+    _check(req.rng in RNG_SOURCES, "rng", f"must be one of {', '.join(RNG_SOURCES)}, got {req.rng!r}", RNG_SOURCES)
     _check(
         req.output_format in ("png", "jpg", "jpeg", "webp"),
         "output_format",
         f"must be png, jpg or webp, got {req.output_format!r}",
+        ("png", "jpg", "webp"),
     )
     if req.task in ("img2img", "inpaint"):
         _validate_img2img(req)
@@ -277,6 +302,7 @@ def _validate_img2img(req: GenerationRequest) -> None:
         req.resize_mode in range(len(RESIZE_MODES)),
         "resize_mode",
         f"must be 0-{len(RESIZE_MODES) - 1} ({', '.join(RESIZE_MODES)}), got {req.resize_mode!r}",
+        [str(i) for i in range(len(RESIZE_MODES))],
     )
 
 
@@ -293,6 +319,7 @@ def _validate_inpaint(req: GenerationRequest) -> None:
         req.inpainting_fill in range(len(MASKED_CONTENT)),
         "inpainting_fill",
         f"must be 0-3 ({', '.join(MASKED_CONTENT)}), got {req.inpainting_fill!r}",
+        [str(i) for i in range(len(MASKED_CONTENT))],
     )
     _check(
         0 <= req.inpaint_full_res_padding <= 256,
@@ -300,7 +327,10 @@ def _validate_inpaint(req: GenerationRequest) -> None:
         f"must be between 0 and 256, got {req.inpaint_full_res_padding}",
     )
     _check(
-        req.inpainting_mask_invert in (0, 1), "inpainting_mask_invert", "must be 0 (repaint white) or 1 (repaint black)"
+        req.inpainting_mask_invert in (0, 1),
+        "inpainting_mask_invert",
+        "must be 0 (repaint white) or 1 (repaint black)",
+        ("0", "1"),
     )
 
 
@@ -310,6 +340,7 @@ def _validate_hires(req: GenerationRequest, limits: Limits) -> None:
         req.hr_upscaler in HR_UPSCALERS,
         "hr_upscaler",
         f"unknown upscaler {req.hr_upscaler!r}; valid: {', '.join(HR_UPSCALERS)}",
+        HR_UPSCALERS,
     )
     _check(1.0 <= req.hr_scale <= 4.0, "hr_scale", f"must be between 1 and 4, got {req.hr_scale}")
     _check(

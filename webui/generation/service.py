@@ -34,6 +34,10 @@ class JobInterrupted(Exception):
     """Raised inside the runner when the user pressed Interrupt: stop now, keep finished images."""
 
 
+class JobTimedOut(JobInterrupted):
+    """The job ran past the job time budget (``job_timeout``): it stops as if interrupted."""
+
+
 class BatchSkipped(Exception):
     """Raised inside the runner when the user pressed Skip: drop the current batch, go on."""
 
@@ -82,19 +86,37 @@ class JobResult:
 class JobContext:
     """What the runner sees of its job: progress reporting and the interrupt/skip flags."""
 
-    def __init__(self, job: Job, preview_every: int, preview_fn: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self,
+        job: Job,
+        preview_every: int,
+        preview_fn: Callable[[Any], Any] | None = None,
+        timeout: float = 0.0,
+    ) -> None:
         self._job = job
         self.preview_every = max(0, int(preview_every))
         self.preview_fn = preview_fn
         self._pass_base = 0
+        self.timeout = float(timeout or 0)
+        self._deadline = time.monotonic() + self.timeout if self.timeout > 0 else None
 
     @property
     def job_id(self) -> str:
         return self._job.id
 
     def check(self) -> None:
-        """Raise if the user asked to stop; call between passes and images."""
+        """Raise if the user asked to stop or the job ran out of time; call between passes and images."""
+        if self._deadline is not None and time.monotonic() > self._deadline and not self._job.stop_reason:
+            self._job.stop_reason = (
+                f"stopped after {self.timeout:g} s, the longest one job may run (the job_timeout setting,"
+                " --job-timeout); the images finished by then are kept. Ask for fewer images or steps,"
+                " or raise the limit"
+            )
+            log.warning("job %s: %s", self._job.id, self._job.stop_reason)
+            self._job.interrupt_event.set()
         if self._job.interrupt_event.is_set():
+            if self._job.stop_reason:
+                raise JobTimedOut(self._job.stop_reason)
             raise JobInterrupted()
         if self._job.skip_event.is_set():
             self._job.skip_event.clear()
@@ -148,6 +170,7 @@ class Job:
         self.state = QUEUED
         self.error: str = ""
         self.error_field: str = ""
+        self.stop_reason: str = ""  # why the app stopped the job itself (the time budget), "" otherwise
         self.result: JobResult = JobResult()
         self.exception: BaseException | None = None
         self.action: Callable[[], Any] | None = None  # a non-generation task (model switch)
@@ -203,9 +226,11 @@ class GenerationService:
         preview_fn: Callable[[Any], Any] | None = None,
         max_queue: int = 100,
         history: int = 200,
+        job_timeout: float = 0.0,
     ) -> None:
         self._runner = runner
         self.preview_every = preview_every
+        self.job_timeout = job_timeout  # seconds one job may hold the worker (0 = no limit)
         self._preview_fn = preview_fn
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._max_queue = max_queue
@@ -323,7 +348,7 @@ class GenerationService:
     def _run(self, job: Job) -> None:
         job.state = RUNNING
         job._update(started_at=time.monotonic())
-        ctx = JobContext(job, self.preview_every, self._preview_fn)
+        ctx = JobContext(job, self.preview_every, self._preview_fn, timeout=0 if job.action else self.job_timeout)
         try:
             ctx.check()
             if job.action is not None:
@@ -332,7 +357,7 @@ class GenerationService:
                 job.result = self._runner(job.request, ctx)
         except JobInterrupted:
             job.result.interrupted = True
-            job._finish(INTERRUPTED)
+            job._finish(INTERRUPTED, job.stop_reason)
             return
         except Exception as exc:  # the worker survives every job
             message, field_name = describe_failure(exc)
@@ -341,7 +366,7 @@ class GenerationService:
                 log.exception("job %s failed", job.id)
             job._finish(FAILED, message, field_name)
             return
-        job._finish(INTERRUPTED if job.result.interrupted else DONE)
+        job._finish(INTERRUPTED if job.result.interrupted else DONE, job.stop_reason)
 
     def _trim_history(self) -> None:
         while len(self._jobs) > self._history:

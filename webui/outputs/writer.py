@@ -59,7 +59,8 @@ MAX_TOKEN_CHARS = 128
 MAX_DECORATION_BYTES = 180
 PROMPT_WORDS = 8
 _TOKEN = re.compile(r"\[([^\[\]<>]+)((?:<[^>]*>)?)\]")
-_TEMP_NAME = re.compile(r"^\.[0-9a-f]{16}\.(?:png|jpg|webp)\.tmp$")  # what ``save`` writes before the rename
+# What ``save`` writes before the rename: ``.<writer's pid>-<16 hex>.<ext>.tmp`` (older versions: no pid).
+_TEMP_NAME = re.compile(r"^\.(?:(?P<pid>\d+)-)?[0-9a-f]{16}\.(?:png|jpg|webp)\.tmp$")
 _NON_WORD = re.compile(r"\W+")
 _MAX_NUMBER_TRIES = 10_000
 
@@ -362,6 +363,17 @@ _NO_HARD_LINKS = {
 }
 
 
+def _writer_alive(pid: str | None) -> bool:
+    """Whether the process that wrote a temp file still runs (True when the name has no pid: unknown)."""
+    if not pid:
+        return True
+    if int(pid) == os.getpid():
+        return True
+    import psutil
+
+    return psutil.pid_exists(int(pid))
+
+
 def _claim_name(tmp: Path, final: Path) -> None:
     """Give ``tmp`` the name ``final``; FileExistsError when taken. Never replaces a file."""
     try:
@@ -395,17 +407,23 @@ class OutputWriter:
     _lock: Any = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def clean_temp_files(self, older_than: float = 3600.0) -> int:
-        """Delete the hidden temp files a killed process left (a save never takes an hour); return how many.
+        """Delete the hidden temp files a killed process left; return how many. Call it once at start-up.
 
-        Only names ``save`` makes (``.<16 hex>.<ext>.tmp``) are touched; call it once at start-up.
+        Only names ``save`` makes are touched. A temp file whose writer (the pid in its name) is no longer
+        running is left over from a kill and goes at once; one of a running process (another instance
+        saving into the same folder) stays unless it is older than ``older_than`` seconds (a save never
+        takes an hour, and a pid may have been reused).
         """
         removed = 0
         cutoff = time.time() - older_than
         for folder, _, names in os.walk(self.root):
             for name in names:
+                match = _TEMP_NAME.match(name)
+                if match is None:
+                    continue
                 path = Path(folder) / name
                 try:
-                    if _TEMP_NAME.match(name) and path.stat().st_mtime < cutoff:
+                    if not _writer_alive(match.group("pid")) or path.stat().st_mtime < cutoff:
                         path.unlink()
                         removed += 1
                 except OSError:
@@ -440,7 +458,7 @@ class OutputWriter:
             decoration = ""
         else:
             decoration = apply_filename_pattern(self.filename_pattern, {**(tokens or {}), "seed": seed}, now)
-        tmp = folder / f".{secrets.token_hex(8)}.{ext}.tmp"
+        tmp = folder / f".{os.getpid()}-{secrets.token_hex(8)}.{ext}.tmp"
         try:
             self._write_temp(tmp, image, infotext, fmt)
             return self._publish(tmp, folder, _number_prefix(category), decoration, ext)

@@ -127,7 +127,8 @@ def finished_message(job: Any) -> str:
         return f"**Generation failed:** {error}"
     if job.state == "interrupted":
         kept = len(job.result.images)
-        return f"Interrupted; {kept} image(s) kept." if kept else "Interrupted."
+        said = f"Interrupted; {kept} image(s) kept." if kept else "Interrupted."
+        return f"{said} The app {job.error}." if job.error else said
     return ""
 
 

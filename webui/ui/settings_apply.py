@@ -32,7 +32,20 @@ SECTION_MODELS = "Models"
 SECTION_SAMPLING = "Sampling"
 SECTION_MEMORY = "Memory"
 SECTION_SPEED = "Speed"
-SECTION_SERVER = "Server and folders (applied after a restart)"
+SECTION_SERVER = "Device (applied after a restart)"
+# Settings that decide which code runs or which files are loaded, written or served, and where the app
+# listens: never from the browser (an uploaded file plus "Extensions folder = the upload folder" would be
+# code run at the next start). They stay in the flags and config.json.
+NOT_FROM_PAGE: dict[str, str] = {
+    "host": "--listen", "port": "--port", "listen": "--listen",
+    "models_dir": "--models-dir", "outputs_dir": "--outputs-dir", "extensions_dir": "--extensions-dir",
+    "cache_dir": "WEBUI_CACHE_DIR", "config_file": "--config-file", "t5_tokenizer_dir": "WEBUI_T5_TOKENIZER_DIR",
+    "auth": "--auth", "auth_file": "--auth-file", "api_auth": "--api-auth", "insecure": "--insecure",
+    "allowed_hosts": "--allowed-hosts", "cors_allow_origins": "--cors-allow-origins",
+    "cors_allow_origins_regex": "--cors-allow-origins-regex",
+    "enable_insecure_extension_access": "--enable-insecure-extension-access", "offline": "WEBUI_OFFLINE",
+    "skip_install": "--skip-install",
+}
 
 
 @dataclass(frozen=True)
@@ -48,7 +61,6 @@ class SettingSpec:
 
 
 SPECS: tuple[SettingSpec, ...] = (
-    SettingSpec("outputs_dir", "Output folder for images", SECTION_SAVING, True, "absolute, or relative to the app"),
     SettingSpec(
         "filename_pattern",
         "Image file name pattern",
@@ -82,6 +94,16 @@ SPECS: tuple[SettingSpec, ...] = (
         "max_image_size", "Largest width/height a request may ask for", SECTION_SAMPLING, True, "multiple of 8"
     ),
     SettingSpec(
+        "max_steps", "Most sampling steps a request may ask for", SECTION_SAMPLING, True, "A1111's API has no cap"
+    ),
+    SettingSpec(
+        "job_timeout",
+        "Longest time one job may run (seconds)",
+        SECTION_SAMPLING,
+        True,
+        "a longer job stops like an interrupt and keeps the images it finished; 0 = no limit",
+    ),
+    SettingSpec(
         "memory_modes",
         "Memory-saving modes",
         SECTION_MEMORY,
@@ -111,9 +133,6 @@ SPECS: tuple[SettingSpec, ...] = (
         "the first image of each size waits for the compiler; falls back to normal speed if compiling fails",
     ),
     SettingSpec("prompt_cache_size", "Encoded prompts kept for reuse", SECTION_SPEED, True, "0 turns the cache off"),
-    SettingSpec("host", "Host to serve on", SECTION_SERVER, False),
-    SettingSpec("port", "Port", SECTION_SERVER, False),
-    SettingSpec("listen", "Listen on all interfaces (0.0.0.0)", SECTION_SERVER, False),
     SettingSpec("device", "Compute device", SECTION_SERVER, False, choices=("auto", "cpu", "cuda", "mps")),
     SettingSpec(
         "precision",
@@ -131,11 +150,9 @@ SPECS: tuple[SettingSpec, ...] = (
         "auto: fp32 for VAEs that overflow in fp16; every decode is checked for NaN and redone in fp32",
         VAE_PRECISIONS,
     ),
-    SettingSpec("models_dir", "Models folder", SECTION_SERVER, False),
-    SettingSpec("extensions_dir", "Extensions folder", SECTION_SERVER, False),
-    SettingSpec("cache_dir", "Cache folder", SECTION_SERVER, False),
 )
 EDITABLE: tuple[str, ...] = tuple(spec.name for spec in SPECS)
+assert not set(EDITABLE) & set(NOT_FROM_PAGE), "a setting that decides code or files is on the page"
 LIVE: frozenset[str] = frozenset(spec.name for spec in SPECS if spec.live)
 _TOKEN = re.compile(r"\[([^\[\]<>]+)(?:<[^>]*>)?\]")
 
@@ -209,6 +226,12 @@ def check_values(values: Mapping[str, Any], checkpoints: Collection[str]) -> tup
     clean: dict[str, Any] = {}
     errors: dict[str, str] = {}
     for name, raw in values.items():
+        if name in NOT_FROM_PAGE:
+            errors[name] = (
+                f"{name} cannot be changed from the browser: it decides which files or code the app uses, or"
+                f" where it listens; set it with {NOT_FROM_PAGE[name]} or in config.json and restart"
+            )
+            continue
         if name not in EDITABLE:
             errors[name] = f"{name} cannot be changed on the settings page"
             continue
@@ -291,20 +314,10 @@ def infer_base(settings: Settings, paths: Any) -> Path:
     return Path(paths.config_file).parent
 
 
-def prepare_outputs(folder: Path) -> str:
-    """ "" once ``folder`` exists and is a folder, else a message saying what to do."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"cannot create {folder}: {exc.strerror or exc}; choose a folder this user can write to"
-    return "" if folder.is_dir() else f"{folder} is a file, not a folder; choose another path"
-
-
 def _apply_writer(services: Any, settings: Settings, base: Path) -> None:
-    folder = settings.path("outputs_dir", base)
-    # A new writer (it is frozen and shared by running jobs); the next image uses it.
-    writer = dataclasses.replace(services.writer, root=folder, filename_pattern=settings.filename_pattern)
-    services.paths.outputs = folder
+    # A new writer (it is frozen and shared by running jobs); the next image uses it. Its folder is the
+    # outputs folder the app started with: that one is never changed from the browser.
+    writer = dataclasses.replace(services.writer, filename_pattern=settings.filename_pattern)
     services.writer = writer
     services.engine.writer = writer
 
@@ -336,7 +349,9 @@ def _apply_default_model(services: Any, settings: Settings, base: Path) -> None:
 
 def _apply_limits(services: Any, settings: Settings, base: Path) -> None:
     size = settings.max_image_size
-    services.engine.limits = dataclasses.replace(services.engine.limits, max_side=size, max_hires_side=2 * size)
+    services.engine.limits = dataclasses.replace(
+        services.engine.limits, max_side=size, max_hires_side=2 * size, max_steps=settings.max_steps
+    )
 
 
 def check_memory_modes(services: Any, choice: str) -> str:
@@ -378,12 +393,15 @@ def _apply_speed(services: Any, settings: Settings, base: Path) -> None:
         services.generation.call(lambda: manager.set_speed_options(options), timeout=1800)
 
 
+def _apply_job_timeout(services: Any, settings: Settings, base: Path) -> None:
+    services.generation.job_timeout = settings.job_timeout
+
+
 def _read_at_request_time(services: Any, settings: Settings, base: Path) -> None:
     """The page reads these from ``services.settings`` each time it builds a request."""
 
 
 LIVE_APPLIERS: dict[str, Callable[[Any, Settings, Path], None]] = {
-    "outputs_dir": _apply_writer,
     "filename_pattern": _apply_writer,
     "samples_format": _read_at_request_time,
     "preview_every": _apply_preview,
@@ -391,6 +409,8 @@ LIVE_APPLIERS: dict[str, Callable[[Any, Settings, Path], None]] = {
     "ram_cache_models": _apply_ram_cache,
     "default_rng": _read_at_request_time,
     "max_image_size": _apply_limits,
+    "max_steps": _apply_limits,
+    "job_timeout": _apply_job_timeout,
     "memory_modes": _apply_memory,
     "memory_oom_retry": _apply_memory,
     "channels_last": _apply_speed,
@@ -409,7 +429,8 @@ def persist(path: Path, new: Settings, names: Collection[str], *, reset: bool = 
     try:
         stored = read_config_file(path)
     except SettingsError:
-        stored = {}  # broken since start-up: rewrite it with what we know
+        stored = {}  # broken since start-up: keep a copy for the user, rewrite it with what we know
+        _keep_copy(path)
     for name in names:
         if reset:
             stored.pop(name, None)
@@ -420,6 +441,14 @@ def persist(path: Path, new: Settings, names: Collection[str], *, reset: bool = 
     except OSError as exc:
         return f"Could not write {path} ({exc.strerror or exc}): the changes last until the app stops."
     return ""
+
+
+def _keep_copy(path: Path) -> None:
+    """Rename an unreadable settings file to ``<name>.broken`` (its content may be worth fixing by hand)."""
+    try:
+        path.replace(path.with_name(path.name + ".broken"))
+    except OSError:
+        pass
 
 
 # -- the whole save -------------------------------------------------------------------------------
@@ -450,10 +479,6 @@ def save_settings(services: Any, values: Mapping[str, Any], *, reset: bool = Fal
     new = old.with_updates(**clean)
     changed = changed_settings(old, new)
     base = infer_base(old, services.paths)
-    if "outputs_dir" in changed:
-        message = prepare_outputs(new.path("outputs_dir", base))
-        if message:
-            return SaveResult(errors={"outputs_dir": message})
     for apply in dict.fromkeys(LIVE_APPLIERS[n] for n in changed if n in LIVE):
         apply(services, new, base)
     services.settings = new
