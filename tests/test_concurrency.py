@@ -230,16 +230,20 @@ def test_concurrent_clients_get_their_own_images_in_fifo_order(env):
         expected_seeds = [body["seed"] + i for i in range(body["batch_size"])]
         assert info["interrupted"] or len(images) == body["batch_size"], info
         assert info["all_seeds"] == expected_seeds[: len(images)] or (info["interrupted"] and not images)
+        # One batch per job: an interrupted answer holds that batch as far as it got, unsaved (A1111).
+        partial = info["interrupted"]
         for image, text, seed in zip(images, info["infotexts"], expected_seeds):
             assert text.startswith(body["prompt"] + "\n") and f"Seed: {seed}," in text
             assert image.info["parameters"] == text  # the PNG says whose it is too
             digest = pixels(image)
             assert digest not in seen_images, "two answers carry the same image"
             seen_images.add(digest)
-            if body["save_images"]:
+            if body["save_images"] and not partial:
                 (saved,) = [p for name, p in files.items() if name.endswith(f"-{seed}.png")]
                 assert pixels(Image.open(saved)) == digest
-            if body["batch_size"] == 1:  # a batch of 2 may differ from two single runs in the last bit
+            if partial:
+                assert not [name for name in files if name.endswith(f"-{seed}.png")], "an incomplete image was saved"
+            elif body["batch_size"] == 1:  # a batch of 2 may differ from two single runs in the last bit
                 checked.append((body["prompt"], seed, digest))
     for o in outcomes:
         job, request = o["ran"], o["request"]
@@ -249,7 +253,8 @@ def test_concurrent_clients_get_their_own_images_in_fifo_order(env):
             digest = pixels(image)
             assert digest not in seen_images
             seen_images.add(digest)
-            checked.append((request.prompt, seed, digest))
+            if job.state == "done":  # an interrupted job's image is its batch as far as it got
+                checked.append((request.prompt, seed, digest))
     saved_names = [name for name in files]
     assert len(saved_names) == len(set(saved_names))
 

@@ -56,8 +56,11 @@ def test_image_seeds_resolve_a_random_subseed_once_when_variation_is_on():
     assert [sub for _, sub in pairs] == [first_sub, first_sub + 1, first_sub + 2]
 
 
-def test_image_seeds_leave_an_unused_random_subseed_alone():
-    assert image_seeds(100, -1, 0.0, 2, 1) == [(100, -1), (101, -1)]
+def test_image_seeds_draw_a_random_subseed_even_without_variation():
+    # A1111 draws the subseed whatever the strength and reports it; only the noise ignores it at 0.
+    pairs = image_seeds(100, -1, 0.0, 2, 1, rng=random.Random(3))
+    first_sub = pairs[0][1]
+    assert first_sub >= 0 and pairs == [(100, first_sub), (101, first_sub + 1)]
 
 
 def test_image_seeds_refuse_an_unresolved_seed():

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webui.generation import oom, passes, results
-from webui.generation.requests import GenerationRequest, Limits, RequestError, hires_size, validate_request
+from webui.generation.latest import Latest
+from webui.generation.requests import GenerationRequest, Limits, RequestError, hires_size, listed_choices
+from webui.generation.requests import validate_request
 from webui.generation.service import BatchSkipped, JobContext, JobInterrupted, JobResult
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class _Job:
     vae_name: str = ""
     lora_hashes: dict[str, str] = field(default_factory=dict)
     job_id: str = ""
+    latest: Latest = field(default_factory=Latest)  # the running batch's newest estimate (for an interrupt)
 
 
 class Engine:
@@ -82,12 +85,16 @@ class Engine:
         try:
             for it in range(request.n_iter):
                 batch = job.seeds[it * per_batch : (it + 1) * per_batch]
+                job.latest = Latest()
                 try:
                     ctx.check()
                     images = self._run_batch_guarded(job, batch, ctx)
                 except BatchSkipped:
                     result.skipped_batches += 1
                     continue
+                except JobInterrupted:  # A1111: the batch being sampled still gives its latest estimate, unsaved
+                    results.keep_interrupted(self, job, batch, result, it * per_batch, ctx)
+                    raise
                 self._collect(job, batch, images, result, it * per_batch)
                 ctx.image_done(len(images))
                 ctx.partial(result)
@@ -129,7 +136,7 @@ class Engine:
         prompt, loras = extract_loras(req.prompt)
         negative, _ = extract_loras(req.negative_prompt)
         seed = resolve_seed(req.seed)
-        subseed = resolve_seed(req.subseed) if req.subseed_strength > 0 else max(req.subseed, -1)
+        subseed = resolve_seed(req.subseed)  # drawn even without variation: A1111 reports it
         if req.task != "txt2img" and req.subseed_strength > 0:
             raise RequestError(
                 "subseed_strength", "variation seeds work for txt2img only for now; set the variation strength to 0"
@@ -159,7 +166,7 @@ class Engine:
         try:
             return self.samplers.check(family, task, sampler, schedule)
         except SamplerError as exc:
-            raise RequestError(field_name, str(exc)) from None
+            raise RequestError(field_name, str(exc), listed_choices(exc)) from None
 
     def _ensure_model(self, name: str) -> None:
         manager = self.manager
@@ -171,14 +178,29 @@ class Engine:
             return
         if manager.current_entry is not None:
             return
-        usable = [e for e in manager.catalog.entries("checkpoint") if e.usable]
-        if not usable:
+        entry = self.next_checkpoint()
+        if entry is None:
             raise RequestError(
                 "sd_model_checkpoint",
                 "no checkpoint is installed; put a .safetensors file in models/Stable-diffusion "
                 "or use the Models tab to download one",
             )
-        manager.load(self.default_model or usable[0])
+        manager.load(entry)
+
+    def next_checkpoint(self) -> Any:
+        """The checkpoint a job naming none runs on: the loaded one, else the default, else the first found.
+
+        A default that is not installed falls back to the first one found, as A1111 does.
+        """
+        manager = self.manager
+        if manager.current_entry is not None:
+            return manager.current_entry
+        if self.default_model:
+            try:
+                return manager.catalog.find(self.default_model, kind="checkpoint")
+            except KeyError:
+                log.warning("default checkpoint %r is not installed; using the first one found", self.default_model)
+        return next((e for e in manager.catalog.entries("checkpoint") if e.usable), None)
 
     def _apply_vae(self, name: str) -> None:
         try:
@@ -293,6 +315,7 @@ class Engine:
             height=height,
             on_step=on_step,
             sdxl_conditioning=self._sdxl_conditioning(job, width, height),
+            latest=job.latest,
         )
 
     def _encode(self, job: _Job, pipe: Any, family: Any, prompt: str, negative: str, n: int, secondary: bool) -> dict:

@@ -65,11 +65,12 @@ def run(engine: Any, job: Any, batch: list[tuple[int, int]], ctx: JobContext) ->
         generators = engine._generators(job, batch)  # encoding used them; restart for the pass
     run_steps = passes.steps_run(steps, req.denoising_strength)
     ctx.begin_pass(run_steps, "inpaint")
+    job.latest.finish = lambda images: [paste_back(base, generated, base_mask, box) for generated in images]
     images = passes.inpaint(
         inputs, image, mask, req.denoising_strength, generators, masked_image_latents=masked_latents
     )
     ctx.finish_pass(run_steps)
-    return [paste_back(base, generated, base_mask, box) for generated in images]
+    return job.latest.finish(images)
 
 
 def _masked_image_latents(inputs: passes.PassInputs, latents: Any) -> Any:

@@ -58,8 +58,8 @@ def image_seeds(
     API's ``seed``). Without variation (strength 0) image k gets ``seed + k``. With variation
     (strength > 0) A1111 keeps the main seed for every image and varies the subseed instead: image k
     gets ``(seed, subseed + k)``, so a batch shows variations of one image. ``subseed`` -1 is
-    resolved at random once, and only when the strength is above 0; at strength 0 the subseed is
-    unused and -1 stays -1 for every image.
+    resolved at random once, whatever the strength: A1111 draws it and reports it (``all_subseeds``
+    counts up from it) even when the noise does not use it.
     """
     if seed < 0:
         raise ValueError(f"seed must be resolved before image_seeds (call resolve_seed first), got {seed}")
@@ -67,10 +67,10 @@ def image_seeds(
         raise ValueError(f"batch_size and n_iter must be at least 1, got {batch_size} and {n_iter}")
     _check_strength(subseed_strength)
     total = batch_size * n_iter
+    base_sub = resolve_seed(subseed, rng)
     if subseed_strength > 0:
-        base_sub = resolve_seed(subseed, rng)
         return [(seed, base_sub + k) for k in range(total)]
-    return [(seed + k, subseed + k if subseed >= 0 else subseed) for k in range(total)]
+    return [(seed + k, base_sub + k) for k in range(total)]
 
 
 def make_generators(seeds: Sequence[int], *, device: Any = "cpu", rng: str = "GPU") -> list[torch.Generator]:

@@ -2,7 +2,8 @@
 
 The engine decides what runs; this module only knows how to call diffusers for it. Progress,
 previews, interrupt and skip go through ``callback_on_step_end``: the callback raises to stop,
-so an interrupted pass never spends time on a VAE decode, and the offload hooks are reset.
+and the offload hooks are reset. A pass given a ``latest.Latest`` keeps its newest estimate of
+the finished image, which the engine decodes when the job was interrupted (as A1111 does).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from webui.generation.latest import Latest
 from webui.models.families import FamilySpec
 
 SDXL_FAMILIES = ("sdxl", "sdxl_refiner")
@@ -44,14 +46,17 @@ class PassInputs:
     # (1-based step of this pass, timestep, latents) -> replacement latents or None; may raise to stop
     on_step: Callable[[int, Any, Any], Any]
     sdxl_conditioning: Mapping[str, Any] = field(default_factory=dict)
+    latest: Latest | None = None  # records the pass's newest estimate (decoded after an interrupt)
 
 
 def denoiser(pipe: Any) -> Any:
     return getattr(pipe, "unet", None) or pipe.transformer
 
 
-def _callback(on_step: Callable[[int, Any, Any], Any]) -> Callable[..., dict]:
+def _callback(on_step: Callable[[int, Any, Any], Any], latest: Latest | None) -> Callable[..., dict]:
     def callback(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+        if latest is not None:
+            latest.latents = kwargs.get("latents")
         changed = on_step(step + 1, timestep, kwargs.get("latents"))
         return {} if changed is None else {"latents": changed}
 
@@ -70,7 +75,7 @@ def _call(inputs: PassInputs, **kwargs: Any) -> Any:
     args.update(
         num_inference_steps=inputs.steps,
         guidance_scale=inputs.cfg_scale,
-        callback_on_step_end=_callback(inputs.on_step),
+        callback_on_step_end=_callback(inputs.on_step, inputs.latest),
         callback_on_step_end_tensor_inputs=["latents"],
     )
     args.update(inputs.call_kwargs)
@@ -80,6 +85,7 @@ def _call(inputs: PassInputs, **kwargs: Any) -> Any:
     decode = args.get("output_type", "pil") == "pil"
     if decode:
         args["output_type"] = "latent"  # we decode ourselves, with the NaN guard
+    stop_watching = inputs.latest.watch(pipe, inputs.scheduler) if inputs.latest is not None else None
     try:
         images = pipe(**args).images
         return decode_guarded(pipe, images) if decode else images
@@ -87,6 +93,9 @@ def _call(inputs: PassInputs, **kwargs: Any) -> Any:
         # The callback raised (interrupt, skip) or the pipeline failed: reset offload hooks so the next job starts clean.
         pipe.maybe_free_model_hooks()
         raise
+    finally:
+        if stop_watching is not None:
+            stop_watching()
 
 
 def steps_run(steps: int, strength: float) -> int:

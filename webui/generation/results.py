@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from webui.generation.requests import GenerationRequest
-from webui.generation.service import JobResult
+from webui.generation.service import JobFailed, JobResult
+
+log = logging.getLogger(__name__)
 
 
 def collect(
-    engine: Any, job: Any, batch: list[tuple[int, int]], images: list[Any], result: JobResult, first_index: int
+    engine: Any,
+    job: Any,
+    batch: list[tuple[int, int]],
+    images: list[Any],
+    result: JobResult,
+    first_index: int,
+    save: bool = True,
 ) -> None:
-    """Run the image hooks, write each image with its infotext, and append it to the job's result."""
+    """Run the image hooks, write each image with its infotext (unless not ``save``), append it to the result."""
     req = job.req
     for k, (image, (seed, subseed)) in enumerate(zip(images, batch)):
         index = first_index + k
@@ -22,7 +31,7 @@ def collect(
         if extra:
             text = infotext(job, req, seed, subseed, extra)
         path = ""
-        if req.save_images:
+        if req.save_images and save:
             path = str(
                 engine.writer.save(
                     image,
@@ -47,6 +56,22 @@ def collect(
         result.seeds.append(seed)
         result.subseeds.append(subseed)
         result.paths.append(path)
+
+
+def keep_interrupted(engine: Any, job: Any, batch: list[tuple[int, int]], result: JobResult, first: int, ctx: Any):
+    """The interrupted batch's latest estimate, decoded and added to the result unsaved (A1111's default).
+
+    Nothing is added when the batch had not run a step yet (interrupted between batches, as A1111).
+    """
+    try:
+        images = job.latest.images()
+    except JobFailed as exc:  # e.g. NaN latents: the finished images are still returned
+        log.warning("the interrupted batch gave no image: %s", exc)
+        return
+    if images:
+        collect(engine, job, batch[: len(images)], images, result, first, save=False)
+        ctx.image_done(len(images))
+        ctx.partial(result)
 
 
 def infotext(job: Any, req: GenerationRequest, seed: int, subseed: int, extra: dict | None = None) -> str:
