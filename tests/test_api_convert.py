@@ -93,7 +93,9 @@ def test_image_to_base64_embeds_the_infotext():
 def test_api_defaults_follow_a1111_not_the_ui():
     req = txt(prompt="a cat").request
     assert req.task == "txt2img" and req.save_images is False
-    assert (req.width, req.height, req.steps, req.cfg_scale, req.sampler_name) == (0, 0, None, None, "")
+    assert (req.width, req.height, req.steps, req.cfg_scale) == (0, 0, None, None)
+    # A1111's API samples with Euler (its sampler_index default) and Automatic, not its UI's DPM++ 2M
+    assert (req.sampler_name, req.scheduler) == ("Euler", "Automatic")
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """A1111 API JSON <-> GenerationRequest, and base64 images in and out.
 
 Precedence when building a request, lowest first (as A1111):
-  1. the API's options defaults (set with ``POST /sdapi/v1/options``),
+  1. the API's options defaults (set with ``POST /sdapi/v1/options``) and A1111's API sampler (Euler),
   2. the ``infotext`` field, parsed, for the fields the client did not send,
   3. the fields the client sent (and A1111's API defaults for those it did not),
   4. ``override_settings`` (model, VAE, clip skip, RNG ...).
@@ -68,6 +68,9 @@ DIRECT_FIELDS = (
     "inpaint_full_res_padding",
     "inpainting_mask_invert",
 )
+# A1111's API default sampler (its ``sampler_index`` field defaults to it; its UI's is DPM++ 2M), with
+# schedule type Automatic. Flow-matching families (SD3) have an Euler too, as A1111 runs SD3 with Euler.
+API_DEFAULT_SAMPLER = "Euler"
 # A1111 placeholder values meaning "same as the first pass" / "none".
 _SAME_AS_FIRST = {
     "hr_sampler_name": ("Use same sampler", ""),
@@ -259,7 +262,7 @@ def request_from_api(
     sent = set(body.model_fields_set)
     warnings: list[str] = []
     _refuse_scripts(body)
-    values: dict[str, Any] = (defaults or ApiDefaults()).as_fields()
+    values: dict[str, Any] = {"sampler_name": API_DEFAULT_SAMPLER, **(defaults or ApiDefaults()).as_fields()}
     if body.infotext:
         values.update(_from_infotext(body.infotext, sent, read_infotext or default_infotext_reader, warnings))
     values.update(_direct_fields(body, sent, values))

@@ -24,7 +24,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from webui.generation.requests import RequestError
+from webui.generation.requests import RequestError, listed_choices
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ class ApiError(Exception):
 
 
 def request_error(exc: RequestError) -> ApiError:
-    return ApiError(422, "RequestError", exc.message, exc.field)
+    """422 naming the field; ``valid`` lists the choices whenever the message does."""
+    valid = listed_choices(exc)
+    return ApiError(422, "RequestError", exc.message, exc.field, list(valid) if valid is not None else None)
 
 
 def not_found(field: str, exc: KeyError, valid: list[str] | None = None) -> ApiError:

@@ -32,7 +32,7 @@ class Txt2ImgRequest(_Lenient):
     subseed_strength: float | None = 0.0
     seed_resize_from_h: int | None = -1
     seed_resize_from_w: int | None = -1
-    sampler_name: str | None = Field(None, description="e.g. 'Euler a', 'DPM++ 2M' (None = the model's default)")
+    sampler_name: str | None = Field(None, description="e.g. 'Euler a', 'DPM++ 2M' (None = Euler, A1111's API default)")
     sampler_index: str | None = Field(None, description="legacy name of sampler_name; used when that is empty")
     scheduler: str | None = Field(None, description="schedule type, e.g. 'Karras' (None = Automatic)")
     batch_size: int | None = 1

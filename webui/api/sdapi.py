@@ -5,7 +5,8 @@ jobs take turns on the one worker that owns the device. ``txt2img``/``img2img`` 
 their job ends, as A1111 does; while they wait, the event loop stays free (the handler polls
 the job, it holds no thread), so ``/progress``, ``/interrupt`` and ``/skip`` answer at once.
 
-Status codes: 200 (done, or interrupted: the images finished so far), 400 (the body is not JSON
+Status codes: 200 (done, or interrupted: the images finished so far and, as A1111, the batch being
+sampled as far as it got), 400 (the body is not JSON
 in UTF-8), 404 (unknown checkpoint, VAE or LoRA; the answer lists the valid names), 413 (body over
 the size limit), 422 (a field the app cannot use; the answer names it; unknown samplers and
 schedule types are refused before the job is queued), 500 (the job failed; its message), 503
@@ -46,7 +47,7 @@ from webui.api.schemas import (
     UpscalerItem,
     VaeItem,
 )
-from webui.generation.requests import Limits, RequestError
+from webui.generation.requests import Limits, RequestError, listed_choices
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,11 @@ class SdApi:
             defaults=convert.ApiDefaults(), checkpoints_limit=getattr(settings, "ram_cache_models", 0) + 1
         )
         self.version = _version()
-        engine = getattr(services, "engine", None)
-        self.limits = getattr(engine, "limits", None) or Limits()
+
+    @property
+    def limits(self) -> Limits:
+        """The engine's limits as they are now (the Settings page replaces them)."""
+        return getattr(getattr(self.services, "engine", None), "limits", None) or Limits()
 
     # -- generation -----------------------------------------------------------------------------
     async def txt2img(self, body: Txt2ImgRequest, request: Request) -> dict[str, Any]:
@@ -115,11 +119,11 @@ class SdApi:
             try:
                 samplers.check(family, task, sampler, "")
             except SamplerError as exc:
-                raise RequestError(fields[0], str(exc)) from None
+                raise RequestError(fields[0], str(exc), listed_choices(exc)) from None
             try:
                 return samplers.check(family, task, sampler, schedule)[1]
             except SamplerError as exc:
-                raise RequestError(fields[1], str(exc)) from None
+                raise RequestError(fields[1], str(exc), listed_choices(exc)) from None
 
         first = check(req.task, req.sampler_name, req.scheduler, ("sampler_name", "scheduler"))
         if req.enable_hr and req.hr_sampler_name:  # the engine's rule: no hires schedule = the first pass's
@@ -242,7 +246,7 @@ class SdApi:
         }
 
     def interrupt(self) -> dict[str, Any]:
-        """Stop the running job now; its finished images are still returned to its caller."""
+        """Stop the running job now; its caller gets the finished images and the current batch as far as it got."""
         job = self.services.generation.current
         return {"done": self.services.generation.interrupt(), "job": job.id if job else ""}
 
@@ -321,9 +325,11 @@ def _failure(job: Any) -> ApiError:
 
     if job.error_field:
         message = getattr(job.exception, "message", None) or job.error
-        return ApiError(422, "RequestError", message, job.error_field)
+        valid = listed_choices(job.exception) if job.exception is not None else None
+        return ApiError(422, "RequestError", message, job.error_field, list(valid) if valid else None)
     if isinstance(job.exception, SamplerError):
-        return ApiError(422, "RequestError", str(job.exception), "sampler_name")
+        valid = listed_choices(job.exception)
+        return ApiError(422, "RequestError", str(job.exception), "sampler_name", list(valid) if valid else None)
     return ApiError(500, "GenerationFailed", job.error or "the job failed; see the server log")
 
 

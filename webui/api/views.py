@@ -3,8 +3,9 @@
 Options (``GET``/``POST /sdapi/v1/options``): we keep no A1111 settings file, so only these
 keys exist (see ``schemas.WRITABLE_OPTIONS`` for the ones POST changes):
 
-  sd_model_checkpoint         title of the loaded checkpoint (null when none); POST loads one
-                              (on the generation worker, after the jobs already queued)
+  sd_model_checkpoint         title of the checkpoint the next job runs on: the loaded one, else the
+                              one the first job will load (null only when none is installed);
+                              POST loads one (on the generation worker, after the jobs already queued)
   sd_checkpoint_hash          its sha256 when known
   sd_vae                      "Automatic", "None" or a file in models/VAE; POST applies it now to
                               the loaded model and to later API jobs
@@ -131,8 +132,16 @@ class ApiState:
     checkpoints_limit: int = 1
 
 
+def next_checkpoint(services: Any) -> Any:
+    """The checkpoint the next job naming none runs on (A1111's options always name one); None: none installed."""
+    engine = getattr(services, "engine", None)
+    if services.manager.current_entry is None and hasattr(engine, "next_checkpoint"):
+        return engine.next_checkpoint()
+    return services.manager.current_entry
+
+
 def get_options(services: Any, state: ApiState) -> dict[str, Any]:
-    entry = services.manager.current_entry
+    entry = next_checkpoint(services)
     defaults = state.defaults
     writer_root = getattr(services.writer, "root", None) or services.paths.outputs
     preview_every = getattr(services.generation, "preview_every", 0)
@@ -174,7 +183,7 @@ def _one_of(name: str, valid: tuple[str, ...]) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         text = str(value)
         if text not in valid:
-            raise RequestError(name, f"must be one of {', '.join(valid)}, got {value!r}")
+            raise RequestError(name, f"must be one of {', '.join(valid)}, got {value!r}", valid)
         return text
 
     return convert
