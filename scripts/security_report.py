@@ -131,6 +131,12 @@ def concurrency(args: argparse.Namespace) -> SuiteResult:
     return run_tests("concurrency", ["tests/test_concurrency.py"], env, args)
 
 
+def web(args: argparse.Namespace) -> SuiteResult:
+    """Issue 12: foreign Host names and other sites' pages, uploads, external decoders, Gradio's bodies,
+    prompt overflow and the job budget; slow clients, password guessing and upload bounds."""
+    return run_tests("web", ["tests/test_web_safety.py", "tests/test_bounded_work.py"], {}, args)
+
+
 SUITES: dict[str, Callable[[argparse.Namespace], SuiteResult]] = {
     "exposure": exposure,
     "files": files,
@@ -140,6 +146,7 @@ SUITES: dict[str, Callable[[argparse.Namespace], SuiteResult]] = {
     "fuzz_api": fuzz_api,
     "faults": faults,
     "concurrency": concurrency,
+    "web": web,
 }
 
 
@@ -162,7 +169,8 @@ def totals(results: list[SuiteResult]) -> dict[str, int | str]:
         "inputs tried": total("inputs", "requests", "injected", "kills", "jobs") or 0,
         "crashes (5xx answers, unexpected exceptions)": total("server_errors", "crashes") or 0,
         "failed tests": sum(r.failed for r in results),
-        "code executions": "not measured (no model-file suite ran)" if code_executions is None else code_executions,
+        "code executions": "not measured (no model-file or web suite ran)" if code_executions is None else code_executions,
+        "cross-site effects": total("cross_site_effects") or 0,
         "lost jobs": total("lost") or 0,
         "corrupt images": total("corrupt_images") or 0,
     }

@@ -22,7 +22,9 @@ def build_api_app(services: Any) -> Any:
 
 
 @contextmanager
-def serve_api(services: Any, app: Any = None, start_timeout: float = 20.0) -> Iterator[str]:
+def serve_api(
+    services: Any, app: Any = None, start_timeout: float = 20.0, server_options: dict[str, Any] | None = None
+) -> Iterator[str]:
     """Serve ``app`` (default: the API over ``services``) on a free 127.0.0.1 port; yield the base URL.
 
     A given ``app`` (the composed app with the Gradio UI) runs with its ASGI lifespan on: Gradio
@@ -30,14 +32,14 @@ def serve_api(services: Any, app: Any = None, start_timeout: float = 20.0) -> It
     """
     import uvicorn
 
+    from webui.security.connections import server_config
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app or build_api_app(services),
-        log_level="warning",
-        lifespan="off" if app is None else "on",
-        timeout_graceful_shutdown=2,
+    # the app's own server settings (slow-client timeouts, connection bound); tests may shorten the timeouts
+    config = server_config(
+        app or build_api_app(services), "127.0.0.1", lifespan="off" if app is None else "on", **(server_options or {})
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="test-http", daemon=True)

@@ -226,10 +226,17 @@ def _file_value(kind: str, path: str) -> object:
 
 
 def _call(client: httpx.Client, api_name: str, data: list) -> str:
-    """Run a UI event through Gradio's HTTP API; the event stream's text (``event: complete`` or ``error``)."""
+    """Run a UI event through Gradio's HTTP API; the event stream's text (``event: complete`` or ``error``),
+    or ``refused <status>: <answer>`` when the app's guard refused the event before Gradio ran it."""
     started = client.post(f"/gradio_api/call/{api_name}", json={"data": data})
-    assert started.status_code == 200, started.text
+    if started.status_code != 200:
+        assert started.status_code in (404, 422) and started.json()["detail"], started.text
+        return f"refused {started.status_code}: {started.text}"
     return client.get(f"/gradio_api/call/{api_name}/{started.json()['event_id']}").text
+
+
+def _refused(text: str) -> bool:
+    return text.startswith("refused ") or "event: error" in text
 
 
 def _file_events(app) -> list:
@@ -258,14 +265,36 @@ def test_every_image_input_refuses_a_path_it_did_not_receive_as_an_upload(site):
                     "files",
                     requests=1,
                     event_path_injections=1,
-                    event_injections_accepted=int("event: error" not in text),
+                    event_injections_accepted=int(not _refused(text)),
                 )
-                if MARK in text or "root:x:0:0" in text or "event: error" not in text:
+                if MARK in text or "root:x:0:0" in text or not _refused(text):
                     failures.append(f"{fn.api_name} {path}: {text[:200]}")
-                elif "not uploaded by a user" not in text:
+                elif "not uploaded" not in text:
                     failures.append(f"{fn.api_name} {path}: refused for another reason: {text[:200]}")
     assert not failures, "\n".join(failures)
     assert set(site["upload_root"].rglob("secret*")) == before  # nothing was copied into the cache
+
+
+def test_gradio_itself_still_refuses_paths_it_did_not_upload(site):
+    """Gradio's own check, without the app's guard in front: it runs only while ``blocks.has_launched`` is
+    set, which ``launch()`` sets and ``mount_gradio_app`` does not (``webui.security.mount`` sets it). If a
+    Gradio upgrade renames that switch, this fails: an event would copy any readable file into the cache."""
+    import asyncio
+
+    from gradio import processing_utils
+    from gradio.context import LocalContext
+    from gradio.exceptions import InvalidPathError
+
+    blocks = _gradio_blocks(site["app"])
+    image = next(b for b in blocks.blocks.values() if type(b).__name__ == "Image")
+    token = LocalContext.blocks.set(blocks)
+    try:
+        for path in (str(site["secret_png"]), "/etc/passwd"):
+            value = {"path": path, "meta": {"_type": "gradio.FileData"}}
+            with pytest.raises(InvalidPathError, match="not uploaded by a user"):
+                asyncio.run(processing_utils.async_move_files_to_cache(value, image, check_in_upload_folder=True))
+    finally:
+        LocalContext.blocks.reset(token)
 
 
 def test_png_info_reads_an_uploaded_image(site):
@@ -281,7 +310,7 @@ def test_an_event_input_url_is_not_fetched_from_a_private_address(site):
     with httpx.Client(base_url=site["url"], timeout=60) as client:
         for value in (_file_value("Image", url), {"path": None, "url": url, "meta": {"_type": "gradio.FileData"}}):
             text = _call(client, "show", [value])
-            assert MARK not in text and "event: error" in text, text[:300]
+            assert MARK not in text and _refused(text), text[:300]
     assert site["hits"] == []
 
 
@@ -309,20 +338,33 @@ NOT_IMAGES = {
 
 
 @pytest.mark.parametrize("name", sorted(NOT_IMAGES))
-def test_uploads_that_are_not_images_are_refused_by_every_image_input(site, name):
+def test_uploads_that_are_not_images_are_refused_and_not_kept(site, name):
+    before = set(site["upload_root"].rglob("*"))
+    with httpx.Client(base_url=site["url"], timeout=60) as client:
+        r = client.post("/gradio_api/upload", files={"files": (name, NOT_IMAGES[name], "image/png")})
+        record("files", requests=1, non_image_uploads=1, non_image_uploads_accepted=int(r.status_code == 200))
+        assert r.status_code == 415, r.text
+        assert name in r.json()["detail"] and ("not" in r.json()["detail"] or "pixels" in r.json()["detail"])
+        assert client.get("/sdapi/v1/sd-models").status_code == 200  # still serving
+    assert set(site["upload_root"].rglob("*")) <= before  # nothing of it was kept
+
+
+@pytest.mark.parametrize("name", sorted(NOT_IMAGES))
+def test_a_non_image_planted_in_the_upload_folder_is_refused_by_every_image_input(site, name):
+    """Whatever reaches the upload folder another way, an event never hands it to PIL unless it is an image."""
+    planted = site["upload_dir"] / name
+    planted.write_bytes(NOT_IMAGES[name])
     failures = []
     with httpx.Client(base_url=site["url"], timeout=60) as client:
-        (path,) = client.post("/gradio_api/upload", files={"files": (name, NOT_IMAGES[name], "image/png")}).json()
         for fn in _file_events(site["app"]):
             if any(type(b).__name__ == "Gallery" for b in fn.inputs):
                 continue  # galleries are outputs the page fills itself; their "send to" reads the job's images
-            text = _call(client, fn.api_name, _event_data(fn, path))
-            record("files", requests=1, non_image_uploads=1, non_image_uploads_accepted=int("event: error" not in text))
-            if "event: error" not in text:
+            text = _call(client, fn.api_name, _event_data(fn, str(planted)))
+            record("files", requests=1, non_image_events=1, non_image_events_accepted=int(not _refused(text)))
+            if not _refused(text):
                 failures.append(f"{fn.api_name}: {text[:200]}")
-        assert client.get("/sdapi/v1/sd-models").status_code == 200  # still serving
     assert not failures, "\n".join(failures)
-    assert site["services"].generation.waiting() == []  # no job was queued from a bad upload
+    assert site["services"].generation.waiting() == []  # no job was queued from a bad file
 
 
 # --- names our API and UI turn into paths -----------------------------------------------------------

@@ -234,8 +234,9 @@ def build_server(services: Services) -> Any:
 def serve(app: Any, host: str, port: int, started: float) -> int:
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
+    from webui.security.connections import server_config
+
+    server = uvicorn.Server(server_config(app, host, port))  # slow clients are dropped, connections bounded
     thread = threading.Thread(target=server.run, name="http", daemon=True)
     thread.start()
     while not server.started and thread.is_alive():

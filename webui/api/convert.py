@@ -19,7 +19,6 @@ import binascii
 import io
 import json
 import logging
-import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -178,10 +177,11 @@ def default_infotext_reader(text: str) -> Mapping[str, Any]:
 def decode_image(value: Any, field_name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Any:
     """A base64 image (with or without a ``data:image/...;base64,`` prefix) -> a loaded PIL image.
 
-    The size is read from the header first: an image over ``max_pixels`` is refused before it is
-    decoded (a small PNG can declare a huge image).
+    Only PNG, JPEG and WebP are decoded (``webui.security.images``: an EPS would reach Ghostscript). The
+    size is read from the header first: an image over ``max_pixels`` is refused before it is decoded (a
+    small PNG can declare a huge image).
     """
-    from PIL import Image
+    from webui.security.images import NotAnImage, open_image
 
     if not isinstance(value, str) or not value.strip():
         raise RequestError(field_name, "must be a base64-encoded image (PNG, JPEG or WebP)")
@@ -194,22 +194,11 @@ def decode_image(value: Any, field_name: str, max_pixels: int = MAX_IMAGE_PIXELS
     except (binascii.Error, ValueError):
         raise RequestError(field_name, "is not valid base64; send the image file's bytes base64-encoded") from None
     try:
-        image = Image.open(io.BytesIO(raw))
-        width, height = image.size
-        if width * height > max_pixels:
-            raise RequestError(
-                field_name,
-                f"is {width}x{height} pixels; the largest image accepted has {max_pixels} pixels "
-                f"(e.g. {math.isqrt(max_pixels)}x{math.isqrt(max_pixels)}); send a smaller image",
-            )
-        image.load()
-    except RequestError:
-        raise
-    except Image.DecompressionBombError:
-        raise RequestError(field_name, "the image has too many pixels; send a smaller image") from None
+        return open_image(raw, max_pixels)  # PNG, JPEG or WebP only: no other decoder sees request data
+    except NotAnImage as exc:
+        raise RequestError(field_name, f"is base64, but {exc}") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken data
         raise RequestError(field_name, f"is base64 but not an image PIL can read ({type(exc).__name__})") from None
-    return image
 
 
 def to_rgb(image: Any) -> Any:
@@ -435,8 +424,9 @@ def build_info(call: ApiCall, result: Any, version: str = "", model: Mapping[str
             info[key] = value
     info["version"] = info.get("version") or version
     info["interrupted"] = bool(result.interrupted)
-    if call.warnings:
-        info["warnings"] = list(call.warnings)
+    warnings = list(dict.fromkeys([*call.warnings, *(info.get("warnings") or [])]))  # + the engine's fallbacks
+    if warnings:
+        info["warnings"] = warnings
     return info
 
 

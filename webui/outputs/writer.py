@@ -177,22 +177,20 @@ def decode_user_comment(raw: bytes | str) -> str | None:
 
 
 def _open_image(source: Path | str | bytes | Any) -> tuple[Any, bool]:
-    """(PIL image, whether we opened it and must close it)."""
-    from PIL import Image, UnidentifiedImageError
+    """(PIL image, whether we opened it and must close it). Only PNG, JPEG and WebP are ever decoded
+    (``webui.security.images``): no other PIL plugin, and no external decoder, sees the data."""
+    from webui.security.images import NotAnImage, open_lazily
 
     if hasattr(source, "getexif"):
         return source, False
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        stream: Any = io.BytesIO(bytes(source))
-    elif isinstance(source, (str, os.PathLike)):
-        stream = os.fspath(source)
-    else:
+    if not isinstance(source, (bytes, bytearray, memoryview, str, os.PathLike)):
         raise TypeError(f"read_infotext takes a path, bytes or a PIL image, not {type(source).__name__}")
+    target = source if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
     try:
-        return Image.open(stream), True
-    except UnidentifiedImageError as exc:
+        return open_lazily(target), True
+    except NotAnImage as exc:
         raise ValueError(
-            f"{'the data' if not isinstance(stream, str) else stream} is not an image "
+            f"{'the data' if not isinstance(target, str) else Path(target).name} is not an image "
             "this app can read; use a PNG, JPEG or WebP file"
         ) from exc
 

@@ -162,10 +162,11 @@ class ApiAuthMiddleware:
     for HTTP and WebSocket requests alike.
     """
 
-    def __init__(self, app: Any, check: PasswordCheck, routes: Any) -> None:
+    def __init__(self, app: Any, check: PasswordCheck, routes: Any, throttle: Any = None) -> None:
         self.app = app
         self.check = check
         self.router = routes
+        self.throttle = throttle  # webui.security.throttle.LoginThrottle: wrong passwords slow down per client
 
     def _is_api(self, scope: dict) -> bool:
         path = scope.get("path", "")
@@ -178,9 +179,26 @@ class ApiAuthMiddleware:
         return pair is not None and self.check(*pair)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] not in ("http", "websocket") or not self._is_api(scope) or self.authorized(scope):
+        if scope["type"] not in ("http", "websocket") or not self._is_api(scope):
             await self.app(scope, receive, send)
             return
+        from webui.security.throttle import client_of, send_throttled
+
+        client = client_of(scope)
+        wait = self.throttle.retry_after(client) if self.throttle is not None else 0.0
+        if wait > 0:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            else:
+                await send_throttled(send, wait)
+            return
+        if self.authorized(scope):
+            if self.throttle is not None:
+                self.throttle.succeeded(client)
+            await self.app(scope, receive, send)
+            return
+        if self.throttle is not None and _header(scope, b"authorization"):  # a wrong guess, not a missing login
+            self.throttle.failed(client)
         log.info("refused %s %s: no valid API credentials", scope.get("method", "WS"), scope.get("path"))
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
@@ -203,7 +221,8 @@ class ApiAuthMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def protect_api(app: Any, credentials: Credentials) -> None:
+def protect_api(app: Any, credentials: Credentials, throttle: Any = None) -> None:
     """Require ``credentials.api`` on every non-Gradio route of ``app`` (nothing to do without them)."""
     if credentials.api:
-        app.add_middleware(ApiAuthMiddleware, check=PasswordCheck(credentials.api), routes=app.router)
+        check = PasswordCheck(credentials.api)
+        app.add_middleware(ApiAuthMiddleware, check=check, routes=app.router, throttle=throttle)

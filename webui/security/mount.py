@@ -7,6 +7,12 @@ from typing import Any
 
 from webui.security.auth import gradio_auth_options, load_credentials, protect_api
 from webui.security.files import gradio_file_options, protect_files
+from webui.security.gradio_guard import GradioRequestGuard
+from webui.security.site_guard import SitePolicy, protect_site
+from webui.security.throttle import LoginThrottle, LoginThrottleMiddleware
+from webui.security.uploads import UploadGuard, UploadStore
+
+MAX_UPLOAD_REQUEST_BYTES = 256 * 1024 * 1024  # one request of the page's uploads (each file: MAX_UPLOAD_SIZE)
 
 # Gradio features that talk to the Hugging Face Hub or open extra routes on a caller's say-so: off.
 # (run history stores runs in a Hub bucket with a token the caller sends; MCP exposes every event as a tool.)
@@ -20,12 +26,16 @@ CLOSED_FEATURES = {
 }
 
 
-def mount_ui(api: Any, blocks: Any, services: Any, base: Path) -> Any:
+def mount_ui(api: Any, blocks: Any, services: Any, base: Path, policy: SitePolicy | None = None) -> Any:
     """``gr.mount_gradio_app(api, blocks, "/")`` made safe to expose; ``SettingsError`` for a bad auth file.
 
-    ``base`` resolves a relative ``auth_file`` (the app's root, as for every other path setting).
+    ``base`` resolves a relative ``auth_file`` (the app's root, as for every other path setting);
+    ``policy`` (default: from the settings) says which Host names and origins are served.
+    Middleware, outermost first: Host and Origin (``SiteGuard``), CORS, uploads, Gradio's bodies and
+    events, the login throttle, remote fetches, API credentials.
     """
     import gradio as gr
+    from gradio.utils import get_upload_folder
 
     credentials = load_credentials(services.settings, base)
     hide_event_api(blocks)
@@ -42,8 +52,17 @@ def mount_ui(api: Any, blocks: Any, services: Any, base: Path) -> Any:
     # this, any event with an image input copies any file the server can read (``{"path": "/etc/passwd"}``)
     # into the upload folder, from where ``/gradio_api/file=`` serves it.
     blocks.has_launched = True
-    protect_api(app, credentials)
+    throttle = LoginThrottle()
+    protect_api(app, credentials, throttle)
     protect_files(app)
+    if credentials.ui:
+        app.add_middleware(LoginThrottleMiddleware, throttle=throttle)
+    upload_root = Path(get_upload_folder())
+    app.add_middleware(GradioRequestGuard, blocks=blocks, upload_root=upload_root)
+    store = UploadStore(upload_root)
+    store.prune()  # uploads of earlier runs past their age
+    app.add_middleware(UploadGuard, store=store, blocks=blocks, max_request_bytes=MAX_UPLOAD_REQUEST_BYTES)
+    protect_site(app, policy or SitePolicy.from_settings(services.settings))
     return app
 
 

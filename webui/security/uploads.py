@@ -1,0 +1,205 @@
+"""Uploads through the page: images only, unguessable names, bounded in number and size, cleaned up.
+
+Gradio's ``POST /gradio_api/upload`` keeps any file under ``<upload folder>/<sha256 of its bytes>/<name>``:
+the same bytes land in the same, predictable folder, and any type is kept for as long as the app runs
+(two uploads named ``extension.toml`` and ``main.py`` made an extension folder). ``UploadGuard`` lets
+Gradio receive the files (its multipart parser, size limit and name checks), then, before answering:
+
+* checks every file from its bytes (``webui.security.images``: PNG, JPEG or WebP only); one bad file and
+  the whole upload is deleted and refused (415, with "this is not an image" in words);
+* moves each file to ``<upload folder>/uploads/<128 random bits>/<name>`` and answers with the new paths
+  (Gradio's own record of uploads, ``blocks.upload_file_set``, follows the move);
+* refuses more than ``max_files`` files in one request, and then prunes ``uploads/``: anything older than
+  ``max_age`` seconds, then the oldest beyond ``max_entries`` uploads or ``max_bytes`` in all.
+
+What the UI's events later do with an upload is checked by ``webui.security.gradio_guard``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from webui.security.site_guard import send_json_error
+
+log = logging.getLogger(__name__)
+
+UPLOAD_PATHS = ("/gradio_api/upload", "/gradio_api/upload/")
+UPLOADS_SUBFOLDER = "uploads"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _size(folder: Path) -> int:
+    total = 0
+    for item in folder.rglob("*"):
+        try:
+            if item.is_file() and not item.is_symlink():
+                total += item.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
+@dataclass
+class UploadStore:
+    """Where checked uploads live, and the bounds that keep the folder from growing without end."""
+
+    upload_root: Path  # Gradio's upload folder (GRADIO_TEMP_DIR)
+    max_files: int = 16  # per request (the page sends one image at a time)
+    max_entries: int = 200
+    max_bytes: int = 2 * 1024**3
+    max_age: float = 24 * 3600.0
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.upload_root) / UPLOADS_SUBFOLDER
+
+    def new_home(self, name: str) -> Path:
+        """An unguessable, new folder for one upload (128 random bits), and the file's path in it."""
+        folder = self.folder / secrets.token_hex(16)
+        folder.mkdir(parents=True, exist_ok=False)
+        return folder / name
+
+    def prune(self, now: float | None = None) -> int:
+        """Remove uploads past their age, then the oldest beyond the count and size bounds; return how many."""
+        now = time.time() if now is None else now
+        try:
+            entries = sorted(
+                ((p.stat().st_mtime, p) for p in self.folder.iterdir() if p.is_dir() and not p.is_symlink()),
+                key=lambda pair: pair[0],
+            )
+        except OSError:
+            return 0
+        sizes = {p: _size(p) for _, p in entries}
+        total = sum(sizes.values())
+        removed = 0
+        for index, (mtime, path) in enumerate(entries):
+            remaining = len(entries) - index
+            if mtime >= now - self.max_age and remaining <= self.max_entries and total <= self.max_bytes:
+                break
+            shutil.rmtree(path, ignore_errors=True)
+            total -= sizes[path]
+            removed += 1
+        return removed
+
+
+def _check_and_move(paths: list[Any], store: UploadStore, blocks: Any) -> tuple[list[str] | None, str]:
+    """(new paths, "") once every file is a good image moved to its own folder, else (None, why not)."""
+    from webui.security.images import image_file_problem
+
+    files = [Path(p) for p in paths if isinstance(p, str)]
+    problem = ""
+    if len(files) != len(paths):
+        problem = "the upload could not be read"
+    elif len(files) > store.max_files:
+        problem = f"{len(files)} files at once; upload at most {store.max_files} images at a time"
+    else:
+        for path in files:
+            if not _inside(path, Path(store.upload_root)):
+                problem = "the upload could not be stored"
+                break
+            found = image_file_problem(path)
+            if found:
+                problem = f"{path.name}: {found}"
+                break
+    if problem:
+        for path in files:
+            _forget(path, blocks)
+        return None, problem
+    moved = []
+    for path in files:
+        target = store.new_home(path.name)
+        try:
+            path.replace(target)
+        except OSError:  # the same bytes uploaded twice at once share Gradio's folder: one move wins
+            shutil.rmtree(target.parent, ignore_errors=True)
+            for other in files:
+                _forget(other, blocks)
+            return None, "the upload could not be stored; upload the image again"
+        _forget(path, blocks)
+        if blocks is not None:
+            blocks.upload_file_set.add(str(target))
+        moved.append(str(target))
+    store.prune()
+    return moved, ""
+
+
+def _forget(path: Path, blocks: Any) -> None:
+    """Delete a file Gradio stored (and its content-named folder when empty) and drop it from Gradio's record."""
+    if blocks is not None:
+        blocks.upload_file_set.discard(str(path))
+    try:
+        path.unlink(missing_ok=True)
+        path.parent.rmdir()
+    except OSError:
+        pass  # the folder holds another upload of the same bytes
+
+
+class UploadGuard:
+    """ASGI middleware around Gradio's upload route (see the module docstring)."""
+
+    def __init__(self, app: Any, store: UploadStore, blocks: Any = None, max_request_bytes: int = 0) -> None:
+        self.app = app
+        self.store = store
+        self.blocks = blocks
+        self.max_request_bytes = max_request_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in UPLOAD_PATHS:
+            await self.app(scope, receive, send)
+            return
+        length = next((v for k, v in scope.get("headers") or () if k.lower() == b"content-length"), b"")
+        if self.max_request_bytes and length.isdigit() and int(length) > self.max_request_bytes:
+            await send_json_error(
+                send, 413, "RequestTooLarge", f"the upload is larger than {self.max_request_bytes} bytes"
+            )
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def keep(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, keep)
+        body = b"".join(chunks)
+        if start.get("status") != 200:
+            await send({**start, "type": "http.response.start"})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self._answer(body, send)
+
+    async def _answer(self, body: bytes, send: Any) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            paths = json.loads(body)
+            if not isinstance(paths, list):
+                raise ValueError("not a list")
+        except ValueError:
+            await send_json_error(send, 500, "ServerError", "the upload could not be read back; try again")
+            return
+        moved, problem = await run_in_threadpool(_check_and_move, paths, self.store, self.blocks)
+        if moved is None:
+            log.info("refused an upload: %s", problem)
+            await send_json_error(send, 415, "NotAnImage", problem)
+            return
+        answer = json.dumps(moved).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
