@@ -166,16 +166,36 @@ def test_family_view_follows_the_family(services):
     assert set(choices.family_view(services, _family(services, "sd3"), "img2img").samplers) < set(sd3.samplers)
 
 
-def test_family_updates_reset_defaults_only_when_the_family_changed(services):
+def test_family_updates_show_the_defaults_only_on_page_load(services):
     controls = SimpleNamespace(task="txt2img", fields={"hr_sampler_name": None})
     sd3 = _family(services, "sd3")
     changed = family_updates(services, controls, sd3, True)
-    assert changed[0]["value"] == "Euler" and "DPM++ 2M SDE" not in changed[0]["choices"]
+    assert changed[0]["value"] == "Euler" and changed[0]["choices"] == services.samplers.samplers_for(sd3, "txt2img")
     assert (changed[2], changed[4], changed[5]) == (28, 1024, 1024)
     assert changed[8] == {"__type__": "update", "visible": True}
-    kept = family_updates(services, controls, sd3, False)
-    assert "value" not in kept[0] and kept[2] == {"__type__": "update"}
+    kept = family_updates(services, controls, sd3, False, "DPM++ 2M", "Automatic", "Use same sampler")
+    assert kept[0]["value"] == "DPM++ 2M" and kept[2] == {"__type__": "update"} and kept[4] == {"__type__": "update"}
+    assert kept[-1] == {"__type__": "update"}  # nothing to say: the error box keeps a job's message
     assert family_updates(services, controls, _family(services, "sd15"), False)[8]["visible"] is False
+
+
+def _lacking(services, family, task):
+    """A sampler SD 1.5 offers for ``task`` and ``family`` does not."""
+    table = services.samplers
+    offered = table.samplers_for(family, task)
+    return next(n for n in table.samplers_for(_family(services, "sd15"), task) if n not in offered)
+
+
+def test_a_model_switch_changes_only_what_the_new_family_cannot_use_and_says_so(services):
+    controls = SimpleNamespace(task="txt2img", fields={"hr_sampler_name": None})
+    sd3 = _family(services, "sd3")
+    sampler, hr_sampler = _lacking(services, sd3, "txt2img"), _lacking(services, sd3, "img2img")
+    got = family_updates(services, controls, sd3, False, sampler, "Automatic", hr_sampler)
+    assert got[0]["value"] == "Euler" and got[1]["value"] == "Automatic"
+    assert got[1]["choices"] == services.samplers.schedules_for(sd3, "Euler")
+    assert got[2:6] == [{"__type__": "update"}] * 4  # steps, CFG, width, height stay
+    assert got[9]["value"] == "Use same sampler"
+    assert sampler in got[-1] and hr_sampler in got[-1]
 
 
 def test_usable_values_drop_what_the_loaded_family_cannot_use(services):
@@ -422,6 +442,50 @@ def test_page_sync_and_paste_updates_line_up_with_their_outputs(services):
     assert pasted[fields.index("sampler_name")]["value"] == "DPM++ 2M"
     assert pasted[fields.index("enable_hr")]["value"] is True
     assert pasted[fields.index("hr_resize_x")]["value"] == 0
+
+
+def _txt2img_page(services):
+    import gradio as gr
+
+    from webui.ui import txt2img_tab
+    from webui.ui.model_bar import build_model_bar
+
+    page = PageContext(services)
+    with gr.Blocks():
+        build_model_bar(services, page)
+        with gr.Tabs() as page.tabs, gr.Tab("txt2img", id="txt2img"):
+            txt2img_tab.build(services, page)
+        page.finish()
+    return page, page.paste_targets["txt2img"]
+
+
+def test_a_pasted_schedule_type_comes_in_one_update_with_the_choices_of_the_pasted_sampler(services, monkeypatch):
+    page, target = _txt2img_page(services)
+    sd15 = _family(services, "sd15")
+    services.manager = SimpleNamespace(family=sd15, current_entry=None)
+    only = {"DPM++ 2M": ["Automatic", "Exponential"], "Euler a": ["Automatic"]}
+    monkeypatch.setattr(services.samplers, "schedules_for", lambda family, name: only.get(name, ["Automatic"]))
+    fields = list(target.controls.fields)
+    text = "a boat\nSteps: 3, Sampler: DPM++ 2M, Schedule type: Exponential, Seed: 1, Size: 64x64"
+    updates, notes = page.paste_parts(target, None, text, current_sampler="Euler a")
+    expected = {"__type__": "update", "choices": only["DPM++ 2M"], "value": "Exponential"}
+    assert updates[fields.index("scheduler")] == expected
+    assert notes == []
+
+
+def test_a_pasted_value_the_page_cannot_use_is_never_dropped_silently(services, monkeypatch):
+    page, target = _txt2img_page(services)
+    sd3 = _family(services, "sd3")
+    services.manager = SimpleNamespace(family=sd3, current_entry=None)
+    monkeypatch.setattr(services.samplers, "schedules_for", lambda family, name: ["Automatic", "Beta"])
+    fields = list(target.controls.fields)
+    offered = services.samplers.samplers_for(sd3, "txt2img")
+    lacking = next(n for n in services.samplers.sampler_names() if n not in offered)
+    _, notes = page.paste_parts(target, None, f"x\nSteps: 3, Sampler: {lacking}, Schedule type: Karras, Seed: 1")
+    assert any(lacking in note for note in notes)
+    updates, notes = page.paste_parts(target, None, "x\nSteps: 300, Sampler: Euler, Schedule type: Karras, Seed: 1")
+    assert updates[fields.index("scheduler")]["value"] == "Automatic" and updates[fields.index("steps")]["value"] == 150
+    assert any("Karras" in note for note in notes) and any("300" in note for note in notes)
 
 
 def test_extension_tabs_join_the_page_and_a_broken_one_says_why(tmp_path):

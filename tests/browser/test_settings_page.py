@@ -94,3 +94,29 @@ def test_extensions_tab_lists_switches_and_the_settings_tab_shows_extension_sett
     apply(page)
     expect(page.locator("#settings_result")).to_contain_text("Applied now: Browser test level")
     assert app.services.extensions.options["browser_test_level"] == 7
+
+
+def test_a_reload_shows_the_saved_settings_and_apply_saves_only_what_was_changed(page, app, restore_settings):
+    from webui.ui import settings_apply
+
+    config = app.services.paths.config_file
+    preview = page.locator("#setting_preview_every input[type=number]")
+    open_tab(page, "Settings")
+    set_number(page, "setting_preview_every", 3)
+    apply(page)
+    expect(page.locator("#settings_result")).to_contain_text("Applied now: Live preview every N sampling steps")
+
+    page.reload()
+    open_tab(page, "Settings")
+    expect(preview).to_have_value("3")  # the saved value, not the one of start-up
+    # While the page is open, another client (an API call, another tab) changes another setting.
+    settings_apply.save_settings(app.services, {"samples_format": "webp"})
+    set_text(page, "setting_filename_pattern", "[seed]-[steps]")
+    apply(page)
+    result = page.locator("#settings_result")
+    expect(result).to_contain_text("Applied now: Image file name pattern.")
+    expect(result).not_to_contain_text("File format")
+    saved = json.loads(config.read_text())
+    assert (saved["preview_every"], saved["samples_format"], saved["filename_pattern"]) == (3, "webp", "[seed]-[steps]")
+    assert app.services.settings.samples_format == "webp"
+    expect(page.locator("#setting_samples_format input[value=webp]")).to_be_checked()  # the page shows it now

@@ -27,6 +27,8 @@ __all__ = [
     "preset_choices",
     "refiner_choices",
     "schedules_for",
+    "fit_to_family",
+    "fit_values",
     "usable_values",
 ]
 
@@ -111,26 +113,66 @@ def refiner_choices(services: Any) -> list[str]:
 
 
 def usable_values(services: Any, task: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` without the dropdown choices this page cannot show for the loaded family.
+    """``values`` without the dropdown choices this page cannot show for the loaded family (see ``fit_values``)."""
+    return fit_values(services, task, values)[0]
+
+
+def fit_values(
+    services: Any, task: str, values: Mapping[str, Any], current_sampler: str | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """(``values`` fitted to what the page can show for the loaded family, a note for each value changed).
 
     A sampler the family lacks is dropped (the control keeps its value), its schedule with it; a
-    schedule the sampler does not take becomes Automatic; an unknown refiner becomes None.
+    schedule the sampler (the pasted one, else ``current_sampler``) does not take becomes Automatic;
+    an unknown refiner becomes None. Every change is named in the notes: a pasted value is never
+    dropped silently.
     """
     out = dict(values)
-    view = family_view(services, services.manager.family, task)
+    notes: list[str] = []
+    family = services.manager.family
+    where = family.label if family is not None else "this page"
+    view = family_view(services, family, task)
     if "sampler_name" in out and out["sampler_name"] not in view.samplers:
-        out.pop("sampler_name")
-        out.pop("scheduler", None)
+        name = out.pop("sampler_name")
+        schedule = out.pop("scheduler", None)
+        also = f" (nor its schedule type {schedule})" if schedule and schedule != "Automatic" else ""
+        notes.append(f"The sampler {name} does not work with {where}; kept the current one{also}.")
     if "scheduler" in out:
-        sampler = out.get("sampler_name") or view.sampler
-        if out["scheduler"] not in schedules_for(services, services.manager.family, sampler):
+        sampler = out.get("sampler_name") or current_sampler or view.sampler
+        if out["scheduler"] not in schedules_for(services, family, sampler):
+            notes.append(f"The schedule type {out['scheduler']} does not work with {sampler}; using Automatic.")
             out["scheduler"] = "Automatic"
     if "hr_sampler_name" in out and out["hr_sampler_name"] not in view.hr_samplers:
+        notes.append(f"The hires sampler {out['hr_sampler_name']} does not work with {where}; using the same sampler.")
         out["hr_sampler_name"] = USE_SAME_SAMPLER
     if "hr_scheduler" in out and out["hr_scheduler"] not in [USE_SAME_SCHEDULER, *services.samplers.schedule_names()]:
+        notes.append(f"The hires schedule type {out['hr_scheduler']} is unknown; using the same schedule type.")
         out["hr_scheduler"] = USE_SAME_SCHEDULER
     if "hr_upscaler" in out and out["hr_upscaler"] not in HR_UPSCALERS:
-        out.pop("hr_upscaler")
+        notes.append(f"The upscaler {out.pop('hr_upscaler')} is not available here; kept the current one.")
     if "refiner_checkpoint" in out and out["refiner_checkpoint"] not in refiner_choices(services):
+        notes.append(f"The refiner {out['refiner_checkpoint']} is not installed; no refiner.")
         out["refiner_checkpoint"] = NO_REFINER
-    return out
+    return out, notes
+
+
+def fit_to_family(
+    services: Any, family: Any, task: str, sampler: str | None, schedule: str | None, hr_sampler: str | None
+) -> tuple[str, str, str, list[str]]:
+    """(sampler, schedule type, hires sampler, notes) after a model switch: the user's choices where
+    ``family`` can use them, else its default (A1111 keeps the user's values; only what cannot run changes)."""
+    view = family_view(services, family, task)
+    where = family.label if family is not None else "this model"
+    notes: list[str] = []
+    new_sampler = sampler if sampler in view.samplers else view.sampler
+    if sampler and new_sampler != sampler:
+        notes.append(f"{where} has no sampler {sampler}: now {new_sampler}.")
+    new_schedule = schedule or "Automatic"
+    if new_schedule not in schedules_for(services, family, new_sampler):
+        notes.append(f"{new_sampler} on {where} has no schedule type {new_schedule}: now Automatic.")
+        new_schedule = "Automatic"
+    new_hr = hr_sampler or USE_SAME_SAMPLER
+    if new_hr not in view.hr_samplers:
+        notes.append(f"{where} has no hires sampler {new_hr}: now {USE_SAME_SAMPLER}.")
+        new_hr = USE_SAME_SAMPLER
+    return new_sampler, new_schedule, new_hr, notes

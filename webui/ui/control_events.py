@@ -80,44 +80,64 @@ def wire_sampler_schedules(services: Any, c: Any) -> None:
         names = C.schedules_for(services, services.manager.family, name)
         return gr.update(choices=names, value=current if current in names else "Automatic")
 
-    sampler.change(schedules, inputs=[sampler, scheduler], outputs=[scheduler], queue=False, show_progress="hidden")
+    # Only when the user picks a sampler (``input``, not ``change``): a paste or a model switch sets the
+    # sampler and its schedule type's choices and value in one response; a ``change`` handler would
+    # then read the schedule type before its new value arrived and reset it.
+    sampler.input(schedules, inputs=[sampler, scheduler], outputs=[scheduler], queue=False, show_progress="hidden")
 
 
-def paste_updates(services: Any, c: Any, text: str) -> list[Any]:
+def paste_updates(services: Any, c: Any, text: str, current_sampler: str | None = None) -> list[Any]:
     """Updates for the fields (+ the error box) from the infotext in the prompt box."""
     import gradio as gr
 
     if not has_parameters(text):
         gr.Info("Paste an image's parameters (the text under a generated image) into the prompt box, then press ↙.")
         return [gr.update() for _ in c.fields] + [gr.update()]
-    values = values_from_infotext(text)
-    usable = C.usable_values(services, c.task, values)
-    note = ""
-    if "sampler_name" in values and "sampler_name" not in usable:
-        note = f"The sampler {values['sampler_name']} does not work with the loaded model; kept the current one."
+    updates, notes = c.paste_values(values_from_infotext(text), services, current_sampler)
+    note = " ".join(notes)
+    if note:
         gr.Info(note)
-    return c.updates(values, services) + [note]
+    return updates + [note]
 
 
 def wire_paste(services: Any, page: Any, c: Any) -> None:
     c.paste.click(
-        lambda text: paste_updates(services, c, text),
-        inputs=[c.fields["prompt"]],
+        lambda text, sampler: paste_updates(services, c, text, sampler),
+        inputs=[c.fields["prompt"], c.fields["sampler_name"]],
         outputs=[*c.field_components(), c.error],
         queue=False,
         show_progress="hidden",
     )
 
 
-def family_updates(services: Any, c: Any, family: Any, changed: bool) -> list[Any]:
-    """Updates for ``family_outputs(c)`` after a model switch (defaults reset when the family changed)."""
+def family_updates(
+    services: Any,
+    c: Any,
+    family: Any,
+    changed: bool,
+    sampler: str | None = None,
+    schedule: str | None = None,
+    hr_sampler: str | None = None,
+) -> list[Any]:
+    """Updates for ``family_outputs(c)`` after a model switch.
+
+    ``changed`` (the page load with a model): the family's defaults. Otherwise the user's steps,
+    CFG, size and sampler stay (A1111); only a sampler, schedule type or hires sampler the family
+    cannot use changes, and the error box says so. ``sampler``/``schedule``/``hr_sampler``: what the
+    controls show now (None: not known, the family's default is used if needed).
+    """
     import gradio as gr
 
     view = C.family_view(services, family, c.task)
     keep = gr.update()
+    if changed:
+        new_sampler, new_schedule, new_hr, notes = view.sampler, "Automatic", C.USE_SAME_SAMPLER, []
+    else:
+        fitted = C.fit_to_family(services, family, c.task, sampler, schedule, hr_sampler)
+        new_sampler, new_schedule, new_hr, notes = fitted
     out = [
-        gr.update(choices=view.samplers, value=view.sampler) if changed else gr.update(choices=view.samplers),
-        gr.update(choices=view.schedules, value="Automatic") if changed else keep,
+        gr.update(choices=view.samplers, value=new_sampler),
+        gr.update(choices=C.schedules_for(services, family, new_sampler), value=new_schedule),
         view.steps if changed else keep,
         view.cfg if changed else keep,
         view.width if changed else keep,
@@ -127,12 +147,8 @@ def family_updates(services: Any, c: Any, family: Any, changed: bool) -> list[An
         gr.update(visible=view.is_flow),
     ]
     if "hr_sampler_name" in c.fields:
-        hr = (
-            gr.update(choices=view.hr_samplers, value=C.USE_SAME_SAMPLER)
-            if changed
-            else gr.update(choices=view.hr_samplers)
-        )
-        out.append(hr)
+        out.append(gr.update(choices=view.hr_samplers, value=new_hr))
+    out.append(" ".join(notes) if notes else keep)  # the error box: a job's message stays
     return out
 
 
@@ -142,8 +158,19 @@ def family_outputs(c: Any) -> list[Any]:
     out += [f["refiner_checkpoint"], c.sd3_options]
     if "hr_sampler_name" in f:
         out.append(f["hr_sampler_name"])
+    out.append(c.error)
     return out
 
 
+def family_inputs(c: Any) -> list[Any]:
+    """What ``family_updates`` checks against a new family: sampler, schedule type, hires sampler."""
+    f = c.fields
+    return [f["sampler_name"], f["scheduler"], *([f["hr_sampler_name"]] if "hr_sampler_name" in f else [])]
+
+
 def follow_family(services: Any, page: Any, c: Any) -> None:
-    page.on_family_change(family_outputs(c), lambda family, changed: family_updates(services, c, family, changed))
+    page.on_family_change(
+        family_outputs(c),
+        lambda family, changed, *values: family_updates(services, c, family, changed, *values),
+        inputs=family_inputs(c),
+    )

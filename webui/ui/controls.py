@@ -102,10 +102,34 @@ class Controls:
 
     def updates(self, values: Mapping[str, Any], services: Any) -> list[Any]:
         """One update per field (``gr.update()`` where ``values`` has nothing usable for it)."""
+        return self.paste_values(values, services)[0]
+
+    def paste_values(
+        self, values: Mapping[str, Any], services: Any, current_sampler: str | None = None
+    ) -> tuple[list[Any], list[str]]:
+        """(one update per field, a note for each pasted value that had to change).
+
+        The schedule type's update carries the choices of the pasted sampler (else
+        ``current_sampler``'s) with its value, in one update: a value is never set on a dropdown
+        whose choices lack it (Gradio would show it blank and refuse it at Generate).
+        """
         import gradio as gr
 
-        usable = C.usable_values(services, self.task, values)
-        return [gr.update(value=clamp(k, usable[k])) if k in usable else gr.update() for k in self.fields]
+        usable, notes = C.fit_values(services, self.task, values, current_sampler)
+        updates = []
+        for name in self.fields:
+            if name not in usable:
+                updates.append(gr.update())
+            elif name == "scheduler":
+                sampler = usable.get("sampler_name") or current_sampler
+                names = C.schedules_for(services, services.manager.family, sampler)
+                updates.append(gr.update(choices=names, value=usable[name]))
+            else:
+                value = clamp(name, usable[name])
+                if value != usable[name]:
+                    notes.append(f"{FIELD_LABELS.get(name, name)} {usable[name]} is outside the slider: {value}.")
+                updates.append(gr.update(value=value))
+        return updates, notes
 
 
 def _slider(task: str, name: str, **overrides: Any) -> Any:
@@ -123,14 +147,20 @@ def _prompt_row(services: Any, page: Any, task: str, f: dict[str, Any], w: dict[
 
     with gr.Row(elem_id=f"{task}_toprow"):
         with gr.Column(scale=6):
-            f["prompt"] = gr.Textbox(
-                label="Prompt", lines=3, elem_id=elem_id(task, "prompt"), placeholder="Prompt (Ctrl+Enter to generate)"
-            )
-            w["token_counter"] = gr.HTML("0/75", elem_id=f"{task}_token_counter", js_on_load=None)
-            f["negative_prompt"] = gr.Textbox(
-                label="Negative prompt", lines=2, elem_id=elem_id(task, "negative_prompt")
-            )
-            w["neg_token_counter"] = gr.HTML("0/75", elem_id=f"{task}_neg_token_counter", js_on_load=None)
+            # Each counter shares its prompt's frame (a Group has no gap), right under the text.
+            with gr.Group(elem_classes="webui-prompt"):
+                f["prompt"] = gr.Textbox(
+                    label="Prompt",
+                    lines=3,
+                    elem_id=elem_id(task, "prompt"),
+                    placeholder="Prompt (Ctrl+Enter to generate)",
+                )
+                w["token_counter"] = gr.HTML("0/75", elem_id=f"{task}_token_counter", js_on_load=None)
+            with gr.Group(elem_classes="webui-prompt"):
+                f["negative_prompt"] = gr.Textbox(
+                    label="Negative prompt", lines=2, elem_id=elem_id(task, "negative_prompt")
+                )
+                w["neg_token_counter"] = gr.HTML("0/75", elem_id=f"{task}_neg_token_counter", js_on_load=None)
         with gr.Column(scale=1, min_width=180):
             w["generate"] = gr.Button("Generate", variant="primary", elem_id=f"{task}_generate")
             with gr.Row():

@@ -56,28 +56,44 @@ def loaded_status(services: Any) -> str:
 
 
 def describe_load(services: Any, report: Any) -> str:
+    """One line: what was loaded, from where, how long (the tuning notes go to ``details_text``)."""
     how = "from the RAM cache" if report.from_cache else "from disk"
     family = services.families.get(report.family).label
-    notes = "".join(f"\n- {n}" for n in report.notes)
-    return f"Loaded **{report.name}** ({family}) {how} in {report.seconds:.1f} s.{notes}"
+    return f"Loaded **{report.name}** ({family}) {how} in {report.seconds:.1f} s."
 
 
-def load_checkpoint(services: Any, name: str | None, timeout: float | None = None) -> Iterator[str]:
-    """Generator for the model bar: a 'loading' line at once, then the result (never raises).
+def details_text(notes: Any) -> str:
+    """The load's memory/speed notes as a list, for the folded "Model details" under the status line."""
+    return "\n".join(f"- {n}" for n in notes)
 
-    The load runs on the generation worker (behind jobs already queued), so the service must be
-    started.
+
+def loaded_details(services: Any) -> str:
+    loaded = services.manager.loaded if services.manager.current_entry is not None else None
+    return details_text(getattr(loaded, "notes", None) or ())
+
+
+def load_steps(services: Any, name: str | None, timeout: float | None = None) -> Iterator[tuple[str, str]]:
+    """Generator for the model bar: (status line, details), a 'loading' line at once, then the result.
+
+    Never raises. The load runs on the generation worker (behind jobs already queued), so the
+    service must be started.
     """
     if not name:
-        yield "No checkpoint selected."
+        yield "No checkpoint selected.", ""
         return
-    yield f"Loading {name} ..."
+    yield f"Loading {name} ...", ""
     try:
         report = services.generation.call(lambda: services.manager.load(name), timeout=timeout, label="model load")
     except Exception as exc:  # noqa: BLE001 - shown to the user, the server keeps running
-        yield f"**Could not load {name}:** {_reason(exc)}"
+        yield f"**Could not load {name}:** {_reason(exc)}", ""
         return
-    yield describe_load(services, report)
+    yield describe_load(services, report), details_text(report.notes)
+
+
+def load_checkpoint(services: Any, name: str | None, timeout: float | None = None) -> Iterator[str]:
+    """``load_steps`` without the details: the status lines only."""
+    for line, _ in load_steps(services, name, timeout):
+        yield line
 
 
 def set_vae(services: Any, name: str | None, timeout: float | None = None) -> Iterator[str]:
@@ -126,16 +142,22 @@ def build_model_bar(services: Any, page: Any) -> None:
             label="SD VAE", choices=vae_choices(services), value=AUTOMATIC_VAE, scale=2, elem_id="sd_vae"
         )
     page.model_status = gr.Markdown(NO_MODEL_STATUS, elem_id="model-status")
+    with gr.Accordion("Model details", open=False, elem_id="model-details-box"):
+        page.model_details = gr.Markdown("", elem_id="model-details")
     page.family = gr.State("")
 
-    def load(name: str | None) -> Iterator[str]:
-        for line in load_checkpoint(services, name):
+    def load(name: str | None) -> Iterator[tuple[str, str]]:
+        for line, details in load_steps(services, name):
             if line.startswith("**Could not"):
                 gr.Warning(line.replace("**", ""))
-            yield line
+            yield line, details
 
     loaded = page.checkpoint.input(
-        load, inputs=[page.checkpoint], outputs=[page.model_status], concurrency_limit=None, show_progress="minimal"
+        load,
+        inputs=[page.checkpoint],
+        outputs=[page.model_status, page.model_details],
+        concurrency_limit=None,
+        show_progress="minimal",
     )
     page.follow_model(loaded)
     refresh_button.click(lambda: refresh(services), outputs=[page.checkpoint, page.vae], show_progress="hidden")

@@ -19,14 +19,17 @@ API for tab authors (stable):
   to that component's value (default: the PIL image itself; an ImageEditor wants a dict).
 * ``page.send_button(button, target_tab, inputs, read)``: wires ``button`` (after the build, so the
   target may be built later) to fill ``target_tab`` from ``read(*input_values) -> (pil_or_None,
-  infotext)`` and switch to it. A missing target makes the button hidden, never an error.
-* ``page.on_family_change(outputs, fn)``: ``fn(family_or_None, changed) -> one update per output`` runs
-  after every model switch (and on page load, and after each generation); ``changed`` is True when
-  the family differs from what this page showed, the moment to reset defaults. Register during the
-  build, not in ``after_build``.
-* ``page.follow_model(event, reset_defaults=True, status=False)``: chain the model sync after an
-  event (the runner does this for Generate with ``reset_defaults=False``, since a job may load a
-  checkpoint and the user's values must stay).
+  infotext)`` and switch to it. A missing target makes the button hidden, never an error. A pasted
+  value the target cannot use is named in the target's ``<t>_error`` box, never dropped silently.
+* ``page.on_family_change(outputs, fn, inputs=())``: ``fn(family_or_None, changed, *input_values) ->
+  one update per output`` runs after every model switch (and on page load, and after each
+  generation); ``changed`` is True only on page load when a model is loaded: the moment to show the
+  family's defaults. After a switch the user's values stay (A1111); ``inputs`` give ``fn`` the
+  values to check against the new family. Register during the build, not in ``after_build``.
+* ``page.follow_model(event, reset_defaults=False, status=False)``: chain the model sync after an
+  event (the model bar and the runner's Generate do this; a job may load a checkpoint).
+* ``page.on_load(fn, inputs, outputs)``: run ``fn`` on every page load (e.g. the Settings tab shows
+  the current values, not those of start-up). ``page.blocks`` is the ``gr.Blocks``.
 * ``page.after_build(fn)``: run ``fn()`` once every tab exists (inside the Blocks context).
 """
 
@@ -52,16 +55,19 @@ class PasteTarget:
 @dataclass
 class FamilyListener:
     outputs: list[Any]
-    fn: Callable[[Any, bool], Sequence[Any]]  # (FamilySpec | None, changed) -> one update per output
+    fn: Callable[..., Sequence[Any]]  # (FamilySpec | None, changed, *input values) -> one update per output
+    inputs: list[Any] = field(default_factory=list)
 
 
 @dataclass
 class PageContext:
     services: Any
+    blocks: Any = None
     tabs: Any = None
     checkpoint: Any = None
     vae: Any = None
     model_status: Any = None
+    model_details: Any = None  # the loaded model's memory/speed notes, folded away under the status line
     family: Any = None
     paste_targets: dict[str, PasteTarget] = field(default_factory=dict)
     family_listeners: list[FamilyListener] = field(default_factory=list)
@@ -76,10 +82,20 @@ class PageContext:
             raise ValueError(f"tab {target.tab!r} registered a paste target twice")
         self.paste_targets[target.tab] = target
 
-    def on_family_change(self, outputs: Sequence[Any], fn: Callable[[Any, bool], Sequence[Any]]) -> None:
+    def on_family_change(
+        self, outputs: Sequence[Any], fn: Callable[..., Sequence[Any]], inputs: Sequence[Any] = ()
+    ) -> None:
         if self._finished:
             raise RuntimeError("register family listeners while the tabs are built, not after")
-        self.family_listeners.append(FamilyListener(list(outputs), fn))
+        self.family_listeners.append(FamilyListener(list(outputs), fn, list(inputs)))
+
+    def on_load(self, fn: Callable[..., Any], inputs: Sequence[Any] = (), outputs: Sequence[Any] = ()) -> None:
+        """Run ``fn`` each time a browser loads the page (outside the queue: it must be quick)."""
+
+        def wire() -> None:
+            self.blocks.load(fn, inputs=list(inputs), outputs=list(outputs), queue=False, show_progress="hidden")
+
+        self.after_build(wire)
 
     def after_build(self, fn: Callable[[], None]) -> None:
         if self._finished:
@@ -94,47 +110,63 @@ class PageContext:
         self._finished = True
 
     # -- model sync -------------------------------------------------------------------------------
+    def sync_inputs(self) -> list[Any]:
+        """The family this page shows, then every listener's inputs (``sync_updates``' arguments)."""
+        inputs = [self.family]
+        for listener in self.family_listeners:
+            inputs.extend(listener.inputs)
+        return inputs
+
     def sync_outputs(self) -> list[Any]:
-        outputs = [self.checkpoint, self.family, self.model_status]
+        outputs = [self.checkpoint, self.family, self.model_status, self.model_details]
         for listener in self.family_listeners:
             outputs.extend(listener.outputs)
         return outputs
 
-    def sync_updates(self, shown_family: str | None, *, reset_defaults: bool = True, status: bool = True) -> list[Any]:
-        """Updates for ``sync_outputs()``: the checkpoint list, the family id, the status line, every listener.
+    def sync_updates(
+        self, shown_family: str | None, *values: Any, reset_defaults: bool = True, status: bool = True
+    ) -> list[Any]:
+        """Updates for ``sync_outputs()``: the checkpoint list, the family id, the status line and its
+        details, every listener.
 
-        Listeners see ``changed`` True only with ``reset_defaults`` and a family that differs from
-        ``shown_family`` (after a job, the user's values stay). ``status`` rewrites the status line
-        when the family changed (the load event writes its own).
+        ``values``: the listeners' input values in ``sync_inputs()`` order (missing ones are None).
+        Listeners see ``changed`` True only with ``reset_defaults`` (the page load) and a family that
+        differs from ``shown_family``. ``status`` rewrites the status line when the family changed
+        (the load event writes its own).
         """
         import gradio as gr
 
-        from webui.ui.model_bar import checkpoint_update, loaded_status
+        from webui.ui.model_bar import checkpoint_update, loaded_details, loaded_status
 
         family = self.services.manager.family
         family_id = family.id if family is not None else ""
         changed = family_id != (shown_family or "")
         line = loaded_status(self.services) if status and changed and family is not None else gr.update()
-        updates: list[Any] = [checkpoint_update(self.services), family_id, line]
+        updates: list[Any] = [checkpoint_update(self.services), family_id, line, loaded_details(self.services)]
+        values = list(values)
         for listener in self.family_listeners:
-            got = list(listener.fn(family, changed and reset_defaults))
+            mine = [values.pop(0) if values else None for _ in listener.inputs]
+            got = list(listener.fn(family, changed and reset_defaults, *mine))
             if len(got) != len(listener.outputs):
                 raise ValueError(f"a family listener returned {len(got)} updates for {len(listener.outputs)} outputs")
             updates.extend(got)
         return updates
 
-    def follow_model(self, event: Any, *, reset_defaults: bool = True, status: bool = False) -> None:
+    def follow_model(self, event: Any, *, reset_defaults: bool = False, status: bool = False) -> None:
         """Chain the model sync after ``event`` (wired once every tab exists).
 
         ``reset_defaults``: a family change resets steps/CFG/size/sampler to the family's defaults
-        (a model switch); False keeps the user's values (after a job, which may have loaded a model).
+        (only the page load does this); False keeps the user's values and changes only what the new
+        family cannot use (A1111 keeps them across a switch).
         """
 
-        def sync(shown: str | None) -> list[Any]:
-            return self.sync_updates(shown, reset_defaults=reset_defaults, status=status)
+        def sync(shown: str | None, *values: Any) -> list[Any]:
+            return self.sync_updates(shown, *values, reset_defaults=reset_defaults, status=status)
 
         def wire() -> None:
-            event.then(sync, inputs=[self.family], outputs=self.sync_outputs(), queue=False, show_progress="hidden")
+            event.then(
+                sync, inputs=self.sync_inputs(), outputs=self.sync_outputs(), queue=False, show_progress="hidden"
+            )
 
         self.after_build(wire)
 
@@ -151,26 +183,36 @@ class PageContext:
             if target is None:
                 button.visible = False
                 return
-            outputs = [*target.controls.field_components(), *([target.image] if target.image else []), self.tabs]
+            c = target.controls
+            outputs = [*c.field_components(), *([target.image] if target.image else []), c.error, self.tabs]
 
             def send(*values: Any) -> list[Any]:
+                *values, sampler = values  # the target's sampler: the schedule type is checked against it
                 image, text = read(*values)
-                return self.paste_updates(target, image, text) + [gr.Tabs(selected=target.tab)]
+                updates, notes = self.paste_parts(target, image, text, sampler)
+                return [*updates, " ".join(notes), gr.Tabs(selected=target.tab)]
 
-            button.click(send, inputs=list(inputs), outputs=outputs, show_progress="hidden")
+            sampler = c.fields["sampler_name"]
+            button.click(send, inputs=[*inputs, sampler], outputs=outputs, show_progress="hidden")
 
         self.after_build(wire)
 
-    def paste_updates(self, target: PasteTarget, image: Any, text: str) -> list[Any]:
+    def paste_updates(self, target: PasteTarget, image: Any, text: str, current_sampler: str | None = None) -> list:
         """Updates for ``target``'s fields (+ its image when it has one) from an infotext."""
+        return self.paste_parts(target, image, text, current_sampler)[0]
+
+    def paste_parts(
+        self, target: PasteTarget, image: Any, text: str, current_sampler: str | None = None
+    ) -> tuple[list[Any], list[str]]:
+        """(``paste_updates``, a note for each pasted value the target cannot use as it is)."""
         import gradio as gr
 
         from webui.ui.controls import values_from_infotext
 
-        updates = target.controls.updates(values_from_infotext(text or ""), self.services)
+        updates, notes = target.controls.paste_values(values_from_infotext(text or ""), self.services, current_sampler)
         if target.image is not None:
             if image is None:
                 updates.append(gr.update())
             else:
                 updates.append(target.image_value(image) if target.image_value else image)
-        return updates
+        return updates, notes

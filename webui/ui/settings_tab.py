@@ -3,6 +3,10 @@
 Element ids follow A1111: ``setting_<name>`` for each control, ``settings_submit``/``settings_reset``
 for the buttons, ``settings_result`` for the outcome; an error shows under its control in
 ``setting_<name>_error``. The logic lives in ``settings_apply``.
+
+Every page load shows the settings as they are now (not as they were when the app started), and
+Apply saves only the settings the user changed on this page since it showed them: a page left
+open while another tab or an API client changed a setting never writes the old value back.
 """
 
 from __future__ import annotations
@@ -54,6 +58,20 @@ def _extension_control(spec: Any, value: Any) -> Any:
     if isinstance(spec.default, (int, float)):
         return gr.Number(precision=0 if isinstance(spec.default, int) else None, **common)
     return gr.Textbox(max_lines=1, **common)
+
+
+def same_value(shown: Any, now: Any) -> bool:
+    """True when a control still holds the value the page showed (a number box may give 7.0 for 7)."""
+    if shown is None or now is None:
+        return (shown in (None, "")) and (now in (None, ""))
+    if isinstance(shown, (int, float)) and isinstance(now, (int, float)) and not isinstance(now, bool):
+        return float(shown) == float(now)
+    return shown == now
+
+
+def edited_values(names: list[str], raw: list[Any], shown: dict[str, Any], known: set[str]) -> dict[str, Any]:
+    """The controls whose value differs from what the page showed: what Apply saves."""
+    return {n: v for n, v in zip(names, raw) if n in known and not (n in shown and same_value(shown[n], v))}
 
 
 def error_updates(names: list[str], errors: dict[str, str]) -> list[Any]:
@@ -115,19 +133,45 @@ def build(services: Any, page: Any) -> None:
     controls = [built[name][0] for name in names]
     errors = [built[name][1] for name in names]
     gr.Markdown(f"Settings are saved in `{services.paths.config_file}`. Command-line flags override the file.")
-    model_control = built["default_model"][0]
+    shown = gr.State(now_values(services, names))  # what this page showed: Apply saves what differs from it
 
-    def apply(*raw: Any) -> list[Any]:
-        known = settings_apply.known_names(services)
-        outcome = settings_apply.save_settings(services, {n: v for n, v in zip(names, raw) if n in known})
-        return [*error_updates(names, outcome.errors), outcome.message(), gr.update(choices=model_choices(services))]
+    def current() -> tuple[list[Any], dict[str, Any]]:
+        """(an update per control with the value it has now, those values) for ``shown``."""
+        values = now_values(services, names)
+        updates = [values[n] if n in values else gr.update() for n in names]  # an extension turned off: as is
+        updates[names.index("default_model")] = gr.update(
+            value=values["default_model"], choices=model_choices(services)
+        )
+        return updates, values
+
+    def refresh() -> list[Any]:
+        updates, values = current()
+        return [*updates, *error_updates(names, {}), "", values]
+
+    def apply(shown_values: dict[str, Any], *raw: Any) -> list[Any]:
+        edited = edited_values(names, list(raw), shown_values or {}, settings_apply.known_names(services))
+        outcome = settings_apply.save_settings(services, edited)
+        if not outcome.ok:  # nothing was saved: the user's values stay in the controls to be fixed
+            unchanged = [gr.update() for _ in names]
+            return [*unchanged, *error_updates(names, outcome.errors), outcome.message(), gr.update()]
+        updates, values = current()
+        return [*updates, *error_updates(names, {}), outcome.message(), values]
 
     def reset_all() -> list[Any]:
         defaults = settings_apply.default_values(services)
         outcome = settings_apply.save_settings(services, {n: defaults[n] for n in names if n in defaults}, reset=True)
         message = "Defaults restored. " + outcome.message() if outcome.ok else outcome.message()
-        shown = [defaults.get(name, gr.update()) for name in names]
-        return [*shown, *error_updates(names, outcome.errors), message]
+        updates, values = current()
+        return [*updates, *error_updates(names, outcome.errors), message, values]
 
-    submit.click(apply, inputs=controls, outputs=[*errors, result, model_control], concurrency_limit=None)
-    reset.click(reset_all, outputs=[*controls, *errors, result], concurrency_limit=None)
+    outputs = [*controls, *errors, result, shown]
+    submit.click(apply, inputs=[shown, *controls], outputs=outputs, concurrency_limit=None)
+    reset.click(reset_all, outputs=outputs, concurrency_limit=None)
+    if page.blocks is not None:  # built inside the page: every load shows the settings as they are now
+        page.on_load(refresh, outputs=outputs)
+
+
+def now_values(services: Any, names: list[str]) -> dict[str, Any]:
+    """The current value of each setting the page shows (extension settings from the host's options)."""
+    values = settings_apply.current_values(services)
+    return {name: values[name] for name in names if name in values}

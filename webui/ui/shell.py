@@ -15,6 +15,8 @@ from webui.ui.page import PageContext
 
 log = logging.getLogger(__name__)
 
+CACHE_SWEEP = (3600, 24 * 3600)  # (every N seconds, files older than M seconds)
+
 # (label, tab id, module under webui.ui)
 TABS = (
     ("txt2img", "txt2img", "txt2img_tab"),
@@ -31,7 +33,12 @@ PAGE_CSS = """
 .webui-progress.queued { padding: 0.2em 0.6em; }
 .webui-progress-bar { position: absolute; left: 0; top: 0; bottom: 0; background: var(--color-accent); opacity: 0.35; }
 .webui-progress-text { position: relative; padding: 0 0.6em; line-height: 1.8em; font-size: 0.9em; }
-[id$="_token_counter"] { text-align: right; font-size: 0.8em; opacity: 0.7; margin-top: -0.4em; }
+.webui-prompt { position: relative; }
+.webui-prompt [id$="_token_counter"] { position: absolute !important; top: 0 !important;
+  left: auto !important; right: 12px !important;
+  width: auto !important; min-height: 0 !important; padding: 0 !important; border: none !important;
+  background: none !important; font-size: 0.8em; opacity: 0.7; z-index: 1; pointer-events: none; }
+#model-details-box { padding: 0.2em 10px; }
 """
 
 # Runs once per page load: Ctrl+Enter in a prompt box presses that tab's Generate; the page CSS.
@@ -107,7 +114,9 @@ def build_ui(services: Any) -> Any:
     from webui.ui.model_bar import build_model_bar
 
     page = PageContext(services)
-    with gr.Blocks(title="Stable Diffusion web UI") as blocks:
+    # Gradio's cache (copies of uploads and of the images shown) is swept hourly of files older than a day.
+    with gr.Blocks(title="Stable Diffusion web UI", delete_cache=CACHE_SWEEP) as blocks:
+        page.blocks = blocks
         build_model_bar(services, page)
         with gr.Tabs(elem_id="tabs") as tabs:
             page.tabs = tabs
@@ -118,6 +127,6 @@ def build_ui(services: Any) -> Any:
                 _models_tab(services, page)
             _extension_tabs(services)
         page.finish()
-        blocks.load(page.sync_updates, inputs=[page.family], outputs=page.sync_outputs(), queue=False)
+        blocks.load(page.sync_updates, inputs=page.sync_inputs(), outputs=page.sync_outputs(), queue=False)
         blocks.load(None, js=page_js())
     return blocks
