@@ -402,3 +402,24 @@ def test_saving_over_a_broken_settings_file_keeps_a_copy_of_it(services):
     assert result.ok and not result.persist_error
     assert config_on_disk(services) == {"preview_every": 4}
     assert config.with_name("config.json.broken").read_text() == '{"preview_every": 3,'
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"these are my prompts\n",  # a text file
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 64,  # a PNG signature and nothing a PNG has
+        b"GIF89a\x01\x00\x01\x00\x00\x00\x00;",  # a real format, but not one the app reads
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n",  # EPS: PIL would hand it to Ghostscript
+    ],
+)
+def test_png_info_says_a_file_is_not_an_image_without_a_path_or_an_exception_name(tmp_path, content):
+    from webui.ui.png_info_tab import NOT_AN_IMAGE, open_image, read_parameters
+
+    path = tmp_path / "upload" / "dropped.png"
+    path.parent.mkdir()
+    path.write_bytes(content)
+    text, rows, note = read_parameters(str(path))
+    assert (text, rows, note) == ("", [], NOT_AN_IMAGE)
+    assert "not an image" in note and str(tmp_path) not in note and "Error" not in note
+    assert open_image(str(path)) is None  # "Send to img2img" sends the parameters only

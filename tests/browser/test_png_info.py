@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from PIL import Image
 
 from tests.browser.conftest import SD15
-from tests.browser.helpers import JOB_TIMEOUT_MS, expect, open_tab, text_value, upload
+from tests.browser.helpers import JOB_TIMEOUT_MS, choose, expect, open_tab, text_value, upload, wait_for_result
 from webui.generation.requests import GenerationRequest
 from webui.outputs.writer import encode_image
 
@@ -79,3 +80,41 @@ def test_an_image_without_parameters_says_so(page, tmp_path):
     open_tab(page, "PNG Info")
     upload(page, "pnginfo_image", path)
     expect(page.locator("#pnginfo_message")).to_contain_text(re.compile("no generation parameters"))
+
+
+EXPONENTIAL = (
+    "a tin robot\nSteps: 3, Sampler: DPM++ 2M, Schedule type: Exponential, CFG scale: 5, Seed: 4321, Size: 64x64"
+)
+
+
+def test_send_to_txt2img_sets_the_pasted_schedule_type_and_generate_uses_it(page, tmp_path):
+    path = tmp_path / "exponential.png"
+    path.write_bytes(encode_image(Image.new("RGB", (64, 64), (40, 90, 200)), EXPONENTIAL, "png"))
+    choose(page, "txt2img_sampler", "Euler a")
+    open_tab(page, "PNG Info")
+    upload(page, "pnginfo_image", path)
+    expect(text_value(page, "pnginfo_text")).to_have_value(EXPONENTIAL)
+    page.locator("#pnginfo_send_txt2img").click()
+    expect(page.locator("#txt2img_sampler input")).to_have_value("DPM++ 2M")
+    expect(page.locator("#txt2img_scheduler input")).to_have_value("Exponential")
+    page.locator("#txt2img_generate").click()
+    infotext = wait_for_result(page, "txt2img", 4321)
+    assert "Sampler: DPM++ 2M" in infotext and "Schedule type: Exponential" in infotext, infotext
+
+
+NOT_IMAGES = {
+    "notes.png": b"these are my prompts, not an image\n",  # named .txt, the page itself refuses it
+    "broken.png": b"\x89PNG\r\n\x1a\n" + b"\x00" * 64,  # a PNG signature, then nothing a PNG has
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_IMAGES))
+def test_a_file_that_is_not_an_image_says_so_in_words(page, tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(NOT_IMAGES[name])
+    open_tab(page, "PNG Info")
+    upload(page, "pnginfo_image", path)
+    # The tab's message, or the upload guard's notice when the upload is refused before it reaches the tab.
+    expect(page.locator("body")).to_contain_text(re.compile(r"not (an|a readable [\w ,]+) image", re.IGNORECASE))
+    body = page.locator("body").inner_text()
+    assert "cache/gradio" not in body and str(tmp_path) not in body and "Traceback" not in body

@@ -1,18 +1,25 @@
 """PNG Info tab: drop an image, read its generation parameters (ours or A1111's), send them to a tab.
 
 The image arrives as the uploaded file itself (``type="filepath"``, ``image_mode=None``), so its
-PNG text chunks and EXIF survive; ``read_infotext`` reads both. Element ids: ``pnginfo_image``,
+PNG text chunks and EXIF survive; ``read_infotext`` reads both. The file is opened here, as PNG,
+JPEG or WebP only (``webui.security.images``, which the upload guard uses too): whatever else
+reaches the tab (a text file, a broken image, another format) gets words ("not an image"), never a
+server error, an exception name or a server path. Element ids: ``pnginfo_image``,
 ``pnginfo_text``, ``pnginfo_table``, ``pnginfo_message``, ``pnginfo_send_<tab>``.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 SEND_TO = (("txt2img", "Send to txt2img"), ("img2img", "Send to img2img"), ("inpaint", "Send to inpaint"))
 TABLE_HEADERS = ["parameter", "value"]
 NO_PARAMETERS = "This image has no generation parameters (no PNG `parameters` text and no EXIF UserComment)."
+NOT_AN_IMAGE = "Cannot read this file: this is not an image. Drop a PNG, JPEG or WebP image, e.g. one made by this app."
 
 
 def parameter_rows(text: str) -> list[list[str]]:
@@ -27,6 +34,13 @@ def parameter_rows(text: str) -> list[list[str]]:
     return rows
 
 
+def _open(path: str | Path) -> Any:
+    """The file as a PIL image, pixels not decoded yet, opened only as PNG, JPEG or WebP (raises otherwise)."""
+    from webui.security.images import open_lazily
+
+    return open_lazily(path)
+
+
 def read_parameters(path: str | Path | None) -> tuple[str, list[list[str]], str]:
     """(infotext, table rows, message for the user) for the image at ``path``; never raises."""
     from webui.outputs.writer import read_infotext
@@ -34,23 +48,26 @@ def read_parameters(path: str | Path | None) -> tuple[str, list[list[str]], str]
     if not path:
         return "", [], ""
     try:
-        text = read_infotext(Path(path))
-    except (OSError, ValueError) as exc:
-        return "", [], f"Cannot read this file: {exc}"
+        with _open(path) as image:
+            text = read_infotext(image)
+    except Exception as exc:  # noqa: BLE001 - whatever was dropped, the page answers in words
+        log.info("PNG Info: %s is not a readable image (%s)", Path(path).name, type(exc).__name__)
+        return "", [], NOT_AN_IMAGE
     if not text:
         return "", [], NO_PARAMETERS
     return text, parameter_rows(text), ""
 
 
 def open_image(path: str | Path | None) -> Any:
-    """The image at ``path`` as a loaded PIL image (None without a path)."""
-    from PIL import Image
+    """The image at ``path`` as a loaded PIL image (None without a path, or when it is not an image)."""
+    from webui.security.images import open_image as open_checked
 
     if not path:
         return None
-    with Image.open(path) as image:
-        image.load()
-        return image.copy()
+    try:
+        return open_checked(path)  # PNG/JPEG/WebP only, pixel count checked before decoding
+    except Exception:  # noqa: BLE001 - read_parameters already told the user
+        return None
 
 
 def build(services: Any, page: Any) -> None:
