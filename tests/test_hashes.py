@@ -135,3 +135,31 @@ def test_concurrent_lookups_keep_a_valid_cache(tmp_path: Path) -> None:
         t.join(10)
     assert errors == []
     assert len(json.loads(cache_file.read_text())["entries"]) == len(files)
+
+
+def test_a_second_lookup_waits_for_the_hash_already_running_instead_of_reading_the_file_again(tmp_path: Path) -> None:
+    f = tmp_path / "m.safetensors"
+    f.write_bytes(KNOWN)
+    started, release = threading.Event(), threading.Event()
+    calls: list[Path] = []
+
+    def slow(path: Path) -> str:
+        calls.append(path)
+        started.set()
+        assert release.wait(10)
+        return sha256_file(path)
+
+    cache = HashCache(tmp_path / "cache.json", hasher=slow)
+    background = threading.Thread(target=cache.get, args=(f,))  # what the app starts after a load
+    background.start()
+    assert started.wait(10)
+    assert cache.get(f, compute=False) is None  # a lookup that must not wait does not
+    got: list[str | None] = []
+    waiter = threading.Thread(target=lambda: got.append(cache.get(f)))  # the first image's infotext
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and got == []  # waiting, not hashing a second time
+    release.set()
+    waiter.join(10)
+    background.join(10)
+    assert got == [KNOWN_SHA] and len(calls) == 1

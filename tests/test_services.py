@@ -42,3 +42,25 @@ def test_load_failure_is_shown_not_raised(services):
     services.catalog.refresh()
     steps = list(shell.load_checkpoint(services, "bad.safetensors"))
     assert "Could not load" in steps[-1] and "bad.safetensors" in steps[-1]
+
+
+def test_the_first_image_after_start_names_the_model_hash_while_the_background_hash_still_runs(services, monkeypatch):
+    from webui.generation.requests import GenerationRequest
+    from webui.models.demo import demo_checkpoint_name, write_demo_models
+
+    (path,) = write_demo_models(services.paths.models, ("sd15",))
+    services.catalog.refresh()
+    services.engine.default_model = demo_checkpoint_name("sd15")
+    calls = []
+
+    def slow_sha256(file):  # a multi-GB checkpoint: the hash started after the load is still running
+        calls.append(file)
+        time.sleep(0.5)
+        return sha256_file(file)
+
+    monkeypatch.setattr(services.hashes, "_hasher", slow_sha256)
+    request = GenerationRequest(prompt="a lighthouse", steps=1, width=64, height=64, seed=3)
+    job = services.generation.submit(request, source="test")  # no model loaded: the job loads the default
+    assert job.wait(120) and job.state == "done", job.error
+    assert f"Model hash: {sha256_file(path)[:10]}" in job.result.infotexts[0]
+    assert len(calls) == 1  # the infotext waited for the background hash instead of hashing twice

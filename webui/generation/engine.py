@@ -227,7 +227,12 @@ class Engine:
         entry = self.manager.current_entry
         job.model_name = entry.stem
         if self.hashes is not None and entry.format != "diffusers":
-            digest = self.hashes.get(entry.path, compute=False)
+            # The infotext needs it (A1111 writes it on the first image): cached after the first
+            # job; else this waits for the hash the load started in the background, or computes it.
+            try:
+                digest = self.hashes.get(entry.path, compute=True)
+            except OSError:  # the file went away since the load: the image is still worth saving
+                digest = None
             job.model_hash = digest[:10] if digest else ""
         job.vae_name = self.manager.vae_name()
 

@@ -58,8 +58,11 @@ class HashCache:
     Entries are keyed by the resolved absolute path and remember the file's size and
     ``st_mtime_ns``; a mismatch means the file changed and is hashed again. Safe to
     share between threads: the table is guarded by a lock, and hashing itself runs
-    outside it so one large file does not block lookups of others. The cache file is
-    read on first use and rewritten atomically (temp file + ``os.replace``).
+    outside it so one large file does not block lookups of others. A file is hashed by
+    one thread at a time: a second ``get(compute=True)`` for it waits for the hash
+    already running (the background hash after a load, the first image's infotext)
+    instead of reading the file again. The cache file is read on first use and
+    rewritten atomically (temp file + ``os.replace``).
     """
 
     def __init__(self, cache_file: Path | str, hasher: Callable[[Path], str] = sha256_file) -> None:
@@ -67,26 +70,41 @@ class HashCache:
         self._hasher = hasher
         self._lock = threading.Lock()
         self._entries: dict[str, dict] | None = None  # loaded on first use
+        self._running: dict[str, threading.Event] = {}  # path -> set when its hash in progress ends
 
     def get(self, path: Path | str, compute: bool = True) -> str | None:
         """The sha256 of ``path``; None when not cached (or stale) and ``compute`` is False.
 
         Raises ``FileNotFoundError`` when the file does not exist.
         """
-        key, size, mtime_ns = _identity(path)
-        with self._lock:
-            entry = self._loaded().get(key)
-            if entry and entry.get("size") == size and entry.get("mtime_ns") == mtime_ns:
-                return entry["sha256"]
-        if not compute:
-            return None
-        digest = self._hasher(Path(key))
-        with self._lock:
-            # The stat taken before hashing is stored: if the file changed meanwhile,
-            # the next call sees a different stat and hashes it again.
-            self._loaded()[key] = {"size": size, "mtime_ns": mtime_ns, "sha256": digest}
-            self._save()
-        return digest
+        while True:
+            key, size, mtime_ns = _identity(path)
+            with self._lock:
+                entry = self._loaded().get(key)
+                if entry and entry.get("size") == size and entry.get("mtime_ns") == mtime_ns:
+                    return entry["sha256"]
+                if not compute:
+                    return None
+                running = self._running.get(key)
+                if running is None:
+                    self._running[key] = done = threading.Event()
+            if running is None:
+                return self._compute(key, size, mtime_ns, done)
+            running.wait()  # then look again: cached now, or hash it here if that run failed
+
+    def _compute(self, key: str, size: int, mtime_ns: int, done: threading.Event) -> str:
+        try:
+            digest = self._hasher(Path(key))
+            with self._lock:
+                # The stat taken before hashing is stored: if the file changed meanwhile,
+                # the next call sees a different stat and hashes it again.
+                self._loaded()[key] = {"size": size, "mtime_ns": mtime_ns, "sha256": digest}
+                self._save()
+            return digest
+        finally:
+            with self._lock:
+                self._running.pop(key, None)
+            done.set()
 
     def short(self, path: Path | str, compute: bool = True) -> str | None:
         digest = self.get(path, compute=compute)
