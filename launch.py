@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +16,46 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+# Signals that stop the app: sent to this launcher (kill, systemd, a closed terminal), they go to the child.
+FORWARDED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
+
+
+def run_child(cmd: list[str], cwd: Path, env: dict[str, str]) -> int:
+    """Run the app as a child process and exit with it: a stop signal to this launcher is passed on.
+
+    Without this, ``kill <launcher>`` ended the launcher and left the app serving, re-parented to
+    PID 1. The child gets its own session on POSIX, so Ctrl+C in the terminal reaches it once (from
+    here), not twice. Returns the child's exit code (128 + the signal number when a signal ended it,
+    as a shell reports it).
+    """
+    posix = os.name == "posix"
+    started: list[subprocess.Popen] = []
+    early: list[int] = []  # a signal that came while the child was being started
+
+    def forward(signum: int, _frame: object) -> None:
+        if not started:
+            early.append(signum)
+        elif started[0].poll() is None:
+            started[0].send_signal(signum)
+
+    # Windows: Ctrl+C reaches the child by itself, and Popen.send_signal knows only SIGTERM there.
+    signals = FORWARDED_SIGNALS if posix else (signal.SIGTERM,)
+    previous = {sig: signal.signal(sig, forward) for sig in signals}
+    try:
+        child = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=posix)
+        started.append(child)
+        for signum in early:
+            child.send_signal(signum)
+        while True:
+            try:
+                code = child.wait()
+                break
+            except KeyboardInterrupt:  # Windows: Ctrl+C reached both; wait for the child to finish
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - code if code < 0 else code
 
 
 def main(argv: list[str]) -> int:
@@ -36,10 +77,7 @@ def main(argv: list[str]) -> int:
         from webui.app import main as app_main
 
         return app_main(argv)
-    try:
-        return subprocess.call([str(python), "-m", "webui.app", *argv], cwd=ROOT, env=env)
-    except KeyboardInterrupt:
-        return 130
+    return run_child([str(python), "-m", "webui.app", *argv], cwd=ROOT, env=env)
 
 
 if __name__ == "__main__":
