@@ -183,6 +183,7 @@ def _announce_model(extensions: Any, manager: Any, entry: Any) -> None:
 
 def build_generation(services: Services) -> None:
     """The sampler table, output writer, engine and job queue (the worker starts in ``start_generation``)."""
+    from webui.generation.console import ConsoleProgress
     from webui.generation.engine import Engine
     from webui.generation.requests import Limits
     from webui.generation.samplers import SamplerTable
@@ -210,7 +211,10 @@ def build_generation(services: Services) -> None:
         prompt_cache=PromptCache(settings.prompt_cache_size),
     )
     services.generation = GenerationService(
-        services.engine.run, preview_every=settings.preview_every, job_timeout=settings.job_timeout
+        services.engine.run,
+        preview_every=settings.preview_every,
+        job_timeout=settings.job_timeout,
+        console=ConsoleProgress(),  # a bar per job on the terminal (stderr), a line when it ends
     )
 
 

@@ -175,6 +175,7 @@ class Job:
         self.exception: BaseException | None = None
         self.action: Callable[[], Any] | None = None  # a non-generation task (model switch)
         self.progress = Progress()
+        self.on_progress: Callable[[Progress], None] | None = None  # the console's bar (webui.generation.console)
         self.interrupt_event = threading.Event()
         self.skip_event = threading.Event()
         self._done = threading.Event()
@@ -182,7 +183,9 @@ class Job:
 
     def _update(self, **changes: Any) -> None:
         with self._lock:
-            self.progress = replace(self.progress, **changes)
+            self.progress = progress = replace(self.progress, **changes)
+        if self.on_progress is not None:
+            self.on_progress(progress)
 
     @property
     def finished(self) -> bool:
@@ -227,8 +230,10 @@ class GenerationService:
         max_queue: int = 100,
         history: int = 200,
         job_timeout: float = 0.0,
+        console: Any = None,
     ) -> None:
         self._runner = runner
+        self.console = console  # webui.generation.console.ConsoleProgress: a terminal bar per job (None: none)
         self.preview_every = preview_every
         self.job_timeout = job_timeout  # seconds one job may hold the worker (0 = no limit)
         self._preview_fn = preview_fn
@@ -340,10 +345,13 @@ class GenerationService:
                     continue
                 self._waiting.remove(job)
                 self._current = job
+            bar = self.console.watch(job) if self.console is not None and job.action is None else None
             try:
                 self._run(job)
             finally:
                 self._current = None
+                if bar is not None:
+                    bar.close()
 
     def _run(self, job: Job) -> None:
         job.state = RUNNING
