@@ -327,14 +327,18 @@ def demo_checkpoint_name(family: str) -> str:
     return f"demo-{family}-noise.safetensors"
 
 
-def write_demo_models(models_dir: Path, families: tuple[str, ...] = DEMO_FAMILIES) -> list[Path]:
+def write_demo_models(
+    models_dir: Path, families: tuple[str, ...] = DEMO_FAMILIES, *, loras: bool = False
+) -> list[Path]:
     """Write each family's tiny model as an original-layout single file; return their paths.
 
     Files go to ``models_dir/Stable-diffusion/demo-<family>-noise.safetensors``, with
     ``__metadata__`` ``{"webui.demo": "true", "modelspec.title": ...}``. SD3-type families also
     get the tiny T5 tokenizer in ``models_dir/text_encoder/t5_tokenizer/`` (demo use only).
-    Existing files are kept; writes are atomic.
+    ``loras``: also a tiny LoRA per family in ``models_dir/Lora/demo-<family>-lora.safetensors``
+    (``webui.models.demo_lora``). Existing files are kept; writes are atomic.
     """
+    from webui.models import demo_lora
     from webui.models.ldm_export import save_original
     from webui.models.tokenizers import write_tiny_t5_tokenizer
 
@@ -346,10 +350,14 @@ def write_demo_models(models_dir: Path, families: tuple[str, ...] = DEMO_FAMILIE
         if family not in PIPELINE_CLASSES:
             raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
         path = out_dir / demo_checkpoint_name(family)
-        if not path.exists():
-            pipe = build_tiny_pipeline(family)
-            meta = {DEMO_METADATA_KEY: "true", "modelspec.title": f"Demo {family} (random weights, makes noise)"}
-            save_original(pipe, family, path, metadata=meta)
+        lora = demo_lora.demo_lora_path(models_dir, family) if loras and family in demo_lora.COMPONENTS else None
+        if not path.exists() or (lora is not None and not lora.exists()):
+            pipe = build_tiny_pipeline(family)  # the same seed: the LoRA's shapes fit the checkpoint
+            if not path.exists():
+                meta = {DEMO_METADATA_KEY: "true", "modelspec.title": f"Demo {family} (random weights, makes noise)"}
+                save_original(pipe, family, path, metadata=meta)
+            if lora is not None and not lora.exists():
+                demo_lora.write_demo_lora(pipe, family, lora)
             del pipe
         if family.startswith("sd3"):
             write_tiny_t5_tokenizer(models_dir / "text_encoder" / "t5_tokenizer")

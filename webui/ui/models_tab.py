@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 KINDS = ("checkpoint", "lora", "vae", "text_encoder")
@@ -31,13 +32,37 @@ def model_rows(services: Any) -> list[list[str]]:
     return rows
 
 
-def create_demo_models(services: Any) -> str:
-    from webui.models.demo import write_demo_models
+def demo_model_steps(services: Any) -> Iterator[str]:
+    """Generator for "Create demo models": a line per family while it is built, then what was made.
 
-    written = write_demo_models(services.paths.models)
+    Each family gets its tiny checkpoint and a tiny LoRA (``webui.models.demo_lora``); files that
+    exist are kept.
+    """
+    from webui.models.demo import DEMO_FAMILIES, demo_checkpoint_name, write_demo_models
+    from webui.models.demo_lora import demo_lora_path
+
+    models = services.paths.models
+    new: list[str] = []
+    for i, family in enumerate(DEMO_FAMILIES, 1):
+        label = services.families.get(family).label
+        yield f"Creating the demo models: {label} ({i} of {len(DEMO_FAMILIES)}), a checkpoint and a LoRA ..."
+        files = [models / "Stable-diffusion" / demo_checkpoint_name(family), demo_lora_path(models, family)]
+        missing = [path for path in files if not path.exists()]
+        write_demo_models(models, (family,), loras=True)
+        new.extend(path.name for path in missing if path.exists())
     services.catalog.refresh()
-    names = ", ".join(p.name for p in written) or "none (they exist already)"
-    return f"Demo models written: {names}. They have random weights and make noise: use them to try the app."
+    made = ", ".join(new) if new else "nothing new (they exist already)"
+    example = demo_lora_path(models, DEMO_FAMILIES[0]).stem
+    yield (
+        f"Demo models ready; written: {made}. They have random weights and make noise: pick one in the "
+        f"checkpoint list, and try a LoRA from the LoRA panel (e.g. `<lora:{example}:1>`)."
+    )
+
+
+def create_demo_models(services: Any) -> str:
+    """``demo_model_steps`` run to the end: its last line."""
+    *_, last = demo_model_steps(services)
+    return last
 
 
 def download_default(services: Any, name: str, progress: Any) -> str:
@@ -95,16 +120,17 @@ def build(services: Any, on_change: tuple[Any, Any]) -> None:
         )
         fetch = gr.Button("Download")
         fetch_t5 = gr.Button("Download the T5 tokenizer (SD3)")
-    message = gr.Markdown()
+    message = gr.Markdown(elem_id="models_message")
 
     def after():
         choices = refresh_choices()  # rescans the models folder once, for the table too
         return model_rows(services), choices
 
     rescan.click(after, outputs=[table, checkpoint_dropdown])
-    demo.click(lambda: create_demo_models(services), outputs=message).then(
-        after, outputs=[table, checkpoint_dropdown]
-    )
+    def demo_steps() -> Iterator[str]:
+        yield from demo_model_steps(services)
+
+    demo.click(demo_steps, outputs=message).then(after, outputs=[table, checkpoint_dropdown])
     fetch.click(
         lambda n, progress=gr.Progress(): download_default(services, n, progress), inputs=default, outputs=message
     ).then(after, outputs=[table, checkpoint_dropdown])
