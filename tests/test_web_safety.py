@@ -191,6 +191,11 @@ def test_a_cross_site_request_changes_nothing(app_url, client, sender):
     assert set((root / "cache").rglob("*")) == uploads  # nothing was uploaded
 
 
+def test_another_sites_page_cannot_log_the_user_out_with_an_image_tag(client):
+    r = _count(client.get("/logout", headers={"Referer": "http://evil.example/page.html"}, follow_redirects=False))
+    assert r.status_code == 403
+
+
 def test_a_foreign_origin_cannot_read_either(app_url, client):
     r = _count(client.get("/config", headers={"Origin": "http://evil.example"}))
     assert r.status_code == 403 and "access-control-allow-origin" not in r.headers

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+STATE_CHANGING_GETS = frozenset({"/logout", "/logout/"})  # Gradio logs out on a GET: an <img> could do it
 
 
 def split_host(value: str) -> tuple[str, str]:
@@ -162,7 +163,11 @@ def refusal(scope: dict, policy: SitePolicy) -> tuple[int, str] | None:
             " name, start it with --allowed-hosts NAME"
         )
     origin = headers.get(b"origin")
-    changing = scope["type"] == "websocket" or scope.get("method", "GET") in STATE_CHANGING
+    changing = (
+        scope["type"] == "websocket"
+        or scope.get("method", "GET") in STATE_CHANGING
+        or scope.get("path") in STATE_CHANGING_GETS
+    )
     if origin is not None:
         if not policy.origin_ok(origin, host):
             return 403, (
