@@ -17,6 +17,7 @@ from webui.generation.samplers import (
     SamplerSpec,
     SamplerTable,
     ScheduleType,
+    UnknownSampler,
     samplers_json,
     schedulers_json,
 )
@@ -43,7 +44,22 @@ NOISE_SAMPLERS = [
     "LCM",
     "DEIS",
 ]
-FLOW_SAMPLERS = ["Euler", "Heun", "DPM++ 2M", "UniPC", "DEIS"]
+FLOW_SAMPLERS = ["Euler", "Heun", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE", "UniPC", "DEIS"]
+SCHEDULES = [
+    "Automatic",
+    "Uniform",
+    "Karras",
+    "Exponential",
+    "Polyexponential",
+    "SGM Uniform",
+    "KL Optimal",
+    "Align Your Steps",
+    "Simple",
+    "Normal",
+    "DDIM",
+    "Beta",
+]
+NOT_FLOW = [name for name in SCHEDULES if name != "Align Your Steps"]
 # KDPM2's constructor triggers thousands of these (numpy 2 on torch tensors); recording them is slow.
 _NUMPY_WRAP = pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning")
 _SDE_RANGE = pytest.mark.filterwarnings("ignore:Should have ta>=t0:UserWarning")  # torchsde, last step
@@ -72,20 +88,7 @@ def test_sampler_names_follow_a1111_order(table):
 
 
 def test_schedule_names_follow_a1111_order(table):
-    assert table.schedule_names() == [
-        "Automatic",
-        "Uniform",
-        "Karras",
-        "Exponential",
-        "Polyexponential",
-        "SGM Uniform",
-        "KL Optimal",
-        "Align Your Steps",
-        "Simple",
-        "Normal",
-        "DDIM",
-        "Beta",
-    ]
+    assert table.schedule_names() == SCHEDULES
 
 
 # --- validity per family -------------------------------------------------------------------------
@@ -100,9 +103,9 @@ def test_schedule_names_follow_a1111_order(table):
         ("sdxl", "img2img", NOISE_SAMPLERS),
         ("sdxl_refiner", "img2img", NOISE_SAMPLERS),
         ("sd3", "txt2img", FLOW_SAMPLERS),
-        ("sd3", "img2img", ["Euler", "Heun"]),
-        ("sd3", "inpaint", ["Euler", "Heun"]),
-        ("sd35_medium", "img2img", ["Euler", "Heun"]),
+        ("sd3", "img2img", FLOW_SAMPLERS),  # the multistep solvers get scale_noise from our subclasses
+        ("sd3", "inpaint", FLOW_SAMPLERS),
+        ("sd35_medium", "img2img", FLOW_SAMPLERS),
         ("sd35_large", "txt2img", FLOW_SAMPLERS),
     ],
 )
@@ -113,36 +116,29 @@ def test_samplers_for_family_and_task(table, fid, task, expected):
 @pytest.mark.parametrize(
     ("fid", "sampler", "expected"),
     [
-        ("sd15", "Euler", None),  # every schedule type
-        ("sdxl", "Euler", None),
-        ("sd15", "DPM++ 2M", ["Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Simple", "Normal"]),
-        ("sd15", "Euler a", ["Automatic", "Uniform", "SGM Uniform", "Simple", "Normal", "DDIM"]),
-        ("sd15", "LCM", ["Automatic"]),
-        ("sd3", "Euler", ["Automatic", "Karras", "Exponential", "Beta"]),
-        ("sd3", "Heun", ["Automatic"]),
-        ("sd3", "DPM++ 2M", ["Automatic"]),
+        *[("sd15", name, SCHEDULES) for name in NOISE_SAMPLERS if name not in ("DDIM", "PLMS")],
+        ("sdxl", "Euler a", SCHEDULES),
+        ("sd15", "DDIM", ["Automatic", "Uniform", "SGM Uniform", "Simple", "Normal", "DDIM"]),  # timestep samplers
+        ("sd15", "PLMS", ["Automatic", "Uniform", "SGM Uniform", "Simple", "Normal", "DDIM"]),
+        *[("sd3", name, NOT_FLOW) for name in FLOW_SAMPLERS],  # Align Your Steps has no table for flow models
     ],
 )
 def test_schedules_for_sampler(table, fid, sampler, expected):
-    offered = table.schedules_for(family(fid), sampler)
-    if expected is None:
-        assert offered == table.schedule_names()
-    else:
-        assert offered[: len(expected)] == expected
+    assert table.schedules_for(family(fid), sampler) == expected
 
 
 def test_align_your_steps_is_only_offered_to_the_families_it_was_made_for(table):
     custom = dataclasses.replace(family("sd15"), id="my_sd15_finetune", label="My SD1.5")
     assert "Align Your Steps" in table.schedules_for(family("sd15"), "Euler")
     assert "Align Your Steps" not in table.schedules_for(custom, "Euler")
-    with pytest.raises(SamplerError, match="Align Your Steps.*choose one of: Automatic, Uniform"):
-        table.check(custom, "txt2img", "Euler", "Align Your Steps")
-
-
-def _offered(fid: str) -> list[tuple[str, str]]:
-    table = SamplerTable()
-    fam = family(fid)
-    return [(s, sched) for s in table.samplers_for(fam, "txt2img") for sched in table.schedules_for(fam, s)]
+    choice = table.choose(custom, "txt2img", "Euler", "Align Your Steps")
+    assert choice.schedule.name == "Automatic"
+    assert choice.warnings == (
+        (
+            "Schedule type 'Align Your Steps' does not work with sampler 'Euler' on My SD1.5 (it exists for sd15, sd2, "
+            "sdxl, sdxl_refiner only); Automatic was used (the sampler's own schedule)"
+        ),
+    )
 
 
 @_NUMPY_WRAP
@@ -150,26 +146,24 @@ def _offered(fid: str) -> list[tuple[str, str]]:
 @pytest.mark.parametrize(
     "fid", [pytest.param(f, marks=pytest.mark.slow) if f in _SAME_AS_OTHERS else f for f in FAMILY_IDS]
 )
-def test_every_offered_combination_builds_and_samples(table, fid):
-    """Build every sampler x schedule offered, set 8 steps, and step to the end on random tensors."""
+def test_every_sampler_with_every_schedule_builds_and_samples(table, fid):
+    """Every A1111 sampler name x schedule type (fallbacks included), 3 steps to the end on random tensors."""
     import torch
 
     fam = family(fid)
-    for sampler, schedule in _offered(fid):
-        built = _build(table, fid, sampler, schedule, steps=8, seed=0)
-        scheduler = built.scheduler
-        if "sigmas" in built.call_kwargs:
-            scheduler.set_timesteps(sigmas=built.call_kwargs["sigmas"])
-        else:
-            scheduler.set_timesteps(8)
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(1, fam.latent_channels, 4, 4, generator=gen)
-        step_kw = {"generator": gen} if "generator" in inspect.signature(scheduler.step).parameters else {}
-        for t in scheduler.timesteps:
-            if hasattr(scheduler, "scale_model_input"):
-                x = scheduler.scale_model_input(x, t)
-            x = scheduler.step(torch.randn(x.shape, generator=gen), t, x, **step_kw).prev_sample
-        assert torch.isfinite(x).all(), f"{fid}: {sampler} / {schedule} gave non-finite latents"
+    for sampler in dict.fromkeys(NOISE_SAMPLERS + FLOW_SAMPLERS):
+        for schedule in SCHEDULES:
+            built = _build(table, fid, sampler, schedule, seed=0)
+            scheduler = built.scheduler
+            scheduler.set_timesteps(3)
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(1, fam.latent_channels, 4, 4, generator=gen) * getattr(scheduler, "init_noise_sigma", 1.0)
+            step_kw = {"generator": gen} if "generator" in inspect.signature(scheduler.step).parameters else {}
+            for t in scheduler.timesteps:
+                if hasattr(scheduler, "scale_model_input"):
+                    x = scheduler.scale_model_input(x, t)
+                x = scheduler.step(torch.randn(x.shape, generator=gen) * 0.1, t, x, **step_kw).prev_sample
+            assert torch.isfinite(x).all(), f"{fid}: {sampler} / {schedule} gave non-finite latents"
 
 
 @pytest.mark.parametrize("fid", ["sd3", "sd35_medium", "sd35_large"])
@@ -179,11 +173,10 @@ def test_flow_img2img_samplers_have_scale_noise(table, fid, task):
         assert hasattr(_build(table, fid, sampler, task=task).scheduler, "scale_noise"), sampler
 
 
-def test_flow_txt2img_only_samplers_lack_scale_noise(table):
-    txt2img_only = set(table.samplers_for(family("sd3"), "txt2img")) - set(table.samplers_for(family("sd3"), "img2img"))
-    assert txt2img_only == {"DPM++ 2M", "UniPC", "DEIS"}
-    for sampler in txt2img_only:
-        assert not hasattr(_build(table, "sd3", sampler).scheduler, "scale_noise"), sampler
+def test_flow_txt2img_keeps_the_diffusers_class_when_nothing_needs_ours(table):
+    assert type(_build(table, "sd3", "UniPC").scheduler).__name__ == "UniPCMultistepScheduler"
+    assert type(_build(table, "sd3", "UniPC", task="img2img").scheduler).__name__ == "UniPCSigmas"
+    assert type(_build(table, "sd3", "UniPC", "KL Optimal").scheduler).__name__ == "UniPCSigmas"
 
 
 @pytest.mark.parametrize("sampler", FLOW_SAMPLERS)
@@ -236,11 +229,14 @@ def test_sampler_and_schedule_set_the_config(table, fid, sampler, schedule, expe
         ("DPM++ 2M", "Uniform", "Uniform"),
         ("Euler a", "", "Automatic"),
         ("DDIM", "automatic", "Automatic"),
+        ("Euler a", "Karras", "Karras"),
+        ("DDIM", "Karras", "Automatic"),  # the schedule that ran, not the one asked for
     ],
 )
 def test_built_sampler_records_the_schedule_a1111_writes(table, sampler, schedule, recorded):
     built = _build(table, "sd15", sampler, schedule)
     assert (built.sampler_name, built.schedule) == (sampler, recorded)
+    assert bool(built.warnings) == (schedule == "Karras" and sampler == "DDIM")
 
 
 @pytest.mark.parametrize(
@@ -282,10 +278,16 @@ def test_seed_fixes_the_brownian_noise_of_dpmpp_sde(table):
 # --- custom sigma schedules ----------------------------------------------------------------------
 
 
+def _sigmas(table: SamplerTable, fid: str, sampler: str, schedule: str, steps: int) -> list[float]:
+    scheduler = _build(table, fid, sampler, schedule).scheduler
+    scheduler.set_timesteps(steps)
+    return scheduler.sigmas.tolist()
+
+
 @pytest.mark.parametrize("schedule", ["Polyexponential", "KL Optimal", "Align Your Steps"])
 @pytest.mark.parametrize("fid", ["sd15", "sdxl"])
 def test_custom_sigma_schedules_fall_from_sigma_max_to_zero(table, fid, schedule):
-    sigmas = _build(table, fid, "Euler", schedule, steps=8).call_kwargs["sigmas"]
+    sigmas = _sigmas(table, fid, "Euler", schedule, 8)
     assert len(sigmas) == 9 and sigmas[-1] == 0.0
     assert sigmas[0] == pytest.approx(14.6146, abs=2e-3)
     assert all(a > b for a, b in itertools.pairwise(sigmas))
@@ -295,14 +297,32 @@ def test_custom_sigma_schedules_fall_from_sigma_max_to_zero(table, fid, schedule
     ("fid", "third"), [("sd15", 3.861), ("sdxl", 3.771)]
 )  # NVIDIA's tables differ from the third sigma on
 def test_align_your_steps_uses_the_family_table_at_eleven_steps(table, fid, third):
-    sigmas = _build(table, fid, "Euler", "Align Your Steps", steps=11).call_kwargs["sigmas"]
-    assert len(sigmas) == 12 and sigmas[2] == pytest.approx(third)
+    sigmas = _sigmas(table, fid, "Euler", "Align Your Steps", 11)
+    assert len(sigmas) == 12 and sigmas[2] == pytest.approx(third, rel=1e-5)
     assert sigmas[-2] == pytest.approx(0.0292, abs=1e-4)
 
 
-def test_custom_sigma_schedule_needs_the_step_count(table):
-    with pytest.raises(SamplerError, match="needs the step count"):
-        _build(table, "sd15", "Euler", "KL Optimal")
+def test_euler_a_with_karras_runs_the_karras_sigmas(table):
+    """The schedule reaches the scheduler: k-diffusion's Karras (rho 7) over SD 1.5's own sigma range."""
+    import numpy as np
+
+    built = _build(table, "sd15", "Euler a", "Karras")
+    assert (built.schedule, built.warnings, type(built.scheduler).__name__) == ("Karras", (), "EulerAncestralSigmas")
+    alphas = built.scheduler.alphas_cumprod.double().numpy()
+    lo, hi = ((1 - alphas[0]) / alphas[0]) ** 0.5, ((1 - alphas[-1]) / alphas[-1]) ** 0.5
+    ramp = np.linspace(0, 1, 6)
+    expected = [*((hi ** (1 / 7) + ramp * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7), 0.0]
+    built.scheduler.set_timesteps(6)
+    assert built.scheduler.sigmas.tolist() == pytest.approx(expected, rel=1e-5)  # float32 storage
+    assert built.scheduler.timesteps[0].item() == pytest.approx(999.0, abs=1e-3)
+
+
+def test_the_schedule_follows_the_step_count_the_pipeline_passes(table):
+    """Computed in set_timesteps, so img2img and hires fix get it for their own step count."""
+    scheduler = _build(table, "sd15", "Heun", "KL Optimal").scheduler
+    for steps in (3, 7):
+        scheduler.set_timesteps(steps)
+        assert len(scheduler.timesteps) == 2 * steps - 1  # Heun evaluates every sigma after the first twice
 
 
 # --- resolving names -----------------------------------------------------------------------------
@@ -345,32 +365,61 @@ def test_check_with_an_empty_name_uses_the_family_default(table):
 
 
 @pytest.mark.parametrize(
-    ("fid", "task", "sampler", "schedule", "message"),
+    ("fid", "task", "sampler", "schedule", "ran", "message"),
     [
-        ("sd3", "img2img", "DPM++ 2M", "", "Sampler 'DPM++ 2M' cannot do img2img on SD3 Medium; choose one of: Euler, Heun"),
-        ("sd3", "inpaint", "UniPC", "", "cannot do inpaint on SD3 Medium; choose one of: Euler, Heun"),
-        ("sd3", "txt2img", "Euler a", "", "'Euler a' does not work with SD3 Medium (flow-matching models); choose one"),
-        ("sd15", "txt2img", "Euler a", "Karras", "'Karras' does not work with sampler 'Euler a' on SD 1.5; choose one of: Automatic, Uniform"),
-        ("sd3", "txt2img", "DPM++ 2M", "Karras", "'Karras' does not work with sampler 'DPM++ 2M' on SD3 Medium; choose one of: Automatic"),
-        ("sd3", "txt2img", "Euler", "SGM Uniform", "choose one of: Automatic, Karras, Exponential, Beta"),
-        ("sd15", "txt2img", "Restart", "", "Unknown sampler 'Restart' for SD 1.5; choose one of: DPM++ 2M, DPM++ SDE"),
-        ("sd15", "txt2img", "Euler", "Turbo", "unknown schedule type 'Turbo'; choose one of: Automatic, Uniform"),
-        ("sd15", "txt2vid", "Euler", "", "unknown task 'txt2vid'; choose one of: txt2img, img2img, inpaint"),
+        ("sd15", "txt2img", "Euler a", "Karras", ("Euler a", "Karras"), None),
+        ("sd15", "txt2img", "LCM", "Exponential", ("LCM", "Exponential"), None),
+        ("sd15", "txt2img", "DPM++ 2M", "KL Optimal", ("DPM++ 2M", "KL Optimal"), None),
+        ("sd3", "txt2img", "DPM++ 2M", "Karras", ("DPM++ 2M", "Karras"), None),
+        ("sd3", "img2img", "UniPC", "", ("UniPC", "Automatic"), None),
+        ("sd15", "txt2img", "DDIM", "Karras", ("DDIM", "Automatic"),
+         ("Schedule type 'Karras' does not work with sampler 'DDIM' on SD 1.5 (DDIM steps on its own timesteps, not "
+          "on sigmas; A1111 ignores the schedule type there too); Automatic was used (the sampler's own schedule)")),
+        ("sd15", "img2img", "PLMS", "Align Your Steps", ("PLMS", "Automatic"), "sampler 'PLMS' on SD 1.5 (PLMS steps"),
+        ("sd3", "txt2img", "Euler", "Align Your Steps", ("Euler", "Automatic"),
+         "'Align Your Steps' does not work with sampler 'Euler' on SD3 Medium (it is made for noise-prediction models)"),
+        ("sd3", "txt2img", "Euler a", "Karras", ("Euler", "Karras"),
+         "Sampler 'Euler a' does not work with SD3 Medium (flow-matching models); Euler was used"),
+        ("sd3", "inpaint", "DPM2 a", "", ("Euler", "Automatic"), "Sampler 'DPM2 a' does not work with SD3 Medium"),
+        ("sd15", "txt2img", "DPM++ 2M", "Turbo", ("DPM++ 2M", "Karras"),
+         "Unknown schedule type 'Turbo'; Karras was used (valid: Automatic, Uniform, Karras"),
     ],
 )  # fmt: skip
-def test_invalid_requests_raise_naming_the_valid_choices(table, fid, task, sampler, schedule, message):
+def test_requests_that_cannot_run_as_asked_fall_back_with_a_warning(table, fid, task, sampler, schedule, ran, message):
+    choice = table.choose(family(fid), task, sampler, schedule)
+    assert (choice.spec.name, choice.schedule.name) == ran
+    if message is None:
+        assert choice.warnings == ()
+    else:
+        assert len(choice.warnings) == 1 and message in choice.warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("fid", "task", "sampler", "message"),
+    [
+        ("sd15", "txt2img", "Restart", "Unknown sampler 'Restart' for SD 1.5; choose one of: DPM++ 2M, DPM++ SDE"),
+        ("sd3", "img2img", "DPM fast", "Unknown sampler 'DPM fast' for SD3 Medium; choose one of: Euler, Heun"),
+        ("sd15", "txt2vid", "Euler", "unknown task 'txt2vid'; choose one of: txt2img, img2img, inpaint"),
+    ],
+)  # fmt: skip
+def test_unknown_sampler_names_and_tasks_raise_naming_the_valid_choices(table, fid, task, sampler, message):
     with pytest.raises(SamplerError) as err:
-        table.check(family(fid), task, sampler, schedule)
+        table.check(family(fid), task, sampler)
     assert message in str(err.value)
+    if task != "txt2vid":
+        assert isinstance(err.value, UnknownSampler)
+        assert err.value.valid == table.samplers_for(family(fid), task)
 
 
-def test_build_checks_like_check(table):
-    with pytest.raises(SamplerError, match="cannot do img2img"):
-        _build(table, "sd3", "UniPC", task="img2img")
+def test_build_falls_back_like_choose(table):
+    built = _build(table, "sd3", "Euler a", "Karras", task="img2img")
+    assert (built.sampler_name, built.schedule) == ("Euler", "Karras")
+    assert built.warnings == table.choose(family("sd3"), "img2img", "Euler a", "Karras").warnings
+    assert type(built.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"  # Karras is its own option
 
 
 def test_resolve_unknown_sampler_lists_the_valid_ones(table):
-    with pytest.raises(SamplerError, match="unknown sampler 'DPM fast'; choose one of: DPM\\+\\+ 2M, "):
+    with pytest.raises(UnknownSampler, match="unknown sampler 'DPM fast'; choose one of: DPM\\+\\+ 2M, "):
         table.resolve("DPM fast")
 
 
@@ -398,9 +447,34 @@ def test_extension_flow_sampler_appears_for_flow_families(table):
 def test_extension_schedule_type_is_offered_where_it_fits(table):
     table.register_schedule(ScheduleType("Trailing", "Trailing", ("trailing",), {"timestep_spacing": "trailing"}))
     assert "Trailing" in table.schedules_for(family("sd15"), "Euler")  # Euler takes every noise schedule
-    assert "Trailing" not in table.schedules_for(family("sd15"), "DPM++ 2M")  # its list is fixed
+    assert "Trailing" not in table.schedules_for(family("sd15"), "DPM++ 2M")  # not among its config schedules
     assert "Trailing" not in table.schedules_for(family("sd3"), "Euler")  # noise kind only
     assert _build(table, "sd15", "Euler", "trailing").scheduler.config.timestep_spacing == "trailing"
+    built = _build(table, "sd15", "DPM++ 2M", "trailing")  # no sigma function to fall back on: its own schedule
+    assert built.schedule == "Karras" and "'Trailing' does not work with sampler 'DPM++ 2M'" in built.warnings[0]
+
+
+def test_extension_sigma_schedule_runs_on_every_sampler_that_takes_sigmas(table):
+    def linear(steps, model):  # sigma falling linearly from the model's top to its bottom, then 0
+        return [model.sigma_max + (model.sigma_min - model.sigma_max) * k / max(steps - 1, 1) for k in range(steps)] + [
+            0
+        ]
+
+    table.register_schedule(ScheduleType("Linear", "Linear", ("linear",), {}, ("noise", "flow"), custom_sigmas=linear))
+    assert "Linear" in table.schedules_for(family("sd15"), "Euler a")
+    assert "Linear" not in table.schedules_for(family("sd15"), "DDIM")
+    for fid, sampler, top in (("sd15", "LMS", 14.6146), ("sd3", "DPM++ 2M", 1.0 - 1e-6), ("sd3", "Heun", 1.0)):
+        sigmas = _sigmas(table, fid, sampler, "Linear", 4)
+        assert sigmas[0] == pytest.approx(top, rel=1e-4) and sigmas[-1] == 0.0, (fid, sampler)
+
+
+def test_a_sigma_function_that_breaks_the_contract_is_named(table):
+    table.register_schedule(
+        ScheduleType("Short", "Short", ("short",), {}, custom_sigmas=lambda steps, model: [1.0, 0.0])
+    )
+    scheduler = _build(table, "sd15", "Euler a", "Short").scheduler
+    with pytest.raises(ValueError, match="schedule type 'Short' gave 2 sigmas for 4 steps"):
+        scheduler.set_timesteps(4)
 
 
 @pytest.mark.parametrize(
@@ -473,7 +547,7 @@ def test_samplers_json_matches_a1111_shape(table):
 
 
 def test_samplers_json_for_a_flow_family_and_task(table):
-    assert [item["name"] for item in samplers_json(table, family("sd3"), "img2img")] == ["Euler", "Heun"]
+    assert [item["name"] for item in samplers_json(table, family("sd3"), "img2img")] == FLOW_SAMPLERS
 
 
 def test_schedulers_json_matches_a1111_shape(table):
@@ -503,16 +577,24 @@ def test_importing_the_table_needs_no_torch():
     [
         ("sd15", "txt2img", "DPM++ 2M", ""),
         ("sd15", "txt2img", "Euler", "Align Your Steps"),
+        ("sd15", "txt2img", "Euler a", "Karras"),
         ("sd15", "img2img", "UniPC", ""),
+        ("sd15", "img2img", "Heun", "KL Optimal"),  # second order on custom sigmas, sliced by the strength
+        ("sd15", "img2img", "LCM", "Karras"),
         ("sd15", "inpaint", "Euler a", ""),
+        ("sd15", "inpaint", "DPM2 a", "Polyexponential"),
         ("sdxl", "txt2img", "DPM++ 2M SDE", ""),
         ("sdxl", "img2img", "Euler", "KL Optimal"),
+        ("sdxl", "img2img", "DPM++ SDE", "Align Your Steps"),
         ("sdxl_refiner", "img2img", "DDIM", ""),
         ("sd3", "txt2img", "DPM++ 2M", ""),
         ("sd3", "txt2img", "UniPC", ""),
+        ("sd3", "txt2img", "Heun", "Simple"),
         ("sd3", "img2img", "Euler", ""),
         ("sd3", "img2img", "Euler", "Karras"),
+        ("sd3", "img2img", "UniPC", "SGM Uniform"),  # scale_noise from our subclass
         ("sd3", "inpaint", "Heun", ""),
+        ("sd3", "inpaint", "DPM++ 2M SDE", "KL Optimal"),
         ("sd35_medium", "txt2img", "Euler", "Beta"),
     ],
 )

@@ -46,6 +46,9 @@ class _Job:
     lora_hashes: dict[str, str] = field(default_factory=dict)
     job_id: str = ""
     latest: Latest = field(default_factory=Latest)  # the running batch's newest estimate (for an interrupt)
+    hr_sampler: str = ""  # what the hires pass runs (a fallback may differ from the request)
+    hr_schedule: str = ""
+    warnings: list[str] = field(default_factory=list)  # what could not run as asked, and what ran instead
 
 
 class Engine:
@@ -124,11 +127,13 @@ class Engine:
         if req.sd_vae:
             self._apply_vae(req.sd_vae)
         sampler = req.sampler_name or self.samplers.default_sampler(family)
-        spec, schedule = self._check_sampler(family, req.task, sampler, req.scheduler, "sampler_name")
-        if req.enable_hr and req.hr_sampler_name:
-            self._check_sampler(
-                family, "img2img", req.hr_sampler_name, req.hr_scheduler or schedule.name, "hr_sampler_name"
-            )
+        spec, schedule, warnings = self._check_sampler(family, req.task, sampler, req.scheduler, "sampler_name")
+        hires = (spec, schedule, ())
+        if req.enable_hr and (req.hr_sampler_name or req.hr_scheduler):
+            # A1111: "use same scheduler" is the schedule type as asked, so another sampler gets its own Automatic
+            hr_sampler = req.hr_sampler_name or spec.name
+            hr_schedule = req.hr_scheduler or req.scheduler
+            hires = self._check_sampler(family, "img2img", hr_sampler, hr_schedule, "hr_sampler_name")
         width = req.width or family.default_size[0]
         height = req.height or family.default_size[1]
         if req.task != "txt2img" and not (req.width and req.height):
@@ -155,18 +160,23 @@ class Engine:
             prompt=prompt,
             negative=negative,
             loras=loras,
+            hr_sampler=hires[0].name,
+            hr_schedule=hires[1].name,
+            warnings=list(dict.fromkeys((*warnings, *hires[2]))),
         )
         self._apply_loras(job)
         self._describe_model(job)
         return job
 
     def _check_sampler(self, family: Any, task: str, sampler: str, schedule: str, field_name: str) -> tuple:
+        """(sampler spec, schedule type, warnings) that run; only an unknown sampler name is an error."""
         from webui.generation.samplers import SamplerError
 
         try:
-            return self.samplers.check(family, task, sampler, schedule)
+            choice = self.samplers.choose(family, task, sampler, schedule)
         except SamplerError as exc:
             raise RequestError(field_name, str(exc), listed_choices(exc)) from None
+        return choice.spec, choice.schedule, choice.warnings
 
     def _ensure_model(self, name: str) -> None:
         manager = self.manager
@@ -469,8 +479,8 @@ class Engine:
             "img2img",
             ctx,
             n=len(batch),
-            sampler=req.hr_sampler_name,
-            schedule=req.hr_scheduler,
+            sampler=job.hr_sampler,
+            schedule=job.hr_schedule,
             prompt=extract_text(req.hr_prompt) if req.hr_prompt else None,
             negative=extract_text(req.hr_negative_prompt) if req.hr_negative_prompt else None,
             steps=steps,

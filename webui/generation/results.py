@@ -79,6 +79,7 @@ def infotext(job: Any, req: GenerationRequest, seed: int, subseed: int, extra: d
 
     if extra:
         req = req.replace(extra_generation_params={**req.extra_generation_params, **extra})
+    req = _hires_as_run(job, req)
     return infotext_for(
         req,
         req.prompt,
@@ -96,6 +97,15 @@ def infotext(job: Any, req: GenerationRequest, seed: int, subseed: int, extra: d
         vae_name=job.vae_name,
         lora_hashes=job.lora_hashes,
     )
+
+
+def _hires_as_run(job: Any, req: GenerationRequest) -> GenerationRequest:
+    """The request with the hires sampler and schedule type that ran (a fallback changes them)."""
+    sampler, schedule = getattr(job, "hr_sampler", ""), getattr(job, "hr_schedule", "")
+    if not req.enable_hr or not (req.hr_sampler_name or req.hr_scheduler) or not sampler:
+        return req
+    same = sampler == job.sampler and not req.hr_sampler_name
+    return req.replace(hr_sampler_name="" if same else sampler, hr_scheduler=schedule)
 
 
 def _image_hook(hooks: Any, job: Any, image: Any, index: int, seed: int) -> Any:
@@ -165,4 +175,5 @@ def info(job: Any, seeds: list[int], infotexts: list[str], inpainting: bool = Fa
         "is_using_inpainting_conditioning": inpainting,
         "family": job.family.id,
         "version": "",
+        **({"warnings": list(job.warnings)} if getattr(job, "warnings", None) else {}),
     }
