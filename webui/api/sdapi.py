@@ -203,6 +203,8 @@ class SdApi:
     def _respond(self, job: Any, call: convert.ApiCall) -> dict[str, Any]:
         if job.state == "failed":
             raise _failure(job)
+        if job.stop_reason:  # the app stopped it (the job time budget): the client is told why
+            call.warnings.append(job.stop_reason)
         info = convert.build_info(call, job.result, self.version, self._model_info())
         return convert.build_response(call, job.result, info)
 
