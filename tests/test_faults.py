@@ -120,6 +120,19 @@ def test_nan_decode_is_never_saved_as_a_black_image(env):
     assert np.array_equal(np.asarray(after.result.images[0]), env.reference)
 
 
+@pytest.mark.parametrize(("dtype", "precision_hint"), [("float32", False), ("float16", True), ("bfloat16", True)])
+def test_a_nan_from_the_sampler_names_precision_only_when_it_can_be_the_cause(dtype, precision_hint):
+    """Issue 12: an overflowing prompt failed as "Try fp32 or bf16 precision" although the run was fp32."""
+    from types import SimpleNamespace
+
+    from webui.generation.passes import nan_message
+
+    pipe = SimpleNamespace(unet=SimpleNamespace(dtype=getattr(torch, dtype)))
+    message = nan_message(pipe)
+    assert "NaN" in message and "weights" in message
+    assert ("--precision" in message) is precision_hint
+
+
 def test_nan_decode_in_half_precision_is_retried_in_fp32(env):
     pipe = env.services.manager.loaded.pipeline
     pipe.vae.to(torch.float16)

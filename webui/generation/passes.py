@@ -185,12 +185,27 @@ def decode_guarded(pipe: Any, latents: Any) -> list[Any]:
     try:
         return decode_latents(pipe, latents)
     except NonFiniteLatentsError:
-        raise JobFailed(
-            "The sampler produced NaN values (a numeric overflow in the model), so there is no image to save. "
-            "Try fp32 or bf16 precision (--precision), another sampler, or a lower CFG scale."
-        ) from None
+        raise JobFailed(nan_message(pipe)) from None
     except VaeDecodeError as exc:
         raise JobFailed(f"The VAE could not decode this image even in fp32 ({exc}); pick another VAE.") from None
+
+
+def nan_message(pipe: Any) -> str:
+    """What to try when the sampler gave NaN: precision only when the model does not already run in fp32."""
+    import torch
+
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    dtype = getattr(denoiser, "dtype", None)
+    said = "The sampler produced NaN values (a numeric overflow in the model), so there is no image to save. "
+    if dtype is None or dtype == torch.float32:
+        return said + (
+            "The model already runs in fp32, so the precision is not the cause: lower the prompt's attention"
+            " or LoRA weights, the CFG scale, or try another sampler."
+        )
+    return said + (
+        f"The model runs in {str(dtype).removeprefix('torch.')}: try fp32 or bf16 precision (--precision),"
+        " lower prompt or LoRA weights, another sampler, or a lower CFG scale."
+    )
 
 
 def upscale_latents(latents: Any, width: int, height: int, upscaler: str) -> Any:
