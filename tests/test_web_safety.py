@@ -49,9 +49,8 @@ def _count(response: httpx.Response, **figures: int) -> httpx.Response:
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    from webui.app import build_server
-
     from tests.lora_files import write_kohya_unet_family
+    from webui.app import build_server
     from webui.models.demo import build_tiny_pipeline
 
     root = tmp_path_factory.mktemp("web")

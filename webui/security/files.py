@@ -29,7 +29,8 @@ def is_remote_target(target: str) -> bool:
     return bool(_REMOTE.match(target))
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def is_inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, with symlinks and ``..`` resolved, lies in ``folder`` (False when it cannot be resolved)."""
     try:
         path.resolve().relative_to(folder.resolve())
     except (ValueError, OSError):
@@ -60,7 +61,7 @@ def gradio_file_options(paths: Any, settings: Any = None, base: Path | None = No
     from gradio.utils import get_upload_folder
 
     keep = [Path(get_upload_folder()), Path(paths.outputs)]
-    blocked = [p for p in private_paths(paths, settings, base) if not any(_inside(k, p) for k in keep)]
+    blocked = [p for p in private_paths(paths, settings, base) if not any(is_inside(k, p) for k in keep)]
     return {"allowed_paths": [], "blocked_paths": [str(p) for p in blocked], "max_file_size": MAX_UPLOAD_SIZE}
 
 

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from webui.security.files import is_inside
 from webui.security.site_guard import send_json_error
 
 PREFIX = "/gradio_api/"
@@ -59,14 +60,6 @@ def file_refs(value: Any) -> list[str]:
     return found
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-    except (ValueError, OSError):
-        return False
-    return True
-
-
 def file_problem(path: str, upload_root: Path) -> str:
     """ "" for a reference to an uploaded image, else why the event may not use it."""
     from webui.security.images import image_file_problem
@@ -75,7 +68,7 @@ def file_problem(path: str, upload_root: Path) -> str:
         return "names no file; upload the image instead"
     if _URL_LIKE.match(path) and not re.match(r"^[a-z]:[\\/]", path, re.IGNORECASE):
         return "files are not fetched from a URL; upload the image instead"
-    if "\x00" in path or not _inside(Path(path), upload_root):
+    if "\x00" in path or not is_inside(Path(path), upload_root):
         return "names a file that was not uploaded to this app; upload the image instead"
     return image_file_problem(path)
 

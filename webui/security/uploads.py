@@ -26,20 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from webui.security.files import is_inside
 from webui.security.site_guard import send_json_error
 
 log = logging.getLogger(__name__)
 
 UPLOAD_PATHS = ("/gradio_api/upload", "/gradio_api/upload/")
 UPLOADS_SUBFOLDER = "uploads"
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-    except (ValueError, OSError):
-        return False
-    return True
 
 
 def _size(folder: Path) -> int:
@@ -108,7 +101,7 @@ def _check_and_move(paths: list[Any], store: UploadStore, blocks: Any) -> tuple[
         problem = f"{len(files)} files at once; upload at most {store.max_files} images at a time"
     else:
         for path in files:
-            if not _inside(path, Path(store.upload_root)):
+            if not is_inside(path, Path(store.upload_root)):
                 problem = "the upload could not be stored"
                 break
             found = image_file_problem(path)
