@@ -20,40 +20,9 @@ from PIL import Image
 
 from tests.api_server import serve_api
 from tests.app_services import tmp_services
+from tests.test_samplers import NOISE_SAMPLERS, SCHEDULES  # A1111's names, written out once
 from webui.models.demo import demo_checkpoint_name, write_demo_models
 
-NOISE_SAMPLERS = [
-    "DPM++ 2M",
-    "DPM++ SDE",
-    "DPM++ 2M SDE",
-    "DPM++ 2M SDE Heun",
-    "DPM++ 3M SDE",
-    "Euler a",
-    "Euler",
-    "LMS",
-    "Heun",
-    "DPM2",
-    "DPM2 a",
-    "DDIM",
-    "PLMS",
-    "UniPC",
-    "LCM",
-    "DEIS",
-]
-SCHEDULES = [
-    "Automatic",
-    "Uniform",
-    "Karras",
-    "Exponential",
-    "Polyexponential",
-    "SGM Uniform",
-    "KL Optimal",
-    "Align Your Steps",
-    "Simple",
-    "Normal",
-    "DDIM",
-    "Beta",
-]
 # A1111 1.10 writes "Automatic" as the sampler's own schedule for these
 OWN = {"DPM++ 2M": "Karras", "DPM++ SDE": "Karras", "DPM2": "Karras", "DPM2 a": "Karras"}
 OWN |= dict.fromkeys(("DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE"), "Exponential")
