@@ -29,7 +29,7 @@ class JobBar:
 
             task = getattr(job.request, "task", "job")
             self.bar = tqdm(
-                total=None, desc=f"{task} {job.number}", unit="step", file=stream, leave=True, dynamic_ncols=True
+                total=None, desc=f"{task} {job.number}", unit="step", file=stream, leave=True
             )
 
     def update(self, progress: Any) -> None:
