@@ -2,7 +2,9 @@
 
 Loads go through ``services.generation.call`` (the worker thread owns the device), inside
 generators that first yield "Loading ..." so the page stays responsive; a failed load says why.
-After a switch ``page.follow_model`` updates every tab (samplers, size presets, defaults).
+The status line stays one line; the load's memory/speed notes go to the folded "Model details".
+After a switch ``page.follow_model`` updates every tab (samplers, size presets); the user's steps,
+CFG, size and sampler stay, only what the new family cannot use changes (A1111).
 The checkpoint and VAE shown here also travel with each request from this page, so what a
 browser tab shows is what it generates with, even when another tab switched the model.
 """
