@@ -45,14 +45,14 @@ def test_settings_apply_live_persist_and_reset(page, app, restore_settings):
     assert app.services.writer.filename_pattern == "[seed]"
 
     set_text(page, "setting_filename_pattern", "[seed]-[prompt_words]")
-    set_number(page, "setting_port", 7999)
+    page.locator("#setting_vae_precision").get_by_label("fp32").check()  # the port is not on the page any more
     apply(page)
     result = page.locator("#settings_result")
     expect(result).to_contain_text("Applied now: Image file name pattern")
-    expect(result).to_contain_text("Applied after a restart: Port")
+    expect(result).to_contain_text("Applied after a restart: VAE decode precision")
     expect(page.locator("#setting_filename_pattern_error")).to_be_hidden()
     saved = json.loads(config.read_text())
-    assert saved["filename_pattern"] == "[seed]-[prompt_words]" and saved["port"] == 7999
+    assert saved["filename_pattern"] == "[seed]-[prompt_words]" and saved["vae_precision"] == "fp32"
 
     outputs = app.services.paths.outputs / "txt2img-images"
     before = saved_images(outputs)
@@ -67,7 +67,7 @@ def test_settings_apply_live_persist_and_reset(page, app, restore_settings):
     page.locator("#settings_reset").click()
     expect(page.locator("#settings_result")).to_contain_text("Defaults restored")
     expect(text_value(page, "setting_filename_pattern")).to_have_value("[seed]")
-    expect(page.locator("#setting_port input[type=number]")).to_have_value("7860")
+    expect(page.locator("#setting_vae_precision").get_by_label("auto")).to_be_checked()
     assert app.services.writer.filename_pattern == "[seed]"
     assert "filename_pattern" not in json.loads(config.read_text())
 
