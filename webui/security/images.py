@@ -63,8 +63,8 @@ def _open_checked(stream: IO[bytes], max_pixels: int) -> Any:
         raise NotAnImage(f"this is not an image: only {ALLOWED_TEXT} images are accepted")
     try:
         image = Image.open(stream, formats=ALLOWED_FORMATS)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise NotAnImage(f"this is not a readable {ALLOWED_TEXT} image ({type(exc).__name__})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise NotAnImage(f"this is not a readable {ALLOWED_TEXT} image: its data is damaged or cut short") from None
     except Image.DecompressionBombError:
         raise NotAnImage("the image has too many pixels; send a smaller image") from None
     width, height = image.size
@@ -92,8 +92,8 @@ def open_image(source: bytes | str | Path | IO[bytes], max_pixels: int = MAX_PIX
             image.load()
         except Image.DecompressionBombError:
             raise NotAnImage("the image has too many pixels; send a smaller image") from None
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise NotAnImage(f"the image data is damaged or cut short ({type(exc).__name__})") from None
+        except (OSError, ValueError, SyntaxError, EOFError):
+            raise NotAnImage("the image data is damaged or cut short; save or export it again") from None
         return image
     finally:
         if owned:
@@ -114,8 +114,8 @@ def open_lazily(source: bytes | str | Path) -> Any:
         raise NotAnImage(f"this is not an image: only {ALLOWED_TEXT} images are accepted")
     try:
         return Image.open(target, formats=ALLOWED_FORMATS)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise NotAnImage(f"this is not a readable {ALLOWED_TEXT} image ({type(exc).__name__})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise NotAnImage(f"this is not a readable {ALLOWED_TEXT} image: its data is damaged or cut short") from None
 
 
 def image_file_problem(path: str | Path, max_pixels: int = MAX_PIXELS) -> str:
