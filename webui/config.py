@@ -16,6 +16,20 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from webui.config_checks import (
+    SettingsError,
+    check_credentials,
+    check_max_image_size,
+    check_memory_modes,
+    check_origins,
+    check_path,
+    check_port,
+    check_regex,
+    not_negative,
+    one_of,
+    text_problem,
+)
+
 ENV_PREFIX = "WEBUI_"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -23,10 +37,6 @@ VAE_PRECISIONS = ("auto", "fp32")
 CHANNELS_LAST = ("auto", "on", "off")
 SAMPLES_FORMATS = ("png", "jpg", "webp")
 RNG_SOURCES = ("GPU", "CPU")
-
-
-class SettingsError(ValueError):
-    """A setting has a value the app cannot use; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -143,143 +153,33 @@ def _coerce_all(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _coerce(k, v) for k, v in values.items()}
 
 
-def _check_port(value: int) -> str:
-    return "" if 0 < value < 65536 else f"--port must be between 1 and 65535, got {value}"
-
-
-def _check_max_image_size(value: int) -> str:
-    if 64 <= value <= 16384 and value % 8 == 0:
-        return ""
-    return f"max_image_size must be a multiple of 8 between 64 and 16384, got {value}"
-
-
-def _one_of(name: str, choices: tuple[str, ...]) -> Any:
-    def check(value: str) -> str:
-        return "" if value in choices else f"{name} must be one of {', '.join(choices)}, got {value!r}"
-
-    return check
-
-
-def _not_negative(name: str, meaning: str) -> Any:
-    return lambda value: "" if value >= 0 else f"{name} must be {meaning}, got {value}"
-
-
-def _check_memory_modes(value: str) -> str:
-    """Syntax only here (no app imports); the mode names are checked against the registry when applied."""
-    names = [n.strip() for n in value.split(",") if n.strip()]
-    if value.strip().lower() in ("auto", "none", ""):
-        return ""
-    bad = [n for n in names if not n.replace("_", "").isalnum()]
-    if bad:
-        return f"memory_modes must be auto, none or a comma list of mode names, got {bad[0]!r}"
-    return ""
-
-
-def _not_blank(name: str) -> Any:
-    return lambda value: "" if str(value).strip() else f"{name} must not be empty"
-
-
-MAX_PATH_CHARS = 4096
-
-
-def _check_path(name: str, *, optional: bool = False) -> Any:
-    """A folder or file path: not blank (unless ``optional``), not absurdly long (text checks cover NUL bytes)."""
-
-    def check(value: str) -> str:
-        if not value.strip():
-            return "" if optional else f"{name} must not be empty"
-        if len(value) > MAX_PATH_CHARS:
-            return f"{name} is {len(value)} characters long; a path has at most {MAX_PATH_CHARS}"
-        return ""
-
-    return check
-
-
-def text_problem(name: str, value: str) -> str:
-    """ "" when a text setting holds only printable Unicode, else what is wrong (NUL bytes, control characters,
-    lone surrogates: a path with a NUL byte cannot be opened, and the next start would fail on it)."""
-    bad = next((c for c in value if ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF), None)
-    if bad is None:
-        return ""
-    what = "a NUL byte" if bad == "\x00" else f"the control character {bad!r}"
-    if 0xD800 <= ord(bad) <= 0xDFFF:
-        what = "text that is not valid Unicode (a lone surrogate)"
-    return f"{name} contains {what}; type the value again without it"
-
-
-def _check_origins(value: str) -> str:
-    for origin in (o.strip() for o in value.split(",")):
-        if origin and origin != "*" and not origin.startswith(("http://", "https://")):
-            return f"cors_allow_origins: {origin!r} is not an origin; write it like http://localhost:3000"
-    return ""
-
-
-def _check_regex(value: str) -> str:
-    import re
-
-    try:
-        re.compile(value)
-    except re.error as exc:
-        return f"cors_allow_origins_regex is not a regular expression: {exc}"
-    return ""
-
-
-def credential_pairs(text: str) -> list[tuple[str, str]]:
-    """``"user:pass,user2:pass2"`` -> pairs (split at the first ``:``); SettingsError naming the bad entry.
-
-    The message never repeats a password: it names the entry by its position and user name only.
-    """
-    pairs = []
-    for index, item in enumerate(text.split(","), start=1):
-        item = item.strip()
-        if not item:
-            continue
-        user, sep, password = item.partition(":")
-        if not sep or not user.strip() or not password:
-            who = f" (user {user.strip()!r})" if sep and user.strip() else ""
-            raise SettingsError(f"credential {index}{who} must be written user:password with both parts non-empty")
-        pairs.append((user.strip(), password))
-    return pairs
-
-
-def _check_credentials(name: str) -> Any:
-    def check(value: str) -> str:
-        try:
-            credential_pairs(value)
-        except SettingsError as exc:
-            return f"{name}: {exc}"
-        return ""
-
-    return check
-
-
 # setting -> check(value) returning "" when fine, else a message that says what to change.
 FIELD_CHECKS: dict[str, Any] = {
-    "device": _one_of("--device", DEVICES),
-    "precision": _one_of("--precision", PRECISIONS),
-    "vae_precision": _one_of("--vae-precision", VAE_PRECISIONS),
-    "channels_last": _one_of("--channels-last", CHANNELS_LAST),
-    "prompt_cache_size": _not_negative("prompt_cache_size", "0 (off) or more"),
-    "port": _check_port,
-    "ram_cache_models": _not_negative("ram_cache_models", "0 or more"),
-    "preview_every": _not_negative("preview_every", "0 (off) or more"),
-    "max_image_size": _check_max_image_size,
+    "device": one_of("--device", DEVICES),
+    "precision": one_of("--precision", PRECISIONS),
+    "vae_precision": one_of("--vae-precision", VAE_PRECISIONS),
+    "channels_last": one_of("--channels-last", CHANNELS_LAST),
+    "prompt_cache_size": not_negative("prompt_cache_size", "0 (off) or more"),
+    "port": check_port,
+    "ram_cache_models": not_negative("ram_cache_models", "0 or more"),
+    "preview_every": not_negative("preview_every", "0 (off) or more"),
+    "max_image_size": check_max_image_size,
     "max_steps": lambda value: "" if value >= 1 else f"max_steps must be 1 or more, got {value}",
-    "samples_format": _one_of("samples_format", SAMPLES_FORMATS),
-    "default_rng": _one_of("default_rng", RNG_SOURCES),
-    "memory_modes": _check_memory_modes,
-    "models_dir": _check_path("models_dir"),
-    "outputs_dir": _check_path("outputs_dir"),
-    "extensions_dir": _check_path("extensions_dir"),
-    "cache_dir": _check_path("cache_dir"),
-    "config_file": _check_path("config_file"),
-    "auth_file": _check_path("auth_file", optional=True),
-    "t5_tokenizer_dir": _check_path("t5_tokenizer_dir"),
-    "cors_allow_origins": _check_origins,
-    "cors_allow_origins_regex": _check_regex,
-    "job_timeout": _not_negative("job_timeout", "0 (no limit) or more seconds"),
-    "auth": _check_credentials("--auth"),
-    "api_auth": _check_credentials("--api-auth"),
+    "samples_format": one_of("samples_format", SAMPLES_FORMATS),
+    "default_rng": one_of("default_rng", RNG_SOURCES),
+    "memory_modes": check_memory_modes,
+    "models_dir": check_path("models_dir"),
+    "outputs_dir": check_path("outputs_dir"),
+    "extensions_dir": check_path("extensions_dir"),
+    "cache_dir": check_path("cache_dir"),
+    "config_file": check_path("config_file"),
+    "auth_file": check_path("auth_file", optional=True),
+    "t5_tokenizer_dir": check_path("t5_tokenizer_dir"),
+    "cors_allow_origins": check_origins,
+    "cors_allow_origins_regex": check_regex,
+    "job_timeout": not_negative("job_timeout", "0 (no limit) or more seconds"),
+    "auth": check_credentials("--auth"),
+    "api_auth": check_credentials("--api-auth"),
 }
 
 

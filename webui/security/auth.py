@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from webui.config import Settings, SettingsError, credential_pairs
+from webui.config import Settings, SettingsError
+from webui.config_checks import credential_pairs
 
 log = logging.getLogger(__name__)
 
