@@ -207,3 +207,19 @@ def test_each_upload_request_is_bounded_and_each_upload_gets_its_own_folder(tmp_
         first, second = (Path(p) for p in r.json())
         assert first.parents[1].name == second.parents[1].name == UPLOADS_SUBFOLDER
         assert first.parent != second.parent and first.exists() and second.exists()
+
+
+def test_the_same_image_uploaded_twice_at_once_gives_each_request_a_copy_of_its_own(tmp_path):
+    """Gradio stores identical uploads at one path; the inpaint editor sends its unchanged layer again and
+    again, so the second request used to find the file already moved away (a flaky inpaint test)."""
+    from webui.security.uploads import UploadStore, _check_and_move
+
+    store = UploadStore(tmp_path)
+    stored = tmp_path / "3f2a" / "layer_0.png"  # Gradio's folder named after the bytes
+    stored.parent.mkdir()
+    stored.write_bytes(_png_bytes("white"))
+    first, problem = _check_and_move([str(stored)], store, None)
+    assert problem == "" and not stored.exists()
+    second, problem = _check_and_move([str(stored)], store, None)  # the second request, same path, now gone
+    assert problem == "", problem
+    assert first != second and Path(first[0]).read_bytes() == Path(second[0]).read_bytes() == _png_bytes("white")

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import shutil
+import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +40,16 @@ UPLOADS_SUBFOLDER = "uploads"
 
 def _size(folder: Path) -> int:
     total = 0
-    for item in folder.rglob("*"):
-        try:
-            if item.is_file() and not item.is_symlink():
-                total += item.stat().st_size
-        except OSError:
-            continue
+    for parent, _, names in os.walk(folder):  # os.walk skips what vanishes while it reads
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(parent, name)).st_size
+            except OSError:
+                continue
     return total
+
+
+RECENT_SECONDS = 120.0  # how long a moved upload is remembered for an identical upload still in flight
 
 
 @dataclass
@@ -55,6 +61,9 @@ class UploadStore:
     max_entries: int = 200
     max_bytes: int = 2 * 1024**3
     max_age: float = 24 * 3600.0
+    # One upload is checked and moved at a time; ``_recent`` maps a file Gradio stored to where it went.
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _recent: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
 
     @property
     def folder(self) -> Path:
@@ -65,6 +74,24 @@ class UploadStore:
         folder = self.folder / secrets.token_hex(16)
         folder.mkdir(parents=True, exist_ok=False)
         return folder / name
+
+    def source_of(self, stored: Path) -> Path:
+        """The file to check and keep for what Gradio stored at ``stored``.
+
+        Gradio names its folder after the bytes: the same image uploaded twice at once (the inpaint
+        editor sends its unchanged layer again) lands on the same path, and the first request has moved
+        it away by the time the second looks. The second then takes a copy of the first's result.
+        """
+        if stored.exists():
+            return stored
+        now = time.monotonic()
+        while self._recent and next(iter(self._recent.values()))[0] < now - RECENT_SECONDS:
+            self._recent.popitem(last=False)
+        return Path(self._recent.get(str(stored), (0.0, str(stored)))[1])
+
+    def remember(self, stored: Path, kept: Path) -> None:
+        self._recent[str(stored)] = (time.monotonic(), str(kept))
+        self._recent.move_to_end(str(stored))
 
     def prune(self, now: float | None = None) -> int:
         """Remove uploads past their age, then the oldest beyond the count and size bounds; return how many."""
@@ -90,44 +117,49 @@ class UploadStore:
 
 
 def _check_and_move(paths: list[Any], store: UploadStore, blocks: Any) -> tuple[list[str] | None, str]:
-    """(new paths, "") once every file is a good image moved to its own folder, else (None, why not)."""
+    """(new paths, "") once every file is a good image with a folder of its own, else (None, why not)."""
+    with store._lock:
+        files = [Path(p) for p in paths if isinstance(p, str)]
+        problem = _problem(files, len(paths), store)
+        if problem:
+            for path in files:
+                _forget(path, blocks)
+            return None, problem
+        kept = []
+        for path in files:
+            target = store.new_home(path.name)
+            _keep(store.source_of(path), target)
+            store.remember(path, target)
+            _forget(path, blocks)
+            if blocks is not None:
+                blocks.upload_file_set.add(str(target))
+            kept.append(str(target))
+        store.prune()
+        return kept, ""
+
+
+def _problem(files: list[Path], sent: int, store: UploadStore) -> str:
     from webui.security.images import image_file_problem
 
-    files = [Path(p) for p in paths if isinstance(p, str)]
-    problem = ""
-    if len(files) != len(paths):
-        problem = "the upload could not be read"
-    elif len(files) > store.max_files:
-        problem = f"{len(files)} files at once; upload at most {store.max_files} images at a time"
-    else:
-        for path in files:
-            if not is_inside(path, Path(store.upload_root)):
-                problem = "the upload could not be stored"
-                break
-            found = image_file_problem(path)
-            if found:
-                problem = f"{path.name}: {found}"
-                break
-    if problem:
-        for path in files:
-            _forget(path, blocks)
-        return None, problem
-    moved = []
+    if len(files) != sent:
+        return "the upload could not be read"
+    if len(files) > store.max_files:
+        return f"{len(files)} files at once; upload at most {store.max_files} images at a time"
     for path in files:
-        target = store.new_home(path.name)
-        try:
-            path.replace(target)
-        except OSError:  # the same bytes uploaded twice at once share Gradio's folder: one move wins
-            shutil.rmtree(target.parent, ignore_errors=True)
-            for other in files:
-                _forget(other, blocks)
-            return None, "the upload could not be stored; upload the image again"
-        _forget(path, blocks)
-        if blocks is not None:
-            blocks.upload_file_set.add(str(target))
-        moved.append(str(target))
-    store.prune()
-    return moved, ""
+        if not is_inside(path, Path(store.upload_root)):
+            return "the upload could not be stored"
+        found = image_file_problem(store.source_of(path))
+        if found:
+            return f"{path.name}: {found}"
+    return ""
+
+
+def _keep(source: Path, target: Path) -> None:
+    """``target`` becomes a file of its own with ``source``'s bytes (a hard link where the disk allows)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _forget(path: Path, blocks: Any) -> None:
