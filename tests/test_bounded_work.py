@@ -223,3 +223,28 @@ def test_the_same_image_uploaded_twice_at_once_gives_each_request_a_copy_of_its_
     second, problem = _check_and_move([str(stored)], store, None)  # the second request, same path, now gone
     assert problem == "", problem
     assert first != second and Path(first[0]).read_bytes() == Path(second[0]).read_bytes() == _png_bytes("white")
+
+
+def test_keeping_an_upload_leaves_gradios_folder_for_a_request_still_renaming_into_it(tmp_path):
+    """Two requests with the same bytes share Gradio's content-named folder; the first used to remove
+    it, the second's rename then failed after its answer and the inpaint page waited for ever."""
+    from webui.security.uploads import EMPTY_FOLDER_SECONDS, UploadStore, _check_and_move
+
+    store = UploadStore(tmp_path)
+    stored = tmp_path / "3f2a" / "layer_0.png"
+    stored.parent.mkdir()
+    stored.write_bytes(_png_bytes("white"))
+    kept, problem = _check_and_move([str(stored)], store, None)
+    assert problem == "" and stored.parent.is_dir() and not stored.exists()
+    os.rename(_write(tmp_path / "tmp-second", _png_bytes("white")), stored)  # the second request's rename
+    assert stored.exists()
+    old = time.time() - EMPTY_FOLDER_SECONDS - 1
+    stored.unlink()
+    os.utime(stored.parent, (old, old))
+    store.prune()
+    assert not stored.parent.exists() and Path(kept[0]).exists()  # old and empty: swept; the kept file stays
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

@@ -50,6 +50,7 @@ def _size(folder: Path) -> int:
 
 
 RECENT_SECONDS = 120.0  # how long a moved upload is remembered for an identical upload still in flight
+EMPTY_FOLDER_SECONDS = 600.0  # Gradio's empty content-named folders are swept once this old
 
 
 @dataclass
@@ -94,8 +95,12 @@ class UploadStore:
         self._recent.move_to_end(str(stored))
 
     def prune(self, now: float | None = None) -> int:
-        """Remove uploads past their age, then the oldest beyond the count and size bounds; return how many."""
+        """Remove uploads past their age, then the oldest beyond the count and size bounds; return how many.
+
+        Empty content-named folders Gradio left (see ``_forget``) go too once they are old.
+        """
         now = time.time() if now is None else now
+        self._sweep_empty_folders(now)
         try:
             entries = sorted(
                 ((p.stat().st_mtime, p) for p in self.folder.iterdir() if p.is_dir() and not p.is_symlink()),
@@ -114,6 +119,19 @@ class UploadStore:
             total -= sizes[path]
             removed += 1
         return removed
+
+
+    def _sweep_empty_folders(self, now: float) -> None:
+        try:
+            folders = [p for p in Path(self.upload_root).iterdir() if p.name != UPLOADS_SUBFOLDER]
+        except OSError:
+            return
+        for folder in folders:
+            try:
+                if folder.is_dir() and not folder.is_symlink() and folder.stat().st_mtime < now - EMPTY_FOLDER_SECONDS:
+                    folder.rmdir()  # only when empty
+            except OSError:
+                continue
 
 
 def _check_and_move(paths: list[Any], store: UploadStore, blocks: Any) -> tuple[list[str] | None, str]:
@@ -163,14 +181,19 @@ def _keep(source: Path, target: Path) -> None:
 
 
 def _forget(path: Path, blocks: Any) -> None:
-    """Delete a file Gradio stored (and its content-named folder when empty) and drop it from Gradio's record."""
+    """Delete a file Gradio stored and drop it from Gradio's record.
+
+    Its content-named folder stays: another request with the same bytes may have made it already and be
+    about to rename its file into it (outside any lock of ours); removing the folder then made Gradio's
+    rename fail, its fallback move raise after the answer, and the page wait for ever. ``prune`` sweeps
+    the empty folders once they are old.
+    """
     if blocks is not None:
         blocks.upload_file_set.discard(str(path))
     try:
         path.unlink(missing_ok=True)
-        path.parent.rmdir()
     except OSError:
-        pass  # the folder holds another upload of the same bytes
+        pass
 
 
 class UploadGuard:
@@ -201,7 +224,13 @@ class UploadGuard:
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
 
-        await self.app(scope, receive, keep)
+        try:
+            await self.app(scope, receive, keep)
+        except Exception:
+            if start.get("status") != 200:
+                raise
+            # Gradio answered, then its background move failed: answer what is there (checked below).
+            log.exception("Gradio's upload raised after answering")
         body = b"".join(chunks)
         if start.get("status") != 200:
             await send({**start, "type": "http.response.start"})
