@@ -251,7 +251,7 @@ def main(argv: list[str]) -> int:
 
     from webui.app import quiet_libraries
     from webui.models.devices import resolve_device
-    from webui.models.families import default_families
+    from webui.families.registry import default_families
     from webui.speed.cpu_features import detect_cpu_features
     from webui.speed.optimize import SpeedTuner
     from webui.speed.prompt_cache import PromptCache

@@ -11,7 +11,7 @@ from webui.generation.service import JobFailed
 from webui.memory.modes import MemoryModeRegistry, register_builtin_modes
 from webui.memory.planner import NO_PLAN
 from webui.models.devices import DeviceChoice
-from webui.models.families import default_families
+from webui.families.registry import default_families
 
 SDXL = default_families().get("sdxl")
 

@@ -11,7 +11,7 @@ import pytest
 from tests import headers as H
 from webui.models.catalog import ModelCatalog
 from webui.models.devices import DeviceChoice
-from webui.models.families import default_families
+from webui.families.registry import default_families
 from webui.models.manager import ModelManager, ModelNotLoadedError
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from webui.generation.preview import latent_rgb_factors, latents_to_preview
-from webui.models.families import default_families
+from webui.families.registry import default_families
 
 FAMILIES = default_families()
 

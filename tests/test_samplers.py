@@ -21,7 +21,7 @@ from webui.generation.samplers import (
     samplers_json,
     schedulers_json,
 )
-from webui.models.families import default_families
+from webui.families.registry import default_families
 from webui.models.ldm_config import scheduler_config
 
 FAMILIES = default_families()
