@@ -213,7 +213,8 @@ def test_prompts_and_negatives_must_pair_up(fresh_tiny_pipe):
 
 
 def test_unknown_family_is_refused(fresh_tiny_pipe):
-    other = dataclasses.replace(_spec("sd15"), id="flux")
+    # A family is its adapter: one whose adapter defines no text conditioning is refused, naming the known ones.
+    other = dataclasses.replace(_spec("sd15"), id="flux", conditioning=None)
     with pytest.raises(ValueError, match="'flux'.*known: sd15"):
         encode_prompts(fresh_tiny_pipe("sd15"), other, ["a"], [""])
 
