@@ -148,3 +148,14 @@ def test_the_loader_gets_the_catalogs_record_and_identifies_nothing_again(tiny_c
         manager.load(entry.name)
         assert manager.loaded.record is entry.record
         assert manager.family.id == entry.family
+
+
+def test_a_file_changed_since_the_scan_is_identified_again(tiny_checkpoint, tmp_path):
+    models = tmp_path / "models"
+    path = models / "Stable-diffusion" / "model.safetensors"
+    path.parent.mkdir(parents=True)
+    shutil.copyfile(tiny_checkpoint("sd15").path, path)
+    catalog, manager = _catalog_and_manager(models, tmp_path)
+    assert catalog.find("model").family == "sd15"
+    shutil.copyfile(tiny_checkpoint("sdxl").path, path)  # replaced after the list was made
+    assert manager.load("model").family == "sdxl"  # the record was stale: the file itself decides

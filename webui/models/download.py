@@ -68,7 +68,7 @@ class DefaultCheckpoint:
 
     name: str  # id used by the UI and the API
     label: str
-    family: str  # a FamilySpec id
+    family: str  # a family id (webui.families)
     url: str
     file_name: str
     size: int | None  # bytes; None when not known for sure

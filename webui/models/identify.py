@@ -64,6 +64,8 @@ class ModelRecord:
     info: Mapping[str, object] = field(default_factory=dict)
     demo: bool = False  # a tiny demo model of ours (safetensors metadata webui.demo)
     error: str | None = None  # why it cannot be used ("name: reason")
+    # (size, mtime_ns) of the file (of model_index.json for a folder) when it was identified; None if unknown
+    stamp: tuple[int, int] | None = None
 
     @property
     def inpaint(self) -> bool:
@@ -92,6 +94,20 @@ def _format(path: Path) -> str:
     return "ckpt" if path.suffix.lower() in PICKLE_SUFFIXES else "safetensors"
 
 
+def stamp_of(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a file, or of a folder's model_index.json; None when there is none."""
+    try:
+        st = (path / "model_index.json").stat() if path.is_dir() else path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def is_current(record: ModelRecord) -> bool:
+    """The file is as it was when ``record`` was made (a record without a stamp is taken as current)."""
+    return record.stamp is None or stamp_of(record.path) == record.stamp
+
+
 def identify(path: Path | str, expect: str | None = None, families: Any = None) -> ModelRecord:
     """The record of a file or diffusers folder; never raises for a bad one (``record.error`` says why).
 
@@ -100,15 +116,17 @@ def identify(path: Path | str, expect: str | None = None, families: Any = None) 
     """
     path = Path(path)
     fmt = "diffusers" if path.is_dir() else _format(path)
+    stamp = stamp_of(path)
     try:
         if fmt == "diffusers":
-            return identify_folder(path, families)
-        if fmt == "ckpt":  # never unpickled while scanning
-            return ModelRecord(path, expect or "checkpoint", fmt, info={"note": PICKLE_NOTE})
-        header = read_header(path)
-        if expect == "checkpoint":
-            return identify_checkpoint(header, families)
-        return identify_header(header, families)
+            record = identify_folder(path, families)
+        elif fmt == "ckpt":  # never unpickled while scanning
+            record = ModelRecord(path, expect or "checkpoint", fmt, info={"note": PICKLE_NOTE})
+        elif expect == "checkpoint":
+            record = identify_checkpoint(read_header(path), families)
+        else:
+            record = identify_header(read_header(path), families)
+        return replace(record, stamp=stamp)
     except ModelFileError as exc:
         return ModelRecord(path, expect or "unknown", fmt, error=str(exc))
     except OSError as exc:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 from webui.families.base import TEXT_ENCODERS, FamilyAdapter
 from webui.families.registry import default_families
 from webui.models.config_folder import t5_tokenizer_files, write_config_folder
-from webui.models.identify import PICKLE_SUFFIXES, ModelRecord, identify, identify_checkpoint
+from webui.models.identify import PICKLE_SUFFIXES, ModelRecord, identify, identify_checkpoint, is_current
 from webui.models.ldm_config import ConfigInferenceError, text_encoder_config
 from webui.models.safetensors_header import ModelFileError, SafetensorsHeader, TensorInfo, read_header
 
@@ -69,7 +69,8 @@ def load_checkpoint(
     checkpoint lacks. ``t5_tokenizer_dir`` holds the T5 tokenizer files; without them SD3
     runs without T5. ``load_kwargs`` come from the memory plan (``text_encoder_3=None`` drops T5).
     ``record``: what the catalog identified ``path`` as (``webui.models.identify``); the loader trusts it
-    and identifies nothing again. Without one, ``path`` is identified here. Raises ``ModelLoadError``.
+    and identifies nothing again (unless the file changed since). Without one, ``path`` is identified
+    here. Raises ``ModelLoadError``.
     """
     path = Path(path)
     families = default_families() if families is None else families
@@ -83,6 +84,9 @@ def load_checkpoint(
         raise ModelLoadError(
             path, f"unknown model file type {suffix!r}; use a .safetensors file, a .ckpt, or a diffusers folder"
         )
+    if record is not None and not is_current(record):
+        log.info("%s changed since it was listed; identifying it again", path.name)
+        record = None
     if record is None:
         record = identify(path, expect="checkpoint", families=families)
     if record.error:
