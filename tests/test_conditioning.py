@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from webui.generation.conditioning import T5_MAX_LENGTH, encode_prompts
 from webui.families.registry import default_families
+from webui.generation.conditioning import T5_MAX_LENGTH, encode_prompts
 
 CPU = torch.device("cpu")
 POOLED = ("pooled_prompt_embeds", "negative_pooled_prompt_embeds")

@@ -137,7 +137,7 @@ def test_the_loader_gets_the_catalogs_record_and_identifies_nothing_again(tiny_c
     (ckpts / "tiny-sd15.safetensors").symlink_to(tiny_checkpoint("sd15").path)
     _folder(models, "xl-folder", tiny_checkpoint("sdxl").pipe)
     catalog, manager = _catalog_and_manager(models, tmp_path)
-    import webui.models.loader as loader
+    from webui.models import loader
 
     def no_second_look(*args, **kwargs):
         raise AssertionError("the loader identified a model the catalog had identified already")

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from tests.tolerance import assert_close
+from webui.families.registry import default_families
 from webui.models.config_folder import write_config_folder
 from webui.models.identify import identify_checkpoint
-from webui.families.registry import default_families
 from webui.models.ldm_config import infer_configs
 from webui.models.loader import ModelLoadError, header_from_state_dict, load_checkpoint
 

@@ -14,8 +14,9 @@ Nothing here imports torch or diffusers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from webui.models.safetensors_header import ModelFileError
 

@@ -5,7 +5,7 @@ Adding a family is one module in this package and one line in ``BUILTIN`` (docs/
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from webui.families import sd2, sd3, sd15, sdxl, sdxl_refiner
 from webui.families.base import NO_MATCH, FamilyAdapter

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from webui.families.base import (
     DM,
@@ -226,7 +227,7 @@ class Sd3Family(FamilyAdapter):
             "tokenizer_3": tiny_t5_tokenizer(),
         }
 
-    tiny_transformer_extra = {}  # what the SD3.5 transformers add (a class attribute, not a field)
+    tiny_transformer_extra: ClassVar[Mapping[str, Any]] = {}  # what the SD3.5 transformers add
 
     def _tiny_transformer(self):
         from diffusers import SD3Transformer2DModel
@@ -251,7 +252,7 @@ class Sd3Family(FamilyAdapter):
 
 
 class Sd35LargeFamily(Sd3Family):
-    tiny_transformer_extra = {"qk_norm": "rms_norm"}
+    tiny_transformer_extra: ClassVar[Mapping[str, Any]] = {"qk_norm": "rms_norm"}
 
     def mmdit_evidence(self, header: Any, prefix: str) -> int:
         return SHAPE if _qk_norm(header, prefix) else NO_MATCH
@@ -264,7 +265,7 @@ class Sd35LargeFamily(Sd3Family):
 
 
 class Sd35MediumFamily(Sd3Family):
-    tiny_transformer_extra = {"qk_norm": "rms_norm", "dual_attention_layers": (0,)}
+    tiny_transformer_extra: ClassVar[Mapping[str, Any]] = {"qk_norm": "rms_norm", "dual_attention_layers": (0,)}
 
     def mmdit_evidence(self, header: Any, prefix: str) -> int:
         return STRUCTURE if _dual_attention(header) else NO_MATCH

@@ -9,7 +9,7 @@ only by ``convert_kohya``.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 QKV, SWAP, PLAIN = "qkv", "swap", "plain"
 _BLOCK = re.compile(r"^lora_unet_joint_blocks_(\d+)_(x_block|context_block)_(.+)$")

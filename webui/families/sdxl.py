@@ -86,7 +86,7 @@ def added_time_ids(folder: Any) -> int | None:
     unet = folder.config("unet")
     adm, per_number = unet.get("projection_class_embeddings_input_dim"), unet.get("addition_time_embed_dim")
     pooled = folder.config("text_encoder_2").get("projection_dim")
-    if _int(adm) and _int(per_number) and _int(pooled) and per_number > 0 and adm > pooled:
+    if _int(adm) and _int(per_number) and _int(pooled) and per_number > 0 and adm > pooled:  # noqa: SIM102
         if (adm - pooled) % per_number == 0:
             return (adm - pooled) // per_number
     return RELEASED_ADM.get(adm) if _int(adm) else None

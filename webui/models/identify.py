@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from webui.families.base import VAE_PREFIX, UnsupportedModelError
 from webui.families.registry import best_match
@@ -84,7 +85,7 @@ class ModelRecord:
         """The error without the leading file name."""
         text = self.error or ""
         head = f"{self.path.name}: "
-        return text[len(head) :] if text.startswith(head) else text
+        return text.removeprefix(head)
 
     def missing_text_encoders(self, wanted: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(te for te in wanted if te not in self.components)

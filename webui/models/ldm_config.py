@@ -12,10 +12,13 @@ Nothing here imports torch or diffusers at import time.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from webui.families.base import TEXT_ENCODERS, VAE_PREFIX, FamilyAdapter
-from webui.families.shapes import ConfigInferenceError, Shapes, count as _count, has_prefix as _has_prefix
+from webui.families.shapes import ConfigInferenceError, Shapes
+from webui.families.shapes import count as _count
+from webui.families.shapes import has_prefix as _has_prefix
 from webui.families.shapes import need as _need
 
 __all__ = ["ConfigInferenceError", "Shapes", "infer_configs", "scheduler_config", "text_encoder_config", "text_slots"]
