@@ -127,7 +127,7 @@ def main(argv: list[str]) -> int:
 
     from webui.models.catalog import ModelCatalog
     from webui.models.devices import resolve_device
-    from webui.models.families import default_families
+    from webui.families.registry import default_families
     from webui.models.manager import ModelManager
 
     from webui.app import quiet_libraries

@@ -250,8 +250,8 @@ def main(argv: list[str]) -> int:
     from bench_models import build_checkpoint
 
     from webui.app import quiet_libraries
+    from webui.families.registry import default_families
     from webui.models.devices import resolve_device
-    from webui.models.families import default_families
     from webui.speed.cpu_features import detect_cpu_features
     from webui.speed.optimize import SpeedTuner
     from webui.speed.prompt_cache import PromptCache

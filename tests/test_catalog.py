@@ -97,7 +97,7 @@ def test_diffusers_folder_entry(tmp_path):
     cat.refresh()
     (entry,) = cat.entries()
     assert (entry.name, entry.format, entry.family) == ("my-sdxl", "diffusers", "sdxl")
-    assert set(entry.detection.components) == {"unet", "vae", "clip_l", "clip_g"}
+    assert set(entry.record.components) == {"unet", "vae", "clip_l", "clip_g"}
 
 
 def test_refresh_sees_new_changed_and_removed_files_and_rereads_only_changed(tmp_path, monkeypatch):
@@ -105,11 +105,11 @@ def test_refresh_sees_new_changed_and_removed_files_and_rereads_only_changed(tmp
     a = H.write_safetensors(ckpts / "a.safetensors", H.SD15)
     cat = ModelCatalog(tmp_path)
     cat.refresh()
-    import webui.models.catalog as catalog_module
+    import webui.models.identify as identify_module  # the catalog's one detector reads the headers
 
     reads = []
-    real = catalog_module.read_header
-    monkeypatch.setattr(catalog_module, "read_header", lambda p: reads.append(p.name) or real(p))
+    real = identify_module.read_header
+    monkeypatch.setattr(identify_module, "read_header", lambda p: reads.append(p.name) or real(p))
     H.write_safetensors(ckpts / "b.safetensors", H.SDXL)
     cat.refresh()
     assert [e.family for e in cat.entries()] == ["sd15", "sdxl"]

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
+from webui.families.registry import default_families
 from webui.generation.conditioning import T5_MAX_LENGTH, encode_prompts
-from webui.models.families import default_families
 
 CPU = torch.device("cpu")
 POOLED = ("pooled_prompt_embeds", "negative_pooled_prompt_embeds")
@@ -213,7 +213,8 @@ def test_prompts_and_negatives_must_pair_up(fresh_tiny_pipe):
 
 
 def test_unknown_family_is_refused(fresh_tiny_pipe):
-    other = dataclasses.replace(_spec("sd15"), id="flux")
+    # A family is its adapter: one whose adapter defines no text conditioning is refused, naming the known ones.
+    other = dataclasses.replace(_spec("sd15"), id="flux", conditioning=None)
     with pytest.raises(ValueError, match="'flux'.*known: sd15"):
         encode_prompts(fresh_tiny_pipe("sd15"), other, ["a"], [""])
 

@@ -5,9 +5,9 @@
 * Hypothesis properties on arbitrary bytes and on structured headers, checked against the
   safetensors library itself: ``read_header`` accepts a file exactly when the library would, and
   otherwise raises ``ModelFileError``, never anything else, within 5 s.
-* Hypothesis on headers made of real key names with random shapes (``identify``,
-  ``detect_checkpoint``, ``inspect_lora``, ``inspect_vae``) and on ``model_index.json``/``config.json``
-  (``detect_diffusers_folder``): only ``ModelFileError`` subclasses escape.
+* Hypothesis on headers made of real key names with random shapes (``identify_header``,
+  ``identify_checkpoint``, ``inspect_lora``, ``inspect_vae``) and on ``model_index.json``/``config.json``
+  (``identify_folder``): only ``ModelFileError`` subclasses escape.
 
 ``WEBUI_FUZZ_EXAMPLES`` sets the examples per property (default 200, what CI runs); the counts go to
 ``$WEBUI_SECURITY_FIGURES`` (``tests.security_figures``), which ``scripts/security_report.py`` sets.
@@ -332,7 +332,7 @@ _VOCAB = sorted({k for shapes in _FILES for k in shapes}) + [
     dtype=st.sampled_from(["F16", "F32", "F8_E4M3", "U8"]),
 )
 def test_fuzz_detection_raises_only_model_file_errors(counts, shapes, dtype):
-    from webui.models.detect import detect_checkpoint, identify
+    from webui.models.identify import identify_checkpoint, identify_header
     from webui.models.lora import inspect_lora
     from webui.models.safetensors_header import SafetensorsHeader, TensorInfo
     from webui.models.vae import inspect_vae
@@ -340,7 +340,7 @@ def test_fuzz_detection_raises_only_model_file_errors(counts, shapes, dtype):
     header = SafetensorsHeader(
         Path("fuzz.safetensors"), {k: TensorInfo(dtype, s, 0, 0) for k, s in shapes.items()}, {}, 0, 0
     )
-    for parse in (identify, detect_checkpoint, inspect_lora, inspect_vae):
+    for parse in (identify_header, identify_checkpoint, inspect_lora, inspect_vae):
         _count(counts, "detection", "inputs")
         try:
             parse(header)
@@ -385,7 +385,7 @@ _CONFIG = st.one_of(
 @FUZZ
 @given(index=_INDEX, config=_CONFIG, broken=st.booleans())
 def test_fuzz_diffusers_folder_detection(tmp_path_factory, counts, index, config, broken):
-    from webui.models.detect import detect_diffusers_folder
+    from webui.models.identify import identify_folder
 
     folder = tmp_path_factory.getbasetemp() / "fuzz-folder"
     for part in ("unet", "transformer"):
@@ -396,7 +396,7 @@ def test_fuzz_diffusers_folder_detection(tmp_path_factory, counts, index, config
     (folder / "model_index.json").write_text(json.dumps(index))
     _count(counts, "diffusers-folder", "inputs")
     try:
-        detect_diffusers_folder(folder)
+        identify_folder(folder)
         _count(counts, "diffusers-folder", "accepted")
     except ModelFileError:
         _count(counts, "diffusers-folder", "refused")

@@ -335,7 +335,7 @@ def test_lora_tag_activates_the_lora_for_this_job_only(services, fresh_tiny_pipe
 
 
 def test_resolution_presets_per_family():
-    from webui.models.families import default_families
+    from webui.families.registry import default_families
 
     for name, fam in default_families().items():
         assert fam.default_size in fam.resolution_presets, name

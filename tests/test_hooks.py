@@ -390,8 +390,8 @@ def examples_host(tmp_path: Path, extra=()) -> ExtensionHost:
 
 
 def test_example_sampler_registers_a_working_sampler_and_a_setting(tmp_path, tiny_sd15):
+    from webui.families.registry import default_families
     from webui.generation.samplers import SamplerTable
-    from webui.models.families import default_families
 
     host = examples_host(tmp_path)
     sd15 = default_families().get("sd15")
@@ -413,8 +413,8 @@ def test_example_sampler_registers_a_working_sampler_and_a_setting(tmp_path, tin
 
 def run_tiny(pipe, host: ExtensionHost):
     """A 2-step 64x64 run with the example's "Euler (trailing)", its step callback going through host.step."""
+    from webui.families.registry import default_families
     from webui.generation.samplers import SamplerTable
-    from webui.models.families import default_families
 
     table = SamplerTable()
     host.register_samplers(table)

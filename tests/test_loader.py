@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from tests.tolerance import assert_close
+from webui.families.registry import default_families
 from webui.models.config_folder import write_config_folder
-from webui.models.detect import detect_checkpoint
-from webui.models.families import default_families
+from webui.models.identify import identify_checkpoint
 from webui.models.ldm_config import infer_configs
 from webui.models.loader import ModelLoadError, header_from_state_dict, load_checkpoint
 
@@ -76,7 +76,7 @@ def test_diffusers_folder_loads_and_generates(tiny_checkpoint, tmp_path, family,
 def test_inpaint_unet_gets_the_inpaint_pipeline(tiny_checkpoint, tmp_path):
     loaded = _load(tiny_checkpoint("sd15", inpaint=True).path, tmp_path)
     assert type(loaded.pipeline).__name__ == "StableDiffusionInpaintPipeline"
-    assert loaded.detection.inpaint and loaded.pipeline.unet.config.in_channels == 9
+    assert loaded.record.inpaint and loaded.pipeline.unet.config.in_channels == 9
 
 
 # --- SD3 text encoders -------------------------------------------------------------------------
@@ -263,7 +263,7 @@ def _infer(family: str, modules: dict) -> dict:
     from webui.models.ldm_export import components_to_original
 
     state = components_to_original(family, modules)
-    detection = detect_checkpoint(header_from_state_dict(Path("x.safetensors"), state))
+    detection = identify_checkpoint(header_from_state_dict(Path("x.safetensors"), state))
     assert detection.family == family
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     return infer_configs(shapes, detection, default_families().get(family))
@@ -385,7 +385,7 @@ def test_sd3_file_without_text_encoders_still_gets_the_standard_configs():
     with torch.device("meta"):
         modules = {"transformer": _real_size_modules()["sd3"]["transformer"]()}
     state = components_to_original("sd3", modules)
-    detection = detect_checkpoint(header_from_state_dict(Path("sd3_medium.safetensors"), state))
+    detection = identify_checkpoint(header_from_state_dict(Path("sd3_medium.safetensors"), state))
     configs = infer_configs({k: tuple(v.shape) for k, v in state.items()}, detection, default_families().get("sd3"))
     assert configs["text_encoder"]["hidden_size"] == 768 and configs["text_encoder"]["projection_dim"] == 768
     assert configs["text_encoder_2"]["hidden_size"] == 1280 and configs["text_encoder_2"]["num_hidden_layers"] == 32
@@ -400,7 +400,7 @@ def test_config_folder_is_cached_by_content_and_written_whole(tiny_checkpoint, t
     from webui.models.safetensors_header import read_header
 
     header = read_header(tiny_checkpoint("sd15").path)
-    detection = detect_checkpoint(header)
+    detection = identify_checkpoint(header)
     family = default_families().get("sd15")
     shapes = {k: t.shape for k, t in header.tensors.items()}
     first = write_config_folder(tmp_path, detection, family, shapes, None)
@@ -410,7 +410,7 @@ def test_config_folder_is_cached_by_content_and_written_whole(tiny_checkpoint, t
     assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]  # no temp folders left
     names = sorted(p.name for p in first.iterdir())
     assert names == ["model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae"]
-    inpaint = detect_checkpoint(read_header(tiny_checkpoint("sd15", inpaint=True).path))
+    inpaint = identify_checkpoint(read_header(tiny_checkpoint("sd15", inpaint=True).path))
     other = write_config_folder(tmp_path, inpaint, family, {**shapes, **_inpaint_shapes(tiny_checkpoint)}, None)
     assert other != first
 

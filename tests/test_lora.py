@@ -17,7 +17,7 @@ from tests.lora_files import (
     write_loha,
     write_shapes,
 )
-from webui.models.families import default_families
+from webui.families.registry import default_families
 from webui.models.lora import LoraError, check_compatible, inspect_lora
 from webui.models.lora_manager import LoraManager, LoraWeight
 from webui.models.safetensors_header import ModelFileError, read_header

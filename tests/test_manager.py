@@ -8,9 +8,9 @@ import weakref
 import pytest
 import torch
 
+from webui.families.registry import default_families
 from webui.models.catalog import ModelCatalog
 from webui.models.devices import DeviceChoice
-from webui.models.families import default_families
 from webui.models.manager import ModelManager
 
 FAMILIES = ("sd15", "sdxl", "sd3")

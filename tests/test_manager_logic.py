@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests import headers as H
+from webui.families.registry import default_families
 from webui.models.catalog import ModelCatalog
 from webui.models.devices import DeviceChoice
-from webui.models.families import default_families
 from webui.models.manager import ModelManager, ModelNotLoadedError
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from webui.families.registry import default_families
 from webui.generation.preview import latent_rgb_factors, latents_to_preview
-from webui.models.families import default_families
 
 FAMILIES = default_families()
 

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from webui.families.registry import default_families
 from webui.generation.samplers import (
     AUTOMATIC,
     SamplerError,
@@ -21,7 +22,6 @@ from webui.generation.samplers import (
     samplers_json,
     schedulers_json,
 )
-from webui.models.families import default_families
 from webui.models.ldm_config import scheduler_config
 
 FAMILIES = default_families()

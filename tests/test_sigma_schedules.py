@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 
+from webui.families.registry import default_families
 from webui.generation import sigma_schedules as sig
 from webui.generation.sigma_schedules import ModelSigmas
-from webui.models.families import default_families
 from webui.models.ldm_config import scheduler_config
 
 SD15 = dict(scheduler_config(default_families().get("sd15")))

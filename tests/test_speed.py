@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from webui.families.registry import default_families
 from webui.generation.conditioning import encode_prompts
 from webui.models.devices import DeviceChoice, DeviceError, resolve_device
-from webui.models.families import default_families
 from webui.speed.compile import compile_denoiser, regions_of, uncompile_denoiser
 from webui.speed.cpu_features import CpuFeatures, detect_cpu_features
 from webui.speed.layout import apply_layout, decide_channels_last, describe_layout, time_resnet

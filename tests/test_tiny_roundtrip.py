@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.tolerance import assert_close
-from webui.models.detect import detect_checkpoint
+from webui.models.identify import identify_checkpoint
 from webui.models.safetensors_header import read_header
 
 # (family, inpaint, expected detected parts, denoiser in_channels)
@@ -61,7 +61,7 @@ def _generate(pipe, family: str, inpaint: bool) -> np.ndarray:
 def test_detect_tiny_checkpoint(tiny_checkpoint, family, inpaint, parts, in_channels):
     ckpt = tiny_checkpoint(family, inpaint)
     header = read_header(ckpt.path)
-    detection = detect_checkpoint(header)
+    detection = identify_checkpoint(header)
     assert (detection.family, set(detection.components), detection.in_channels) == (family, parts, in_channels)
     assert detection.inpaint is inpaint
     assert header.dtypes == {"F32"}
@@ -103,7 +103,7 @@ def test_build_is_deterministic_and_leaves_global_rng_alone():
 def test_sd3_file_without_text_encoders(tiny_checkpoint):
     """Like the official sd3_medium.safetensors: the user supplies the text encoders."""
     ckpt = tiny_checkpoint("sd3", include=("transformer", "vae"))
-    detection = detect_checkpoint(read_header(ckpt.path))
+    detection = identify_checkpoint(read_header(ckpt.path))
     assert (detection.family, set(detection.components)) == ("sd3", {"transformer", "vae"})
     src = ckpt.pipe
     loaded = _load(ckpt, text_encoder=src.text_encoder, text_encoder_2=src.text_encoder_2,
@@ -118,7 +118,7 @@ def test_unet_only_file_keys(tiny_checkpoint):
     header = read_header(ckpt.path)
     assert all(k.startswith("model.diffusion_model.") for k in header.keys())
     assert header.shape("model.diffusion_model.label_emb.0.0.weight") == (4 * 64, 6 * 32 + 128)
-    assert set(detect_checkpoint(header).components) == {"unet"}
+    assert set(identify_checkpoint(header).components) == {"unet"}
 
 
 def test_original_key_layout(tiny_checkpoint):
@@ -194,7 +194,7 @@ def test_write_demo_models(tmp_path):
     assert paths == [tmp_path / "Stable-diffusion" / "demo-sd15-noise.safetensors"]
     header = read_header(paths[0])
     assert header.metadata == {"webui.demo": "true", "modelspec.title": "Demo sd15 (random weights, makes noise)"}
-    assert detect_checkpoint(header).family == "sd15"
+    assert identify_checkpoint(header).family == "sd15"
     stamp = paths[0].stat().st_mtime_ns
     assert write_demo_models(tmp_path, families=("sd15",)) == paths
     assert paths[0].stat().st_mtime_ns == stamp

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from webui.models.families import default_families
+from webui.families.registry import default_families
 from webui.models.ldm_export import vae_to_original
 from webui.models.vae import VaeError, load_vae_override, restore_vae
 

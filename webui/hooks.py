@@ -94,7 +94,7 @@ class SettingSpec:
 @dataclass(frozen=True)
 class ModelLoadedEvent:
     name: str  # checkpoint name as listed in the UI
-    family: str  # family id: "sd15", "sdxl", "sdxl_refiner", "sd3", ...
+    family: str  # family id (webui.families): sd15, sdxl, sdxl_refiner, sd3, ...
     pipeline: Any  # the loaded diffusers pipeline (do not move it between devices)
     path: str = ""
 

@@ -3,7 +3,7 @@
 Diffusers does not parse ``(word:1.3)``; we tokenize with ``prompts.py``, encode each 77-token chunk,
 weight it, and hand the pipeline ``prompt_embeds=`` (and ``pooled_prompt_embeds=``) ourselves.
 
-Per family (``_RECIPES``):
+Per family (its adapter's ``conditioning``, a ``webui.families.base.TextRecipe``):
 
 * SD1.x / SD2.x: one CLIP; ``clip_skip`` n (A1111 meaning, 1 = no skip) takes ``hidden_states[-n]``
   through the encoder's final LayerNorm (n = 1 is ``last_hidden_state``).
@@ -25,11 +25,10 @@ mean over the whole batch, so its result for one prompt depends on the other pro
 
 from __future__ import annotations
 
-from webui.generation.requests import RequestError
-
-from dataclasses import dataclass
 from typing import Any
 
+from webui.families.base import ClipSlot, FamilyAdapter, TextRecipe
+from webui.families.registry import family_ids
 from webui.generation.prompts import (
     CHUNK_LENGTH,
     EMPTY_CHUNK,
@@ -38,74 +37,20 @@ from webui.generation.prompts import (
     parse_prompt_attention,
     tokenize_fragments,
 )
-from webui.models.families import FamilySpec
+from webui.generation.requests import RequestError
 
 T5_MAX_LENGTH = 256  # diffusers' SD3 default max_sequence_length
 
 
-@dataclass(frozen=True)
-class _ClipSlot:
-    """One CLIP text encoder of a pipeline and how its output is read."""
-
-    tokenizer: str  # pipeline attribute names
-    encoder: str
-    # "last": hidden_states[-clip_skip] through final_layer_norm (SD1/SD2);
-    # "penultimate": hidden_states[-(clip_skip + 1)] as is (SDXL, SD3)
-    layer: str
-    pooled: bool  # contributes its projected pooled output
-    required: bool = True  # False: skipped when the pipeline has None there (SDXL refiner's CLIP-L)
+def _recipe(family: FamilyAdapter) -> TextRecipe:
+    recipe = getattr(family, "conditioning", None)
+    if recipe is None:
+        known = ", ".join(family_ids(lambda f: f.conditioning is not None))
+        raise ValueError(f"no text conditioning is defined for model family {family.id!r}; known: {known}")
+    return recipe
 
 
-@dataclass(frozen=True)
-class _Recipe:
-    slots: tuple[_ClipSlot, ...]
-    pooled: bool  # the pipeline takes pooled_prompt_embeds
-    t5: bool  # SD3: T5 tokens (or zeros) appended along the sequence
-    zeros_for_empty_negative: bool  # honour pipe.config.force_zeros_for_empty_prompt
-
-
-_SD = _Recipe(
-    (_ClipSlot("tokenizer", "text_encoder", "last", False),), pooled=False, t5=False, zeros_for_empty_negative=False
-)
-_SDXL = _Recipe(
-    (
-        _ClipSlot("tokenizer", "text_encoder", "penultimate", False, required=False),
-        _ClipSlot("tokenizer_2", "text_encoder_2", "penultimate", True),
-    ),
-    pooled=True,
-    t5=False,
-    zeros_for_empty_negative=True,
-)
-_SD3 = _Recipe(
-    (
-        _ClipSlot("tokenizer", "text_encoder", "penultimate", True),
-        _ClipSlot("tokenizer_2", "text_encoder_2", "penultimate", True),
-    ),
-    pooled=True,
-    t5=True,
-    zeros_for_empty_negative=False,
-)
-_RECIPES: dict[str, _Recipe] = {
-    "sd15": _SD,
-    "sd2": _SD,
-    "sdxl": _SDXL,
-    "sdxl_refiner": _SDXL,
-    "sd3": _SD3,
-    "sd35_medium": _SD3,
-    "sd35_large": _SD3,
-}
-
-
-def _recipe(family: FamilySpec) -> _Recipe:
-    try:
-        return _RECIPES[family.id]
-    except KeyError:
-        raise ValueError(
-            f"no text conditioning is defined for model family {family.id!r}; known: {', '.join(_RECIPES)}"
-        ) from None
-
-
-def _present_slots(pipe: Any, recipe: _Recipe, family_id: str) -> list[_ClipSlot]:
+def _present_slots(pipe: Any, recipe: TextRecipe, family_id: str) -> list[ClipSlot]:
     slots = []
     for slot in recipe.slots:
         if getattr(pipe, slot.encoder, None) is not None and getattr(pipe, slot.tokenizer, None) is not None:
@@ -142,7 +87,7 @@ def _final_layer_norm(encoder: Any) -> Any:
     return norm
 
 
-def _hidden(encoder: Any, output: Any, slot: _ClipSlot, clip_skip: int) -> Any:
+def _hidden(encoder: Any, output: Any, slot: ClipSlot, clip_skip: int) -> Any:
     if slot.layer == "last" and clip_skip == 1:
         return output.last_hidden_state
     depth = clip_skip if slot.layer == "last" else clip_skip + 1
@@ -156,7 +101,7 @@ def _hidden(encoder: Any, output: Any, slot: _ClipSlot, clip_skip: int) -> Any:
     return _final_layer_norm(encoder)(states[-depth]) if slot.layer == "last" else states[-depth]
 
 
-def _encode_slot(pipe: Any, slot: _ClipSlot, rows: list[list[PromptChunk]], clip_skip: int, device: Any):
+def _encode_slot(pipe: Any, slot: ClipSlot, rows: list[list[PromptChunk]], clip_skip: int, device: Any):
     """Encode every row's chunks with one CLIP: ([R, n*77, D], pooled of chunk 0 [R, P] or None)."""
     import torch
 
@@ -220,7 +165,7 @@ def _append_t5(clip: Any, t5: Any) -> Any:
 # --- public --------------------------------------------------------------------------------------
 
 
-def _chunk_rows(pipe: Any, slots: list[_ClipSlot], parsed: list[list[tuple[str, float]]]):
+def _chunk_rows(pipe: Any, slots: list[ClipSlot], parsed: list[list[tuple[str, float]]]):
     """Each slot's chunks per row, all padded with empty chunks to the same count."""
     per_slot = [[chunk_fragments(getattr(pipe, s.tokenizer), fragments)[0] for fragments in parsed] for s in slots]
     n_chunks = max(len(row) for rows in per_slot for row in rows)
@@ -239,7 +184,7 @@ def _check_args(prompts: list[str], negative_prompts: list[str], clip_skip: int)
         raise ValueError(f"clip_skip must be 1 (no skip) or more, got {clip_skip}")
 
 
-def _zero_empty_negatives(pipe: Any, recipe: _Recipe, negatives: list[str], embeds: Any, pooled: Any) -> None:
+def _zero_empty_negatives(pipe: Any, recipe: TextRecipe, negatives: list[str], embeds: Any, pooled: Any) -> None:
     """SDXL: rows whose negative prompt is empty become zeros, as diffusers' force_zeros_for_empty_prompt."""
     if not (recipe.zeros_for_empty_negative and getattr(pipe.config, "force_zeros_for_empty_prompt", False)):
         return
@@ -252,7 +197,7 @@ def _zero_empty_negatives(pipe: Any, recipe: _Recipe, negatives: list[str], embe
 
 def encode_prompts(
     pipe: Any,
-    family: FamilySpec,
+    family: FamilyAdapter,
     prompts: list[str],
     negative_prompts: list[str],
     *,

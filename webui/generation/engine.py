@@ -433,7 +433,7 @@ class Engine:
         self, job: _Job, batch, ctx: JobContext, inputs: passes.PassInputs, noise: Any, generators: list
     ) -> Any:
         req = job.req
-        if job.family.id != "sdxl":
+        if not job.family.refiners:
             raise RequestError(
                 "refiner_checkpoint", f"the refiner hand-off needs an SDXL base model, not {job.family.label}"
             )
@@ -441,7 +441,7 @@ class Engine:
             refiner_pipe, refiner_family = self.manager.secondary(req.refiner_checkpoint, "img2img")
         except KeyError as exc:
             raise RequestError("refiner_checkpoint", str(exc).strip("'\"")) from None
-        if refiner_family.id not in passes.SDXL_FAMILIES:
+        if not job.family.accepts_refiner(refiner_family):
             raise RequestError(
                 "refiner_checkpoint",
                 f"{req.refiner_checkpoint} is {refiner_family.label}; pick an SDXL refiner or base model",

@@ -17,8 +17,6 @@ from typing import Any
 from webui.generation.latest import Latest
 from webui.models.families import FamilySpec
 
-SDXL_FAMILIES = ("sdxl", "sdxl_refiner")
-
 # hires "Latent ..." upscalers -> (torch interpolate mode, antialias)
 LATENT_UPSCALE_MODES: Mapping[str, tuple[str, bool]] = {
     "Latent": ("bilinear", False),
@@ -79,7 +77,7 @@ def _call(inputs: PassInputs, **kwargs: Any) -> Any:
         callback_on_step_end_tensor_inputs=["latents"],
     )
     args.update(inputs.call_kwargs)
-    if inputs.family.id in SDXL_FAMILIES:
+    if inputs.family.takes_size_conditioning:  # SDXL base and refiner
         args.update(inputs.sdxl_conditioning)
     args.update(kwargs)
     decode = args.get("output_type", "pil") == "pil"

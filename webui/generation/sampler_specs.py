@@ -131,7 +131,7 @@ _BETA = {**_K, "use_beta_sigmas": True}
 _TRAILING = {"timestep_spacing": "trailing"}
 _LEADING = {"timestep_spacing": "leading"}
 _BOTH = KINDS
-_AYS = tuple(sig.AYS_TABLES)
+_AYS = "the families with an AYS table"  # resolved by builtin_schedules (sigma_schedules.ays_families)
 
 # name, API aliases (A1111 id first), kwargs, kinds, families, sigmas, requires, default_rho, need_inner_model
 _SCHEDULE_ROWS: tuple[tuple, ...] = (  # A1111's order
@@ -209,8 +209,9 @@ _FLOW_ROWS: tuple[tuple, ...] = (  # DPM-Solver++'s formulas hold for any (alpha
 
 def builtin_schedules() -> list[ScheduleType]:
     """The built-in schedule types, in A1111's order (fresh objects each call)."""
+    ays = sig.ays_families()
     return [
-        ScheduleType(name, name, aliases, kwargs, kinds, families, sigmas, requires, rho, inner)
+        ScheduleType(name, name, aliases, kwargs, kinds, ays if families is _AYS else families, sigmas, requires, rho, inner)
         for name, aliases, kwargs, kinds, families, sigmas, requires, rho, inner in _SCHEDULE_ROWS
     ]
 

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from webui.families.base import TASKS, FamilyAdapter
 from webui.generation.sampler_specs import (
     AUTOMATIC,
     KINDS,
@@ -37,7 +38,6 @@ from webui.generation.sampler_specs import (
     builtin_samplers,
     builtin_schedules,
 )
-from webui.models.families import TASKS, FamilySpec
 
 __all__ = [
     "AUTOMATIC",
@@ -57,7 +57,6 @@ __all__ = [
     "schedulers_json",
 ]
 
-_KIND_BY_PREDICTION = {"eps": "noise", "v": "noise", "flow": "flow"}
 _KIND_TEXT = {"noise": "noise-prediction models", "flow": "flow-matching models"}
 _DEFAULT_SAMPLER = {"noise": "DPM++ 2M", "flow": "Euler"}
 # Pre-1.9 A1111 API aliases baked the schedule into the name: k_dpmpp_2m_ka, k_dpmpp_2m_sde_exp.
@@ -65,15 +64,13 @@ _LEGACY_SUFFIXES = {"Karras": ("_ka",), "Exponential": ("_exp",)}
 _FLAGS_OFF = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
 
 
-def kind_of(family: FamilySpec) -> str:
-    """Which sampler kind a family uses: "flow" for rectified-flow models, "noise" otherwise."""
-    try:
-        return _KIND_BY_PREDICTION[family.prediction]
-    except KeyError:
-        raise SamplerError(
-            f"family {family.label!r} has prediction {family.prediction!r}; expected one of: "
-            f"{', '.join(_KIND_BY_PREDICTION)}"
-        ) from None
+def kind_of(family: FamilyAdapter) -> str:
+    """Which sampler kind a family uses (its adapter's ``sampler_kind``): "flow" for rectified-flow models,
+    "noise" for eps / v-prediction ones."""
+    kind = getattr(family, "sampler_kind", "")
+    if kind not in _KIND_TEXT:
+        raise SamplerError(f"family {family.label!r} has sampler kind {kind!r}; expected one of: {', '.join(_KIND_TEXT)}")
+    return kind
 
 
 def _choices(names: Iterable[str]) -> str:
@@ -160,7 +157,7 @@ class SamplerTable:
             raise SamplerError(f"unknown schedule type {name!r}; choose one of: {_choices(self._schedules)}")
         return self._schedules[self._schedule_keys[key]]
 
-    def default_sampler(self, family: FamilySpec) -> str:
+    def default_sampler(self, family: FamilyAdapter) -> str:
         """A1111's default for noise models ("DPM++ 2M"), "Euler" for flow models."""
         kind = kind_of(family)
         names = list(self._samplers[kind])
@@ -168,13 +165,13 @@ class SamplerTable:
             raise SamplerError(f"no sampler is registered for {_KIND_TEXT[kind]} ({family.label})")
         return _DEFAULT_SAMPLER[kind] if _DEFAULT_SAMPLER[kind] in names else names[0]
 
-    def samplers_for(self, family: FamilySpec, task: str) -> list[str]:
+    def samplers_for(self, family: FamilyAdapter, task: str) -> list[str]:
         """The samplers that run this family and task as themselves (SD3 img2img/inpaint: with scale_noise)."""
         _check_task(task)
         specs = self._samplers[kind_of(family)].values()
         return [s.name for s in specs if task == "txt2img" or s.img2img]
 
-    def schedules_for(self, family: FamilySpec, sampler_name: str) -> list[str]:
+    def schedules_for(self, family: FamilyAdapter, sampler_name: str) -> list[str]:
         """The schedule types this sampler runs as asked on this family, Automatic first (no fallback)."""
         spec, _ = self._find(sampler_name, (kind_of(family),))
         if spec is None:
@@ -203,13 +200,13 @@ class SamplerTable:
         return choice.spec, choice.schedule
 
     def check(
-        self, family: FamilySpec, task: str, sampler_name: str, schedule: str = ""
+        self, family: FamilyAdapter, task: str, sampler_name: str, schedule: str = ""
     ) -> tuple[SamplerSpec, ScheduleType]:
         """``choose`` without the warnings: what runs, as (sampler, schedule)."""
         choice = self.choose(family, task, sampler_name, schedule)
         return choice.spec, choice.schedule
 
-    def choose(self, family: FamilySpec, task: str, sampler_name: str, schedule: str = "") -> SamplerChoice:
+    def choose(self, family: FamilyAdapter, task: str, sampler_name: str, schedule: str = "") -> SamplerChoice:
         """What runs for this request on this family and task; "" = the family's default sampler.
 
         Never refuses a known name: a sampler of the other kind (Euler a on SD3) or one that cannot do
@@ -235,7 +232,7 @@ class SamplerTable:
         return SamplerChoice(choice.spec, choice.schedule, choice.how, (*warnings, *choice.warnings))
 
     def _schedule_choice(
-        self, spec: SamplerSpec, schedule: str, in_name: ScheduleType | None, family: FamilySpec | None
+        self, spec: SamplerSpec, schedule: str, in_name: ScheduleType | None, family: FamilyAdapter | None
     ) -> SamplerChoice:
         """The schedule that runs: the asked one where it can, else the sampler's own (with a warning)."""
         try:
@@ -288,7 +285,7 @@ class SamplerTable:
             chosen = self.schedule(spec.default_schedule)
         return chosen
 
-    def _unknown_sampler(self, family: FamilySpec, name: str, valid: list[str]) -> SamplerError:
+    def _unknown_sampler(self, family: FamilyAdapter, name: str, valid: list[str]) -> SamplerError:
         kind = kind_of(family)
         other, _ = self._find(name, [k for k in KINDS if k != kind])
         if other is not None:
@@ -303,7 +300,7 @@ class SamplerTable:
     def build(
         self,
         original_config: Mapping[str, Any],
-        family: FamilySpec,
+        family: FamilyAdapter,
         task: str,
         sampler_name: str,
         schedule: str = "",
@@ -399,7 +396,7 @@ def _check_task(task: str) -> None:
         raise SamplerError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
 
 
-def _how(spec: SamplerSpec, schedule: ScheduleType, family: FamilySpec | None) -> str:
+def _how(spec: SamplerSpec, schedule: ScheduleType, family: FamilyAdapter | None) -> str:
     """How ``spec`` runs ``schedule`` on ``family``: "config", "sigmas", or "" (it cannot)."""
     if schedule.name == AUTOMATIC:
         return "config"
@@ -416,7 +413,7 @@ def _how(spec: SamplerSpec, schedule: ScheduleType, family: FamilySpec | None) -
     return ""
 
 
-def _why_not(spec: SamplerSpec, schedule: ScheduleType, family: FamilySpec | None) -> str:
+def _why_not(spec: SamplerSpec, schedule: ScheduleType, family: FamilyAdapter | None) -> str:
     if spec.kind not in schedule.kinds:
         return f"it is made for {_KIND_TEXT[schedule.kinds[0]] if schedule.kinds else 'no model'}"
     if family is not None and schedule.families is not None and family.id not in schedule.families:
@@ -468,7 +465,7 @@ def _init_params(cls: type) -> set[str]:
 # --- A1111 API views ------------------------------------------------------------------------------
 
 
-def samplers_json(table: SamplerTable, family: FamilySpec | None = None, task: str = "txt2img") -> list[dict]:
+def samplers_json(table: SamplerTable, family: FamilyAdapter | None = None, task: str = "txt2img") -> list[dict]:
     """GET /sdapi/v1/samplers: [{"name", "aliases", "options"}]; option values are strings, as in A1111."""
     kind = None if family is None else kind_of(family)
     names = table.sampler_names() if family is None else table.samplers_for(family, task)

@@ -175,19 +175,27 @@ def kl_optimal(steps: int, model: ModelSigmas) -> list[float]:
     return _with_zero(np.tan(t * math.atan(model.sigma_min) + (1.0 - t) * math.atan(model.sigma_max)))
 
 
-AYS_TABLES = {  # A1111 uses the SDXL list for SDXL models and the SD1.5 list for the other noise models
-    "sd15": "StableDiffusionSigmas",
-    "sd2": "StableDiffusionSigmas",
-    "sdxl": "StableDiffusionXLSigmas",
-    "sdxl_refiner": "StableDiffusionXLSigmas",
-}
+def ays_families() -> tuple[str, ...]:
+    """The families Align Your Steps was measured for (their adapter names a diffusers AysSchedules table)."""
+    from webui.families.registry import family_ids
+
+    return family_ids(lambda f: f.ays_table)
+
+
+def _ays_table(family_id: str) -> str:
+    """A1111 uses the SDXL list for SDXL models and the SD1.5 list for the other noise models."""
+    from webui.families.registry import default_families
+
+    families = default_families()
+    table = families.get(family_id).ays_table if family_id in families else ""
+    return table or "StableDiffusionSigmas"
 
 
 def align_your_steps(steps: int, model: ModelSigmas) -> list[float]:
     """NVIDIA's 10-step AYS sigmas (diffusers' table, ending at sigma_min), log-linearly resampled."""
     from diffusers.schedulers.scheduling_utils import AysSchedules
 
-    key = AYS_TABLES.get(model.family_id, "StableDiffusionSigmas")
+    key = _ays_table(model.family_id)
     base = np.asarray([*AysSchedules[key][:-1], model.sigma_min], dtype=np.float64)
     if steps != len(base):
         logs = np.interp(np.linspace(0, 1, steps), np.linspace(0, 1, len(base)), np.log(base[::-1]))

@@ -29,9 +29,6 @@ from webui.registry import Registry, RegistryError
 
 PHASES = ("load", "weights", "attention", "vae", "placement")
 
-SD3_FAMILIES = ("sd3", "sd35_medium", "sd35_large")
-UNET_FAMILIES = ("sd15", "sd2", "sdxl", "sdxl_refiner")
-
 
 class MemoryModeError(ValueError):
     """A memory mode is invalid, or could not be turned on or off; the message names it."""
@@ -190,10 +187,18 @@ def _placement_conflicts(name: str) -> dict[str, str]:
     return out
 
 
+def _families_with(mode_name: str) -> tuple[str, ...]:
+    """The families whose adapter says the mode applies to them (``FamilyAdapter.memory_modes``)."""
+    from webui.families.registry import family_ids
+
+    return family_ids(lambda f: f.applies_memory_mode(mode_name))
+
+
 def builtin_memory_modes() -> list[MemoryMode]:
     """The built-in modes, weakest first within each phase (fresh objects each call).
 
-    What each one does to a pipeline lives in ``webui.memory.apply`` (imported here, not at import time).
+    What each one does to a pipeline lives in ``webui.memory.apply`` (imported here, not at import time);
+    which families a family-specific mode applies to, the family adapters say.
     """
     from webui.memory import apply as ops
 
@@ -209,7 +214,7 @@ def builtin_memory_modes() -> list[MemoryMode]:
             load_kwargs=types.MappingProxyType({"text_encoder_3": None, "tokenizer_3": None}),
             changes_image=True,
             image_note="without T5 the model follows long prompts less closely and renders text worse",
-            families=SD3_FAMILIES,
+            families=_families_with("drop_t5"),  # the families with a T5 encoder
             saves="the T5 encoder: ~9.5 GB (fp16)",
         ),
         MemoryMode(
@@ -247,7 +252,7 @@ def builtin_memory_modes() -> list[MemoryMode]:
             apply=ops.attention_slicing_on,
             undo=ops.attention_slicing_off,
             conflicts={"xformers": "xformers and attention slicing both replace the attention code; pick one"},
-            families=UNET_FAMILIES,
+            families=_families_with("attention_slicing"),  # the UNet families
             helps_on=("mps",),
             strength=3,
             image_note="same image up to float rounding (the sliced kernel sums in another order)",

@@ -3,27 +3,22 @@
 Reads A1111 (``Stable-diffusion``, ``Lora``, ``VAE``) and ComfyUI
 (``checkpoints``, ``loras``, ``vae``, ``text_encoders``/``clip``) folder names,
 so ``--models-dir`` can point at an existing installation. Only headers are
-read; unchanged files are not read again on refresh. A file that cannot be
-used becomes an entry with an ``error`` that says why; scanning never raises
-for a bad file.
+read; unchanged files are not read again on refresh. Each entry holds the
+``ModelRecord`` of ``webui.models.identify`` (the one detector): the manager
+hands it to the loader, so what the list shows is what loads. A file that
+cannot be used becomes an entry with an ``error`` that says why; scanning never
+raises for a bad file.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
-from webui.models.detect import (
-    Detection,
-    UnsupportedModelError,
-    detect_checkpoint,
-    detect_diffusers_folder,
-    identify,
-)
-from webui.models.safetensors_header import ModelFileError, read_header
+from webui.models.identify import PICKLE_SUFFIXES, ModelRecord, identify, with_error
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +30,6 @@ FOLDERS: Mapping[str, tuple[str, ...]] = {
     "text_encoder": ("text_encoder", "text_encoders", "clip"),
 }
 SAFE_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 @dataclass(frozen=True)
@@ -48,11 +42,28 @@ class CatalogEntry:
     format: str  # "safetensors", "diffusers" or "ckpt"
     size: int
     mtime_ns: int
-    family: str | None = None
-    detection: Detection | None = None
-    info: Mapping[str, object] = field(default_factory=dict)
-    error: str | None = None
-    demo: bool = False
+    record: ModelRecord
+
+    @property
+    def family(self) -> str | None:
+        return self.record.family
+
+    @property
+    def info(self) -> Mapping[str, object]:
+        return self.record.info
+
+    @property
+    def error(self) -> str | None:
+        return self.record.error
+
+    @property
+    def demo(self) -> bool:
+        return self.record.demo
+
+    @property
+    def detection(self) -> ModelRecord:
+        """The old name of ``record``."""
+        return self.record
 
     @property
     def usable(self) -> bool:
@@ -81,9 +92,12 @@ def _folder_stat(path: Path) -> tuple[int, int]:
 class ModelCatalog:
     """Scans ``models_dir``; ``refresh()`` picks up new, changed and removed files."""
 
-    def __init__(self, models_dir: Path, hash_of: Callable[[Path], str | None] | None = None) -> None:
+    def __init__(
+        self, models_dir: Path, hash_of: Callable[[Path], str | None] | None = None, families: Any = None
+    ) -> None:
         self.models_dir = Path(models_dir)
         self._hash_of = hash_of
+        self.families = families  # the family registry the detector asks (None: the built-in families)
         self._lock = threading.Lock()
         self._entries: dict[str, list[CatalogEntry]] = {kind: [] for kind in FOLDERS}
         self._seen: dict[tuple[str, Path], tuple[tuple[int, int], CatalogEntry]] = {}
@@ -128,7 +142,7 @@ class ModelCatalog:
         if cached and cached[0] == key:
             entry = cached[1]
         else:
-            entry = _describe(kind, root, item, fmt, key)
+            entry = _describe(kind, root, item, fmt, key, self.families)
             if entry.error:
                 log.warning("%s", entry.error)
         seen[(kind, item)] = (key, entry)
@@ -184,33 +198,18 @@ def _walk(root: Path) -> Iterable[tuple[Path, str]]:
                 yield child, "ckpt"
 
 
-def _describe(kind: str, root: Path, item: Path, fmt: str, key: tuple[int, int]) -> CatalogEntry:
+def _describe(kind: str, root: Path, item: Path, fmt: str, key: tuple[int, int], families: Any) -> CatalogEntry:
     name = item.relative_to(root).as_posix()
-    base = dict(name=name, path=item, kind=kind, format=fmt, size=key[0], mtime_ns=key[1])
-    if fmt == "ckpt":
-        # Never unpickled while scanning; the loader opens it with weights_only=True.
-        note = "pickle-based file: loaded with a safe loader that refuses code; safetensors is preferred"
-        return CatalogEntry(**base, info={"note": note})
-    try:
-        if fmt == "diffusers":
-            if kind != "checkpoint":
-                raise UnsupportedModelError(item, f"a diffusers pipeline folder belongs in {FOLDERS['checkpoint'][0]}")
-            det = detect_diffusers_folder(item)
-            return CatalogEntry(**base, family=det.family, detection=det)
-        header = read_header(item)
-        demo = header.metadata.get("webui.demo") == "true"
-        if kind == "checkpoint":
-            det = detect_checkpoint(header)
-            return CatalogEntry(**base, family=det.family, detection=det, demo=demo)
-        found = identify(header)
-        if found.kind != kind:
-            raise UnsupportedModelError(
-                item, f"this is a {found.kind.replace('_', ' ')}, not a {kind.replace('_', ' ')}; move it to"
-                f" models/{FOLDERS[found.kind][0]}"
-            )
-        return CatalogEntry(**base, info=found.info, demo=demo)
-    except ModelFileError as exc:
-        return CatalogEntry(**base, error=str(exc))
-    except Exception as exc:  # a scan must never stop the app
-        log.exception("unexpected error reading %s", item)
-        return CatalogEntry(**base, error=f"{item.name}: cannot be read ({type(exc).__name__}: {exc})")
+    if fmt == "diffusers" and kind != "checkpoint":
+        record = with_error(
+            ModelRecord(item, kind, fmt), f"a diffusers pipeline folder belongs in {FOLDERS['checkpoint'][0]}"
+        )
+    else:
+        record = identify(item, expect=kind, families=families)
+    if record.usable and record.kind != kind:
+        record = with_error(
+            record,
+            f"this is a {record.kind.replace('_', ' ')}, not a {kind.replace('_', ' ')}; move it to"
+            f" models/{FOLDERS[record.kind][0]}",
+        )
+    return CatalogEntry(name=name, path=item, kind=kind, format=fmt, size=key[0], mtime_ns=key[1], record=record)

@@ -14,11 +14,10 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
-from webui.models.detect import Detection
-from webui.models.families import TEXT_ENCODERS, FamilySpec
-from webui.models.ldm_config import TEXT_SLOTS, Shapes, infer_configs, pipeline_class_name, text_slots
+from webui.families.base import TEXT_ENCODERS, FamilyAdapter
+from webui.models.ldm_config import Shapes, infer_configs
 
 # Bump when the folder layout or the config rules change, so stale cached folders are not reused.
 FOLDER_FORMAT = 1
@@ -30,47 +29,29 @@ T5_TOKENIZER_FILES = (
     "added_tokens.json",
 )
 
-# Components some pipelines accept that we never load (written as null).
-_NULL_COMPONENTS: Mapping[str, tuple[str, ...]] = {
-    "StableDiffusionPipeline": ("safety_checker", "feature_extractor", "image_encoder"),
-    "StableDiffusionXLPipeline": ("image_encoder", "feature_extractor"),
-    "StableDiffusionXLImg2ImgPipeline": ("image_encoder", "feature_extractor"),
-    "StableDiffusion3Pipeline": ("image_encoder", "feature_extractor"),
-}
-_PIPELINE_FLAGS: Mapping[str, Mapping[str, object]] = {
-    "StableDiffusionPipeline": {"requires_safety_checker": False},
-    "StableDiffusionXLPipeline": {"force_zeros_for_empty_prompt": True},
-    "StableDiffusionXLImg2ImgPipeline": {"requires_aesthetics_score": True, "force_zeros_for_empty_prompt": False},
-    "StableDiffusion3Pipeline": {},
-}
 
 
+def model_index(record: Any, family: FamilyAdapter, configs: Mapping[str, dict], *, with_t5_tokenizer: bool) -> dict:
+    """``model_index.json`` of the config folder: the family's pipeline class, flags and components.
 
-def model_index(
-    detection: Detection, family: FamilySpec, configs: Mapping[str, dict], *, with_t5_tokenizer: bool
-) -> dict:
+    Components the pipeline class accepts but the family never loads (``family.null_components``) are null.
+    """
     import diffusers
 
-    base = family.pipelines["txt2img"]
-    index: dict = {"_class_name": pipeline_class_name(detection, family), "_diffusers_version": diffusers.__version__}
-    index.update(_PIPELINE_FLAGS[base])
-    denoiser = "transformer" if family.denoiser == "mmdit" else "unet"
+    index: dict = {"_class_name": family.pipeline_for(record), "_diffusers_version": diffusers.__version__}
+    index.update(family.index_flags)
+    denoiser = family.denoiser_component
     index[denoiser] = ["diffusers", configs[denoiser]["_class_name"]]
     index["vae"] = ["diffusers", "AutoencoderKL"]
     index["scheduler"] = ["diffusers", configs["scheduler"]["_class_name"]]
-    present = text_slots(family)
-    for slot, name in TEXT_SLOTS[base].items():
+    for slot, name in family.text_slots().items():
         tok = name.replace("text_encoder", "tokenizer")
-        if slot in present:
-            index[name] = ["transformers", configs[name]["architectures"][0]]
-            if slot != "t5xxl":
-                index[tok] = ["transformers", "CLIPTokenizer"]
-            else:
-                index[tok] = ["transformers", "T5TokenizerFast"] if with_t5_tokenizer else [None, None]
-        elif name not in index:
-            index[name] = [None, None]
-            index[tok] = [None, None]
-    for name in _NULL_COMPONENTS[base]:
+        index[name] = ["transformers", configs[name]["architectures"][0]]
+        if slot != "t5xxl":
+            index[tok] = ["transformers", "CLIPTokenizer"]
+        else:
+            index[tok] = ["transformers", "T5TokenizerFast"] if with_t5_tokenizer else [None, None]
+    for name in family.null_components:
         index[name] = [None, None]
     return index
 
@@ -86,8 +67,8 @@ def t5_tokenizer_files(t5_tokenizer_dir: Path | None) -> list[Path]:
 
 def write_config_folder(
     dest: Path,
-    detection: Detection,
-    family: FamilySpec,
+    record: Any,
+    family: FamilyAdapter,
     shapes: Shapes,
     t5_tokenizer_dir: Path | None,
     *,
@@ -100,9 +81,9 @@ def write_config_folder(
     one folder. Written into a temp folder and renamed, so a reader never sees half a folder.
     ``tokenizer_3`` is filled only when ``t5_tokenizer_dir`` holds usable tokenizer files.
     """
-    configs = infer_configs(shapes, detection, family, text_encoder_shapes=text_encoder_shapes)
+    configs = infer_configs(shapes, record, family, text_encoder_shapes=text_encoder_shapes)
     t5_files = t5_tokenizer_files(t5_tokenizer_dir) if "t5xxl" in family.text_encoders else []
-    index = model_index(detection, family, configs, with_t5_tokenizer=bool(t5_files))
+    index = model_index(record, family, configs, with_t5_tokenizer=bool(t5_files))
     digest = hashlib.sha256()
     digest.update(json.dumps([FOLDER_FORMAT, family.id, index, configs], sort_keys=True).encode())
     for f in t5_files:
@@ -138,14 +119,14 @@ def _remove_stale_temp_dirs(dest: Path, max_age_s: float = 3600.0) -> None:
             pass
 
 
-def _fill_folder(tmp: Path, family: FamilySpec, configs: Mapping[str, dict], index: dict, t5_files: list[Path]) -> None:
+def _fill_folder(tmp: Path, family: FamilyAdapter, configs: Mapping[str, dict], index: dict, t5_files: list[Path]) -> None:
     from webui.models.tokenizers import write_clip_tokenizer
 
     for name, config in configs.items():
         (tmp / name).mkdir()
         filename = "scheduler_config.json" if name == "scheduler" else "config.json"
         (tmp / name / filename).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
-    for slot, name in text_slots(family).items():
+    for slot, name in family.text_slots().items():
         tok = tmp / name.replace("text_encoder", "tokenizer")
         if slot == "t5xxl":
             if t5_files:

@@ -16,13 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from webui.families.registry import BUILTIN
+
 LORA_FOLDER = "Lora"
 # family -> the pipeline components its demo LoRA targets (the text encoders too, as most LoRAs do)
-COMPONENTS: dict[str, tuple[str, ...]] = {
-    "sd15": ("unet", "text_encoder"),
-    "sdxl": ("unet", "text_encoder", "text_encoder_2"),
-    "sd3": ("transformer",),
-}
+COMPONENTS: dict[str, tuple[str, ...]] = {f.id: f.demo_lora_components for f in BUILTIN if f.demo_lora_components}
 RANK = 4
 SCALE = 0.1  # small next to the tiny models' weights: a visible change, not a different model
 

@@ -7,7 +7,7 @@ final name is always complete. A network error or a cancel keeps the ``.part`` f
 later resume; a checksum mismatch deletes it.
 
 Only the standard library is used for the transfer. Nothing happens at import time;
-the table of defaults is plain data.
+the table of defaults is plain data, read from the family adapters (``FamilyAdapter.download``).
 
 Callers (UI, API) should run at most one download per destination at a time: two
 concurrent downloads into the same ``.part`` would interleave.
@@ -24,7 +24,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional
 
@@ -68,7 +68,7 @@ class DefaultCheckpoint:
 
     name: str  # id used by the UI and the API
     label: str
-    family: str  # a FamilySpec id
+    family: str  # a family id (webui.families)
     url: str
     file_name: str
     size: int | None  # bytes; None when not known for sure
@@ -77,38 +77,17 @@ class DefaultCheckpoint:
     page: str  # the model card, where the licence is accepted/read
 
 
-# Hashes and sizes are those published by the Hugging Face LFS pointers of these files
-# (and shown by A1111 as the short hashes [6ce0161689] and [31e35c80fc]).
-DEFAULT_CHECKPOINTS: tuple[DefaultCheckpoint, ...] = (
-    DefaultCheckpoint(
-        name="sd15",
-        label="Stable Diffusion 1.5 (pruned, EMA only) - 4.3 GB",
-        family="sd15",
-        url=(
-            "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5"
-            "/resolve/main/v1-5-pruned-emaonly.safetensors"
-        ),
-        file_name="v1-5-pruned-emaonly.safetensors",
-        size=4_265_146_304,
-        sha256="6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa",
-        license="CreativeML OpenRAIL-M",
-        page="https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5",
-    ),
-    DefaultCheckpoint(
-        name="sdxl",
-        label="Stable Diffusion XL base 1.0 - 6.9 GB",
-        family="sdxl",
-        url=(
-            "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0"
-            "/resolve/main/sd_xl_base_1.0.safetensors"
-        ),
-        file_name="sd_xl_base_1.0.safetensors",
-        size=6_938_078_334,
-        sha256="31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b",
-        license="CreativeML OpenRAIL++-M",
-        page="https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0",
-    ),
-)
+def _from_families() -> tuple[DefaultCheckpoint, ...]:
+    """One entry per family adapter with a ``download`` default (hash and size as the Hugging Face LFS pointers
+    publish them), named by the family id."""
+    from webui.families.registry import BUILTIN
+
+    return tuple(
+        DefaultCheckpoint(name=f.id, family=f.id, **asdict(f.download)) for f in BUILTIN if f.download
+    )
+
+
+DEFAULT_CHECKPOINTS: tuple[DefaultCheckpoint, ...] = _from_families()
 
 
 def find_default(name: str, table: tuple[DefaultCheckpoint, ...] = DEFAULT_CHECKPOINTS) -> DefaultCheckpoint:

@@ -4,10 +4,10 @@ This is the inverse of diffusers' single-file converters (``diffusers.loaders.si
 ``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``, ``convert_ldm_clip_checkpoint``,
 ``convert_open_clip_checkpoint``, ``convert_sd3_transformer_checkpoint_to_diffusers``,
 ``convert_sd3_t5_checkpoint_to_diffusers``). The keys are those of the released checkpoints, so
-``webui.models.detect`` identifies the files and ``from_single_file`` loads them back bit for bit.
+``webui.models.identify`` identifies the files and ``from_single_file`` loads them back bit for bit.
 The tests and the demo models use it to make real-format files from tiny pipelines.
 
-Part names (``include=``) are the ones ``detect_checkpoint`` reports: ``"unet"`` or
+Part names (``include=``) are the ones ``identify_checkpoint`` reports: ``"unet"`` or
 ``"transformer"``, ``"vae"``, ``"clip_l"``, ``"clip_g"``, ``"t5xxl"``.
 """
 
@@ -21,46 +21,9 @@ from typing import Iterable, Mapping
 
 import torch
 
-from webui.models.detect import (
-    DM,
-    REFINER_CLIP_G,
-    SD1_CLIP_L,
-    SD3_TE,
-    SDXL_CLIP_G,
-    SDXL_CLIP_L,
-    VAE_PREFIX,
-)
+from webui.families.base import FilePart
+from webui.families.registry import default_families
 from webui.models.ldm_names import RESNET_LDM_NAMES
-
-
-# family -> {part: (pipeline attribute, key prefix, layout)}
-_LAYOUTS: dict[str, dict[str, tuple[str, str, str]]] = {
-    "sd15": {
-        "unet": ("unet", DM, "unet"),
-        "vae": ("vae", VAE_PREFIX, "vae"),
-        "clip_l": ("text_encoder", SD1_CLIP_L, "hf_clip"),
-    },
-    "sdxl": {
-        "unet": ("unet", DM, "unet"),
-        "vae": ("vae", VAE_PREFIX, "vae"),
-        "clip_l": ("text_encoder", SDXL_CLIP_L, "hf_clip"),
-        "clip_g": ("text_encoder_2", SDXL_CLIP_G, "open_clip"),
-    },
-    "sdxl_refiner": {
-        "unet": ("unet", DM, "unet"),
-        "vae": ("vae", VAE_PREFIX, "vae"),
-        "clip_g": ("text_encoder_2", REFINER_CLIP_G, "open_clip"),
-    },
-}
-_SD3_LAYOUT = {
-    "transformer": ("transformer", DM, "mmdit"),
-    "vae": ("vae", VAE_PREFIX, "vae"),
-    "clip_l": ("text_encoder", SD3_TE["clip_l"] + "transformer.", "hf_clip"),
-    "clip_g": ("text_encoder_2", SD3_TE["clip_g"] + "transformer.", "hf_clip"),
-    "t5xxl": ("text_encoder_3", SD3_TE["t5xxl"] + "transformer.", "t5"),
-}
-for _family in ("sd3", "sd35_medium", "sd35_large"):
-    _LAYOUTS[_family] = _SD3_LAYOUT
 
 # OpenCLIP's trained logit scale (clamped at 100); SDXL base files carry it, loaders ignore it.
 _OPEN_CLIP_LOGIT_SCALE = math.log(100.0)
@@ -366,7 +329,7 @@ def mmdit_to_original(transformer) -> dict[str, torch.Tensor]:
 _CONVERTERS = {
     "unet": unet_to_original,
     "vae": vae_to_original,
-    "hf_clip": hf_clip_to_original,
+    "hf": hf_clip_to_original,
     "mmdit": mmdit_to_original,
     "t5": t5_to_original,
 }
@@ -374,14 +337,15 @@ _CONVERTERS = {
 
 def parts_of(family: str) -> tuple[str, ...]:
     """The part names a checkpoint of ``family`` can hold, in file order."""
-    _layout(family)
-    return tuple(_LAYOUTS[family])
+    return tuple(_layout(family))
 
 
-def _layout(family: str) -> dict[str, tuple[str, str, str]]:
-    if family not in _LAYOUTS:
-        raise ExportError(f"cannot export family {family!r}; supported: {', '.join(_LAYOUTS)}")
-    return _LAYOUTS[family]
+def _layout(family: str) -> dict[str, FilePart]:
+    """The family's single-file layout (``FamilyAdapter.file_parts``), if it can be written back."""
+    exportable = {fid: f for fid, f in default_families().items() if f.exportable}
+    if family not in exportable:
+        raise ExportError(f"cannot export family {family!r}; supported: {', '.join(exportable)}")
+    return dict(exportable[family].file_parts)
 
 
 def components_to_original(family: str, components: Mapping[str, object]) -> dict[str, torch.Tensor]:
@@ -397,12 +361,12 @@ def components_to_original(family: str, components: Mapping[str, object]) -> dic
             raise ExportError(f"a {family} checkpoint has no part {part!r}; parts: {', '.join(layout)}")
         if module is None:
             continue
-        _attr, prefix, kind = layout[part]
-        if kind == "open_clip":
-            sd = open_clip_to_original(module, logit_scale=(family == "sdxl"))
+        where = layout[part]
+        if where.layout == "openclip":
+            sd = open_clip_to_original(module, logit_scale=where.logit_scale)
         else:
-            sd = _CONVERTERS[kind](module)
-        out.update({prefix + k: v for k, v in sd.items()})
+            sd = _CONVERTERS[where.layout](module)
+        out.update({where.prefix + k: v for k, v in sd.items()})
     return out
 
 
@@ -417,9 +381,9 @@ def pipeline_to_original(pipe, family: str, include: Iterable[str] | None = None
     for part in parts:
         if part not in layout:
             raise ExportError(f"a {family} checkpoint has no part {part!r}; parts: {', '.join(layout)}")
-        module = getattr(pipe, layout[part][0], None)
+        module = getattr(pipe, layout[part].component, None)
         if module is None and include is not None:
-            raise ExportError(f"the pipeline has no {layout[part][0]} to write as {part!r}")
+            raise ExportError(f"the pipeline has no {layout[part].component} to write as {part!r}")
         components[part] = module
     return components_to_original(family, components)
 

@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from webui.families.base import TEXT_ENCODERS, FamilyAdapter
+from webui.families.registry import default_families
 from webui.models.config_folder import t5_tokenizer_files, write_config_folder
-from webui.models.detect import Detection, detect_checkpoint
-from webui.models.families import TEXT_ENCODERS, FamilySpec, default_families
-from webui.models.ldm_config import ConfigInferenceError, pipeline_class_name, text_encoder_config, text_slots
+from webui.models.identify import PICKLE_SUFFIXES, ModelRecord, identify, identify_checkpoint, is_current
+from webui.models.ldm_config import ConfigInferenceError, text_encoder_config
 from webui.models.safetensors_header import ModelFileError, SafetensorsHeader, TensorInfo, read_header
 
 log = logging.getLogger(__name__)
 
 TEXT_ENCODER_DIR = "models/text_encoder"
 T5_TOKENIZER_DIR = "models/text_encoder/t5_tokenizer"
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _NO_FILES: Mapping[str, Path] = types.MappingProxyType({})
 
 
@@ -38,11 +38,16 @@ class ModelLoadError(ModelFileError):
 @dataclass
 class LoadedModel:
     pipeline: Any
-    family: FamilySpec
-    detection: Detection
+    family: FamilyAdapter
+    record: ModelRecord  # what was loaded, as identified (the catalog's record, or the file's own)
     source: Path
     # user-facing remarks, e.g. that T5 was left out
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def detection(self) -> ModelRecord:
+        """The old name of ``record``."""
+        return self.record
 
 
 def load_checkpoint(
@@ -55,6 +60,7 @@ def load_checkpoint(
     t5_tokenizer_dir: Path | None = None,
     families: Any = None,
     load_kwargs: Mapping[str, Any] = _NO_FILES,
+    record: ModelRecord | None = None,
 ) -> LoadedModel:
     """Load ``path`` (``.safetensors``, ``.ckpt``/``.pt``, or a diffusers folder) onto ``device``.
 
@@ -62,28 +68,37 @@ def load_checkpoint(
     ("clip_l", "clip_g", "t5xxl") to a separate text encoder file, used for the parts the
     checkpoint lacks. ``t5_tokenizer_dir`` holds the T5 tokenizer files; without them SD3
     runs without T5. ``load_kwargs`` come from the memory plan (``text_encoder_3=None`` drops T5).
-    Raises ``ModelLoadError``.
+    ``record``: what the catalog identified ``path`` as (``webui.models.identify``); the loader trusts it
+    and identifies nothing again (unless the file changed since). Without one, ``path`` is identified
+    here. Raises ``ModelLoadError``.
     """
     path = Path(path)
     families = default_families() if families is None else families
     ctx = _Context(
         device, dtype, Path(cache_dir), dict(text_encoder_files), t5_tokenizer_dir, families, dict(load_kwargs)
     )
-    if path.is_dir():
-        from webui.models.loader_folder import load_diffusers_folder
-
-        return load_diffusers_folder(path, ctx)
-    if not path.is_file():
+    if not path.is_dir() and not path.is_file():
         raise ModelLoadError(path, "file not found")
     suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        header = guard(path, lambda: read_header(path))
-        return _load_single_file(path, path, header, ctx)
-    if suffix in PICKLE_SUFFIXES:
+    if not path.is_dir() and suffix != ".safetensors" and suffix not in PICKLE_SUFFIXES:
+        raise ModelLoadError(
+            path, f"unknown model file type {suffix!r}; use a .safetensors file, a .ckpt, or a diffusers folder"
+        )
+    if record is not None and not is_current(record):
+        log.info("%s changed since it was listed; identifying it again", path.name)
+        record = None
+    if record is None:
+        record = identify(path, expect="checkpoint", families=families)
+    if record.error:
+        raise ModelLoadError(path, record.reason)
+    if record.format == "diffusers":
+        from webui.models.loader_folder import load_diffusers_folder
+
+        return load_diffusers_folder(path, record, ctx)
+    if record.format == "ckpt":
         return _load_pickle(path, ctx)
-    raise ModelLoadError(
-        path, f"unknown model file type {suffix!r}; use a .safetensors file, a .ckpt, or a diffusers folder"
-    )
+    header = guard(path, lambda: read_header(path))
+    return _load_single_file(path, path, header, record, ctx)
 
 
 @dataclass(frozen=True)
@@ -108,27 +123,28 @@ class _Context:
 # --- single files ------------------------------------------------------------------------------
 
 
-def _load_single_file(source: Path, file: Path, header: SafetensorsHeader, ctx: _Context, **extra) -> LoadedModel:
+def _load_single_file(
+    source: Path, file: Path, header: SafetensorsHeader, record: ModelRecord, ctx: _Context, **extra
+) -> LoadedModel:
     """Load ``file`` (``source`` itself, or a safetensors copy of it) with from_single_file."""
     import diffusers
 
-    detection = guard(source, lambda: detect_checkpoint(header))
-    family = _family(source, detection, ctx)
-    _require_vae(source, detection, family)
+    family = family_of(source, record, ctx.families)
+    _require_vae(source, record, family)
     shapes = {k: t.shape for k, t in header.tensors.items()}
-    parts = _text_encoder_parts(source, detection, family, ctx)
+    parts = _text_encoder_parts(source, record, family, ctx)
     folder = guard(
         source,
         lambda: write_config_folder(
             ctx.config_dir,
-            detection,
+            record,
             family,
             shapes,
             parts.t5_tokenizer_dir,
             text_encoder_shapes=parts.shapes,
         ),
     )
-    cls = getattr(diffusers, pipeline_class_name(detection, family))
+    cls = getattr(diffusers, family.pipeline_for(record))
     kwargs = dict(parts.modules)
     if "safety_checker" in cls._optional_components:
         kwargs.update(safety_checker=None, feature_extractor=None)
@@ -138,20 +154,20 @@ def _load_single_file(source: Path, file: Path, header: SafetensorsHeader, ctx: 
             str(file), config=str(folder), local_files_only=True, dtype=ctx.dtype, **kwargs, **extra
         ),
     )
-    return finish(pipe, family, detection, source, parts.notes, ctx.device)
+    return finish(pipe, family, record, source, parts.notes, ctx.device)
 
 
-def _family(source: Path, detection: Detection, ctx: _Context) -> FamilySpec:
-    if detection.family not in ctx.families:
-        raise ModelLoadError(source, f"this is a {detection.family} checkpoint, which this app has no family for")
-    return ctx.families.get(detection.family)
+def family_of(source: Path, record: ModelRecord, families: Any) -> FamilyAdapter:
+    if record.family is None or record.family not in families:
+        raise ModelLoadError(source, f"this is a {record.family} checkpoint, which this app has no family for")
+    return families.get(record.family)
 
 
-def _require_vae(source: Path, detection: Detection, family: FamilySpec) -> None:
-    if "vae" not in detection.components:
+def _require_vae(source: Path, record: ModelRecord, family: FamilyAdapter) -> None:
+    if "vae" not in record.components:
         raise ModelLoadError(
             source,
-            f"this {family.label} file has no VAE (it holds only the {'UNet' if family.denoiser == 'unet' else 'MMDiT'}"
+            f"this {family.label} file has no VAE (it holds only the {family.denoiser_label}"
             " and maybe text encoders); use the full checkpoint that includes the VAE",
         )
 
@@ -164,10 +180,18 @@ class _TextParts:
     t5_tokenizer_dir: Path | None = None
 
 
-def _text_encoder_parts(source: Path, detection: Detection, family: FamilySpec, ctx: _Context) -> _TextParts:
+def _text_encoder_parts(source: Path, record: ModelRecord, family: FamilyAdapter, ctx: _Context) -> _TextParts:
     """Which text encoders come from the checkpoint, which from separate files, which are left out."""
-    slots = text_slots(family)
-    absent = [s for s in slots if s != "t5xxl" and s not in detection.components]
+    parts = separate_text_encoders(source, record, family, ctx)
+    if "t5xxl" in family.text_slots():
+        _plan_t5(record, family, ctx, parts)
+    return parts
+
+
+def separate_text_encoders(source: Path, record: ModelRecord, family: FamilyAdapter, ctx: Any) -> _TextParts:
+    """The CLIP encoders the checkpoint lacks, from separate files; ``ModelLoadError`` naming what is missing."""
+    slots = family.text_slots()
+    absent = [s for s in slots if s != "t5xxl" and s not in record.components]
     missing = [s for s in absent if s not in ctx.text_encoder_files]
     if missing:
         labels = " and ".join(TEXT_ENCODERS[s].label for s in missing)
@@ -183,17 +207,15 @@ def _text_encoder_parts(source: Path, detection: Detection, family: FamilySpec, 
         parts.modules[slots[slot]] = _separate_text_encoder(
             Path(ctx.text_encoder_files[slot]), family, slot, ctx, parts
         )
-    if "t5xxl" in slots:
-        _plan_t5(detection, family, ctx, parts)
     return parts
 
 
-def _plan_t5(detection: Detection, family: FamilySpec, ctx: _Context, parts: _TextParts) -> None:
+def _plan_t5(record: ModelRecord, family: FamilyAdapter, ctx: _Context, parts: _TextParts) -> None:
     if ctx.drop_t5:
         parts.modules.update(text_encoder_3=None, tokenizer_3=None)
         parts.notes.append(f"T5 left out by the 'Drop T5' memory mode; {family.label} runs on its CLIP encoders")
         return
-    in_file = "t5xxl" in detection.components
+    in_file = "t5xxl" in record.components
     file = ctx.text_encoder_files.get("t5xxl")
     have_tokenizer = bool(t5_tokenizer_files(ctx.t5_tokenizer_dir))
     reason = None
@@ -211,7 +233,7 @@ def _plan_t5(detection: Detection, family: FamilySpec, ctx: _Context, parts: _Te
         parts.modules["text_encoder_3"] = _separate_text_encoder(Path(file), family, "t5xxl", ctx, parts)
 
 
-def _separate_text_encoder(file: Path, family: FamilySpec, slot: str, ctx: _Context, parts: _TextParts) -> Any:
+def _separate_text_encoder(file: Path, family: FamilyAdapter, slot: str, ctx: Any, parts: _TextParts) -> Any:
     from webui.models.text_encoder_files import load_text_encoder_file, strip_checkpoint_prefix
 
     header = guard(file, lambda: read_header(file))
@@ -236,7 +258,8 @@ def _load_pickle(path: Path, ctx: _Context) -> LoadedModel:
     import safetensors.torch
 
     state = _safe_torch_load(path)
-    guard(path, lambda: detect_checkpoint(header_from_state_dict(path, state)))  # fail fast on a non-checkpoint
+    # Identified here, from its tensors: the catalog never unpickles (and fails fast on a non-checkpoint).
+    record = guard(path, lambda: identify_checkpoint(header_from_state_dict(path, state), ctx.families))
     tensors = _for_safetensors(state, ctx.dtype)
     del state
     header = header_from_state_dict(path, tensors)
@@ -249,7 +272,7 @@ def _load_pickle(path: Path, ctx: _Context) -> LoadedModel:
         guard(path, lambda: safetensors.torch.save_file(tensors, str(tmp)), doing="writing a safetensors copy")
         del tensors
         # disable_mmap: read the copy into memory so that it can be deleted at once (Windows too)
-        return _load_single_file(path, tmp, header, ctx, disable_mmap=True)
+        return _load_single_file(path, tmp, header, record, ctx, disable_mmap=True)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -298,7 +321,7 @@ _ST_DTYPES = {
 
 
 def header_from_state_dict(path: Path, state: Mapping[str, Any]) -> SafetensorsHeader:
-    """A ``SafetensorsHeader`` describing an in-memory state dict, so ``detect`` can read it."""
+    """A ``SafetensorsHeader`` describing an in-memory state dict, so ``identify`` can read it."""
     tensors = {}
     for key, t in state.items():
         dtype = _ST_DTYPES.get(str(t.dtype).removeprefix("torch."), "F32")
@@ -333,7 +356,7 @@ def _for_safetensors(state: Mapping[str, Any], dtype: Any) -> dict:
 
 
 def finish(
-    pipe: Any, family: FamilySpec, detection: Detection, source: Path, notes: list[str], device: str
+    pipe: Any, family: FamilyAdapter, record: ModelRecord, source: Path, notes: list[str], device: str
 ) -> LoadedModel:
     """Eval mode, completeness check, move to ``device``."""
     import torch
@@ -353,7 +376,7 @@ def finish(
         raise ModelLoadError(source, f"the loaded pipeline lacks {', '.join(absent)}; the file is incomplete")
     guard(source, lambda: pipe.to(device), doing=f"moving the model to {device}")
     _refuse_nonfinite(pipe, source, device)
-    return LoadedModel(pipeline=pipe, family=family, detection=detection, source=source, notes=list(notes))
+    return LoadedModel(pipeline=pipe, family=family, record=record, source=source, notes=list(notes))
 
 
 def _refuse_nonfinite(pipe: Any, source: Path, device: str) -> None:
@@ -379,9 +402,9 @@ def _fill_tied(module: Any) -> None:
         module.tie_weights()
 
 
-def required_components(family: FamilySpec) -> list[str]:
-    names = ["transformer" if family.denoiser == "mmdit" else "unet", "vae", "scheduler"]
-    for slot, name in text_slots(family).items():
+def required_components(family: FamilyAdapter) -> list[str]:
+    names = [family.denoiser_component, "vae", "scheduler"]
+    for slot, name in family.text_slots().items():
         if slot != "t5xxl":
             names += [name, name.replace("text_encoder", "tokenizer")]
     return names

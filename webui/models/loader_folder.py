@@ -1,4 +1,10 @@
-"""Load a diffusers-format folder (``model_index.json`` + one sub-folder per component)."""
+"""Load a diffusers-format folder (``model_index.json`` + one sub-folder per component).
+
+The folder was identified once (``webui.models.identify``): its record names the family, which picks the
+pipeline class (the inpaint one for a 9-channel UNet). Components the app does not use (a ControlNet
+pipeline's ``controlnet``) are left out with a note; text encoders the folder lacks come from
+``models/text_encoder`` as for single files, or the load says which file is missing.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +12,42 @@ import json
 from pathlib import Path
 from typing import Any
 
+from webui.families.base import TEXT_ENCODERS, FamilyAdapter
 from webui.models.config_folder import t5_tokenizer_files
-from webui.models.detect import Detection
-from webui.models.families import FamilySpec
-from webui.models.ldm_config import text_slots
-from webui.models.loader import T5_TOKENIZER_DIR, LoadedModel, ModelLoadError, guard, finish
+from webui.models.identify import IGNORED_COMPONENTS, ModelRecord
+from webui.models.loader import (
+    T5_TOKENIZER_DIR,
+    LoadedModel,
+    ModelLoadError,
+    family_of,
+    finish,
+    guard,
+    separate_text_encoders,
+)
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
 
-def load_diffusers_folder(folder: Path, ctx: Any) -> LoadedModel:
+def load_diffusers_folder(folder: Path, record: ModelRecord, ctx: Any) -> LoadedModel:
     import diffusers
 
+    family = family_of(folder, record, ctx.families)
     index = _read_json(folder, "model_index.json")
-    family, detection = _identify(folder, index, ctx.families)
-    cls_name = family.pipelines["inpaint"] if detection.inpaint and family.denoiser == "unet" else index["_class_name"]
+    cls_name = family.pipeline_for(record)
     cls = getattr(diffusers, cls_name, None)
     if cls is None:
-        raise ModelLoadError(folder, f"model_index.json names {cls_name!r}, which diffusers does not have")
+        raise ModelLoadError(folder, f"this app loads it as {cls_name!r}, which diffusers does not have")
     kwargs: dict[str, Any] = {}
     if "safety_checker" in cls._optional_components:
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    notes = _plan_t5(folder, index, family, ctx, kwargs)
+    notes = [IGNORED_COMPONENTS[name] for name in record.ignored]
+    parts = separate_text_encoders(folder, record, family, ctx)
+    kwargs.update(parts.modules)
+    notes += parts.notes
+    _add_missing_tokenizers(index, family, parts.modules, kwargs)
+    notes += _plan_t5(folder, index, family, ctx, kwargs)
     pipe = guard(folder, lambda: cls.from_pretrained(str(folder), local_files_only=True, dtype=ctx.dtype, **kwargs))
-    return finish(pipe, family, detection, folder, notes, ctx.device)
+    return finish(pipe, family, record, folder, notes, ctx.device)
 
 
 def _read_json(folder: Path, name: str) -> dict:
@@ -55,37 +73,17 @@ def _has_weights(path: Path) -> bool:
     return path.is_dir() and any(p.name.endswith(_WEIGHT_SUFFIXES) for p in path.iterdir())
 
 
-def _family_id(index: dict, denoiser: str, config: dict) -> str | None:
-    cls = str(index.get("_class_name", ""))
-    if denoiser == "transformer":
-        if not cls.startswith("StableDiffusion3"):
-            return None
-        if config.get("dual_attention_layers"):
-            return "sd35_medium"
-        return "sd35_large" if config.get("qk_norm") else "sd3"
-    if cls.startswith("StableDiffusionXL"):
-        refiner = index.get("requires_aesthetics_score") or not _present(index, "text_encoder")
-        return "sdxl_refiner" if refiner else "sdxl"
-    if cls.startswith("StableDiffusion") and "Upscale" not in cls and "Depth" not in cls:
-        return "sd2" if config.get("cross_attention_dim") == 1024 else "sd15"
-    return None
+def _add_missing_tokenizers(index: dict, family: FamilyAdapter, separate: dict, kwargs: dict) -> None:
+    """A CLIP tokenizer (the bundled vocabulary) for each text encoder taken from a separate file."""
+    from webui.models.tokenizers import clip_tokenizer
+
+    for slot, name in family.text_slots().items():
+        tok = name.replace("text_encoder", "tokenizer")
+        if name in separate and slot != "t5xxl" and not _present(index, tok):
+            kwargs[tok] = clip_tokenizer(TEXT_ENCODERS[slot].pad_token)
 
 
-def _identify(folder: Path, index: dict, families: Any) -> tuple[FamilySpec, Detection]:
-    denoiser = "transformer" if _present(index, "transformer") else "unet"
-    config = _read_json(folder, f"{denoiser}/config.json")
-    family_id = _family_id(index, denoiser, config)
-    if family_id is None or family_id not in families:
-        raise ModelLoadError(folder, f"a {index.get('_class_name', 'unknown')} folder, which this app does not support")
-    family = families.get(family_id)
-    components = {denoiser} | {n for n in ("vae",) if _present(index, n)}
-    components |= {slot for slot, name in text_slots(family).items() if _present(index, name)}
-    in_channels = int(config.get("in_channels", family.latent_channels))
-    variant = "inpaint" if in_channels == 9 else ""
-    return family, Detection(family_id, frozenset(components), in_channels, "", (), variant)
-
-
-def _plan_t5(folder: Path, index: dict, family: FamilySpec, ctx: Any, kwargs: dict) -> list[str]:
+def _plan_t5(folder: Path, index: dict, family: FamilyAdapter, ctx: Any, kwargs: dict) -> list[str]:
     """Leave T5 out (with a note) unless the folder has its weights and a tokenizer is at hand."""
     if "t5xxl" not in family.text_encoders:
         return []

@@ -17,28 +17,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from webui.families.registry import for_lora_group, lora_groups
 from webui.models import lora_keys as K
 from webui.models.safetensors_header import ModelFileError, SafetensorsHeader
 
 log = logging.getLogger(__name__)
 
-GROUP_LABELS = {
-    "sd15": "SD 1.5",
-    "sd2": "SD 2.x",
-    "sdxl": "SDXL",
-    "sdxl_refiner": "SDXL refiner",
-    "sd3": "SD3",
-    "flux": "Flux",
-}
-# FamilySpec.lora_group values a LoRA's group may be used with; layer shapes decide the rest.
-GROUP_FITS = {
-    "sd15": {"sd15"},
-    "sd2": {"sd2"},
-    "sdxl": {"sdxl"},
-    "sdxl_refiner": {"sdxl_refiner"},
-    "sd3": {"sd3", "sd35_medium", "sd35_large"},
-    "flux": set(),
-}
+FLUX = K.FLUX_GROUP  # a family this app does not run, told apart so that its LoRAs are refused by name
+UNKNOWN = "unknown"
+
+
+def group_label(group: str, unknown: str = "an unknown model") -> str:
+    """A LoRA group's name for people: its family adapter's ``lora_label`` ("SD 1.5", "SDXL", "SD3" ...)."""
+    if group == FLUX:
+        return "Flux"
+    family = for_lora_group(group)
+    return (family.lora_label or family.label) if family is not None else unknown
+
+
+def group_fits(group: str, family: Any) -> bool | None:
+    """Whether LoRAs of ``group`` fit ``family`` (``FamilyAdapter.accepts_lora_group``); None for a group no
+    family knows (an unknown LoRA: the layer shapes decide)."""
+    if group == FLUX:
+        return False
+    if group not in lora_groups():
+        return None
+    return family.accepts_lora_group(group)
 
 
 class LoraError(ModelFileError):
@@ -50,7 +54,7 @@ class LoraInfo:
     path: Path
     name: str
     format: str  # "kohya" | "diffusers" | "peft"
-    family_group: str  # "sd15" | "sd2" | "sdxl" | "sdxl_refiner" | "sd3" | "flux" | "unknown"
+    family_group: str  # a FamilyAdapter.lora_group, "flux" or "unknown"
     targets: frozenset[str]  # pipeline components: "unet"/"transformer", "text_encoder", "text_encoder_2", ...
     rank: int  # the largest rank of its layers
     context_dim: int | None  # width of the text context its cross-attention reads, if a layer tells it
@@ -61,7 +65,7 @@ class LoraInfo:
 
     @property
     def group_label(self) -> str:
-        return GROUP_LABELS.get(self.family_group, "an unknown model")
+        return group_label(self.family_group)
 
 
 def _article(label: str) -> str:
@@ -99,7 +103,8 @@ def inspect_lora(header: SafetensorsHeader) -> LoraInfo:
     if not layers:
         raise LoraError(path, f"'{name}' has no LoRA layers (no down/up weight pairs)")
     group = K.family_group(layers)
-    if group in ("sd3", "flux"):
+    transformer = K.group_denoiser(group) == "transformer"
+    if transformer:
         layers = [_as_transformer(layer) for layer in layers]
     notes = []
     if any(k.startswith("bundle_emb.") for k in keys):
@@ -107,7 +112,7 @@ def inspect_lora(header: SafetensorsHeader) -> LoraInfo:
     if any(layer.component == "text_encoder_3" for layer in layers):
         notes.append("T5 text-encoder layers are ignored (diffusers cannot attach LoRAs to T5)")
     needs = (
-        (fmt == "kohya" and group in ("sd3", "flux"))
+        (fmt == "kohya" and transformer)
         or fmt == "peft"
         or (fmt != "kohya" and any(k.endswith(".alpha") for k in keys))
         or any(k.startswith("bundle_emb.") for k in keys)
@@ -232,12 +237,12 @@ def _layer_targets(info: LoraInfo, layer: K.LoraLayer, index: ModuleIndex):
         yield index.find(layer.component, layer.module), layer.in_features, layer.out_features
         return
     if layer.component == "transformer":
-        target = K.sd3_targets(layer.module, layer.in_features, layer.out_features)
+        family = for_lora_group(info.family_group)
+        target = family.kohya_lora_targets(layer.module, layer.in_features, layer.out_features) if family else None
         if target is None:
             yield None, 0, 0
             return
-        paths, mode = target
-        out = layer.out_features // 3 if mode == K.QKV else layer.out_features
+        paths, out = target
         for path in paths:
             yield index.find("transformer", path), layer.in_features, out
         return
@@ -247,10 +252,9 @@ def _layer_targets(info: LoraInfo, layer: K.LoraLayer, index: ModuleIndex):
 def check_compatible(info: LoraInfo, pipe: Any, family_spec: Any) -> None:
     """Raise ``LoraError`` unless the LoRA fits the loaded pipeline (family group, then every layer's shape)."""
     model_label = family_spec.label
-    if info.family_group == "flux":
+    if info.family_group == FLUX:
         raise LoraError(info.path, f"LoRA '{info.name}' is for Flux, which this app does not run")
-    fits = GROUP_FITS.get(info.family_group)
-    if fits is not None and family_spec.lora_group not in fits:
+    if group_fits(info.family_group, family_spec) is False:
         raise LoraError(
             info.path,
             f"LoRA '{info.name}' is for {info.group_label} but the loaded model is {model_label};"

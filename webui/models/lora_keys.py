@@ -1,6 +1,8 @@
-"""LoRA key names: parse a file's keys into layers, map them onto a loaded model, convert SD3 kohya files.
+"""LoRA key names: parse a file's keys into layers, tell the family they were trained for, map them onto a model.
 
-Pure functions over key names and shapes; torch is needed only by ``convert_sd3_kohya``.
+Pure functions over key names and shapes. Which family a LoRA is for, each family adapter says
+(``FamilyAdapter.lora_evidence``); the SD3 kohya names and their conversion live with the SD3 adapter
+(``webui.families.sd3_lora``).
 
 Three layouts are understood:
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from webui.models.ldm_names import RESNET_LDM_NAMES
 
@@ -195,15 +197,10 @@ def normalize_path(path: str, component: str) -> str:
 
 # --- family signals ---------------------------------------------------------------------------------
 
-CONTEXT_DIM_GROUP = {768: "sd15", 1024: "sd2", 2048: "sdxl", 1280: "sdxl_refiner"}
-TE_WIDTH_GROUP = {768: "sd15", 1024: "sd2"}
+FLUX_GROUP = "flux"  # not a family of this app: its LoRAs are recognised to be refused by name
+UNKNOWN_GROUP = "unknown"
 _CROSS_K = re.compile(r"attn2[._]to[._]k$")
 _MMDIT_CONTEXT = re.compile(r"(context_block[._]attn[._]qkv|add_k_proj)$")
-_TE_Q = re.compile(r"(self_attn[._]q_proj|to_q)$")
-# SGM block names (kohya writes them for SDXL only), >1 transformer layer per block, the SDXL added embedding.
-_SDXL_UNET = re.compile(
-    r"(input_blocks|output_blocks|middle_block|transformer_blocks[._][1-9]|add_embedding|label_emb)"
-)
 _FLUX = re.compile(r"^(lora_unet_(double|single)_blocks_|single_transformer_blocks\.|double_blocks\.|single_blocks\.)")
 
 
@@ -216,30 +213,31 @@ def context_dim(layers: list[LoraLayer]) -> int | None:
     return None
 
 
-def family_group(layers: list[LoraLayer]) -> str:
-    """The family a LoRA was trained for, from names first, then standard widths, then structure."""
+def family_group(layers: list[LoraLayer], families: Any = None) -> str:
+    """The LoRA group (``FamilyAdapter.lora_group``) a LoRA was trained for, "flux" or "unknown".
+
+    Every family adapter scores the layers (names first, then standard widths, then structure); the
+    most specific wins. Flux is recognised first: its diffusers module names are SD3's.
+    """
+    from webui.families.registry import best_match
+
     if any(_FLUX.match(layer.module) for layer in layers):
-        return "flux"
-    if any(layer.module.startswith("lora_unet_joint_blocks_") for layer in layers):
-        return "sd3"
-    denoiser = [layer for layer in layers if layer.component == "transformer"]
-    if denoiser:
-        # Flux (hidden 3072) shares diffusers module names with SD3 (1536 / 2432).
-        return "flux" if any(layer.in_features == 3072 for layer in denoiser) else "sd3"
-    ctx = context_dim(layers)
-    if ctx in CONTEXT_DIM_GROUP:
-        return CONTEXT_DIM_GROUP[ctx]
-    comps = {layer.component for layer in layers}
-    if "text_encoder_2" in comps or any(
-        layer.component == "unet" and _SDXL_UNET.search(layer.module) for layer in layers
-    ):
-        return "sdxl"
-    te_q = [layer.in_features for layer in layers if layer.component == "text_encoder" and _TE_Q.search(layer.module)]
-    if te_q and te_q[0] in TE_WIDTH_GROUP:
-        return TE_WIDTH_GROUP[te_q[0]]
-    if comps & {"unet", "text_encoder"}:
-        return "sd15"
-    return "unknown"
+        return FLUX_GROUP
+    # Flux (hidden 3072) shares diffusers module names with SD3 (1536 / 2432).
+    if any(layer.component == "transformer" and layer.in_features == 3072 for layer in layers):
+        return FLUX_GROUP
+    family = best_match(lambda f: f.lora_evidence(layers), families)
+    return family.lora_group if family is not None else UNKNOWN_GROUP
+
+
+def group_denoiser(group: str, families: Any = None) -> str:
+    """The denoiser component a LoRA group's layers patch: "unet" or "transformer"."""
+    from webui.families.registry import for_lora_group
+
+    if group == FLUX_GROUP:
+        return "transformer"
+    family = for_lora_group(group, families)
+    return family.denoiser_component if family is not None else "unet"
 
 
 # --- mapping kohya names onto a loaded model ----------------------------------------------------------
@@ -315,95 +313,3 @@ def kohya_aliases(component: str, modules: Iterable[str], config: Mapping | None
             out[prefix + "text_model_" + core.replace(".", "_")] = path
             out[prefix + core.replace(".", "_")] = path
     return out
-
-
-# --- SD3 (MMDiT) kohya names -> diffusers SD3Transformer2DModel paths -----------------------------
-
-QKV, SWAP, PLAIN = "qkv", "swap", "plain"
-_SD3_BLOCK = re.compile(r"^lora_unet_joint_blocks_(\d+)_(x_block|context_block)_(.+)$")
-_SD3_X = {
-    "attn_qkv": (("attn.to_q", "attn.to_k", "attn.to_v"), QKV),
-    "attn_proj": (("attn.to_out.0",), PLAIN),
-    "attn2_qkv": (("attn2.to_q", "attn2.to_k", "attn2.to_v"), QKV),
-    "attn2_proj": (("attn2.to_out.0",), PLAIN),
-    "mlp_fc1": (("ff.net.0.proj",), PLAIN),
-    "mlp_fc2": (("ff.net.2",), PLAIN),
-    "adaLN_modulation_1": (("norm1.linear",), PLAIN),
-}
-_SD3_CONTEXT = {
-    "attn_qkv": (("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"), QKV),
-    "attn_proj": (("attn.to_add_out",), PLAIN),
-    "mlp_fc1": (("ff_context.net.0.proj",), PLAIN),
-    "mlp_fc2": (("ff_context.net.2",), PLAIN),
-    # The last block's context stream keeps only shift/scale, stored swapped in diffusers.
-    "adaLN_modulation_1": (("norm1_context.linear",), PLAIN),
-}
-_SD3_TOP = {
-    "lora_unet_context_embedder": (("context_embedder",), PLAIN),
-    "lora_unet_x_embedder_proj": (("pos_embed.proj",), PLAIN),
-    "lora_unet_t_embedder_mlp_0": (("time_text_embed.timestep_embedder.linear_1",), PLAIN),
-    "lora_unet_t_embedder_mlp_2": (("time_text_embed.timestep_embedder.linear_2",), PLAIN),
-    "lora_unet_y_embedder_mlp_0": (("time_text_embed.text_embedder.linear_1",), PLAIN),
-    "lora_unet_y_embedder_mlp_2": (("time_text_embed.text_embedder.linear_2",), PLAIN),
-    "lora_unet_final_layer_linear": (("proj_out",), PLAIN),
-    "lora_unet_final_layer_adaLN_modulation_1": (("norm_out.linear",), SWAP),
-}
-
-
-def sd3_targets(name: str, in_features: int, out_features: int) -> tuple[tuple[str, ...], str] | None:
-    """diffusers module paths and split mode for one SD3 kohya layer name, or None if unknown."""
-    if name in _SD3_TOP:
-        return _SD3_TOP[name]
-    m = _SD3_BLOCK.match(name)
-    if not m:
-        return None
-    block, stream, rest = m.groups()
-    table = _SD3_X if stream == "x_block" else _SD3_CONTEXT
-    if rest not in table:
-        return None
-    paths, mode = table[rest]
-    if stream == "context_block" and rest == "adaLN_modulation_1" and out_features == 2 * in_features:
-        mode = SWAP
-    return tuple(f"transformer_blocks.{block}.{p}" for p in paths), mode
-
-
-def convert_sd3_kohya(state_dict: Mapping, te_aliases: Mapping[str, Mapping[str, str]]):
-    """Convert an SD3 kohya state dict to diffusers keys with alpha baked into ``lora_B``.
-
-    ``te_aliases``: component -> {kohya name -> module path} for the text encoders present.
-    Returns (state_dict, skipped kohya names).
-    """
-    import torch
-
-    out: dict[str, torch.Tensor] = {}
-    skipped: list[str] = []
-    names = sorted({k.rsplit(".", 2)[0] for k in state_dict if k.endswith(".lora_down.weight")})
-    for name in names:
-        down = state_dict[f"{name}.lora_down.weight"]
-        up = state_dict[f"{name}.lora_up.weight"]
-        rank = down.shape[0]
-        alpha = state_dict.get(f"{name}.alpha")
-        scale = float(alpha) / rank if alpha is not None else 1.0
-        up = up * scale if scale != 1.0 else up
-        if name.startswith("lora_unet_"):
-            target = sd3_targets(name, down.shape[1], up.shape[0])
-            if target is None:
-                skipped.append(name)
-                continue
-            paths, mode = target
-            ups = torch.chunk(up, 3, dim=0) if mode == QKV else (up,)
-            if mode == SWAP:
-                shift, scale_rows = up.chunk(2, dim=0)
-                ups = (torch.cat([scale_rows, shift], dim=0),)
-            for path, part in zip(paths, ups):
-                out[f"transformer.{path}.lora_A.weight"] = down.clone()
-                out[f"transformer.{path}.lora_B.weight"] = part.contiguous()
-            continue
-        component = next(c for p, c in KOHYA_PREFIXES.items() if name.startswith(p))
-        path = te_aliases.get(component, {}).get(name)
-        if path is None:
-            skipped.append(name)
-            continue
-        out[f"{component}.{path}.lora_A.weight"] = down
-        out[f"{component}.{path}.lora_B.weight"] = up
-    return out, skipped

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from weakref import WeakKeyDictionary
 
+from webui.families.registry import for_lora_group
 from webui.models import lora_keys as K
 from webui.models.lora import LoraError, LoraInfo, ModuleIndex, check_compatible, match_layers
 
@@ -279,15 +280,20 @@ def _load_source(info: LoraInfo, index: ModuleIndex) -> dict:
     sd = {k: v for k, v in load_file(str(info.path), device="cpu").items() if not k.startswith("bundle_emb.")}
     if info.format == "kohya":
         sd = {k: v for k, v in sd.items() if not k.startswith("lora_te3_")}
-        if info.family_group != "sd3":
-            return sd
+        family = for_lora_group(info.family_group)
+        if family is None or K.group_denoiser(info.family_group) != "transformer":
+            return sd  # diffusers reads kohya files for UNets itself
         aliases = {c: index.aliases(c) for c in ("text_encoder", "text_encoder_2") if index.modules(c) is not None}
-        converted, skipped = K.convert_sd3_kohya(sd, aliases)
+        conversion = family.convert_kohya_lora(sd, aliases)
+        if conversion is None:
+            return sd
+        converted, skipped = conversion
         if skipped:  # same policy as layers missing from the model: apply the rest, say so
             log.warning(
-                "LoRA %r: %d SD3 layers have no diffusers counterpart and are skipped (e.g. %s)",
+                "LoRA %r: %d %s layers have no diffusers counterpart and are skipped (e.g. %s)",
                 info.name,
                 len(skipped),
+                info.group_label,
                 skipped[0],
             )
         return converted

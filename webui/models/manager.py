@@ -397,7 +397,7 @@ class ModelManager:
         from webui.memory.apply import free_vram_bytes
 
         scale = 2 if str(self.device.dtype).endswith("float32") else 1  # file sizes are fp16
-        has_t5 = entry.detection is not None and "t5xxl" in entry.detection.components
+        has_t5 = "t5xxl" in entry.record.components
         t5 = T5_XXL_PARAMS * 2 * scale if has_t5 else 0
         return auto_plan(
             free_vram_bytes(device),
@@ -470,8 +470,10 @@ class ModelManager:
             if slot and slot not in te_files:
                 te_files[slot] = te.path
         extra = {"load_kwargs": memory_plan.load_kwargs} if memory_plan.load_kwargs else {}
+        # The catalog's record goes with the path: the loader identifies nothing again.
         return loader(
             entry.path,
+            record=entry.record,
             device=memory_plan.load_device(self.device.device),
             dtype=self.device.dtype,
             cache_dir=self.cache_dir,

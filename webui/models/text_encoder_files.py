@@ -10,23 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from webui.models.detect import SD3_TE
-from webui.models.families import FamilySpec
+from webui.families.base import FamilyAdapter
+from webui.families.registry import BUILTIN
 from webui.models.safetensors_header import ModelFileError
 
-# A text encoder cut out of an SD3 checkpoint keeps its prefix there: text_encoders.<slot>.transformer.
-_SD3_FILE_PREFIXES = tuple(prefix + "transformer." for prefix in SD3_TE.values())
+# A text encoder cut out of a checkpoint may keep its prefix there (SD3: text_encoders.<slot>.transformer.).
+_FILE_PREFIXES = tuple(dict.fromkeys(p for family in BUILTIN for p in family.text_encoder_file_prefixes))
 
 
 def strip_checkpoint_prefix(key: str) -> str:
-    """The transformers key of a text encoder tensor, without an SD3 checkpoint's prefix."""
-    for prefix in _SD3_FILE_PREFIXES:
+    """The transformers key of a text encoder tensor, without a checkpoint's prefix (SD3's)."""
+    for prefix in _FILE_PREFIXES:
         if key.startswith(prefix):
             return key[len(prefix) :]
     return key
 
 
-def load_text_encoder_file(path: Path, config: Mapping[str, Any], family: FamilySpec, slot: str, dtype: Any) -> Any:
+def load_text_encoder_file(path: Path, config: Mapping[str, Any], family: FamilyAdapter, slot: str, dtype: Any) -> Any:
     """A transformers text encoder (eval mode, ``dtype``) built from ``config`` with ``path``'s weights."""
     import accelerate
     import safetensors.torch
@@ -43,7 +43,7 @@ def load_text_encoder_file(path: Path, config: Mapping[str, Any], family: Family
         state = _t5_state(tensors, model)
     else:
         state = _clip_state(tensors, model)
-        if family.denoiser == "mmdit" and slot == "clip_l":
+        if family.pooled_clip_l and slot == "clip_l":
             # SD3 uses CLIP-L's pooled output unprojected (diffusers does the same for single files)
             state["text_projection.weight"] = torch.eye(config["hidden_size"])
     model.load_state_dict(state, strict=False, assign=True)

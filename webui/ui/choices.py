@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from webui.families.registry import FALLBACK_FAMILY
 from webui.generation.infotext_map import USE_SAME_SAMPLER, USE_SAME_SCHEDULER
 from webui.generation.requests import HR_UPSCALERS, MASKED_CONTENT, RESIZE_MODES
 from webui.ui.control_values import NO_REFINER
@@ -31,8 +32,6 @@ __all__ = [
     "fit_values",
     "usable_values",
 ]
-
-FALLBACK_FAMILY = "sd15"
 
 
 @dataclass(frozen=True)

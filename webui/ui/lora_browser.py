@@ -4,7 +4,7 @@ inserts ``<lora:name:1>`` into the prompt.
 A LoRA's family is read from its safetensors header (key names and shapes, no weights), once
 per file version; the results are kept in ``page.cache`` (per UI, not global). A LoRA is usable
 when no model is loaded yet (the engine checks it then) or when its family group fits the
-loaded model's (``webui.models.lora.GROUP_FITS``).
+loaded model's (``webui.models.lora.group_fits``).
 """
 
 from __future__ import annotations
@@ -51,18 +51,17 @@ def _inspect(entry: Any, cache: dict[Any, tuple[str, str]]) -> tuple[str, str]:
 
 def lora_rows(services: Any, cache: dict[Any, tuple[str, str]], family: Any) -> list[LoraRow]:
     """One row per LoRA file, in catalog order, marked usable or not for ``family`` (None: no model)."""
-    from webui.models.lora import GROUP_FITS, GROUP_LABELS
+    from webui.models.lora import group_fits, group_label
 
     rows = []
     for entry in services.catalog.entries("lora"):
         name = Path(entry.stem).name
         group, error = _inspect(entry, cache)
-        made_for = GROUP_LABELS.get(group, "unknown model") if group else "?"
+        made_for = group_label(group, unknown="unknown model") if group else "?"
         if error:
             rows.append(LoraRow(name, made_for, False, error))
             continue
-        fits = GROUP_FITS.get(group)
-        if family is None or fits is None or family.lora_group in fits:
+        if family is None or group_fits(group, family) is not False:
             rows.append(LoraRow(name, made_for, True, USABLE))
         else:
             rows.append(LoraRow(name, made_for, False, f"made for {made_for}; the loaded model is {family.label}"))

@@ -1,4 +1,4 @@
-"""Family detection from the safetensors header alone (stripped files: real keys and shapes)."""
+"""Identifying models from the safetensors header alone (stripped files: real keys and shapes)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests import headers as H
-from webui.models.detect import UnsupportedModelError, detect_checkpoint, identify
+from webui.models.identify import UnsupportedModelError, identify_checkpoint, identify_header
 from webui.models.safetensors_header import read_header
 
 CASES = [
@@ -30,7 +30,7 @@ CASES = [
 @pytest.mark.parametrize("shapes,family,in_ch,components", CASES)
 def test_family_and_parts_from_header(tmp_path, shapes, family, in_ch, components):
     path = H.write_safetensors(tmp_path / "model.safetensors", shapes)
-    det = detect_checkpoint(read_header(path))
+    det = identify_checkpoint(read_header(path))
     assert (det.family, det.in_channels, set(det.components)) == (family, in_ch, components)
     assert det.inpaint == (in_ch == 9)
 
@@ -48,7 +48,7 @@ def test_family_and_parts_from_header(tmp_path, shapes, family, in_ch, component
 def test_unsupported_files_say_what_they_seem_to_be(tmp_path, shapes, expected):
     path = H.write_safetensors(tmp_path / "odd.safetensors", shapes)
     with pytest.raises(UnsupportedModelError) as err:
-        detect_checkpoint(read_header(path))
+        identify_checkpoint(read_header(path))
     assert expected in str(err.value)
     assert "odd.safetensors" in str(err.value)
 
@@ -64,7 +64,7 @@ def test_unsupported_files_say_what_they_seem_to_be(tmp_path, shapes, expected):
     ],
 )
 def test_identify_sorts_files_by_kind(tmp_path, shapes, kind, info):
-    found = identify(read_header(H.write_safetensors(tmp_path / "f.safetensors", shapes)))
+    found = identify_header(read_header(H.write_safetensors(tmp_path / "f.safetensors", shapes)))
     assert found.kind == kind
     assert dict(found.info) == info
 
@@ -76,5 +76,5 @@ def test_detection_reads_no_tensor_data(tmp_path):
     path = H.write_safetensors(tmp_path / "big.safetensors", shapes)
     assert path.stat().st_size > 6 * 2**30
     t0 = time.perf_counter()
-    assert detect_checkpoint(read_header(path)).family == "sdxl"
+    assert identify_checkpoint(read_header(path)).family == "sdxl"
     assert time.perf_counter() - t0 < 0.5
