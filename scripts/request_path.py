@@ -7,9 +7,11 @@ path), then traces a second one with a profile function on every thread (the web
 generation worker's) and prints:
 
 * files: the distinct ``webui/`` files whose code ran for the request;
-* hops: the distinct file-to-file edges (caller file -> callee file, both in ``webui/``); a call
-  that goes through a library (diffusers calling our step callback, FastAPI calling a route) counts
-  from the nearest ``webui/`` frame on the stack.
+* hops: the calls from one ``webui/`` file into another, each counted (a call that goes through a
+  library, diffusers calling our step callback or FastAPI calling a route, counts from the nearest
+  ``webui/`` frame on the stack; a coroutine counts once, not at every resume). The API handler polls
+  the job while it runs, so this figure moves by a few between runs;
+* edges: the distinct (caller file, callee file) pairs among those hops.
 
     .venv/bin/python scripts/request_path.py            # the two figures
     .venv/bin/python scripts/request_path.py --list     # and the files and edges
@@ -20,6 +22,7 @@ generation worker's) and prints:
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import tempfile
@@ -32,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 PACKAGE = str(ROOT / "webui") + os.sep
+RESUMABLE = inspect.CO_COROUTINE | inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
 BODY = {"prompt": "a lighthouse", "steps": 2, "width": 64, "height": 64, "seed": 1, "save_images": True}
 
 
@@ -42,8 +46,9 @@ class Tracer:
         self.on = False
         self.files: set[str] = set()
         self.edges: set[tuple[str, str]] = set()
-        self.calls = 0  # file-to-file calls, counted every time (not distinct)
+        self.calls = 0  # the hops: file-to-file calls, each counted
         self._lock = threading.Lock()
+        self._resumable: dict[int, object] = {}
 
     def profile(self, frame, event, arg):  # noqa: ANN001 - sys.setprofile's signature
         if event != "call" or not self.on:
@@ -51,6 +56,10 @@ class Tracer:
         callee = frame.f_code.co_filename
         if not callee.startswith(PACKAGE):
             return
+        if frame.f_code.co_flags & RESUMABLE:  # a coroutine or generator: count its first entry, not each resume
+            if id(frame) in self._resumable:
+                return
+            self._resumable[id(frame)] = frame  # kept alive so that its id is not reused
         caller = frame.f_back
         while caller is not None and not caller.f_code.co_filename.startswith(PACKAGE):
             caller = caller.f_back
@@ -115,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             services.generation.stop()
 
     print(f"files: {len(tracer.files)}")
-    print(f"hops: {len(tracer.edges)}")
-    print(f"(file-to-file calls, counted each time: {tracer.calls})")
+    print(f"hops: {tracer.calls}")
+    print(f"edges: {len(tracer.edges)}")
     if args.list:
         print("\nfiles:")
         for path in sorted(tracer.files):

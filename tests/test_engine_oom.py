@@ -1,6 +1,6 @@
 """Out of memory in a job: retry once with the next stronger memory mode, else a message naming the mode.
 
-The wrapper (``webui.generation.stages.oom``) runs a batch's stages; the model handle switches the mode.
+The wrapper (``webui.generation.plan.retry_out_of_memory``) runs a batch's stages; the model handle switches the mode.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from webui.generation.check import CheckedRequest
-from webui.generation.plan import EngineParts, Job
+from webui.generation.plan import EngineParts, Job, retry_out_of_memory
 from webui.generation.requests import GenerationRequest
 from webui.generation.service import JobFailed
-from webui.generation.stages.oom import retry_out_of_memory
 from webui.memory.modes import MemoryModeRegistry, register_builtin_modes
 from webui.memory.planner import NO_PLAN
 from webui.models.devices import DeviceChoice
@@ -58,9 +57,9 @@ class OomBatch:
 
 def job(manager: FakeManager, oom_retry: bool = True) -> Job:
     req = GenerationRequest(prompt="x", width=1024, height=1024)
-    checked = CheckedRequest(req, SimpleNamespace(name="x"), SDXL, width=1024, height=1024, steps=20, cfg=7.0)
     model = ModelHandle(manager, None)
-    return Job(checked, model, EngineParts(samplers=None, oom_retry=oom_retry), [(1, 1)])
+    parts = EngineParts(samplers=None, oom_retry=oom_retry)
+    return Job(CheckedRequest(req, SimpleNamespace(name="x"), SDXL), model, parts, [(1, 1)], req=req, width=1024, height=1024)
 
 
 def test_one_oom_is_retried_with_the_next_stronger_mode():

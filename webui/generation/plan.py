@@ -16,7 +16,7 @@ inpaint paste-back     only the masked area changes                    ``stages/
 save                   image hooks, infotext, the file, the result     ``stages/save.py``
 =====================  ==============================================  =================================
 
-Every stage but save runs inside the out-of-memory wrapper (``stages/oom.py``): after out of memory
+Every stage but save runs inside the out-of-memory wrapper (``retry_out_of_memory``): after out of memory
 the batch runs once more with the next stronger memory mode. The stages hand each other a
 ``Batch``; the ``Job`` holds what the whole job shares (the checked request, the model handle, the
 engine's parts). A stage reads what it needs from them and never calls into another stage's module
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from webui.generation.latest import Latest
-from webui.generation.service import BatchSkipped, JobContext, JobInterrupted, JobResult
+from webui.generation.service import BatchSkipped, JobContext, JobFailed, JobInterrupted, JobResult
 
 ENCODE, LATENTS, DENOISE, REFINER, HIRES, DECODE, PASTE_BACK, SAVE = (
     "encode prompt",
@@ -58,61 +58,52 @@ class EngineParts:
 
 @dataclass
 class Job:
-    """One running request: the checked request, the model it holds, its seeds and the names it reports."""
+    """One running request: the checked request, the model it holds, its seeds and the names it reports.
+
+    The fields after ``seeds`` are filled from ``checked`` (what the stages read most, by the names the
+    infotext uses); build a job with ``Job.of``.
+    """
 
     checked: Any  # webui.generation.check.CheckedRequest
     model: Any  # webui.models.handle.ModelHandle
     parts: EngineParts
     seeds: list[tuple[int, int]]
     job_id: str = ""
+    req: Any = None  # the GenerationRequest
+    family: Any = None  # FamilySpec of the checkpoint
+    sampler: str = ""  # what runs (a fallback may differ from the request)
+    schedule: str = ""
+    hr_sampler: str = ""  # what the hires pass runs
+    hr_schedule: str = ""
+    steps: int = 0
+    cfg: float = 0.0
+    width: int = 0
+    height: int = 0
     model_name: str = ""
     model_hash: str = ""
     vae_name: str = ""
     lora_hashes: dict[str, str] = field(default_factory=dict)
-    latest: Latest = field(default_factory=Latest)  # the running batch's newest estimate (for an interrupt)
+    latest: Latest | None = None  # the running batch's newest estimate (for an interrupt); one per batch
     refiner: Any = None  # webui.models.handle.RefinerModel when the request hands off to a refiner
     warnings: list[str] = field(default_factory=list)  # what could not run as asked, and what ran instead
 
-    # what the stages read most, by the names the infotext uses
-    @property
-    def req(self) -> Any:
-        return self.checked.request
-
-    @property
-    def family(self) -> Any:
-        return self.checked.family
-
-    @property
-    def sampler(self) -> str:
-        return self.checked.sampler.spec.name
-
-    @property
-    def schedule(self) -> str:
-        return self.checked.sampler.schedule.name
-
-    @property
-    def hr_sampler(self) -> str:
-        return self.checked.hires_sampler.spec.name
-
-    @property
-    def hr_schedule(self) -> str:
-        return self.checked.hires_sampler.schedule.name
-
-    @property
-    def steps(self) -> int:
-        return self.checked.steps
-
-    @property
-    def cfg(self) -> float:
-        return self.checked.cfg
-
-    @property
-    def width(self) -> int:
-        return self.checked.width
-
-    @property
-    def height(self) -> int:
-        return self.checked.height
+    @classmethod
+    def of(cls, checked: Any, model: Any, parts: EngineParts, seeds: list[tuple[int, int]], job_id: str) -> Job:
+        first, hires = checked.sampler, checked.hires_sampler
+        return cls(
+            checked, model, parts, seeds, job_id,
+            req=checked.request,
+            family=checked.family,
+            sampler=first.spec.name,
+            schedule=first.schedule.name,
+            hr_sampler=hires.spec.name,
+            hr_schedule=hires.schedule.name,
+            steps=checked.steps,
+            cfg=checked.cfg,
+            width=checked.width,
+            height=checked.height,
+            warnings=list(checked.warnings),
+        )
 
 
 @dataclass(frozen=True)
@@ -151,10 +142,6 @@ class Batch:
     decode_pipe: Any = None  # the pipeline whose VAE decodes ``latents``
     images: list[Any] = field(default_factory=list)
 
-    @property
-    def n(self) -> int:
-        return len(self.seeds)
-
 
 class Stage(Protocol):
     name: str
@@ -175,12 +162,38 @@ class Plan:
 
     def run_batch(self, job: Job, batch: Batch, ctx: JobContext) -> list[Any]:
         """The batch's images: every stage but save, retried once with more memory saving after out of memory."""
-        from webui.generation.stages.oom import retry_out_of_memory
 
         def run() -> list[Any]:
             return run_stages(self.stages, job, Batch(batch.seeds, batch.first_index), ctx)
 
         return retry_out_of_memory(run, job)
+
+
+def retry_out_of_memory(run: Callable[[], list[Any]], job: Job) -> list[Any]:
+    """The wrapper around a batch's stages: after out of memory, ``run()`` once more with the next stronger
+    memory mode (when allowed), else a JobFailed that says which mode helps (Settings > Memory).
+
+    The worker survives either way; the model handle switches the mode and writes the advice.
+    """
+    from webui.memory.planner import is_out_of_memory
+
+    model, req = job.model, job.req
+    try:
+        return run()
+    except (JobInterrupted, BatchSkipped):
+        raise
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        if not model.escalate_memory(req.batch_size, allowed=job.parts.oom_retry):
+            raise JobFailed(model.oom_message(job.width, job.height, req.batch_size)) from None
+    try:
+        return run()
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            model.release_memory()
+            raise JobFailed(model.oom_message(job.width, job.height, req.batch_size)) from None
+        raise
 
 
 def run_stages(stages: Sequence[Stage], job: Job, batch: Batch, ctx: JobContext) -> list[Any]:

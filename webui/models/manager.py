@@ -323,6 +323,8 @@ class ModelManager:
 
         with self._lock:
             slot = self._require_slot()
+            if not requests and slot.loras is None:
+                return None  # no LoRA asked and none was ever loaded on this model: nothing to switch
             infos = []
             for name, weight in requests:
                 entry = name if isinstance(name, CatalogEntry) else self.catalog.find(name, kind="lora")

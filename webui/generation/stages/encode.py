@@ -21,7 +21,7 @@ def first_pass(job: Job, batch: Batch) -> PassSpec:
 
     req = job.req
     steps = job.steps if req.task == "txt2img" else passes.steps_for_strength(job.steps, req.denoising_strength)
-    return PassSpec(req.task, req.task, n=batch.n, seed=batch.seeds[0][0], steps=steps)
+    return PassSpec(req.task, req.task, n=len(batch.seeds), seed=batch.seeds[0][0], steps=steps)
 
 
 def encode_pass(job: Job, spec: PassSpec, pipe: Any, family: Any) -> dict[str, Any]:

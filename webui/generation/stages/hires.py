@@ -39,7 +39,7 @@ class HiresFix:
         spec = PassSpec(
             "img2img",
             "hires fix",
-            n=batch.n,
+            n=len(batch.seeds),
             seed=batch.seeds[0][0],
             steps=steps,
             sampler=job.hr_sampler,

@@ -51,7 +51,7 @@ def prepare(job: Job, batch: Batch) -> None:
     if req.inpainting_fill == FILL:
         work = fill_masked(work, mask)
     generators = generators_for(job, batch.seeds)
-    image: Any = [work] * batch.n
+    image: Any = [work] * len(batch.seeds)
     if req.inpainting_fill in (LATENT_NOISE, LATENT_NOTHING):
         import torch
 

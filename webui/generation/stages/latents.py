@@ -56,7 +56,7 @@ class PrepareLatents:
             from webui.generation.img_ops import resize_image
 
             init = resize_image(req.init_image.convert("RGB"), job.width, job.height, req.resize_mode)
-            batch.image = [init] * batch.n
+            batch.image = [init] * len(batch.seeds)
             batch.generators = generators_for(job, batch.seeds)
         else:
             from webui.generation.stages.inpaint import prepare

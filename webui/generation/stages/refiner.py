@@ -44,7 +44,7 @@ class RefinerHandOff:
         from webui.generation.stages.encode import encode_pass
 
         refiner, switch, steps = job.refiner, job.req.refiner_switch_at, job.steps
-        spec = PassSpec("img2img", "refiner", n=batch.n, seed=batch.seeds[0][0], model=refiner)
+        spec = PassSpec("img2img", "refiner", n=len(batch.seeds), seed=batch.seeds[0][0], model=refiner)
         cond = encode_pass(job, spec, refiner.pipeline, refiner.family)
         inputs = pass_inputs(job, spec, ctx, refiner.pipeline, refiner.family, cond)
         run = max(1, steps - round(steps * switch))
