@@ -50,7 +50,7 @@ class Tracer:
         self._lock = threading.Lock()
         self._resumable: dict[int, object] = {}
 
-    def profile(self, frame, event, arg):  # noqa: ANN001 - sys.setprofile's signature
+    def profile(self, frame, event, arg):  # sys.setprofile signature
         if event != "call" or not self.on:
             return
         callee = frame.f_code.co_filename

@@ -80,7 +80,7 @@ def test_a_sampler_the_family_cannot_run_falls_back_with_a_warning(context):
 
 
 def test_hires_uses_the_first_pass_sampler_unless_asked(context):
-    hires = dict(enable_hr=True, denoising_strength=0.5, width=512, height=512)
+    hires = {"enable_hr": True, "denoising_strength": 0.5, "width": 512, "height": 512}
     same = check_request(request(**hires), context)
     assert same.hires_sampler is same.sampler
     other = check_request(request(**hires, hr_sampler_name="Euler", hr_prompt="sharp"), context)

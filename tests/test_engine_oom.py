@@ -59,7 +59,9 @@ def job(manager: FakeManager, oom_retry: bool = True) -> Job:
     req = GenerationRequest(prompt="x", width=1024, height=1024)
     model = ModelHandle(manager, None)
     parts = EngineParts(samplers=None, oom_retry=oom_retry)
-    return Job(CheckedRequest(req, SimpleNamespace(name="x"), SDXL), model, parts, [(1, 1)], req=req, width=1024, height=1024)
+    return Job(
+        CheckedRequest(req, SimpleNamespace(name="x"), SDXL), model, parts, [(1, 1)], req=req, width=1024, height=1024
+    )
 
 
 def test_one_oom_is_retried_with_the_next_stronger_mode():

@@ -72,7 +72,7 @@ def plain(services):
 
 def test_a_controlnet_runs_its_own_pipeline_class_and_changes_the_image(services, plain):
     job = run(services, {"stage_hooks_mode": "controlnet"})
-    assert stages(job) == 'txt2img=StableDiffusionControlNetPipeline/4'
+    assert stages(job) == "txt2img=StableDiffusionControlNetPipeline/4"
     assert_far(image(job), plain, PIXEL_MAX, PIXEL_MEAN)
 
 
@@ -103,7 +103,7 @@ def test_hires_fix_and_img2img_passes_get_the_addition_too(services):
 
     init = Image.new("RGB", (64, 64), (120, 60, 30))
     job = run(services, {"stage_hooks_mode": "controlnet"}, task="img2img", init_image=init, denoising_strength=0.5)
-    assert stages(job) == 'img2img=StableDiffusionControlNetImg2ImgPipeline/2'
+    assert stages(job) == "img2img=StableDiffusionControlNetImg2ImgPipeline/2"
 
 
 def test_a_model_of_another_family_is_refused_with_the_extensions_message(services):
@@ -117,7 +117,7 @@ def test_a_model_of_another_family_is_refused_with_the_extensions_message(servic
 
 def test_a_t2i_adapter_runs_with_progress_through_the_older_callback(services, plain):
     job = run(services, {"stage_hooks_mode": "adapter"})
-    assert stages(job) == 'txt2img=StableDiffusionAdapterPipeline/4'  # every step reached the step callbacks
+    assert stages(job) == "txt2img=StableDiffusionAdapterPipeline/4"  # every step reached the step callbacks
     assert job.progress.done_steps == 4
     assert_far(image(job), plain, PIXEL_MAX, PIXEL_MEAN)
     weightless = run(services, {"stage_hooks_mode": "adapter", "stage_hooks_weight": 0.0})
@@ -131,7 +131,7 @@ def test_an_ip_adapter_patch_changes_the_image_and_is_undone_after_the_job(servi
     unet = services.manager.loaded.pipeline.unet
     processors = {name: type(p) for name, p in unet.attn_processors.items()}
     job = run(services, {"stage_hooks_mode": "ip_adapter"})
-    assert stages(job) == 'txt2img=StableDiffusionPipeline/4'
+    assert stages(job) == "txt2img=StableDiffusionPipeline/4"
     assert_far(image(job), plain, PIXEL_MAX, PIXEL_MEAN)
     assert {name: type(p) for name, p in unet.attn_processors.items()} == processors
     assert unet.encoder_hid_proj is None
@@ -143,7 +143,7 @@ def test_an_ip_adapter_patch_changes_the_image_and_is_undone_after_the_job(servi
 
 def test_diffusers_cfg_cutoff_callback_changes_the_conditioning_per_step(services, plain):
     job = run(services, {"stage_hooks_cfg_cutoff": True})
-    assert stages(job) == 'txt2img=StableDiffusionPipeline/4'
+    assert stages(job) == "txt2img=StableDiffusionPipeline/4"
     assert_far(image(job), plain, PIXEL_MAX, PIXEL_MEAN)
 
 

@@ -28,9 +28,7 @@ log = logging.getLogger(__name__)
 
 VAE_NONE = ("", "Automatic", "None")  # sd_vae values meaning "the checkpoint's own VAE"
 PROMPT_FIELDS = ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
-NO_CHECKPOINT = (
-    "no checkpoint is installed; put a .safetensors file in models/Stable-diffusion or use the Models tab to download one"
-)
+NO_CHECKPOINT = "no checkpoint is installed; put a .safetensors file in models/Stable-diffusion or use the Models tab to download one"
 
 
 class UnknownName(RequestError):
@@ -100,7 +98,11 @@ def check_request(request: GenerationRequest, context: CheckContext) -> CheckedR
         raise RequestError(
             "subseed_strength", "variation seeds work for txt2img only for now; set the variation strength to 0"
         )
-    refiner = _find(context, request.refiner_checkpoint, "checkpoint", "refiner_checkpoint") if request.refiner_checkpoint else None
+    refiner = (
+        _find(context, request.refiner_checkpoint, "checkpoint", "refiner_checkpoint")
+        if request.refiner_checkpoint
+        else None
+    )
     checked = CheckedRequest(
         request=request,
         model=model,

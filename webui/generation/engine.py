@@ -99,7 +99,9 @@ class Engine:
         seed = resolve_seed(req.seed)
         subseed = resolve_seed(req.subseed)  # drawn even without variation: A1111 reports it
         parts = EngineParts(self.samplers, self.writer, self.hashes, self.hooks, self.prompt_cache, self.oom_retry)
-        job = Job.of(checked, model, parts, image_seeds(seed, subseed, req.subseed_strength, req.batch_size, req.n_iter), job_id)
+        job = Job.of(
+            checked, model, parts, image_seeds(seed, subseed, req.subseed_strength, req.batch_size, req.n_iter), job_id
+        )
         self._use_loras(job)
         self._describe_model(job)
         self._add_models(job)

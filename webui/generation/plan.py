@@ -91,7 +91,11 @@ class Job:
     def of(cls, checked: Any, model: Any, parts: EngineParts, seeds: list[tuple[int, int]], job_id: str) -> Job:
         first, hires = checked.sampler, checked.hires_sampler
         return cls(
-            checked, model, parts, seeds, job_id,
+            checked,
+            model,
+            parts,
+            seeds,
+            job_id,
             req=checked.request,
             family=checked.family,
             sampler=first.spec.name,

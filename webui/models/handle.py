@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,10 @@ class ModelHandle:
         self._patched: Any = None  # the pipeline the patches were applied to
         self._report: Report | None = None
 
-    def __enter__(self) -> ModelHandle:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._unpatch()
         self._additions, self._derived = [], {}
 
@@ -189,7 +189,9 @@ class ModelHandle:
                 continue
             wanted = addition.pipelines.get(task)
             if wanted and chosen_by and wanted != class_name:
-                self._tell(ext, f"{addition.name}: {task} already runs {class_name} (from {chosen_by}); {wanted} left out")
+                self._tell(
+                    ext, f"{addition.name}: {task} already runs {class_name} (from {chosen_by}); {wanted} left out"
+                )
                 continue
             if wanted:
                 class_name, chosen_by = wanted, ext
@@ -197,8 +199,10 @@ class ModelHandle:
         source = self._manager.loaded.pipeline
         try:
             pipe = derive_pipeline(source, class_name, components)
-        except Exception as exc:  # noqa: BLE001 - the message names the extension and the class
-            raise ValueError(f"cannot build {class_name} for {task} (asked by {chosen_by or 'an extension'}): {exc}") from exc
+        except Exception as exc:  # the message names the extension and the class
+            raise ValueError(
+                f"cannot build {class_name} for {task} (asked by {chosen_by or 'an extension'}): {exc}"
+            ) from exc
         share_offload_state(source, pipe)
         return pipe
 
@@ -221,7 +225,7 @@ class ModelHandle:
             undo = self._undo.pop()
             try:
                 undo()
-            except Exception:  # noqa: BLE001 - the next job must still start
+            except Exception:  # the next job must still start
                 log.exception("undoing an extension's model patch failed")
         self._patched = None
 

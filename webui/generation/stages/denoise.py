@@ -97,11 +97,22 @@ def _extension_part(job: Job, spec: PassSpec, family: Any, steps: int, width: in
 
     def extend(pipe: Any, arguments: Mapping[str, Any]) -> tuple[dict[str, Any], list[Any]]:
         event = StageEvent(
-            job.job_id, spec.label or spec.task, spec.task, job.req, family.id, pipe, width, height, steps, spec.n,
+            job.job_id,
+            spec.label or spec.task,
+            spec.task,
+            job.req,
+            family.id,
+            pipe,
+            width,
+            height,
+            steps,
+            spec.n,
             dict(arguments),
         )
         added = _arguments(hooks, pipe, arguments, _given_arguments(hooks, event))
-        callbacks = _callbacks(hooks, pipe, hooks.step_callbacks(event)) if hooks.has_impls("webui_step_callbacks") else []
+        callbacks = (
+            _callbacks(hooks, pipe, hooks.step_callbacks(event)) if hooks.has_impls("webui_step_callbacks") else []
+        )
         return added, callbacks
 
     return extend

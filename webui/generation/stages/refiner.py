@@ -30,7 +30,8 @@ def load_refiner(job: Job) -> Any:
         raise RequestError("refiner_checkpoint", str(exc).strip("'\"")) from None
     if refiner.family.id not in passes.SDXL_FAMILIES:
         raise RequestError(
-            "refiner_checkpoint", f"{req.refiner_checkpoint} is {refiner.family.label}; pick an SDXL refiner or base model"
+            "refiner_checkpoint",
+            f"{req.refiner_checkpoint} is {refiner.family.label}; pick an SDXL refiner or base model",
         )
     return refiner
 
