@@ -73,15 +73,16 @@ def run(env: Any, req: GenerationRequest) -> Any:
 
 
 def test_out_of_memory_fails_that_job_alone(env, monkeypatch):
-    engine = env.services.engine
-    real = engine._run_batch
+    from webui.generation import plan
 
-    def run_batch(job: Any, batch: Any, ctx: Any) -> Any:
+    real = plan.run_stages
+
+    def run_stages(stages: Any, job: Any, batch: Any, ctx: Any) -> Any:
         if "oom" in job.req.prompt:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real(job, batch, ctx)
+        return real(stages, job, batch, ctx)
 
-    monkeypatch.setattr(engine, "_run_batch", run_batch)
+    monkeypatch.setattr(plan, "run_stages", run_stages)
     before = all_files(env.outputs)
     jobs = [env.services.generation.submit(r) for r in (request("reference"), request("oom"), request("reference"))]
     assert all(job.wait(120) for job in jobs)

@@ -44,6 +44,8 @@ from webui.extension_manifest import (  # noqa: F401  (re-exported: callers impo
 from webui.hooks import ENTRY_POINT_GROUP, HOOK_NAMES, PROJECT, HookSpecs, JobRefused, SettingSpec
 
 _GROUPS = {"tryfirst": 0, "normal": 1, "trylast": 2}
+# Hooks where JobRefused fails the job on purpose (elsewhere it is an error of the extension).
+REFUSING_HOOKS = ("webui_before_job", "webui_job_models", "webui_stage_arguments")
 Runner = Callable[[list[str]], tuple[int, str]]
 
 
@@ -465,9 +467,10 @@ class ExtensionHost:
         try:
             return True, impl.function(*(args[name] for name in impl.argnames))
         except JobRefused:
-            if hook == "webui_before_job":
+            if hook in REFUSING_HOOKS:
                 raise
-            self._failed(impl.plugin_name, hook, ExtensionError("JobRefused is only allowed in webui_before_job"))
+            allowed = ", ".join(REFUSING_HOOKS)
+            self._failed(impl.plugin_name, hook, ExtensionError(f"JobRefused is only allowed in {allowed}"))
         except Exception as exc:  # noqa: BLE001 - the isolation boundary: recorded against the extension
             self._failed(impl.plugin_name, hook, exc)
         return False, None
@@ -578,6 +581,46 @@ class ExtensionHost:
     def infotext_pasted(self, text: str, fields: dict[str, Any]) -> dict[str, Any]:
         self.call("webui_infotext_pasted", text=text, fields=fields)
         return fields
+
+    # --- stage hooks (generation worker): what the engine's stages ask of extensions -------------
+
+    def report(self, extension: str, hook: str, problem: str) -> None:
+        """Record a problem with what an extension gave a hook (the value is left out; the job goes on)."""
+        self._failed(extension, hook, ExtensionError(problem))
+
+    def job_models(self, event: Any) -> list[tuple[str, Any]]:
+        """(extension, ModelAddition) of every ``webui_job_models``; JobRefused passes through."""
+        from webui.hooks import ModelAddition
+
+        out = []
+        for name, result in self.call("webui_job_models", event=event):
+            for item in _as_list(result):
+                if isinstance(item, ModelAddition):
+                    out.append((name, item))
+                else:
+                    self.report(name, "webui_job_models", f"returned {type(item).__name__}; return ModelAddition(...)")
+        return out
+
+    def stage_arguments(self, event: Any) -> list[tuple[str, dict[str, Any]]]:
+        """(extension, arguments) of every ``webui_stage_arguments`` (checked against the call by the stage)."""
+        out = []
+        for name, result in self.call("webui_stage_arguments", event=event):
+            if isinstance(result, Mapping) and all(isinstance(k, str) for k in result):
+                out.append((name, dict(result)))
+            else:
+                self.report(name, "webui_stage_arguments", f"returned {type(result).__name__}; return a dict or None")
+        return out
+
+    def step_callbacks(self, event: Any) -> list[tuple[str, Any]]:
+        """(extension, callback) of every ``webui_step_callbacks``: callables, in hook order."""
+        out = []
+        for name, result in self.call("webui_step_callbacks", event=event):
+            for item in _as_list(result):
+                if callable(item):
+                    out.append((name, item))
+                else:
+                    self.report(name, "webui_step_callbacks", f"returned {type(item).__name__}; return a callable")
+        return out
 
 
 def _as_list(result: Any) -> list[Any]:

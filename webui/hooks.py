@@ -10,7 +10,8 @@ Rules that hold for every hook:
 - Errors are isolated. An exception raised by an implementation is caught, logged with the
   extension's name and shown in the Extensions tab; the other implementations still run and the job
   goes on. An extension that keeps failing is turned off for the session. (One exception:
-  ``JobRefused`` raised in ``webui_before_job`` fails the job on purpose, with its message.)
+  ``JobRefused`` raised in ``webui_before_job``, ``webui_job_models`` or ``webui_stage_arguments``
+  fails the job on purpose, with its message.)
 - Order: implementations marked ``@hookimpl(tryfirst=True)`` run first, ``trylast=True`` last, the
   rest in between; within each group they run in registration order: built-ins, then extensions
   from ``extensions/`` in folder-name order, then installed packages in entry-point name order.
@@ -28,7 +29,7 @@ This module imports nothing from the app, so an extension can import it cheaply.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
@@ -44,7 +45,16 @@ TabBuilder = tuple[str, Callable[[], Any]]
 
 
 class JobRefused(Exception):
-    """Raise it in ``webui_before_job`` to fail the job with this message (the only hook error that is not isolated)."""
+    """Raise it to fail the job with this message (the only hook error that is not isolated).
+
+    Allowed in ``webui_before_job``, ``webui_job_models`` and ``webui_stage_arguments`` (e.g. a
+    ControlNet model of another family than the checkpoint). ``field`` names the request field at
+    fault, so the UI and the API can point at it ("" = none).
+    """
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,57 @@ class SaveEvent:
     path: str = ""  # set for webui_after_save: where the file was written
 
 
+@dataclass(frozen=True)
+class JobModelsEvent:
+    """What ``webui_job_models`` sees: the job, and the checkpoint it runs on (loaded)."""
+
+    job_id: str
+    request: Any  # the GenerationRequest (after webui_before_job)
+    family: str  # family id of the checkpoint
+    task: str  # "txt2img", "img2img" or "inpaint"
+    pipeline: Any  # the checkpoint's loaded pipeline: read its modules (unet / transformer, vae ...), do not move it
+    device: str  # where the job computes ("cuda", "cpu" ...)
+    dtype: Any  # the torch dtype the checkpoint computes in
+
+
+@dataclass(frozen=True)
+class ModelAddition:
+    """What an extension adds to the checkpoint for one job (the return value of ``webui_job_models``).
+
+    - ``components``: modules handed to the pipeline beside the checkpoint's own, by the name of the
+      pipeline class's ``__init__`` argument (``{"controlnet": model}``, ``{"adapter": t2i_adapter}``,
+      ``{"image_encoder": encoder}``). Put them on ``event.device`` in ``event.dtype`` yourself.
+    - ``pipelines``: task -> the diffusers pipeline class (its name) that the passes of that task run,
+      built from the checkpoint's components plus ``components`` (no copy of the weights), e.g.
+      ``{"txt2img": "StableDiffusionControlNetPipeline", "img2img": "StableDiffusionControlNetImg2ImgPipeline"}``.
+      Without it the components go to the task's usual class, which must take them.
+    - ``patch(pipeline)``: change the checkpoint's loaded pipeline for this job (``pipeline.load_ip_adapter``);
+      return the call that undoes it. The undo runs when the job ends, however it ends.
+    """
+
+    name: str
+    components: Mapping[str, Any] = field(default_factory=dict)
+    pipelines: Mapping[str, str] = field(default_factory=dict)
+    patch: Callable[[Any], Callable[[], None] | None] | None = None
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """One denoising pass about to call its pipeline (``webui_stage_arguments``, ``webui_step_callbacks``)."""
+
+    job_id: str
+    stage: str  # "txt2img", "img2img", "inpaint", "refiner", "hires fix"
+    task: str  # the pipeline task of this pass ("refiner" and "hires fix" run img2img)
+    request: Any  # the GenerationRequest
+    family: str  # family id of the model this pass runs on (the refiner's for "refiner")
+    pipeline: Any  # the pipeline that will be called (a ModelAddition's class where one applies)
+    width: int  # size of this pass's images (hires fix: the upscaled size)
+    height: int
+    steps: int  # num_inference_steps of the call
+    batch_size: int  # images in this batch
+    arguments: Mapping[str, Any]  # the call's arguments so far (read-only)
+
+
 class HookSpecs:
     """The hook specifications. Implement any of them in your extension with ``@hookimpl``."""
 
@@ -199,6 +260,44 @@ class HookSpecs:
         """
 
     @hookspec
+    def webui_job_models(self, event: JobModelsEvent, options: Mapping[str, Any]) -> Any:
+        """Extra models to load beside the checkpoint for this job: a ``ModelAddition``, a list of them, or None.
+
+        Called once per job, after the checkpoint, its VAE and LoRAs are in place and before the first
+        pass. An addition's ``components`` and ``pipelines`` decide which pipeline class each pass runs
+        (a ControlNet pipeline built from the checkpoint's modules plus the ControlNet); its ``patch``
+        changes the loaded pipeline for the job and is undone at the end (IP-Adapter). Load and cache
+        your models yourself (on ``event.device``, in ``event.dtype``). Raise ``JobRefused("why", field)``
+        when a model cannot run with this checkpoint (another family).
+        """
+
+    @hookspec
+    def webui_stage_arguments(self, event: StageEvent, options: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Extra arguments for this pass's pipeline call: a dict, or None.
+
+        Called for every pass of every batch (``event.stage``: first pass, refiner, hires fix), so the
+        arguments can follow the pass's size and batch: ``{"image": control, "controlnet_conditioning_scale":
+        0.8, "control_guidance_end": 0.5}``, ``{"ip_adapter_image_embeds": [embeds]}``. An argument the
+        app sets itself (``prompt_embeds``, ``latents``, ``image`` of img2img ...) or one the pipeline does
+        not take is reported and left out. Arguments of several extensions are merged; one that an earlier extension gave is reported.
+        """
+
+    @hookspec
+    def webui_step_callbacks(self, event: StageEvent, options: Mapping[str, Any]) -> Any:
+        """Per-step changes for this pass: a callback, a list of them, or None.
+
+        A callback is what diffusers' ``callback_on_step_end`` takes: ``callback(pipeline, step_index,
+        timestep, tensors) -> dict`` (step_index 0-based), with a ``tensor_inputs`` attribute naming the
+        tensors it reads or replaces (from the pipeline's ``_callback_tensor_inputs``: ``latents``,
+        ``prompt_embeds``, ``image`` ...; default ``["latents"]``). diffusers' own callbacks
+        (``diffusers.callbacks.SDCFGCutoffCallback``, ``IPAdapterScaleCutoffCallback``) work as they are.
+        The returned tensors replace the named ones for the next step (per-step conditioning); it may
+        also change the pipeline's settings (``pipeline.set_ip_adapter_scale``). Callbacks run after each
+        step, before ``webui_step`` and the progress update. Pipelines with only the older ``callback``
+        argument (``StableDiffusionAdapterPipeline``) get ``latents`` alone, changed in place.
+        """
+
+    @hookspec
     def webui_image(self, event: ImageEvent, options: Mapping[str, Any]) -> Any:
         """Each finished image, before it is saved: return a PIL image to replace it, or None."""
 
@@ -233,10 +332,13 @@ __all__ = [
     "PROJECT",
     "HookSpecs",
     "ImageEvent",
+    "JobModelsEvent",
     "JobRefused",
+    "ModelAddition",
     "ModelLoadedEvent",
     "SaveEvent",
     "SettingSpec",
+    "StageEvent",
     "StepEvent",
     "TabBuilder",
     "hookimpl",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,24 +45,64 @@ class PassInputs:
     on_step: Callable[[int, Any, Any], Any]
     sdxl_conditioning: Mapping[str, Any] = field(default_factory=dict)
     latest: Latest | None = None  # records the pass's newest estimate (decoded after an interrupt)
+    # (pipeline, the call's arguments) -> (arguments to add, step callbacks): the extensions' part of the
+    # pass (webui.generation.stages.denoise); None: no extension takes part
+    extend: Callable[[Any, Mapping[str, Any]], tuple[Mapping[str, Any], Sequence[Any]]] | None = None
 
 
 def denoiser(pipe: Any) -> Any:
     return getattr(pipe, "unet", None) or pipe.transformer
 
 
-def _callback(on_step: Callable[[int, Any, Any], Any], latest: Latest | None) -> Callable[..., dict]:
+def _callback(
+    on_step: Callable[[int, Any, Any], Any], latest: Latest | None, extra: Sequence[Any] = ()
+) -> Callable[..., dict]:
+    """``callback_on_step_end``: the extensions' step callbacks first, then the latest estimate and on_step."""
+
     def callback(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+        changed: dict[str, Any] = {}
+        for fn in extra:  # diffusers' PipelineCallback protocol: the tensors they return replace the named ones
+            out = fn(pipe, step, timestep, {**kwargs, **changed})
+            if out:
+                changed.update((k, v) for k, v in out.items() if k in kwargs)
+        latents = changed.get("latents", kwargs.get("latents"))
         if latest is not None:
-            latest.latents = kwargs.get("latents")
-        changed = on_step(step + 1, timestep, kwargs.get("latents"))
-        return {} if changed is None else {"latents": changed}
+            latest.latents = latents
+        replaced = on_step(step + 1, timestep, latents)
+        if replaced is not None:
+            changed["latents"] = replaced
+        return changed
 
     return callback
 
 
+def _legacy_callback(on_step: Callable[[int, Any, Any], Any], latest: Latest | None, extra: Sequence[Any] = ()):
+    """The older ``callback(step, timestep, latents)`` (StableDiffusionAdapterPipeline): changes are made in place."""
+    modern = _callback(on_step, latest, extra)
+    holder: dict[str, Any] = {}
+
+    def callback(step: int, timestep: Any, latents: Any) -> None:
+        changed = modern(holder.get("pipe"), step, timestep, {"latents": latents})
+        if changed.get("latents") is not None and changed["latents"] is not latents:
+            latents.copy_(changed["latents"])
+
+    return callback, holder
+
+
+def _tensor_inputs(extra: Sequence[Any]) -> list[str]:
+    names = ["latents"]
+    for fn in extra:
+        names.extend(n for n in getattr(fn, "tensor_inputs", ()) if n not in names)
+    return names
+
+
 def _accepts(pipe: Any, name: str) -> bool:
     return name in inspect.signature(type(pipe).__call__).parameters
+
+
+def accepts(pipe: Any, name: str) -> bool:
+    """Whether the pipeline's call takes an argument ``name`` (extensions' arguments are checked with it)."""
+    return _accepts(pipe, name)
 
 
 def _call(inputs: PassInputs, **kwargs: Any) -> Any:
@@ -73,8 +113,6 @@ def _call(inputs: PassInputs, **kwargs: Any) -> Any:
     args.update(
         num_inference_steps=inputs.steps,
         guidance_scale=inputs.cfg_scale,
-        callback_on_step_end=_callback(inputs.on_step, inputs.latest),
-        callback_on_step_end_tensor_inputs=["latents"],
     )
     args.update(inputs.call_kwargs)
     if inputs.family.takes_size_conditioning:  # SDXL base and refiner
@@ -83,6 +121,17 @@ def _call(inputs: PassInputs, **kwargs: Any) -> Any:
     decode = args.get("output_type", "pil") == "pil"
     if decode:
         args["output_type"] = "latent"  # we decode ourselves, with the NaN guard
+    extra: Sequence[Any] = ()
+    if inputs.extend is not None:
+        added, extra = inputs.extend(pipe, args)
+        args.update((k, v) for k, v in added.items() if k not in args)
+    if _accepts(pipe, "callback_on_step_end"):
+        args["callback_on_step_end"] = _callback(inputs.on_step, inputs.latest, extra)
+        args["callback_on_step_end_tensor_inputs"] = _tensor_inputs(extra)
+    else:
+        args["callback"], holder = _legacy_callback(inputs.on_step, inputs.latest, extra)
+        args["callback_steps"] = 1
+        holder["pipe"] = pipe
     stop_watching = inputs.latest.watch(pipe, inputs.scheduler) if inputs.latest is not None else None
     try:
         images = pipe(**args).images

@@ -76,19 +76,20 @@ def _return_freed_memory_to_os() -> None:
         pass
 
 
-def derive_pipeline(pipe: Any, class_name: str) -> Any:
+def derive_pipeline(pipe: Any, class_name: str, extra: dict[str, Any] | None = None) -> Any:
     """A pipeline of another class over the same module objects (no copy, no cast).
 
     ``from_pipe`` would cast every shared module to one dtype; building the
-    class from the components keeps each module exactly as it is.
+    class from the components keeps each module exactly as it is. ``extra``:
+    components beside the pipeline's own (an extension's ControlNet).
     """
     import diffusers
 
-    if type(pipe).__name__ == class_name:
+    if type(pipe).__name__ == class_name and not extra:
         return pipe
     cls = getattr(diffusers, class_name)
     params = inspect.signature(cls.__init__).parameters
-    components = pipe.components
+    components = {**pipe.components, **(extra or {})}
     kwargs = {}
     for name, param in params.items():
         if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -211,12 +212,12 @@ class ModelManager:
                 raise ModelNotLoadedError("no secondary checkpoint is loaded")
             return dict(slot.scheduler_config)
 
-    def secondary(self, name: str, task: str = "img2img") -> tuple[Any, FamilySpec]:
+    def secondary(self, name: str | CatalogEntry, task: str = "img2img") -> tuple[Any, FamilySpec]:
         """A second checkpoint kept on the device beside the active one (SDXL refiner): (pipeline, family).
 
         Loaded once and kept until another one is asked for or the manager unloads.
         """
-        entry = self.catalog.find(name)
+        entry = name if isinstance(name, CatalogEntry) else self.catalog.find(name)
         if entry.error:
             raise ValueError(entry.error)
         with self._lock:
@@ -234,6 +235,13 @@ class ModelManager:
                 pipe = derive_pipeline(slot.loaded.pipeline, slot.loaded.family.pipelines[task])
                 slot.tasks[task] = pipe
             return pipe, slot.loaded.family
+
+    def handle(self, entry: CatalogEntry) -> Any:
+        """``entry`` loaded and held for one job: ``with manager.handle(entry) as model`` (webui.models.handle)."""
+        from webui.models.handle import ModelHandle
+
+        self.load(entry)
+        return ModelHandle(self, entry)
 
     def release_secondary(self) -> None:
         with self._lock:
@@ -303,8 +311,8 @@ class ModelManager:
         return list(fresh.loaded.notes)
 
     # -- LoRA and VAE --------------------------------------------------------
-    def apply_loras(self, requests: list[tuple[str, float]]) -> Any:
-        """Make exactly these LoRAs (catalog name, weight) active on the loaded model.
+    def apply_loras(self, requests: list[tuple[str | CatalogEntry, float]]) -> Any:
+        """Make exactly these LoRAs (catalog name or entry, weight) active on the loaded model.
 
         Adapters are loaded once and switched by weight; the checkpoint is never reloaded.
         An empty list turns LoRA off. Raises ``LoraError`` for a LoRA that does not fit.
@@ -315,9 +323,11 @@ class ModelManager:
 
         with self._lock:
             slot = self._require_slot()
+            if not requests and slot.loras is None:
+                return None  # no LoRA asked and none was ever loaded on this model: nothing to switch
             infos = []
             for name, weight in requests:
-                entry = self.catalog.find(name, kind="lora")
+                entry = name if isinstance(name, CatalogEntry) else self.catalog.find(name, kind="lora")
                 if entry.error:
                     raise ValueError(entry.error)
                 infos.append((inspect_lora(read_header(entry.path)), weight))
@@ -331,8 +341,8 @@ class ModelManager:
             slot = self._current
             return slot.vae.path.stem if slot is not None and slot.vae is not None else ""
 
-    def set_vae(self, name: str | None) -> str:
-        """Use a VAE from models/VAE (None or "" = the checkpoint's own); returns the VAE in use."""
+    def set_vae(self, name: str | CatalogEntry | None) -> str:
+        """Use a VAE from models/VAE, by name or entry (None or "" = the checkpoint's own); returns the VAE in use."""
         from webui.models.vae import load_vae_override, restore_vae
 
         with self._lock:
@@ -346,7 +356,7 @@ class ModelManager:
                     self._refresh_memory(slot)
                     self._tune(pipe, slot.loaded.family, slot.plan)
                 return "checkpoint's own VAE"
-            entry = self.catalog.find(name, kind="vae")
+            entry = name if isinstance(name, CatalogEntry) else self.catalog.find(name, kind="vae")
             if entry.error:
                 raise ValueError(entry.error)
             if slot.vae is not None and slot.vae.path == entry.path:

@@ -1,4 +1,8 @@
-"""A job's results: extension image hooks, infotext, atomic saving, and A1111's info summary."""
+"""Stage "save": extension image hooks, infotext, atomic saving, the job's result, and A1111's info summary.
+
+``Save`` ends every batch (after the stages that make its images); ``keep_interrupted`` adds the
+interrupted batch's latest estimate, unsaved; ``info`` is the job's A1111 ``Processed.js()`` summary.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,21 @@ from webui.generation.service import JobFailed, JobResult
 log = logging.getLogger(__name__)
 
 
+class Save:
+    name = "save"
+
+    def __call__(self, job: Any, batch: Any, images: list[Any], result: JobResult, save: bool = True) -> None:
+        collect(job, batch.seeds, images, result, batch.first_index, save=save)
+
+    def keep_interrupted(self, job: Any, batch: Any, result: JobResult, ctx: Any) -> None:
+        keep_interrupted(job, batch.seeds, result, batch.first_index, ctx)
+
+    @staticmethod
+    def info(job: Any, seeds: list[int], infotexts: list[str]) -> dict[str, Any]:
+        return info(job, seeds, infotexts, inpainting=job.req.task == "inpaint" and job.model.inpainting)
+
+
 def collect(
-    engine: Any,
     job: Any,
     batch: list[tuple[int, int]],
     images: list[Any],
@@ -23,17 +40,18 @@ def collect(
 ) -> None:
     """Run the image hooks, write each image with its infotext (unless not ``save``), append it to the result."""
     req = job.req
+    hooks, writer = job.parts.hooks, job.parts.writer
     for k, (image, (seed, subseed)) in enumerate(zip(images, batch)):
         index = first_index + k
-        image = _image_hook(engine.hooks, job, image, index, seed)
+        image = _image_hook(hooks, job, image, index, seed)
         text = infotext(job, req, seed, subseed)
-        extra = _save_fields(engine.hooks, job, image, text, index, seed)
+        extra = _save_fields(hooks, job, image, text, index, seed)
         if extra:
             text = infotext(job, req, seed, subseed, extra)
         path = ""
         if req.save_images and save:
             path = str(
-                engine.writer.save(
+                writer.save(
                     image,
                     category=req.task,
                     infotext=text,
@@ -50,7 +68,7 @@ def collect(
                     },
                 )
             )
-            _after_save(engine.hooks, job, image, text, index, seed, path)
+            _after_save(hooks, job, image, text, index, seed, path)
         result.images.append(image)
         result.infotexts.append(text)
         result.seeds.append(seed)
@@ -58,7 +76,7 @@ def collect(
         result.paths.append(path)
 
 
-def keep_interrupted(engine: Any, job: Any, batch: list[tuple[int, int]], result: JobResult, first: int, ctx: Any):
+def keep_interrupted(job: Any, batch: list[tuple[int, int]], result: JobResult, first: int, ctx: Any) -> None:
     """The interrupted batch's latest estimate, decoded and added to the result unsaved (A1111's default).
 
     Nothing is added when the batch had not run a step yet (interrupted between batches, as A1111).
@@ -69,7 +87,7 @@ def keep_interrupted(engine: Any, job: Any, batch: list[tuple[int, int]], result
         log.warning("the interrupted batch gave no image: %s", exc)
         return
     if images:
-        collect(engine, job, batch[: len(images)], images, result, first, save=False)
+        collect(job, batch[: len(images)], images, result, first, save=False)
         ctx.image_done(len(images))
         ctx.partial(result)
 
