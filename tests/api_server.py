@@ -17,7 +17,7 @@ def build_api_app(services: Any) -> Any:
     from webui.api.sdapi import build_sdapi_router
 
     app = FastAPI(title="Stable Diffusion web UI", docs_url="/docs")
-    app.include_router(build_sdapi_router(services))
+    app.include_router(build_sdapi_router(services.backend))
     return app
 
 

@@ -306,7 +306,10 @@ def test_failed_job_is_500_with_its_message(client, prompt, words):
 
 
 def test_full_queue_is_503(api_env):
+    from webui.backend.local import LocalBackend
+
     services = dataclasses.replace(api_env.services, generation=GenerationService(api_env.runner, max_queue=0))
+    services.backend = LocalBackend(services)  # the copy's own backend, over its own queue
     with serve_api(services) as url:
         r = httpx.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "x"}, timeout=30)
     assert r.status_code == 503 and r.json()["error"] == "QueueFull" and "try again" in r.json()["detail"]

@@ -158,11 +158,14 @@ def test_a_sampler_error_in_the_job_fills_valid():
     from types import SimpleNamespace
 
     from webui.api.sdapi import _failure
+    from webui.backend.local import refusal_of
     from webui.generation.requests import RequestError
 
     exc = RequestError("sampler_name", "unknown sampler 'Nope'; choose one of: Euler, Euler a, DPM++ 2M")
     job = SimpleNamespace(error_field="sampler_name", error=str(exc), exception=exc)
-    assert _failure(job).valid == ["Euler", "Euler a", "DPM++ 2M"]
+    refusal = refusal_of(job)  # what the backend's job snapshot carries to the API
+    assert refusal.valid == ["Euler", "Euler a", "DPM++ 2M"]
+    assert _failure(SimpleNamespace(refusal=refusal, error=job.error)).valid == ["Euler", "Euler a", "DPM++ 2M"]
 
 
 # --- steps ----------------------------------------------------------------------------------------------
@@ -174,18 +177,17 @@ def test_more_than_150_steps_run_as_in_a1111(client):
 
 
 def test_the_steps_limit_is_a_setting_applied_live(env, client, tmp_path):
-    from webui.ui.settings_apply import save_settings
-
     services, _ = env
+    save_settings = services.backend.save_settings
     assert services.settings.max_steps == services.engine.limits.max_steps == 1000
     before = services.settings
     try:
-        result = save_settings(services, {"max_steps": 4})
+        result = save_settings({"max_steps": 4})
         assert not result.errors, result.errors
         r = client.post("/sdapi/v1/txt2img", json={**BASE, **WITH_SD15, "steps": 5})
         assert r.status_code == 422 and r.json()["field"] == "steps" and "4" in r.json()["detail"]
     finally:
-        save_settings(services, {"max_steps": before.max_steps})
+        save_settings({"max_steps": before.max_steps})
 
 
 # --- interrupt -------------------------------------------------------------------------------------------

@@ -360,9 +360,9 @@ def ui_submit(env: Any, task: str, values: dict[str, Any]) -> tuple[str, str]:
     from webui.ui.runner import _page_request, submit_from_page
 
     def build() -> Any:
-        return _page_request(env.services, lambda v: request_from_values(task, v), values, SD15, "Automatic")
+        return _page_request(env.services.backend, lambda v: request_from_values(task, v), values, SD15, "Automatic")
 
-    return submit_from_page(env.services, build)
+    return submit_from_page(env.services.backend, build)
 
 
 UI_VALUES = {"prompt": "ui", "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler", "seed": 3}
@@ -438,7 +438,7 @@ def test_ui_png_info_and_model_bar_answer_bad_input_in_words(env, tmp_path):
     text, rows, message = read_parameters(tmp_path / "missing.png")
     assert (text, rows) == ("", []) and message.startswith("Cannot read this file")
     before = snapshot(env)
-    lines = list(load_checkpoint(env.services, "../../etc/passwd", timeout=60))
+    lines = list(load_checkpoint(env.services.backend, "../../etc/passwd", timeout=60))
     assert lines[-1].startswith("**Could not load ../../etc/passwd:**")
     assert snapshot(env)["model"] == before["model"]
     record_figures("bad_requests", inputs=3)
@@ -451,10 +451,10 @@ def test_ui_extension_and_vae_actions_answer_unknown_names_in_words(env):
     host = env.services.extensions
     before = [(ext.name, ext.status) for ext in host.extensions()]
     for name in ("../../etc", "nope", "samplers"):  # "samplers" is a built-in: it cannot be switched off
-        assert set_enabled(host, name, False).startswith("**"), name
-        assert install_requirements(host, name).startswith("**"), name
-    assert set_enabled(host, "", True) == "Pick an extension first."
+        assert set_enabled(env.services.backend, name, False).startswith("**"), name
+        assert install_requirements(env.services.backend, name).startswith("**"), name
+    assert set_enabled(env.services.backend, "", True) == "Pick an extension first."
     assert [(ext.name, ext.status) for ext in host.extensions()] == before
-    lines = list(set_vae(env.services, "../../etc/passwd", timeout=60))
+    lines = list(set_vae(env.services.backend, "../../etc/passwd", timeout=60))
     assert lines[-1].startswith("**Could not use the VAE ../../etc/passwd:**")
     record_figures("bad_requests", inputs=8)

@@ -130,7 +130,7 @@ def api_client(url: str, client: int, answers: list[dict], errors: list[str]) ->
             answers.append({"client": client, "job": j, "body": body, "answer": r.json()})
 
 
-def ui_session(service: Any, session: int, outcomes: list[dict], errors: list[str]) -> None:
+def ui_session(service: Any, backend: Any, session: int, outcomes: list[dict], errors: list[str]) -> None:
     from webui.ui.runner import watch_job
 
     rng = random.Random(1000 + session)
@@ -149,7 +149,7 @@ def ui_session(service: Any, session: int, outcomes: list[dict], errors: list[st
         job = service.submit(request, source="ui")
         press_interrupt = rng.random() < 0.4
         frames = 0
-        for frame in watch_job(service, job, poll=0.01):
+        for frame in watch_job(backend, job.id, poll=0.01):
             frames += 1
             if press_interrupt and job.state == "running":
                 service.interrupt(job.id)  # this page's own job, as the Interrupt button
@@ -182,7 +182,7 @@ def progress_poller(url: str, stop: threading.Event, problems: list[str], polls:
 
 
 def test_concurrent_clients_get_their_own_images_in_fifo_order(env):
-    _, recorder, url, outputs = env
+    services, recorder, url, outputs = env
     answers: list[dict] = []
     outcomes: list[dict] = []
     errors: list[str] = []
@@ -194,7 +194,8 @@ def test_concurrent_clients_get_their_own_images_in_fifo_order(env):
     ]
     workers = [threading.Thread(target=api_client, args=(url, c, answers, errors)) for c in range(API_CLIENTS)]
     workers += [
-        threading.Thread(target=ui_session, args=(recorder.service, s, outcomes, errors)) for s in range(UI_SESSIONS)
+        threading.Thread(target=ui_session, args=(recorder.service, services.backend, s, outcomes, errors))
+        for s in range(UI_SESSIONS)
     ]
     started_at = len(recorder.started)
     for thread in helpers + workers:

@@ -454,8 +454,10 @@ def test_example_tab_sees_every_step_and_serves_the_stats(tmp_path, tiny_sd15):
 
     host = examples_host(tmp_path)
     baseline = run_tiny(tiny_sd15, host)
+    from webui.extension_facade import ExtensionFacade
+
     app = FastAPI()
-    host.app_started(app, services=None)
+    host.app_started(app, webui=ExtensionFacade(None, lambda: host.options, app))  # its route: webui.add_route
     stats = TestClient(app).get("/example-tab/stats").json()
     assert stats["job_id"] == "job-7" and stats["steps"] == 2
     assert [row["step"] for row in stats["per_step"]] == [1, 2]
@@ -473,7 +475,7 @@ def test_example_tab_builds_its_tab(tmp_path):
     import gradio as gr
 
     host = examples_host(tmp_path)
-    [tab] = host.ui_tabs(services=None)
+    [tab] = host.ui_tabs(webui=None)
     assert isinstance(tab, ExtensionTab) and (tab.extension, tab.title) == ("example-tab", "Step stats")
     with gr.Blocks() as page, gr.Tab(tab.title):
         ok, _ = host.run_guarded(tab.extension, f"tab {tab.title}", tab.build)

@@ -184,7 +184,7 @@ def test_scanning_listing_and_hashing_run_no_pickle(planted):
     entries = [e for kind in ("checkpoint", "lora", "vae", "text_encoder") for e in services.catalog.entries(kind)]
     pickled = [e for e in entries if e.format == "ckpt"]
     assert len(pickled) >= 50
-    model_rows(services)
+    model_rows(services.backend)
     for entry in pickled:
         assert len(services.hashes.get(entry.path)) == 64
         legacy_model_hash(entry.path)

@@ -1,4 +1,7 @@
-"""Settings page logic: checks with messages per setting, live application, persistence, reset."""
+"""Settings page logic: checks with messages per setting, live application, persistence, reset.
+
+The page saves through the backend (``services.backend.save_settings``); the checks and the config
+file are ``webui.settings_edit``, the live appliers ``webui.backend.local_settings``."""
 
 from __future__ import annotations
 
@@ -14,8 +17,14 @@ from webui.generation.requests import GenerationRequest
 from webui.generation.service import DONE
 from webui.models.demo import demo_checkpoint_name, write_demo_models
 from webui.outputs.writer import read_infotext
+from webui.backend import local_settings
+from webui.settings_edit import check_values, infer_base
 from webui.ui import settings_apply
-from webui.ui.settings_apply import check_values, infer_base, save_settings
+
+
+def save_settings(services, values, *, reset=False):
+    """What the page's Apply does: the backend checks, applies and persists."""
+    return settings_apply.save_settings(services.backend, values, reset=reset)
 
 
 @pytest.fixture
@@ -66,7 +75,7 @@ def test_good_values_are_coerced_to_their_types():
 def test_every_setting_on_the_page_is_a_real_setting_and_live_ones_have_an_applier():
     fields = set(Settings.__dataclass_fields__)
     assert set(settings_apply.EDITABLE) <= fields
-    assert settings_apply.LIVE == set(settings_apply.LIVE_APPLIERS)
+    assert settings_apply.LIVE == set(local_settings.LIVE_APPLIERS)
 
 
 def test_live_settings_apply_at_once_and_persist(services, tmp_path):
@@ -107,7 +116,7 @@ def test_live_settings_apply_at_once_and_persist(services, tmp_path):
 
 
 def test_only_changed_settings_are_written(services):
-    save_settings(services, {**settings_apply.current_values(services), "preview_every": 9})
+    save_settings(services, {**settings_apply.current_values(services.backend), "preview_every": 9})
     assert config_on_disk(services) == {"preview_every": 9}
 
 
@@ -144,7 +153,7 @@ def test_reset_restores_defaults_live_and_in_the_file(services, tmp_path):
     config = Path(services.paths.config_file)
     data = json.loads(config.read_text())
     config.write_text(json.dumps({**data, "t5_tokenizer_dir": "keep/me"}))
-    result = save_settings(services, settings_apply.default_values(), reset=True)
+    result = save_settings(services, settings_apply.default_values(services.backend), reset=True)
     assert result.ok
     assert services.writer.filename_pattern == "[seed]" and services.generation.preview_every == 5
     # "outputs" is relative: resolved against the folder the app resolved its paths against
@@ -157,7 +166,7 @@ def test_extension_settings_are_checked_saved_and_reset_with_ours(tmp_path):
 
     shutil.copytree(Path(__file__).parent / "fixtures" / "extensions" / "good", tmp_path / "ext" / "good")
     services = tmp_services(tmp_path)
-    assert settings_apply.current_values(services)["good_suffix"] == ", masterpiece"
+    assert settings_apply.current_values(services.backend)["good_suffix"] == ", masterpiece"
     bad = save_settings(services, {"good_suffix": 5, "preview_every": 2})
     assert list(bad.errors) == ["good_suffix"] and "takes a str" in bad.errors["good_suffix"]
     assert services.generation.preview_every == 5  # nothing applied
@@ -165,16 +174,16 @@ def test_extension_settings_are_checked_saved_and_reset_with_ours(tmp_path):
     assert result.ok and "Suffix added to every prompt" in result.message()
     assert services.extensions.options["good_suffix"] == ", best quality"
     assert "good_suffix" not in config_on_disk(services)  # the extension host keeps its own state
-    save_settings(services, settings_apply.default_values(services), reset=True)
+    save_settings(services, settings_apply.default_values(services.backend), reset=True)
     assert services.extensions.options["good_suffix"] == ", masterpiece"
 
 
 def test_a_saved_file_name_pattern_is_used_after_a_restart(tmp_path):
     services = tmp_services(tmp_path, filename_pattern="[seed]-[steps]")
-    settings_apply.sync_writer(services)  # what building the Settings tab does
+    # build_backend gave the writer the saved pattern (what building the Settings tab did before)
     assert services.writer.filename_pattern == "[seed]-[steps]" and services.engine.writer is services.writer
     assert services.writer.root == tmp_path / "outputs"
-    assert settings_apply.sync_writer(services) is False
+    assert local_settings.sync_writer(services) is False
 
 
 def test_infer_base_finds_the_folder_relative_paths_hang_from(tmp_path):
@@ -273,12 +282,19 @@ def _host(tmp_path, *names, allow_install=True):
     return host, folder
 
 
+def _backend(host):
+    """A backend over nothing but the extension host (what the Extensions tab talks to)."""
+    from webui.backend.local import LocalBackend
+
+    return LocalBackend(SimpleNamespace(extensions=host))
+
+
 def test_extension_rows_show_status_hooks_and_problems_in_words(tmp_path):
     from webui.ui.extensions_tab import NEW_FOLDER, host_rows
 
     host, folder = _host(tmp_path, "good", "bad-manifest", "needs-package")
     (folder / "added-later").mkdir()
-    rows = {row[0]: row for row in host_rows(host, folder)}
+    rows = {row[0]: row for row in host_rows(_backend(host).extensions(), folder)}
     assert rows["good"][1:5] == ["folder", "0.1", "ok", "webui_before_job, webui_before_save, webui_settings"]
     assert rows["good"][5] == ""
     assert rows["needs-package"][3] == "failed" and "not-a-real-package-for-webui-tests" in rows["needs-package"][5]
@@ -290,21 +306,22 @@ def test_turning_an_extension_off_and_on_says_what_happened(tmp_path):
     from webui.ui.extensions_tab import host_rows, set_enabled, switchable
 
     host, folder = _host(tmp_path, "good")
-    assert switchable(host) == ["good"]
-    message = set_enabled(host, "good", False)
+    backend = _backend(host)
+    assert switchable(backend.extensions()) == ["good"]
+    message = set_enabled(backend, "good", False)
     assert message.startswith("good is off.") and "Restart the app" in message
-    assert host_rows(host, folder)[0][3] == "disabled (restart to finish)"
+    assert host_rows(backend.extensions(), folder)[0][3] == "disabled (restart to finish)"
     assert json.loads((tmp_path / "state.json").read_text())["disabled"] == ["good"]
-    assert set_enabled(host, "good", True).startswith("good is on.")
-    assert "unknown extension" in set_enabled(host, "nope", True)
-    assert set_enabled(host, None, True) == "Pick an extension first."
+    assert set_enabled(backend, "good", True).startswith("good is on.")
+    assert "unknown extension" in set_enabled(backend, "nope", True)
+    assert set_enabled(backend, None, True) == "Pick an extension first."
 
 
 def test_installing_requirements_is_refused_in_words_when_not_allowed(tmp_path):
     from webui.ui.extensions_tab import install_requirements
 
     host, _ = _host(tmp_path, "needs-package", allow_install=False)
-    message = install_requirements(host, "needs-package")
+    message = install_requirements(_backend(host), "needs-package")
     assert message.startswith("**") and "--enable-insecure-extension-access" in message
 
 

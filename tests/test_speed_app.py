@@ -12,7 +12,13 @@ from webui.generation.requests import GenerationRequest
 from webui.models.demo import demo_checkpoint_name, write_demo_models
 from webui.speed.compile import denoiser
 from webui.speed.optimize import SpeedOptions
-from webui.ui.settings_apply import device_summary, save_settings
+from webui.ui import settings_apply
+from webui.ui.settings_apply import device_summary
+
+
+def save_settings(services, values):
+    """What the page's Apply does: the backend checks, applies and persists."""
+    return settings_apply.save_settings(services.backend, values)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +83,7 @@ def test_bad_speed_settings_say_what_to_use(tmp_path, env, phrase):
 
 
 def test_the_settings_page_says_what_runs_in_which_precision(services):
-    text = device_summary(services)
+    text = device_summary(services.backend)
     assert "cpu: fp32 (VAE fp32) - --precision fp32" in text
     assert "override" in text
 

@@ -1,5 +1,8 @@
 """The UI's logic without a browser: request building, infotext pasting, model-bar choices, LoRA rows,
-progress text, token counter, the results stream, and the whole page constructing over real services."""
+progress text, token counter, the results stream, and the whole page constructing over real services.
+
+The UI talks to the backend only (``services.backend``); where a test sets what is loaded, it sets what
+the backend answers."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from PIL import Image
 from tests.app_services import tmp_services
 from webui.generation.infotext_map import infotext_for
 from webui.generation.requests import GenerationRequest, RequestError
+from webui.backend import LoadedModel, ModelInfo
+from webui.backend.local import LocalBackend
 from webui.generation.service import GenerationService, JobResult, Progress
 from webui.ui import choices, model_bar, runner
 from webui.ui.control_events import count_text, family_updates
@@ -33,7 +38,20 @@ def services(tmp_path):
 
 
 def _family(services, family_id):
+    """The family as the backend describes it (what the page gets)."""
+    return next(f for f in services.backend.families() if f.id == family_id)
+
+
+def _spec(services, family_id):
+    """The family spec the sampler table takes (to compare the page's choices with the table's)."""
     return services.families.get(family_id)
+
+
+def _load_as(services, monkeypatch, family_id):
+    """Make the backend answer that a model of ``family_id`` is loaded (nothing is loaded really)."""
+    model = ModelInfo("fake.safetensors", "checkpoint", "/nowhere/fake.safetensors", "safetensors", 0, 0, "fake")
+    loaded = LoadedModel(model, _family(services, family_id))
+    monkeypatch.setattr(services.backend, "loaded", lambda: loaded)
 
 
 # --- request_from_values ----------------------------------------------------------------------------
@@ -155,59 +173,61 @@ def test_infotext_round_trip_through_the_controls():
 
 
 def test_family_view_follows_the_family(services):
-    none = choices.family_view(services, None, "txt2img")
+    backend = services.backend
+    none = choices.family_view(backend, None, "txt2img")
     assert (none.width, none.height, none.steps) == (512, 512, 20) and none.sampler == "DPM++ 2M"
     assert "Euler a" in none.samplers and none.family_id == "" and not none.is_flow
-    xl = choices.family_view(services, _family(services, "sdxl"), "txt2img")
+    xl = choices.family_view(backend, _family(services, "sdxl"), "txt2img")
     assert (xl.width, xl.height, xl.steps, xl.cfg) == (1024, 1024, 25, 6.0)
     assert ("1216 × 832", "1216x832") in xl.presets
-    sd3 = choices.family_view(services, _family(services, "sd3"), "txt2img")
+    sd3 = choices.family_view(backend, _family(services, "sd3"), "txt2img")
     assert sd3.is_flow and sd3.sampler == "Euler" and "Euler a" not in sd3.samplers
-    img2img = choices.family_view(services, _family(services, "sd3"), "img2img")
+    img2img = choices.family_view(backend, _family(services, "sd3"), "img2img")
     assert img2img.samplers == sd3.samplers  # every flow sampler has scale_noise
 
 
 def test_family_updates_show_the_defaults_only_on_page_load(services):
     controls = SimpleNamespace(task="txt2img", fields={"hr_sampler_name": None})
     sd3 = _family(services, "sd3")
-    changed = family_updates(services, controls, sd3, True)
-    assert changed[0]["value"] == "Euler" and changed[0]["choices"] == services.samplers.samplers_for(sd3, "txt2img")
+    changed = family_updates(services.backend, controls, sd3, True)
+    assert changed[0]["value"] == "Euler"
+    assert changed[0]["choices"] == services.samplers.samplers_for(_spec(services, "sd3"), "txt2img")
     assert (changed[2], changed[4], changed[5]) == (28, 1024, 1024)
     assert changed[8] == {"__type__": "update", "visible": True}
-    kept = family_updates(services, controls, sd3, False, "DPM++ 2M", "Automatic", "Use same sampler")
+    kept = family_updates(services.backend, controls, sd3, False, "DPM++ 2M", "Automatic", "Use same sampler")
     assert kept[0]["value"] == "DPM++ 2M" and kept[2] == {"__type__": "update"} and kept[4] == {"__type__": "update"}
     assert kept[-1] == {"__type__": "update"}  # nothing to say: the error box keeps a job's message
-    assert family_updates(services, controls, _family(services, "sd15"), False)[8]["visible"] is False
+    assert family_updates(services.backend, controls, _family(services, "sd15"), False)[8]["visible"] is False
 
 
 def _lacking(services, family, task):
     """A sampler SD 1.5 offers for ``task`` and ``family`` does not."""
     table = services.samplers
-    offered = table.samplers_for(family, task)
-    return next(n for n in table.samplers_for(_family(services, "sd15"), task) if n not in offered)
+    offered = table.samplers_for(_spec(services, family.id), task)
+    return next(n for n in table.samplers_for(_spec(services, "sd15"), task) if n not in offered)
 
 
 def test_a_model_switch_changes_only_what_the_new_family_cannot_use_and_says_so(services):
     controls = SimpleNamespace(task="txt2img", fields={"hr_sampler_name": None})
     sd3 = _family(services, "sd3")
     sampler, hr_sampler = _lacking(services, sd3, "txt2img"), _lacking(services, sd3, "img2img")
-    got = family_updates(services, controls, sd3, False, sampler, "Automatic", hr_sampler)
+    got = family_updates(services.backend, controls, sd3, False, sampler, "Automatic", hr_sampler)
     assert got[0]["value"] == "Euler" and got[1]["value"] == "Automatic"
-    assert got[1]["choices"] == services.samplers.schedules_for(sd3, "Euler")
+    assert got[1]["choices"] == services.samplers.schedules_for(_spec(services, "sd3"), "Euler")
     assert got[2:6] == [{"__type__": "update"}] * 4  # steps, CFG, width, height stay
     assert got[9]["value"] == "Use same sampler"
     assert sampler in got[-1] and hr_sampler in got[-1]
 
 
-def test_usable_values_drop_what_the_loaded_family_cannot_use(services):
-    services.manager = SimpleNamespace(family=_family(services, "sd3"), current_entry=None)
+def test_usable_values_drop_what_the_loaded_family_cannot_use(services, monkeypatch):
+    _load_as(services, monkeypatch, "sd3")
     got = choices.usable_values(
-        services,
+        services.backend,
         "txt2img",
         {"sampler_name": "Euler a", "scheduler": "Karras", "steps": 9, "refiner_checkpoint": "gone.safetensors"},
     )
     assert got == {"steps": 9, "refiner_checkpoint": "None"}
-    got = choices.usable_values(services, "txt2img", {"sampler_name": "Euler", "scheduler": "Align Your Steps"})
+    got = choices.usable_values(services.backend, "txt2img", {"sampler_name": "Euler", "scheduler": "Align Your Steps"})
     assert got == {"sampler_name": "Euler", "scheduler": "Automatic"}
 
 
@@ -219,23 +239,28 @@ def test_parse_preset():
 # --- model bar --------------------------------------------------------------------------------------
 
 
-def _entry(name, family=None, demo=False):
-    return SimpleNamespace(name=name, family=family, demo=demo)
+def _entry(name, family=None, demo=False, kind="checkpoint"):
+    """A catalog entry as the catalog makes them (the backend turns it into a ModelInfo)."""
+    fmt = "ckpt" if name.endswith(".ckpt") else "safetensors"
+    return SimpleNamespace(
+        name=name, path=Path("/nowhere") / name, kind=kind, format=fmt, size=1, mtime_ns=1, family=family,
+        demo=demo, error=None, info={}, stem=name.rsplit(".", 1)[0],
+    )  # fmt: skip
 
 
 def test_checkpoint_choices_show_each_family(services):
     services.catalog = SimpleNamespace(
         usable=lambda kind: {
             "checkpoint": [_entry("a.safetensors", "sdxl"), _entry("b.ckpt"), _entry("demo.safetensors", "sd3", True)],
-            "vae": [_entry("sdxl_vae.safetensors")],
+            "vae": [_entry("sdxl_vae.safetensors", kind="vae")],
         }[kind]
     )
-    assert model_bar.checkpoint_choices(services) == [
+    assert model_bar.checkpoint_choices(services.backend) == [
         ("a.safetensors (SDXL)", "a.safetensors"),
         ("b.ckpt (family found when loaded)", "b.ckpt"),
         ("demo.safetensors (SD3 Medium, demo: makes noise)", "demo.safetensors"),
     ]
-    assert model_bar.vae_choices(services) == ["Automatic", "sdxl_vae.safetensors"]
+    assert model_bar.vae_choices(services.backend) == ["Automatic", "sdxl_vae.safetensors"]
 
 
 def test_failed_load_is_reported_through_the_worker(services):
@@ -244,14 +269,14 @@ def test_failed_load_is_reported_through_the_worker(services):
     services.catalog.refresh()
     services.generation.start()
     try:
-        lines = list(model_bar.load_checkpoint(services, "broken.safetensors", timeout=60))
-        vae = list(model_bar.set_vae(services, "x.safetensors", timeout=60))
+        lines = list(model_bar.load_checkpoint(services.backend, "broken.safetensors", timeout=60))
+        vae = list(model_bar.set_vae(services.backend, "x.safetensors", timeout=60))
     finally:
         services.generation.stop()
     assert lines[0] == "Loading broken.safetensors ..."
     assert lines[-1].startswith("**Could not load broken.safetensors:**") and "Traceback" not in lines[-1]
     assert vae == ["VAE x.safetensors is used once a checkpoint is loaded."]
-    assert list(model_bar.load_checkpoint(services, None)) == ["No checkpoint selected."]
+    assert list(model_bar.load_checkpoint(services.backend, None)) == ["No checkpoint selected."]
 
 
 # --- LoRA browser -----------------------------------------------------------------------------------
@@ -270,7 +295,7 @@ def _write_lora(path: Path, module: str, fin: int, fout: int) -> None:
     )
 
 
-def test_lora_rows_mark_what_fits_the_loaded_model(services):
+def test_lora_rows_mark_what_fits_the_loaded_model(services, monkeypatch):
     lora_dir = services.paths.models / "Lora"
     _write_lora(
         lora_dir / "style15.safetensors",
@@ -287,16 +312,26 @@ def test_lora_rows_mark_what_fits_the_loaded_model(services):
     _write_lora(lora_dir / "sd3thing.safetensors", "lora_unet_joint_blocks_0_x_block_attn_qkv", 64, 192)
     (lora_dir / "broken.safetensors").write_bytes(b"\x00" * 10)
     services.catalog.refresh()
-    cache: dict = {}
-    rows = {r.name: r for r in lora_rows(services, cache, _family(services, "sd15"))}
+    import webui.models.safetensors_header as headers
+
+    backend, read, real_read = services.backend, [], headers.read_header
+
+    def counting_read(path):
+        read.append(path)
+        return real_read(path)
+
+    monkeypatch.setattr(headers, "read_header", counting_read)
+    rows = {r.name: r for r in lora_rows(backend, _family(services, "sd15"))}
+    sd35 = {r.name: r for r in lora_rows(backend, _family(services, "sd35_medium"))}
+    unloaded = lora_rows(backend, None)
     assert rows["style15"].usable and rows["style15"].made_for == "SD 1.5"
     assert not rows["xlstyle"].usable and rows["xlstyle"].status == "made for SDXL; the loaded model is SD 1.5"
     assert rows["sd3thing"].made_for == "SD3" and not rows["sd3thing"].usable
     assert not rows["broken"].usable
-    sd35 = {r.name: r for r in lora_rows(services, cache, _family(services, "sd35_medium"))}
     assert sd35["sd3thing"].usable and not sd35["style15"].usable
-    assert all(r.usable for r in lora_rows(services, cache, None) if r.name != "broken")
-    assert len(cache) == 4  # headers read once per file
+    assert all(r.usable for r in unloaded if r.name != "broken")
+    # three listings read each header once (the broken file's error comes from the catalog's scan)
+    assert len(read) == 3 and len(set(read)) == 3
 
 
 @pytest.mark.parametrize(
@@ -322,11 +357,11 @@ def test_progress_html():
 
 
 def test_token_counter_uses_the_bundled_clip_tokenizer_without_a_model(services):
-    page = PageContext(services)
-    assert count_text(services, page, "a photo of a cat") == "5/75"
-    assert count_text(services, page, " ".join(["cat"] * 80)) == "80/150"
-    assert count_text(services, page, "a cat <lora:style:0.8>") == "2/75"
-    assert "clip_tokenizer" in page.cache
+    backend = services.backend
+    assert count_text(backend, "a photo of a cat") == "5/75"
+    assert count_text(backend, " ".join(["cat"] * 80)) == "80/150"
+    assert count_text(backend, "a cat <lora:style:0.8>") == "2/75"
+    assert backend.loaded() is None and services.manager.current_entry is None  # no model was loaded for it
 
 
 def _fake_runner(gates: dict[str, threading.Event]):
@@ -353,7 +388,7 @@ def test_stream_shows_progress_preview_then_gallery_and_infotext():
         while blocker.progress.step < 2:  # the first job runs and waits at step 2
             blocker.wait(0.01)
         job = service.submit(GenerationRequest(prompt="second"), source="ui")
-        frames = runner._stream(SimpleNamespace(generation=service), job.id)
+        frames = runner._stream(LocalBackend(SimpleNamespace(generation=service)), job.id)
         first = next(frames)
         assert "Waiting: next to run" in first[0]
         gates["first"].set()
@@ -382,7 +417,7 @@ def test_failed_job_shows_words_next_to_generate():
     try:
         job = service.submit(GenerationRequest(), source="ui")
         with pytest.warns(UserWarning):
-            *_, last = runner._stream(SimpleNamespace(generation=service), job.id)
+            *_, last = runner._stream(LocalBackend(SimpleNamespace(generation=service)), job.id)
     finally:
         service.stop()
     assert last[2] == {"__type__": "update"} and last[5] == {"__type__": "update"}  # earlier results stay
@@ -393,7 +428,7 @@ def test_submit_from_page_reports_request_errors_without_queueing(services):
     def bad():
         return request_from_values("txt2img", {"steps": None})
 
-    assert runner.submit_from_page(services, bad) == ("", "**Sampling steps:** is empty; enter a number")
+    assert runner.submit_from_page(services.backend, bad) == ("", "**Sampling steps:** is empty; enter a number")
     assert services.generation.waiting() == []
 
 
@@ -403,9 +438,9 @@ def test_submit_from_page_reports_request_errors_without_queueing(services):
 def test_the_page_builds_with_every_tab_and_control_id(services):
     import gradio as gr
 
-    from webui.ui import shell
+    from webui.app import build_page
 
-    blocks = shell.build_ui(services)
+    blocks = build_page(services)
     assert isinstance(blocks, gr.Blocks)
     ids = {getattr(block, "elem_id", None) for block in blocks.blocks.values()}
     tabs = {block.id for block in blocks.blocks.values() if isinstance(block, gr.Tab)}
@@ -426,11 +461,11 @@ def test_page_sync_and_paste_updates_line_up_with_their_outputs(services):
     from webui.ui import txt2img_tab
     from webui.ui.model_bar import build_model_bar
 
-    page = PageContext(services)
+    page = PageContext(services.backend)
     with gr.Blocks():
-        build_model_bar(services, page)
+        build_model_bar(services.backend, page)
         with gr.Tabs() as page.tabs, gr.Tab("txt2img", id="txt2img"):
-            txt2img_tab.build(services, page)
+            txt2img_tab.build(services.backend, page)
         page.finish()
     outputs = page.sync_outputs()
     updates = page.sync_updates("")
@@ -451,19 +486,18 @@ def _txt2img_page(services):
     from webui.ui import txt2img_tab
     from webui.ui.model_bar import build_model_bar
 
-    page = PageContext(services)
+    page = PageContext(services.backend)
     with gr.Blocks():
-        build_model_bar(services, page)
+        build_model_bar(services.backend, page)
         with gr.Tabs() as page.tabs, gr.Tab("txt2img", id="txt2img"):
-            txt2img_tab.build(services, page)
+            txt2img_tab.build(services.backend, page)
         page.finish()
     return page, page.paste_targets["txt2img"]
 
 
 def test_a_pasted_schedule_type_comes_in_one_update_with_the_choices_of_the_pasted_sampler(services, monkeypatch):
     page, target = _txt2img_page(services)
-    sd15 = _family(services, "sd15")
-    services.manager = SimpleNamespace(family=sd15, current_entry=None)
+    _load_as(services, monkeypatch, "sd15")
     only = {"DPM++ 2M": ["Automatic", "Exponential"], "Euler a": ["Automatic"]}
     monkeypatch.setattr(services.samplers, "schedules_for", lambda family, name: only.get(name, ["Automatic"]))
     fields = list(target.controls.fields)
@@ -476,11 +510,10 @@ def test_a_pasted_schedule_type_comes_in_one_update_with_the_choices_of_the_past
 
 def test_a_pasted_value_the_page_cannot_use_is_never_dropped_silently(services, monkeypatch):
     page, target = _txt2img_page(services)
-    sd3 = _family(services, "sd3")
-    services.manager = SimpleNamespace(family=sd3, current_entry=None)
+    _load_as(services, monkeypatch, "sd3")
     monkeypatch.setattr(services.samplers, "schedules_for", lambda family, name: ["Automatic", "Beta"])
     fields = list(target.controls.fields)
-    offered = services.samplers.samplers_for(sd3, "txt2img")
+    offered = services.samplers.samplers_for(_spec(services, "sd3"), "txt2img")
     lacking = next(n for n in services.samplers.sampler_names() if n not in offered)
     _, notes = page.paste_parts(target, None, f"x\nSteps: 3, Sampler: {lacking}, Schedule type: Karras, Seed: 1")
     assert any(lacking in note for note in notes)
@@ -496,7 +529,7 @@ def test_extension_tabs_join_the_page_and_a_broken_one_says_why(tmp_path):
     import gradio as gr
 
     from tests.app_services import tmp_services
-    from webui.ui import shell
+    from webui.app import build_page
 
     ext = tmp_path / "ext"
     shutil.copytree(Path(__file__).resolve().parent.parent / "extensions" / "example-tab", ext / "example-tab")
@@ -514,7 +547,7 @@ def test_extension_tabs_join_the_page_and_a_broken_one_says_why(tmp_path):
         )
     )
     services = tmp_services(tmp_path)
-    blocks = shell.build_ui(services)
+    blocks = build_page(services)
     labels = {b.label for b in blocks.blocks.values() if isinstance(b, gr.Tab)}
     assert {"Step stats", "Broken"} <= labels
     texts = [str(getattr(b, "value", "")) for b in blocks.blocks.values() if isinstance(b, gr.Markdown)]

@@ -266,11 +266,11 @@ def test_uploads_land_under_unguessable_names_and_only_images(app_url, client):
 
 def test_the_extensions_folder_cannot_be_pointed_anywhere_from_the_page_or_the_api(app_url, client):
     """The full chain of issue 12 item 1: nothing of it works any more."""
-    from webui.ui.settings_apply import save_settings
+    from webui.ui.settings_apply import save_settings as page_save
 
     _, services, root = app_url
     before = services.settings
-    result = save_settings(services, {"extensions_dir": str(root / "cache" / "gradio")})
+    result = page_save(services.backend, {"extensions_dir": str(root / "cache" / "gradio")})
     assert not result.ok and "cannot be changed from the browser" in result.errors["extensions_dir"]
     r = _count(client.post("/sdapi/v1/options", json={"extensions_dir": str(root / "cache"), "cache_dir": "/"}))
     assert r.status_code == 200 and set(r.json()["ignored"]) == {"extensions_dir", "cache_dir"}

@@ -12,9 +12,29 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from webui.config import Settings, SettingsError, check_exposure, exposure_warning, load_settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from gradio import Blocks
+
+    from webui.backend.local import LocalBackend
+    from webui.extension_facade import ExtensionFacade
+    from webui.extensions import ExtensionHost
+    from webui.generation.engine import Engine
+    from webui.generation.samplers import SamplerTable
+    from webui.generation.service import GenerationService
+    from webui.memory.modes import MemoryModeRegistry
+    from webui.models.catalog import CatalogEntry, ModelCatalog
+    from webui.models.devices import DeviceChoice
+    from webui.models.families import FamilySpec
+    from webui.models.hashes import HashCache
+    from webui.models.manager import ModelManager
+    from webui.outputs.writer import OutputWriter
+    from webui.registry import Registry
+    from webui.speed.optimize import SpeedTuner
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("webui")
@@ -45,20 +65,25 @@ class AppPaths:
 
 @dataclass
 class Services:
-    """Everything the UI and API may use; built once by ``build_services``."""
+    """The app's parts, built once by ``build_services``; only the backend (``backend``) reads them.
+
+    The UI and the API get ``backend`` (``webui.backend.Backend``) and nothing else; extensions get
+    an ``ExtensionFacade`` over it.
+    """
 
     settings: Settings
     paths: AppPaths
-    families: Any
-    catalog: Any
-    hashes: Any
-    manager: Any
-    device: Any
-    samplers: Any = None  # webui.generation.samplers.SamplerTable
-    writer: Any = None  # webui.outputs.writer.OutputWriter
-    engine: Any = None  # webui.generation.engine.Engine
-    generation: Any = None  # webui.generation.service.GenerationService (started by start_generation)
-    extensions: Any = None  # webui.extensions.ExtensionHost
+    families: Registry[FamilySpec]
+    catalog: ModelCatalog
+    hashes: HashCache
+    manager: ModelManager
+    device: DeviceChoice
+    samplers: SamplerTable | None = None
+    writer: OutputWriter | None = None
+    engine: Engine | None = None
+    generation: GenerationService | None = None  # the worker starts in main (generation.start)
+    extensions: ExtensionHost | None = None
+    backend: LocalBackend | None = None
 
 
 def prepare_environment(settings: Settings) -> None:
@@ -136,17 +161,48 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
     )
     services = Services(settings, paths, families, catalog, hashes, manager, device, extensions=extensions)
     build_generation(services)
+    build_backend(services)
     return services
 
 
-def build_speed_tuner(settings: Settings, device: Any) -> Any:
+def build_backend(services: Services) -> LocalBackend:
+    """The in-process backend over the services: what the UI, the API and extensions talk to."""
+    from webui.backend.local import LocalBackend
+    from webui.backend.local_settings import sync_writer
+
+    sync_writer(services)  # a file name pattern saved on the Settings page, after a restart
+    services.backend = LocalBackend(services)
+    return services.backend
+
+
+def build_facade(services: Services, api: FastAPI | None = None) -> ExtensionFacade:
+    """What ``webui_ui_tabs`` and ``webui_app_started`` receive: the backend, read-only settings, add_route."""
+    from webui.extension_facade import ExtensionFacade
+
+    assert services.backend is not None and services.extensions is not None
+    host = services.extensions
+    return ExtensionFacade(services.backend, lambda: host.options, api)
+
+
+def build_page(services: Services, facade: ExtensionFacade | None = None) -> Blocks:
+    """The Gradio page over the backend, with the extensions' tabs (built inside the host's guard)."""
+    from webui.ui.shell import build_ui
+
+    assert services.backend is not None
+    host = services.extensions
+    facade = facade or build_facade(services)
+    tabs = host.ui_tabs(facade) if host is not None else []
+    return build_ui(services.backend, tabs, host.run_guarded if host is not None else None)
+
+
+def build_speed_tuner(settings: Settings, device: DeviceChoice) -> SpeedTuner:
     """What the manager applies to every model it loads: VAE precision, layout, attention, compile."""
     from webui.speed.optimize import SpeedTuner, options_from_settings
 
     return SpeedTuner(device, options_from_settings(settings))
 
 
-def build_extensions(settings: Settings, paths: AppPaths) -> Any:
+def build_extensions(settings: Settings, paths: AppPaths) -> ExtensionHost:
     """The extension host with our built-ins registered first, then extensions/<name>/ and entry points."""
     from webui.extensions import ExtensionHost, install_allowed
     from webui.generation.samplers import BuiltinSamplers
@@ -165,7 +221,7 @@ def build_extensions(settings: Settings, paths: AppPaths) -> Any:
     return host
 
 
-def build_memory_registry(extensions: Any) -> Any:
+def build_memory_registry(extensions: ExtensionHost) -> MemoryModeRegistry:
     """Memory modes, registered through ``webui_register_memory_modes`` (ours as a built-in plugin)."""
     from webui.memory.modes import MemoryModeRegistry
 
@@ -174,7 +230,7 @@ def build_memory_registry(extensions: Any) -> Any:
     return registry
 
 
-def _announce_model(extensions: Any, manager: Any, entry: Any) -> None:
+def _announce_model(extensions: ExtensionHost, manager: ModelManager, entry: CatalogEntry) -> None:
     from webui.hooks import ModelLoadedEvent
 
     loaded = manager.loaded
@@ -192,6 +248,7 @@ def build_generation(services: Services) -> None:
     from webui.speed.prompt_cache import PromptCache
 
     settings = services.settings
+    assert services.extensions is not None
     # Built-in samplers arrive through the same hook as an extension's (webui_register_samplers).
     services.samplers = SamplerTable(samplers=[])
     services.extensions.register_samplers(services.samplers)
@@ -222,14 +279,14 @@ def build_server(services: Services) -> Any:
     """The FastAPI app: the Gradio UI at ``/`` (API routes are added here too)."""
     from fastapi import FastAPI
 
-    from webui.ui.shell import build_ui
-
     from webui.api.sdapi import build_sdapi_router
 
+    assert services.backend is not None and services.extensions is not None
     api = FastAPI(title="Stable Diffusion web UI", docs_url="/docs")
-    api.include_router(build_sdapi_router(services))
-    services.extensions.app_started(api, services)  # before the UI is mounted at "/", which would shadow routes
-    blocks = build_ui(services)
+    api.include_router(build_sdapi_router(services.backend))
+    facade = build_facade(services, api)
+    services.extensions.app_started(api, facade)  # before the UI is mounted at "/", which would shadow routes
+    blocks = build_page(services, facade)
     from webui.security.mount import mount_ui
 
     return mount_ui(api, blocks, services, ROOT)
@@ -288,11 +345,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for entry in found:
         if entry.error:
             log.warning("cannot use %s", entry.error)
-    services.generation.start()
+    generation = services.generation
+    assert generation is not None
+    generation.start()
     try:
         return serve(app, settings.host, settings.port, started)
     finally:
-        services.generation.stop()
+        generation.stop()
 
 
 if __name__ == "__main__":

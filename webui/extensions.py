@@ -536,9 +536,10 @@ class ExtensionHost:
     def register_memory_modes(self, registry: Any) -> None:
         self.call("webui_register_memory_modes", registry=registry)
 
-    def ui_tabs(self, services: Any) -> list[ExtensionTab]:
+    def ui_tabs(self, webui: Any) -> list[ExtensionTab]:
+        """The tabs of ``webui_ui_tabs``; ``webui``: the ``ExtensionFacade`` (also passed as ``services``)."""
         tabs = []
-        for name, result in self.call("webui_ui_tabs", services=services):
+        for name, result in self.call("webui_ui_tabs", webui=webui, services=webui):
             for item in _as_list(result):
                 if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and callable(item[1]):
                     tabs.append(ExtensionTab(name, item[0], item[1]))
@@ -546,8 +547,9 @@ class ExtensionHost:
                     self._failed(name, "webui_ui_tabs", ExtensionError(f"returned {item!r}; expected (title, build)"))
         return tabs
 
-    def app_started(self, app: Any, services: Any) -> None:
-        self.call("webui_app_started", app=app, services=services)
+    def app_started(self, app: Any, webui: Any) -> None:
+        """``webui_app_started``; ``webui``: the ``ExtensionFacade`` (also passed as ``services``)."""
+        self.call("webui_app_started", app=app, webui=webui, services=webui)
 
     def model_loaded(self, event: Any) -> None:
         self.call("webui_model_loaded", event=event)

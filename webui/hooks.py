@@ -221,18 +221,22 @@ class HookSpecs:
         """
 
     @hookspec
-    def webui_ui_tabs(self, services: Any, options: Mapping[str, Any]) -> list[TabBuilder]:
+    def webui_ui_tabs(self, webui: Any, services: Any, options: Mapping[str, Any]) -> list[TabBuilder]:
         """Return the tabs to add: a list of ``(title, build)``; ``build()`` creates Gradio components.
 
         ``build`` runs inside ``gr.Tab(title)`` while the page is built; an error in it shows in that tab.
-        ``services`` is the app's ``Services`` object (read it; keep what you need for event handlers).
+        ``webui`` is the app as extensions see it (``webui.extension_facade.ExtensionFacade``): the
+        backend (plain data in and out), the settings and options read-only, ``add_route``; keep what
+        you need for event handlers. ``services`` is the same object under its old name.
         """
 
     @hookspec
-    def webui_app_started(self, app: Any, services: Any, options: Mapping[str, Any]) -> None:
+    def webui_app_started(self, app: Any, webui: Any, services: Any, options: Mapping[str, Any]) -> None:
         """Add API routes: ``app`` is the FastAPI app (``@app.get("/my-ext/...")``), before the UI is mounted.
 
-        Prefix your paths with your extension's name. Return value ignored.
+        ``webui`` is the ``ExtensionFacade`` (as in ``webui_ui_tabs``; ``webui.add_route`` adds a route
+        too); ``services`` the same object under its old name. Prefix your paths with your extension's
+        name. Return value ignored.
         """
 
     # --- models and jobs (generation worker thread) --------------------------------------------

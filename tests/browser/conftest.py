@@ -112,11 +112,11 @@ def browser(_need_browser: None) -> Iterator[Any]:
 
 
 def ensure_model(app: App, name: str) -> None:
-    """Make ``name`` the loaded checkpoint (on the generation worker, as the model bar does)."""
-    manager = app.services.manager
-    entry = manager.current_entry
-    if entry is None or entry.name != name:
-        app.services.generation.call(lambda: manager.load(name), timeout=TIMEOUT_MS / 1000, label="test load")
+    """Make ``name`` the loaded checkpoint (through the backend, on the generation worker, as the model bar does)."""
+    backend = app.services.backend
+    loaded = backend.loaded()
+    if loaded is None or loaded.name != name:
+        backend.load_model(name, timeout=TIMEOUT_MS / 1000, source="test load")
 
 
 def open_page(browser: Any, app: App, model: str = SD15) -> Any:

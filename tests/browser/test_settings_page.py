@@ -26,9 +26,9 @@ def restore_settings(app):
     """Put the app's settings back as the session started them, whatever the test left."""
     from webui.ui import settings_apply
 
-    before = settings_apply.current_values(app.services)
+    before = settings_apply.current_values(app.services.backend)
     yield
-    settings_apply.save_settings(app.services, before)
+    settings_apply.save_settings(app.services.backend, before)
 
 
 def apply(page) -> None:
@@ -110,7 +110,7 @@ def test_a_reload_shows_the_saved_settings_and_apply_saves_only_what_was_changed
     open_tab(page, "Settings")
     expect(preview).to_have_value("3")  # the saved value, not the one of start-up
     # While the page is open, another client (an API call, another tab) changes another setting.
-    settings_apply.save_settings(app.services, {"samples_format": "webp"})
+    settings_apply.save_settings(app.services.backend, {"samples_format": "webp"})
     set_text(page, "setting_filename_pattern", "[seed]-[steps]")
     apply(page)
     result = page.locator("#settings_result")

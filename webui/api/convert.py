@@ -25,8 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from webui.api.checks import check_derived_limits, check_mask_not_empty
-from webui.generation.requests import REQUEST_FIELDS, GenerationRequest, Limits, RequestError, validate_request
+from webui.generation.requests import REQUEST_FIELDS, GenerationRequest, Limits, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +245,13 @@ def request_from_api(
     defaults: ApiDefaults | None = None,
     limits: Limits | None = None,
     read_infotext: InfotextReader | None = None,
+    validate: bool = True,
 ) -> ApiCall:
-    """A validated GenerationRequest from a ``Txt2ImgRequest``/``Img2ImgRequest``; raises RequestError."""
+    """A GenerationRequest from a ``Txt2ImgRequest``/``Img2ImgRequest``; raises RequestError.
+
+    ``validate``: check the request alone (``webui.backend.checks.check_request``); the router
+    passes False and has the backend validate it, names included.
+    """
     sent = set(body.model_fields_set)
     warnings: list[str] = []
     _refuse_scripts(body)
@@ -264,8 +268,10 @@ def request_from_api(
     else:
         values["task"] = "txt2img"
     request = GenerationRequest(**values)
-    validate_request(request, limits)
-    check_derived_limits(request, limits)
+    if validate:
+        from webui.backend.checks import check_request
+
+        check_request(request, limits)
     for message in warnings:
         log.warning("API %s: %s", task, message)
     return ApiCall(request, echo_parameters(body), send_images=body.send_images is not False, warnings=warnings)
@@ -366,8 +372,7 @@ def _images(body: Any, warnings: list[str], max_pixels: int) -> dict[str, Any]:
     out: dict[str, Any] = {"init_image": init, "task": "img2img"}
     if body.mask:
         out["mask"] = to_mask(decode_image(body.mask, "mask", max_pixels), init.size)
-        out["task"] = "inpaint"
-        check_mask_not_empty(out["mask"], bool(body.inpainting_mask_invert))
+        out["task"] = "inpaint"  # an empty mask is refused with the request's other checks
     return out
 
 

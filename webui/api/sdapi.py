@@ -1,7 +1,7 @@
 """The A1111-compatible REST API: ``/sdapi/v1/*`` on the app's own port.
 
-Every generation goes through the app's job queue (``services.generation``), so API jobs and UI
-jobs take turns on the one worker that owns the device. ``txt2img``/``img2img`` answer when
+Every request goes through the app's backend (``webui.backend.Backend``: plain data in and out);
+generations go through its job queue, so API jobs and UI jobs take turns on the one worker that owns the device. ``txt2img``/``img2img`` answer when
 their job ends, as A1111 does; while they wait, the event loop stays free (the handler polls
 the job, it holds no thread), so ``/progress``, ``/interrupt`` and ``/skip`` answer at once.
 
@@ -30,7 +30,7 @@ from fastapi import APIRouter, Body, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from webui.api import convert, views
-from webui.api.errors import ApiError, ApiRoute, SafeJSONResponse, error_responses, not_found
+from webui.api.errors import ApiError, ApiRoute, SafeJSONResponse, error_responses
 from webui.api.schemas import (
     ControlResponse,
     GenerationResponse,
@@ -48,7 +48,8 @@ from webui.api.schemas import (
     UpscalerItem,
     VaeItem,
 )
-from webui.generation.requests import Limits, RequestError, listed_choices
+from webui.backend import Backend, JobSnapshot, NotFound, QueueFull
+from webui.generation.requests import Limits
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +67,19 @@ def _version() -> str:
 
 
 class SdApi:
-    """The route handlers, bound to one Services object and the API's own option state."""
+    """The route handlers, bound to one backend and the API's own option state."""
 
-    def __init__(self, services: Any) -> None:
-        self.services = services
-        settings = services.settings
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
         self.state = views.ApiState(
-            defaults=convert.ApiDefaults(), checkpoints_limit=getattr(settings, "ram_cache_models", 0) + 1
+            defaults=convert.ApiDefaults(), checkpoints_limit=backend.settings().ram_cache_models + 1
         )
         self.version = _version()
 
     @property
     def limits(self) -> Limits:
-        """The engine's limits as they are now (the Settings page replaces them)."""
-        return getattr(getattr(self.services, "engine", None), "limits", None) or Limits()
+        """The limits as they are now (the Settings page replaces them)."""
+        return self.backend.limits()
 
     # -- generation -----------------------------------------------------------------------------
     async def txt2img(self, body: Txt2ImgRequest, request: Request) -> dict[str, Any]:
@@ -98,96 +98,36 @@ class SdApi:
         return await run_in_threadpool(self._respond, job, call)
 
     def _prepare(self, body: Any, task: str) -> convert.ApiCall:
-        call = convert.request_from_api(body, task, self.state.defaults, self.limits)
-        self._check_names(call, body)
-        self._check_samplers(call.request)
+        call = convert.request_from_api(body, task, self.state.defaults, self.limits, validate=False)
+        self._infotext_model(call, body)
+        try:
+            call.request = self.backend.validate(call.request)
+        except NotFound as exc:  # a checkpoint, VAE, LoRA or sampler that does not exist
+            raise ApiError(404, "NotFound", exc.message, exc.field or None, exc.valid) from None
         return call
 
-    def _check_samplers(self, req: Any) -> None:
-        """404 before queueing for a sampler name that no model kind knows (A1111 answers 404 too).
-
-        Any known sampler with any schedule type runs: one the family cannot run as asked falls back
-        when the job runs, and the answer's ``info["warnings"]`` says what ran instead. The family is
-        the requested checkpoint's, else the loaded model's; with none, the name is looked up in
-        every kind. Nothing is loaded or queued for a request refused here.
-        """
-        from webui.generation.samplers import UnknownSampler
-
-        samplers = self.services.samplers
-        if not hasattr(samplers, "choose"):
+    def _infotext_model(self, call: convert.ApiCall, body: Any) -> None:
+        """An infotext's model that is not installed: the loaded model runs, with a warning (404 when the
+        client named it in ``override_settings``; the backend's check answers that)."""
+        model = call.request.sd_model_checkpoint
+        if not model or "sd_model_checkpoint" in (body.override_settings or {}):
             return
-        family = self._request_family(req)
-        names = [("sampler_name", req.sampler_name, req.task)]
-        if req.enable_hr:
-            names.append(("hr_sampler_name", req.hr_sampler_name, "img2img"))
-        for field, name, task in names:
-            if not name:
-                continue
-            try:
-                if family is None:
-                    samplers.resolve(name)
-                else:
-                    samplers.choose(family, task, name)
-            except UnknownSampler as exc:
-                raise ApiError(404, "NotFound", str(exc), field, exc.valid) from None
-
-    def _request_family(self, req: Any) -> Any:
-        services = self.services
-        if not hasattr(services.samplers, "check"):
-            return None
-        if not req.sd_model_checkpoint:
-            return services.manager.family if services.manager.current_entry is not None else None
-        families = getattr(services, "families", None)
         try:
-            family_id = services.catalog.find(req.sd_model_checkpoint, kind="checkpoint").family
-            return families.get(family_id) if families is not None and family_id else None
-        except KeyError:
-            return None
-
-    def _check_names(self, call: convert.ApiCall, body: Any) -> None:
-        """404 before queueing for a checkpoint, VAE or LoRA that does not exist."""
-        from webui.generation.prompts import extract_loras
-
-        req = call.request
-        catalog = self.services.catalog
-        model = req.sd_model_checkpoint
-        if model and not _exists(catalog, model, "checkpoint"):
-            if "sd_model_checkpoint" in (body.override_settings or {}):
-                self._raise_missing("sd_model_checkpoint", model, "checkpoint")
+            self.backend.find_model(model, "checkpoint")
+        except NotFound:
             call.warnings.append(f"the infotext's model {model!r} is not installed; the loaded model was used")
-            call.request = req = req.replace(sd_model_checkpoint="")
-        if req.refiner_checkpoint and not _exists(catalog, req.refiner_checkpoint, "checkpoint"):
-            self._raise_missing("refiner_checkpoint", req.refiner_checkpoint, "checkpoint")
-        if req.sd_vae not in views.VAE_NONE and not _exists(catalog, req.sd_vae, "vae"):
-            self._raise_missing("sd_vae", req.sd_vae, "vae")
-        for name in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
-            try:
-                _, tags = extract_loras(getattr(req, name))
-            except ValueError as exc:
-                raise RequestError(name, str(exc)) from None
-            for tag in tags:
-                if not _exists(catalog, tag.name, "lora"):
-                    self._raise_missing(name, tag.name, "lora")
+            call.request = call.request.replace(sd_model_checkpoint="")
 
-    def _raise_missing(self, field: str, name: str, kind: str) -> None:
-        catalog = self.services.catalog
+    def _submit(self, call: convert.ApiCall) -> JobSnapshot:
         try:
-            catalog.find(name, kind=kind)
-        except KeyError as exc:
-            raise not_found(field, exc, [e.name for e in catalog.usable(kind)]) from None
-
-    def _submit(self, call: convert.ApiCall) -> Any:
-        from webui.generation.service import QueueFullError
-
-        try:
-            return self.services.generation.submit(call.request, source="api")
-        except QueueFullError as exc:
+            return self.backend.submit(call.request, source="api")
+        except QueueFull as exc:
             raise ApiError(503, "QueueFull", str(exc)) from None
 
-    async def _wait(self, job: Any, call: convert.ApiCall, request: Request) -> bool:
+    async def _wait(self, job: JobSnapshot, call: convert.ApiCall, request: Request) -> bool:
         """True when the job finished, False when the client went away first."""
         delay, last_check = POLL_SECONDS[0], time.monotonic()
-        while not job.finished:
+        while not self.backend.job(job.id).finished:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, POLL_SECONDS[1])
             if time.monotonic() - last_check < DISCONNECT_CHECK_SECONDS:
@@ -196,43 +136,43 @@ class SdApi:
             if await request.is_disconnected():
                 if not call.request.save_images:
                     log.info("API client went away; cancelling job %s (nothing would be saved)", job.id)
-                    self.services.generation.interrupt(job.id)
+                    self.backend.interrupt(job.id)
                 return False
         return True
 
-    def _respond(self, job: Any, call: convert.ApiCall) -> dict[str, Any]:
+    def _respond(self, job: JobSnapshot, call: convert.ApiCall) -> dict[str, Any]:
+        job = self.backend.job(job.id)
         if job.state == "failed":
             raise _failure(job)
         if job.stop_reason:  # the app stopped it (the job time budget): the client is told why
             call.warnings.append(job.stop_reason)
+        assert job.result is not None
         info = convert.build_info(call, job.result, self.version, self._model_info())
         return convert.build_response(call, job.result, info)
 
     def _model_info(self) -> dict[str, Any]:
-        entry = self.services.manager.current_entry
-        if entry is None:
+        loaded = self.backend.loaded()
+        if loaded is None:
             return {}
-        sha = views.sha256_of(self.services, entry)
-        return {"sd_model_name": entry.stem, "sd_model_hash": sha[:10] if sha else None}
+        return {"sd_model_name": loaded.model.stem, "sd_model_hash": loaded.model.short_hash}
 
     # -- progress and control -------------------------------------------------------------------
     def progress(self, skip_current_image: Annotated[bool, Query()] = False) -> dict[str, Any]:
         """The running job: fraction done, ETA, step, and the latest live preview."""
-        generation = self.services.generation
-        job = generation.current
-        waiting = len(generation.waiting())
-        if job is None or job.request is None:  # idle, or a task such as a model load
+        queue = self.backend.queue(preview=not skip_current_image)
+        job, waiting = queue.current, queue.waiting
+        if job is None or job.is_task:  # idle, or a task such as a model load
             state = {"queue_size": waiting, "job_count": 0}
             textinfo = job.source if job is not None else ""
             return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": textinfo}
-        p, req = job.progress, job.request
+        p = job.progress
         state = {
-            "skipped": job.skip_event.is_set(),
-            "interrupted": job.interrupt_event.is_set(),
+            "skipped": job.skip_requested,
+            "interrupted": job.interrupt_requested,
             "job": job.id,
-            "job_count": req.n_iter,
+            "job_count": job.n_iter,
             "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
-            "job_no": min(p.images_done // max(req.batch_size, 1), max(req.n_iter - 1, 0)),
+            "job_no": min(p.images_done // max(job.batch_size, 1), max(job.n_iter - 1, 0)),
             "sampling_step": p.step,
             "sampling_steps": p.steps,
             "queue_size": waiting,
@@ -251,36 +191,36 @@ class SdApi:
 
     def interrupt(self) -> dict[str, Any]:
         """Stop the running job now; its caller gets the finished images and the current batch as far as it got."""
-        job = self.services.generation.current
-        return {"done": self.services.generation.interrupt(), "job": job.id if job else ""}
+        done = self.backend.interrupt()
+        return {"done": done.done, "job": done.job_id}
 
     def skip(self) -> dict[str, Any]:
         """Drop the running job's current batch and go on with the next one."""
-        job = self.services.generation.current
-        return {"done": self.services.generation.skip(), "job": job.id if job else ""}
+        done = self.backend.skip()
+        return {"done": done.done, "job": done.job_id}
 
     # -- options and lists ----------------------------------------------------------------------
     def get_options(self) -> dict[str, Any]:
-        return views.get_options(self.services, self.state)
+        return views.get_options(self.backend, self.state)
 
     def set_options(self, values: Annotated[dict[str, Any], Body(examples=[{"sd_model_checkpoint": "x.safetensors"}])]):
         """Set options; ``sd_model_checkpoint`` loads that model (after the jobs already queued)."""
-        return views.set_options(self.services, self.state, values)
+        return views.set_options(self.backend, self.state, values)
 
     def sd_models(self) -> list[dict[str, Any]]:
-        return views.sd_models(self.services)
+        return views.sd_models(self.backend)
 
     def sd_vae(self) -> list[dict[str, Any]]:
-        return views.sd_vaes(self.services)
+        return views.sd_vaes(self.backend)
 
     def loras(self) -> list[dict[str, Any]]:
-        return views.loras(self.services)
+        return views.loras(self.backend)
 
     def samplers(self) -> list[dict[str, Any]]:
-        return views.samplers(self.services)
+        return views.samplers(self.backend)
 
     def schedulers(self) -> list[dict[str, Any]]:
-        return views.schedulers(self.services)
+        return views.schedulers(self.backend)
 
     def upscalers(self) -> list[dict[str, Any]]:
         return views.upscalers()
@@ -289,17 +229,17 @@ class SdApi:
         return views.latent_upscale_modes()
 
     def refresh_checkpoints(self) -> dict[str, int]:
-        return views.refresh(self.services, "checkpoint")
+        return views.refresh(self.backend, "checkpoint")
 
     def refresh_loras(self) -> dict[str, int]:
-        return views.refresh(self.services, "lora")
+        return views.refresh(self.backend, "lora")
 
     def refresh_vae(self) -> dict[str, int]:
-        return views.refresh(self.services, "vae")
+        return views.refresh(self.backend, "vae")
 
     def unload_checkpoint(self) -> dict[str, Any]:
         """Free the loaded model (after the jobs already queued)."""
-        views.on_worker(self.services, self.services.manager.unload, "unloading the checkpoint")
+        views.on_worker("unloading the checkpoint", lambda: self.backend.unload_model(views.MODEL_LOAD_TIMEOUT))
         return {}
 
     def png_info(self, body: PngInfoRequest) -> dict[str, Any]:
@@ -315,31 +255,16 @@ class SdApi:
         return {"info": text, "items": items, "parameters": parse_infotext(text) if text else {}}
 
 
-def _exists(catalog: Any, name: str, kind: str) -> bool:
-    try:
-        catalog.find(name, kind=kind)
-    except KeyError:
-        return False
-    return True
-
-
-def _failure(job: Any) -> ApiError:
-    """A failed job as an answer: 422 for a bad request field, else 500 with the job's message."""
-    from webui.generation.samplers import SamplerError
-
-    if job.error_field:
-        message = getattr(job.exception, "message", None) or job.error
-        valid = listed_choices(job.exception) if job.exception is not None else None
-        return ApiError(422, "RequestError", message, job.error_field, list(valid) if valid else None)
-    if isinstance(job.exception, SamplerError):
-        valid = listed_choices(job.exception)
-        return ApiError(422, "RequestError", str(job.exception), "sampler_name", list(valid) if valid else None)
+def _failure(job: JobSnapshot) -> ApiError:
+    """A failed job as an answer: 422 for a request field at fault, else 500 with the job's message."""
+    if job.refusal is not None:
+        return ApiError(422, "RequestError", job.refusal.message, job.refusal.field, job.refusal.valid)
     return ApiError(500, "GenerationFailed", job.error or "the job failed; see the server log")
 
 
-def build_sdapi_router(services: Any) -> APIRouter:
-    """All ``/sdapi/v1`` routes over ``services`` (catalog, manager, hashes, generation, samplers, writer)."""
-    api = SdApi(services)
+def build_sdapi_router(backend: Backend) -> APIRouter:
+    """All ``/sdapi/v1`` routes over the backend."""
+    api = SdApi(backend)
     router = APIRouter(
         prefix="/sdapi/v1", tags=["sdapi"], route_class=ApiRoute, default_response_class=SafeJSONResponse
     )

@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from webui.api.convert import ApiDefaults
-from webui.api.errors import ApiError, not_found
+from webui.api.errors import ApiError
 from webui.api.schemas import WRITABLE_OPTIONS
+from webui.backend import VAE_NONE, Backend, Busy, ModelInfo, NotFound, TaskFailed
 from webui.generation.requests import HR_UPSCALERS, RNG_SOURCES, RequestError
 
 log = logging.getLogger(__name__)
 
-VAE_NONE = ("", "Automatic", "None")
 SAVE_FORMATS = ("png", "jpg", "jpeg", "webp")
 MODEL_LOAD_TIMEOUT = 1800.0  # seconds a POST /options waits for the queue and the load
 
@@ -44,63 +44,52 @@ MODEL_LOAD_TIMEOUT = 1800.0  # seconds a POST /options waits for the queue and t
 # --- catalog listings ------------------------------------------------------------------------
 
 
-def sha256_of(services: Any, entry: Any) -> str | None:
-    """The cached sha256 (never computed here: hashing a 6 GB file takes a while)."""
-    if entry.format == "diffusers" or services.hashes is None:
-        return None
-    try:
-        return services.hashes.get(entry.path, compute=False)
-    except OSError:
-        return None
+def sd_models(backend: Backend) -> list[dict[str, Any]]:
+    return [
+        {
+            "title": m.title,
+            "model_name": m.stem,
+            "hash": m.short_hash,
+            "sha256": m.sha256,
+            "filename": m.path,
+            "config": None,
+            "family": m.family,
+        }
+        for m in backend.models("checkpoint")
+    ]
 
 
-def checkpoint_title(services: Any, entry: Any) -> str:
-    sha = sha256_of(services, entry)
-    return entry.title(sha[:10] if sha else None)
+def sd_vaes(backend: Backend) -> list[dict[str, Any]]:
+    return [{"model_name": m.name, "filename": m.path} for m in backend.models("vae")]
 
 
-def sd_models(services: Any) -> list[dict[str, Any]]:
-    out = []
-    for entry in services.catalog.usable("checkpoint"):
-        sha = sha256_of(services, entry)
-        out.append(
-            {
-                "title": entry.title(sha[:10] if sha else None),
-                "model_name": entry.stem,
-                "hash": sha[:10] if sha else None,
-                "sha256": sha,
-                "filename": str(entry.path),
-                "config": None,
-                "family": entry.family,
-            }
-        )
-    return out
-
-
-def sd_vaes(services: Any) -> list[dict[str, Any]]:
-    return [{"model_name": e.name, "filename": str(e.path)} for e in services.catalog.usable("vae")]
-
-
-def loras(services: Any) -> list[dict[str, Any]]:
+def loras(backend: Backend) -> list[dict[str, Any]]:
     """A1111's Lora list; ``name`` is what goes in ``<lora:name:weight>``."""
     out = []
-    for entry in services.catalog.usable("lora"):
-        name = Path(entry.stem).name
-        out.append({"name": name, "alias": name, "path": str(entry.path), "metadata": {}})
+    for m in backend.models("lora"):
+        name = Path(m.stem).name
+        out.append({"name": name, "alias": name, "path": m.path, "metadata": {}})
     return out
 
 
-def samplers(services: Any) -> list[dict[str, Any]]:
+def samplers(backend: Backend) -> list[dict[str, Any]]:
     """The loaded family's samplers, or every sampler when no model is loaded."""
-    from webui.generation.samplers import samplers_json
+    loaded = backend.loaded()
+    family = loaded.family.id if loaded is not None else None
+    return [{"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)} for s in backend.samplers(family)]
 
-    return samplers_json(services.samplers, services.manager.family)
 
-
-def schedulers(services: Any) -> list[dict[str, Any]]:
-    from webui.generation.samplers import schedulers_json
-
-    return schedulers_json(services.samplers)
+def schedulers(backend: Backend) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": s.name,
+            "label": s.label,
+            "aliases": list(s.aliases) or None,
+            "default_rho": s.default_rho,
+            "need_inner_model": s.need_inner_model,
+        }
+        for s in backend.schedules()
+    ]
 
 
 def upscalers() -> list[dict[str, Any]]:
@@ -116,9 +105,9 @@ def _image_up() -> list[str]:
     return [n for n in HR_UPSCALERS if not n.startswith("Latent")]
 
 
-def refresh(services: Any, kind: str) -> dict[str, int]:
-    services.catalog.refresh()
-    return {"count": len(services.catalog.entries(kind))}
+def refresh(backend: Backend, kind: str) -> dict[str, int]:
+    backend.refresh_models()
+    return {"count": len(backend.models(kind, usable=False))}
 
 
 # --- options ---------------------------------------------------------------------------------
@@ -132,30 +121,22 @@ class ApiState:
     checkpoints_limit: int = 1
 
 
-def next_checkpoint(services: Any) -> Any:
-    """The checkpoint the next job naming none runs on (A1111's options always name one); None: none installed."""
-    engine = getattr(services, "engine", None)
-    if services.manager.current_entry is None and hasattr(engine, "next_checkpoint"):
-        return engine.next_checkpoint()
-    return services.manager.current_entry
-
-
-def get_options(services: Any, state: ApiState) -> dict[str, Any]:
-    entry = next_checkpoint(services)
+def get_options(backend: Backend, state: ApiState) -> dict[str, Any]:
+    entry = backend.next_checkpoint()  # A1111's options always name one; None: none installed
     defaults = state.defaults
-    writer_root = getattr(services.writer, "root", None) or services.paths.outputs
-    preview_every = getattr(services.generation, "preview_every", 0)
+    options = backend.options()
+    preview_every = options.preview_every
     return {
-        "sd_model_checkpoint": checkpoint_title(services, entry) if entry is not None else None,
-        "sd_checkpoint_hash": sha256_of(services, entry) if entry is not None else None,
+        "sd_model_checkpoint": entry.title if entry is not None else None,
+        "sd_checkpoint_hash": entry.sha256 if entry is not None else None,
         "sd_vae": defaults.sd_vae,
         "CLIP_stop_at_last_layers": defaults.clip_skip,
         "sd_checkpoints_limit": state.checkpoints_limit,
         "samples_save": True,
         "samples_format": defaults.output_format,
         "outdir_samples": "",
-        "outdir_txt2img_samples": str(Path(writer_root) / "txt2img-images"),
-        "outdir_img2img_samples": str(Path(writer_root) / "img2img-images"),
+        "outdir_txt2img_samples": str(Path(options.outputs_dir) / "txt2img-images"),
+        "outdir_img2img_samples": str(Path(options.outputs_dir) / "img2img-images"),
         "randn_source": defaults.rng,
         "sd3_enable_t5": defaults.use_t5,
         "show_progress_every_n_steps": preview_every,
@@ -198,12 +179,12 @@ def _flag(name: str) -> Callable[[Any], bool]:
     return convert
 
 
-def _checkpoint(services: Any) -> Callable[[Any], Any]:
-    def convert(value: Any) -> Any:
+def _checkpoint(backend: Backend) -> Callable[[Any], ModelInfo]:
+    def convert(value: Any) -> ModelInfo:
         try:
-            entry = services.catalog.find(str(value))
-        except KeyError as exc:
-            raise not_found("sd_model_checkpoint", exc, [e.name for e in services.catalog.usable()]) from None
+            entry = backend.find_model(str(value), "checkpoint")
+        except NotFound as exc:
+            raise ApiError(404, "NotFound", exc.message, "sd_model_checkpoint", exc.valid) from None
         if entry.error:
             raise RequestError("sd_model_checkpoint", entry.error)
         return entry
@@ -211,24 +192,24 @@ def _checkpoint(services: Any) -> Callable[[Any], Any]:
     return convert
 
 
-def _vae(services: Any) -> Callable[[Any], str]:
+def _vae(backend: Backend) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         text = str(value)
         if text in VAE_NONE:
             return text or "Automatic"
         try:
-            return services.catalog.find(text, kind="vae").name
-        except KeyError as exc:
-            valid = ["Automatic", "None", *(e.name for e in services.catalog.usable("vae"))]
-            raise not_found("sd_vae", exc, valid) from None
+            return backend.find_model(text, "vae").name
+        except NotFound as exc:
+            valid = ["Automatic", "None", *(exc.valid or [])]
+            raise ApiError(404, "NotFound", exc.message, "sd_vae", valid) from None
 
     return convert
 
 
-def _converters(services: Any) -> dict[str, Callable[[Any], Any]]:
+def _converters(backend: Backend) -> dict[str, Callable[[Any], Any]]:
     return {
-        "sd_model_checkpoint": _checkpoint(services),
-        "sd_vae": _vae(services),
+        "sd_model_checkpoint": _checkpoint(backend),
+        "sd_vae": _vae(backend),
         "CLIP_stop_at_last_layers": _int_in("CLIP_stop_at_last_layers", 1, 12),
         "sd_checkpoints_limit": _int_in("sd_checkpoints_limit", 1, 64),
         "samples_format": _one_of("samples_format", SAVE_FORMATS),
@@ -238,32 +219,33 @@ def _converters(services: Any) -> dict[str, Callable[[Any], Any]]:
     }
 
 
-def set_options(services: Any, state: ApiState, values: Mapping[str, Any]) -> dict[str, list[str]]:
+def set_options(backend: Backend, state: ApiState, values: Mapping[str, Any]) -> dict[str, list[str]]:
     """Check every value, load the model if asked, then apply the rest; see the module docstring."""
-    converters = _converters(services)
+    converters = _converters(backend)
     checked = {key: converters[key](value) for key, value in values.items() if key in WRITABLE_OPTIONS}
     ignored = [key for key in values if key not in WRITABLE_OPTIONS]
     if ignored:
         log.warning("POST /sdapi/v1/options: ignored %s (not settable here)", ", ".join(ignored))
     if "sd_model_checkpoint" in checked:
         entry = checked["sd_model_checkpoint"]
-        on_worker(services, lambda: services.manager.load(entry), f"loading {entry.name}")
+        what = f"loading {entry.name}"
+        on_worker(what, lambda: backend.load_model(entry.name, MODEL_LOAD_TIMEOUT, source=what))
     defaults = state.defaults
     for key, value in checked.items():
         if key == "sd_vae":
             defaults.sd_vae = value
-            if services.manager.current_entry is not None:
-                name = None if value in VAE_NONE else value
-                on_worker(services, lambda n=name: services.manager.set_vae(n), f"switching the VAE to {value}")
+            if backend.loaded() is not None:
+                what = f"switching the VAE to {value}"
+                on_worker(what, lambda v=value, w=what: backend.set_vae(v, MODEL_LOAD_TIMEOUT, source=w))
         elif key == "CLIP_stop_at_last_layers":
             defaults.clip_skip = value
         elif key == "sd_checkpoints_limit":
             state.checkpoints_limit = value
-            services.manager.set_ram_cache_models(value - 1)
+            backend.set_options({"ram_cache_models": value - 1})
         elif key == "samples_format":
             defaults.output_format = value
         elif key == "show_progress_every_n_steps":
-            services.generation.preview_every = max(0, value)
+            backend.set_options({"preview_every": max(0, value)})
         elif key == "randn_source":
             defaults.rng = value
         elif key == "sd3_enable_t5":
@@ -271,12 +253,12 @@ def set_options(services: Any, state: ApiState, values: Mapping[str, Any]) -> di
     return {"applied": list(checked), "ignored": ignored}
 
 
-def on_worker(services: Any, action: Callable[[], Any], what: str) -> Any:
-    """Run on the generation worker (it owns the device); a failure is a 500 with its message."""
+def on_worker(what: str, action: Callable[[], Any]) -> Any:
+    """A backend call that runs on the generation worker (it owns the device); a failure is a 500 with its message."""
     try:
-        return services.generation.call(action, timeout=MODEL_LOAD_TIMEOUT, label=what)
-    except TimeoutError as exc:
+        return action()
+    except Busy as exc:
         raise ApiError(503, "Busy", f"{what} did not start in time: {exc}") from None
-    except Exception as exc:
-        log.exception("%s failed", what)
-        raise ApiError(500, "ServerError", f"{what} failed: {type(exc).__name__}: {exc}") from None
+    except TaskFailed as exc:
+        log.error("%s failed: %s: %s", what, exc.kind, exc)
+        raise ApiError(500, "ServerError", f"{what} failed: {exc.kind}: {exc}") from None

@@ -3,52 +3,33 @@ types, the ↙ paste button, and following the loaded model's family. Called by 
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
+from webui.backend import Backend, FamilyInfo
 from webui.ui import choices as C
 from webui.ui.control_values import has_parameters, token_counter_text, values_from_infotext
 
-CLIP_PAD = "<|endoftext|>"
 
+def count_text(backend: Backend, text: str) -> str:
+    """``"12/75"`` for a prompt box; ``"?/75"`` when counting fails (never an error in the page).
 
-def prompt_tokenizer(page: Any) -> Any:
-    """The bundled CLIP tokenizer, built once per page.
-
-    Every family we run has a CLIP BPE tokenizer first (SD 1.5 / SDXL / SD3: CLIP-L; SD 2.x:
-    OpenCLIP-H, same vocabulary), so the count is the model's. The loaded pipeline's own tokenizer
-    is not used: a fast tokenizer shared with the generation worker can fail with "Already
-    borrowed" when both threads use it at once.
+    The backend counts with the bundled CLIP tokenizer (the loaded model's own is not needed).
     """
-    tokenizer = page.cache.get("clip_tokenizer")
-    if tokenizer is None:
-        from webui.models.tokenizers import clip_tokenizer
-
-        tokenizer = page.cache["clip_tokenizer"] = clip_tokenizer(CLIP_PAD)
-    return tokenizer
-
-
-def count_text(services: Any, page: Any, text: str) -> str:
-    """``"12/75"`` for a prompt box; ``"?/75"`` when the tokenizer fails (never an error in the page)."""
-    from webui.generation.prompts import count_tokens
-
-    lock = page.cache.setdefault("clip_tokenizer_lock", threading.Lock())  # one tokenizer, many browser tabs
     try:
-        with lock:
-            used, limit = count_tokens(prompt_tokenizer(page), text or "")
+        count = backend.count_tokens(text or "")
     except Exception:  # noqa: BLE001 - a counter must never break the page
         return "?/75"
-    return token_counter_text(used, limit)
+    return token_counter_text(count.used, count.limit)
 
 
-def wire_token_counters(services: Any, page: Any, c: Any) -> None:
+def wire_token_counters(backend: Backend, page: Any, c: Any) -> None:
     pairs = (
         (c.fields["prompt"], c.widgets["token_counter"]),
         (c.fields["negative_prompt"], c.widgets["neg_token_counter"]),
     )
     for box, counter in pairs:
         box.change(
-            lambda text: count_text(services, page, text),
+            lambda text: count_text(backend, text),
             inputs=[box],
             outputs=[counter],
             queue=False,
@@ -57,7 +38,7 @@ def wire_token_counters(services: Any, page: Any, c: Any) -> None:
         )
 
 
-def wire_size_and_seed(services: Any, c: Any) -> None:
+def wire_size_and_seed(backend: Backend, c: Any) -> None:
     import gradio as gr
 
     width, height = c.fields["width"], c.fields["height"]
@@ -71,13 +52,13 @@ def wire_size_and_seed(services: Any, c: Any) -> None:
     c.widgets["random_seed"].click(lambda: -1, outputs=[c.fields["seed"]], queue=False)
 
 
-def wire_sampler_schedules(services: Any, c: Any) -> None:
+def wire_sampler_schedules(backend: Backend, c: Any) -> None:
     import gradio as gr
 
     sampler, scheduler = c.fields["sampler_name"], c.fields["scheduler"]
 
     def schedules(name: str, current: str) -> Any:
-        names = C.schedules_for(services, services.manager.family, name)
+        names = C.schedules_for(backend, C.loaded_family(backend), name)
         return gr.update(choices=names, value=current if current in names else "Automatic")
 
     # Only when the user picks a sampler (``input``, not ``change``): a paste or a model switch sets the
@@ -86,23 +67,23 @@ def wire_sampler_schedules(services: Any, c: Any) -> None:
     sampler.input(schedules, inputs=[sampler, scheduler], outputs=[scheduler], queue=False, show_progress="hidden")
 
 
-def paste_updates(services: Any, c: Any, text: str, current_sampler: str | None = None) -> list[Any]:
+def paste_updates(backend: Backend, c: Any, text: str, current_sampler: str | None = None) -> list[Any]:
     """Updates for the fields (+ the error box) from the infotext in the prompt box."""
     import gradio as gr
 
     if not has_parameters(text):
         gr.Info("Paste an image's parameters (the text under a generated image) into the prompt box, then press ↙.")
         return [gr.update() for _ in c.fields] + [gr.update()]
-    updates, notes = c.paste_values(values_from_infotext(text), services, current_sampler)
+    updates, notes = c.paste_values(values_from_infotext(text), backend, current_sampler)
     note = " ".join(notes)
     if note:
         gr.Info(note)
     return updates + [note]
 
 
-def wire_paste(services: Any, page: Any, c: Any) -> None:
+def wire_paste(backend: Backend, page: Any, c: Any) -> None:
     c.paste.click(
-        lambda text, sampler: paste_updates(services, c, text, sampler),
+        lambda text, sampler: paste_updates(backend, c, text, sampler),
         inputs=[c.fields["prompt"], c.fields["sampler_name"]],
         outputs=[*c.field_components(), c.error],
         queue=False,
@@ -111,9 +92,9 @@ def wire_paste(services: Any, page: Any, c: Any) -> None:
 
 
 def family_updates(
-    services: Any,
+    backend: Backend,
     c: Any,
-    family: Any,
+    family: FamilyInfo | None,
     changed: bool,
     sampler: str | None = None,
     schedule: str | None = None,
@@ -128,22 +109,22 @@ def family_updates(
     """
     import gradio as gr
 
-    view = C.family_view(services, family, c.task)
+    view = C.family_view(backend, family, c.task)
     keep = gr.update()
     if changed:
         new_sampler, new_schedule, new_hr, notes = view.sampler, "Automatic", C.USE_SAME_SAMPLER, []
     else:
-        fitted = C.fit_to_family(services, family, c.task, sampler, schedule, hr_sampler)
+        fitted = C.fit_to_family(backend, family, c.task, sampler, schedule, hr_sampler)
         new_sampler, new_schedule, new_hr, notes = fitted
     out = [
         gr.update(choices=view.samplers, value=new_sampler),
-        gr.update(choices=C.schedules_for(services, family, new_sampler), value=new_schedule),
+        gr.update(choices=C.schedules_for(backend, family, new_sampler), value=new_schedule),
         view.steps if changed else keep,
         view.cfg if changed else keep,
         view.width if changed else keep,
         view.height if changed else keep,
         gr.update(choices=view.presets, value=None),
-        gr.update(choices=C.refiner_choices(services)),
+        gr.update(choices=C.refiner_choices(backend)),
         gr.update(visible=view.is_flow),
     ]
     if "hr_sampler_name" in c.fields:
@@ -168,9 +149,9 @@ def family_inputs(c: Any) -> list[Any]:
     return [f["sampler_name"], f["scheduler"], *([f["hr_sampler_name"]] if "hr_sampler_name" in f else [])]
 
 
-def follow_family(services: Any, page: Any, c: Any) -> None:
+def follow_family(backend: Backend, page: Any, c: Any) -> None:
     page.on_family_change(
         family_outputs(c),
-        lambda family, changed, *values: family_updates(services, c, family, changed, *values),
+        lambda family, changed, *values: family_updates(backend, c, family, changed, *values),
         inputs=family_inputs(c),
     )

@@ -1,6 +1,6 @@
 """The generation controls, built the same way in every generation tab (txt2img, img2img, inpaint).
 
-``build_controls(services, page, task, inputs_slot=None) -> Controls`` lays out A1111's page:
+``build_controls(backend, page, task, inputs_slot=None) -> Controls`` lays out A1111's page:
 
     [prompt / negative prompt + token counters]        [Generate] [Interrupt] [Skip] [↙]  error
     [LoRA browser (accordion)]
@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from webui.backend import Backend
 from webui.ui import choices as C
 from webui.ui.control_values import (  # noqa: F401  (re-exported: the tabs import them from here)
     FIELD_LABELS,
@@ -100,12 +101,12 @@ class Controls:
             raise ValueError(f"expected {len(keys)} values, got {len(args)}")
         return dict(zip(keys, args))
 
-    def updates(self, values: Mapping[str, Any], services: Any) -> list[Any]:
+    def updates(self, values: Mapping[str, Any], backend: Backend) -> list[Any]:
         """One update per field (``gr.update()`` where ``values`` has nothing usable for it)."""
-        return self.paste_values(values, services)[0]
+        return self.paste_values(values, backend)[0]
 
     def paste_values(
-        self, values: Mapping[str, Any], services: Any, current_sampler: str | None = None
+        self, values: Mapping[str, Any], backend: Backend, current_sampler: str | None = None
     ) -> tuple[list[Any], list[str]]:
         """(one update per field, a note for each pasted value that had to change).
 
@@ -115,14 +116,15 @@ class Controls:
         """
         import gradio as gr
 
-        usable, notes = C.fit_values(services, self.task, values, current_sampler)
+        usable, notes = C.fit_values(backend, self.task, values, current_sampler)
+        family = C.loaded_family(backend) if "scheduler" in usable else None
         updates = []
         for name in self.fields:
             if name not in usable:
                 updates.append(gr.update())
             elif name == "scheduler":
                 sampler = usable.get("sampler_name") or current_sampler
-                names = C.schedules_for(services, services.manager.family, sampler)
+                names = C.schedules_for(backend, family, sampler)
                 updates.append(gr.update(choices=names, value=usable[name]))
             else:
                 value = clamp(name, usable[name])
@@ -142,7 +144,7 @@ def _slider(task: str, name: str, **overrides: Any) -> Any:
     return gr.Slider(elem_id=elem_id(task, name), **kwargs)
 
 
-def _prompt_row(services: Any, page: Any, task: str, f: dict[str, Any], w: dict[str, Any]) -> None:
+def _prompt_row(backend: Backend, page: Any, task: str, f: dict[str, Any], w: dict[str, Any]) -> None:
     import gradio as gr
 
     with gr.Row(elem_id=f"{task}_toprow"):
@@ -170,11 +172,11 @@ def _prompt_row(services: Any, page: Any, task: str, f: dict[str, Any], w: dict[
             w["error"] = gr.Markdown("", elem_id=f"{task}_error")
 
 
-def _sampling(services: Any, task: str, f: dict[str, Any], w: dict[str, Any]) -> None:
+def _sampling(backend: Backend, task: str, f: dict[str, Any], w: dict[str, Any]) -> None:
     import gradio as gr
 
-    max_side = int(getattr(services.settings, "max_image_size", 2048))
-    start = C.family_view(services, None, task)
+    max_side = int(getattr(backend.settings(), "max_image_size", 2048))
+    start = C.family_view(backend, None, task)
     with gr.Row():
         f["sampler_name"] = gr.Dropdown(
             label="Sampling method", choices=start.samplers, value=start.sampler, elem_id=elem_id(task, "sampler_name")
@@ -211,10 +213,10 @@ def _sampling(services: Any, task: str, f: dict[str, Any], w: dict[str, Any]) ->
         f["subseed_strength"] = _slider(task, "subseed_strength")
 
 
-def _hires(services: Any, task: str, f: dict[str, Any], w: dict[str, Any]) -> None:
+def _hires(backend: Backend, task: str, f: dict[str, Any], w: dict[str, Any]) -> None:
     import gradio as gr
 
-    start = C.family_view(services, None, task)
+    start = C.family_view(backend, None, task)
     with gr.Accordion("Hires. fix", open=False, elem_id=f"{task}_hires_fix"):
         f["enable_hr"] = gr.Checkbox(label="Enable hires fix", value=False, elem_id=f"{task}_enable_hr")
         with gr.Row():
@@ -236,7 +238,7 @@ def _hires(services: Any, task: str, f: dict[str, Any], w: dict[str, Any]) -> No
             )
             f["hr_scheduler"] = gr.Dropdown(
                 label="Hires schedule type",
-                choices=[C.USE_SAME_SCHEDULER, *services.samplers.schedule_names()],
+                choices=[C.USE_SAME_SCHEDULER, *start.all_schedules],
                 value=C.USE_SAME_SCHEDULER,
                 elem_id=f"{task}_hr_scheduler",
             )
@@ -246,13 +248,13 @@ def _hires(services: Any, task: str, f: dict[str, Any], w: dict[str, Any]) -> No
         )
 
 
-def _refiner_and_sd3(services: Any, task: str, f: dict[str, Any], w: dict[str, Any]) -> None:
+def _refiner_and_sd3(backend: Backend, task: str, f: dict[str, Any], w: dict[str, Any]) -> None:
     import gradio as gr
 
     with gr.Accordion("Refiner", open=False, elem_id=f"{task}_refiner"), gr.Row():
         f["refiner_checkpoint"] = gr.Dropdown(
             label="Refiner checkpoint",
-            choices=C.refiner_choices(services),
+            choices=C.refiner_choices(backend),
             value=NO_REFINER,
             elem_id=f"{task}_refiner_checkpoint",
         )
@@ -289,7 +291,7 @@ def _inpaint_options(task: str, f: dict[str, Any]) -> None:
 
 
 def build_controls(
-    services: Any, page: Any, task: str, inputs_slot: Callable[[], Mapping[str, Any]] | None = None
+    backend: Backend, page: Any, task: str, inputs_slot: Callable[[], Mapping[str, Any]] | None = None
 ) -> Controls:
     """Build the controls and the results column for ``task``; wire everything but Generate."""
     import gradio as gr
@@ -299,17 +301,17 @@ def build_controls(
 
     f: dict[str, Any] = {}
     w: dict[str, Any] = {}
-    _prompt_row(services, page, task, f, w)
-    build_lora_browser(services, page, task, f["prompt"])
+    _prompt_row(backend, page, task, f, w)
+    build_lora_browser(backend, page, task, f["prompt"])
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             extra = dict(inputs_slot()) if inputs_slot else {}
-            _sampling(services, task, f, w)
+            _sampling(backend, task, f, w)
             if task == "txt2img":
-                _hires(services, task, f, w)
+                _hires(backend, task, f, w)
             if task == "inpaint":
                 _inpaint_options(task, f)
-            _refiner_and_sd3(services, task, f, w)
+            _refiner_and_sd3(backend, task, f, w)
         with gr.Column(scale=1):
             results = build_results(task)
     controls = Controls(
@@ -326,16 +328,16 @@ def build_controls(
         sd3_options=w["sd3_options"],
         widgets=w,
     )
-    _wire(services, page, controls)
+    _wire(backend, page, controls)
     return controls
 
 
-def _wire(services: Any, page: Any, c: Controls) -> None:
+def _wire(backend: Backend, page: Any, c: Controls) -> None:
     """Everything inside the controls: counters, seed buttons, sizes, sampler -> schedules, paste."""
     from webui.ui import control_events as E
 
-    E.wire_token_counters(services, page, c)
-    E.wire_size_and_seed(services, c)
-    E.wire_sampler_schedules(services, c)
-    E.wire_paste(services, page, c)
-    E.follow_family(services, page, c)
+    E.wire_token_counters(backend, page, c)
+    E.wire_size_and_seed(backend, c)
+    E.wire_sampler_schedules(backend, c)
+    E.wire_paste(backend, page, c)
+    E.follow_family(backend, page, c)

@@ -1,16 +1,20 @@
 """Extensions tab: what the extension host found, why one failed, turn one on or off, install requirements.
 
-With ``services.extensions`` (the ``ExtensionHost``) the table lists every extension (built-in,
+The backend's extension records (``Backend.extensions``) fill the table: every extension (built-in,
 folder, package) with its status, hooks and problem in words; folders added since the start show
-as "loads at the next start". Without a host it lists the folders of the extensions folder only.
+as "loads at the next start". Without an extension host it lists the folders of the extensions folder only.
 Element ids: ``extensions_table``, ``extensions_note``, ``extensions_name``, ``extensions_enable``,
 ``extensions_disable``, ``extensions_install``, ``extensions_rescan``, ``extensions_message``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from webui.backend import Backend, Refused
+from webui.extensions import Extension
 
 HEADERS = ["name", "source", "version", "status", "hooks", "problem"]
 NOTE = (
@@ -54,11 +58,11 @@ def _problem(ext: Any) -> str:
     return f"missing requirements: {', '.join(ext.missing)}" if ext.missing else ""
 
 
-def host_rows(host: Any, folder: Path) -> list[list[str]]:
-    """The host's extensions, then folders it has not seen (added since the start)."""
+def host_rows(extensions: Sequence[Extension], folder: Path) -> list[list[str]]:
+    """The host's extensions (``Backend.extensions``), then folders it has not seen (added since the start)."""
     rows = []
     seen: set[Path] = set()
-    for ext in host.extensions():
+    for ext in extensions:
         rows.append([ext.name, ext.source, ext.version, _status(ext), ", ".join(ext.hooks), _problem(ext)])
         if ext.source == "folder":
             seen.add(Path(ext.path).resolve())
@@ -66,20 +70,18 @@ def host_rows(host: Any, folder: Path) -> list[list[str]]:
     return rows + [[sub.name, "folder", "", NEW_FOLDER, "", ""] for sub in new]
 
 
-def switchable(host: Any) -> list[str]:
+def switchable(extensions: Sequence[Extension]) -> list[str]:
     """Names the user can turn on or off (built-ins stay on)."""
-    return [ext.name for ext in host.extensions() if ext.source != "builtin"]
+    return [ext.name for ext in extensions if ext.source != "builtin"]
 
 
-def set_enabled(host: Any, name: str | None, enabled: bool) -> str:
+def set_enabled(backend: Backend, name: str | None, enabled: bool) -> str:
     """Turn ``name`` on or off; the outcome in words (never raises)."""
-    from webui.extensions import ExtensionError
-
     if not name:
         return "Pick an extension first."
     try:
-        ext = host.set_enabled(name, enabled)
-    except ExtensionError as exc:
+        ext = backend.set_extension_enabled(name, enabled)
+    except Refused as exc:
         return f"**{exc}**"
     if ext.status == "failed":
         return f"**{name} is on but cannot load:** {_problem(ext)}"
@@ -88,42 +90,40 @@ def set_enabled(host: Any, name: str | None, enabled: bool) -> str:
     return f"{name} is {state}.{later}"
 
 
-def install_requirements(host: Any, name: str | None) -> str:
+def install_requirements(backend: Backend, name: str | None) -> str:
     """pip-install ``name``'s requirements (the user asked); the outcome in words (never raises)."""
-    from webui.extensions import ExtensionError
-
     if not name:
         return "Pick an extension first."
     try:
-        output = host.install_requirements(name)
-    except ExtensionError as exc:
+        output = backend.install_extension_requirements(name)
+    except Refused as exc:
         return f"**{exc}**"
     tail = output.strip().splitlines()[-1:] if output.strip() else []
     return f"Requirements of {name} installed. {' '.join(tail)}".strip()
 
 
-def _rows(services: Any) -> list[list[str]]:
-    folder = Path(services.paths.extensions)
-    host = getattr(services, "extensions", None)
-    return host_rows(host, folder) if host is not None else folder_rows(folder)
+def _rows(backend: Backend) -> list[list[str]]:
+    folder = Path(backend.folders().extensions)
+    extensions = backend.extensions()
+    return host_rows(extensions, folder) if extensions is not None else folder_rows(folder)
 
 
-def build(services: Any, page: Any) -> None:
+def build(backend: Backend, page: Any) -> None:
     import gradio as gr
 
-    folder = Path(services.paths.extensions)
-    host = getattr(services, "extensions", None)
-    note = NOTE.format(folder=folder) + ("" if host is not None else " " + NO_HOST_NOTE)
+    folder = Path(backend.folders().extensions)
+    extensions = backend.extensions()
+    note = NOTE.format(folder=folder) + ("" if extensions is not None else " " + NO_HOST_NOTE)
     gr.Markdown(note, elem_id="extensions_note")
     table = gr.Dataframe(
-        value=_rows(services) or None, headers=HEADERS, interactive=False, wrap=True, elem_id="extensions_table"
+        value=_rows(backend) or None, headers=HEADERS, interactive=False, wrap=True, elem_id="extensions_table"
     )
     rescan = gr.Button("Check again", size="sm", elem_id="extensions_rescan")
-    rescan.click(lambda: _rows(services) or None, outputs=table, concurrency_limit=None)
-    if host is None:
+    rescan.click(lambda: _rows(backend) or None, outputs=table, concurrency_limit=None)
+    if extensions is None:
         return
     with gr.Row():
-        name = gr.Dropdown(label="Extension", choices=switchable(host), value=None, elem_id="extensions_name")
+        name = gr.Dropdown(label="Extension", choices=switchable(extensions), value=None, elem_id="extensions_name")
         enable = gr.Button("Turn on", elem_id="extensions_enable")
         disable = gr.Button("Turn off", elem_id="extensions_disable")
         install = gr.Button("Install requirements", elem_id="extensions_install")
@@ -131,11 +131,11 @@ def build(services: Any, page: Any) -> None:
 
     def act(action: Any) -> Any:
         def run(chosen: str | None) -> tuple[str, Any]:
-            return action(chosen), _rows(services) or None
+            return action(chosen), _rows(backend) or None
 
         return run
 
     common = {"inputs": name, "outputs": [message, table]}
-    enable.click(act(lambda n: set_enabled(host, n, True)), concurrency_limit=None, **common)
-    disable.click(act(lambda n: set_enabled(host, n, False)), concurrency_limit=None, **common)
-    install.click(act(lambda n: install_requirements(host, n)), concurrency_limit=1, **common)
+    enable.click(act(lambda n: set_enabled(backend, n, True)), concurrency_limit=None, **common)
+    disable.click(act(lambda n: set_enabled(backend, n, False)), concurrency_limit=None, **common)
+    install.click(act(lambda n: install_requirements(backend, n)), concurrency_limit=1, **common)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from webui.backend import Backend
 
-def build(services: Any, page: Any) -> None:
+
+def build(backend: Backend, page: Any) -> None:
     import gradio as gr
 
     from webui.ui.controls import build_controls
@@ -27,6 +29,6 @@ def build(services: Any, page: Any) -> None:
         )
         return {"init_image": image}
 
-    controls = build_controls(services, page, "img2img", inputs_slot=image_input)
-    attach_runner(services, page, controls)
+    controls = build_controls(backend, page, "img2img", inputs_slot=image_input)
+    attach_runner(backend, page, controls)
     page.register_paste_target(PasteTarget("img2img", controls, image=controls.extra["init_image"]))

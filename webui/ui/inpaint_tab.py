@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from webui.backend import Backend
 from webui.generation.requests import GenerationRequest, RequestError
 
 BRUSH_COLOR = "#000000"
@@ -110,13 +111,13 @@ def _inputs() -> dict[str, Any]:
     return {EDITOR_KEY: editor, MASK_UPLOAD_KEY: mask}
 
 
-def build(services: Any, page: Any) -> None:
+def build(backend: Backend, page: Any) -> None:
     from webui.ui.controls import build_controls
     from webui.ui.page import PasteTarget
     from webui.ui.runner import attach_runner
 
-    controls = build_controls(services, page, "inpaint", inputs_slot=_inputs)
-    attach_runner(services, page, controls, to_request=request_from_inpaint_values)
+    controls = build_controls(backend, page, "inpaint", inputs_slot=_inputs)
+    attach_runner(backend, page, controls, to_request=request_from_inpaint_values)
     page.register_paste_target(
         PasteTarget("inpaint", controls, image=controls.extra[EDITOR_KEY], image_value=editor_value)
     )

@@ -1,4 +1,4 @@
-"""What every tab's ``build(services, page)`` shares: the tabs, the model bar, paste targets, deferred wiring.
+"""What every tab's ``build(backend, page)`` shares: the tabs, the model bar, paste targets, deferred wiring.
 
 The shell makes one ``PageContext`` per UI, builds the model bar (which fills ``checkpoint``, ``vae``
 and ``family``), then each tab inside ``page.tabs``, then calls ``page.finish()``, which runs the
@@ -21,8 +21,9 @@ API for tab authors (stable):
   target may be built later) to fill ``target_tab`` from ``read(*input_values) -> (pil_or_None,
   infotext)`` and switch to it. A missing target makes the button hidden, never an error. A pasted
   value the target cannot use is named in the target's ``<t>_error`` box, never dropped silently.
+* ``page.backend``: the ``webui.backend.Backend`` the page talks to (plain data in and out).
 * ``page.on_family_change(outputs, fn, inputs=())``: ``fn(family_or_None, changed, *input_values) ->
-  one update per output`` runs after every model switch (and on page load, and after each
+  one update per output`` (``family``: a ``webui.backend.FamilyInfo``) runs after every model switch (and on page load, and after each
   generation); ``changed`` is True only on page load when a model is loaded: the moment to show the
   family's defaults. After a switch the user's values stay (A1111); ``inputs`` give ``fn`` the
   values to check against the new family. Register during the build, not in ``after_build``.
@@ -38,6 +39,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from webui.backend import Backend
 
 TAB_IDS = ("txt2img", "img2img", "inpaint", "png_info", "extensions", "settings", "models")
 
@@ -55,13 +58,13 @@ class PasteTarget:
 @dataclass
 class FamilyListener:
     outputs: list[Any]
-    fn: Callable[..., Sequence[Any]]  # (FamilySpec | None, changed, *input values) -> one update per output
+    fn: Callable[..., Sequence[Any]]  # (FamilyInfo | None, changed, *input values) -> one update per output
     inputs: list[Any] = field(default_factory=list)
 
 
 @dataclass
 class PageContext:
-    services: Any
+    backend: Backend
     blocks: Any = None
     tabs: Any = None
     checkpoint: Any = None
@@ -71,7 +74,7 @@ class PageContext:
     family: Any = None
     paste_targets: dict[str, PasteTarget] = field(default_factory=dict)
     family_listeners: list[FamilyListener] = field(default_factory=list)
-    # Per-UI caches (no globals): the fallback CLIP tokenizer, LoRA header inspections.
+    # Per-UI caches (no globals).
     cache: dict[str, Any] = field(default_factory=dict)
     _deferred: list[Callable[[], None]] = field(default_factory=list)
     _finished: bool = False
@@ -136,13 +139,16 @@ class PageContext:
         """
         import gradio as gr
 
-        from webui.ui.model_bar import checkpoint_update, loaded_details, loaded_status
+        from webui.ui.model_bar import checkpoint_update, details_text, status_line
 
-        family = self.services.manager.family
+        loaded = self.backend.loaded()  # asked once: every update below describes the same model
+        family = loaded.family if loaded is not None else None
         family_id = family.id if family is not None else ""
         changed = family_id != (shown_family or "")
-        line = loaded_status(self.services) if status and changed and family is not None else gr.update()
-        updates: list[Any] = [checkpoint_update(self.services), family_id, line, loaded_details(self.services)]
+        line = status_line(loaded) if status and changed and family is not None else gr.update()
+        name = loaded.name if loaded is not None else None
+        details = details_text(loaded.notes if loaded is not None else ())
+        updates: list[Any] = [checkpoint_update(self.backend, name), family_id, line, details]
         values = list(values)
         for listener in self.family_listeners:
             mine = [values.pop(0) if values else None for _ in listener.inputs]
@@ -209,7 +215,7 @@ class PageContext:
 
         from webui.ui.controls import values_from_infotext
 
-        updates, notes = target.controls.paste_values(values_from_infotext(text or ""), self.services, current_sampler)
+        updates, notes = target.controls.paste_values(values_from_infotext(text or ""), self.backend, current_sampler)
         if target.image is not None:
             if image is None:
                 updates.append(gr.update())

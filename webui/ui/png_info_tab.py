@@ -14,6 +14,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from webui.backend import Backend
+
 log = logging.getLogger(__name__)
 
 SEND_TO = (("txt2img", "Send to txt2img"), ("img2img", "Send to img2img"), ("inpaint", "Send to inpaint"))
@@ -70,7 +72,7 @@ def open_image(path: str | Path | None) -> Any:
         return None
 
 
-def build(services: Any, page: Any) -> None:
+def build(backend: Backend, page: Any) -> None:
     import gradio as gr
 
     with gr.Row():

@@ -1,18 +1,19 @@
 """Running a job from a tab: submit to our queue, stream progress and preview, show the results.
 
 ``build_results(task) -> Results`` makes the right-hand column (progress bar, live preview,
-gallery, "Send to" buttons, infotext). ``attach_runner(services, page, controls, to_request=None)``
+gallery, "Send to" buttons, infotext). ``attach_runner(backend, page, controls, to_request=None)``
 wires a tab's Generate / Interrupt / Skip and the gallery:
 
 * Generate (and Ctrl+Enter in the prompt boxes, see ``shell.PAGE_JS``) builds the request with
   ``to_request(values) -> GenerationRequest`` (default: ``request_from_values(task, values)``;
   img2img/inpaint pass their own to add the image and mask), adds this page's checkpoint and VAE,
-  validates it and submits it to ``services.generation``. A request error is shown next to the
+  validates it and submits it to the backend's job queue. A request error is shown next to the
   Generate button (``<t>_error``) and as a notice; nothing is queued.
 * Then a generator streams: the queue position while waiting, an HTML progress bar with step/total
   and ETA, the live preview; at the end the gallery, the infotext of the first image, or the
   job's error in words. Both events run outside Gradio's queue limits (``concurrency_limit=None``):
-  our GenerationService queues the jobs, so two browser tabs can wait in it at once.
+  the backend queues the jobs, so two browser tabs can wait in it at once. The page follows its job by
+  id through snapshots (``backend.wait``), never by holding it.
 * Interrupt and Skip act on THIS page's job (its id is kept in ``results.job``, a ``gr.State``).
 * Selecting a gallery image shows its infotext; ♻ reuses its seed; "Send to img2img / inpaint"
   fill that tab from its infotext and image.
@@ -21,12 +22,12 @@ wires a tab's Generate / Interrupt / Skip and the gallery:
 from __future__ import annotations
 
 import html
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from webui.generation.requests import GenerationRequest, RequestError, validate_request
+from webui.backend import Backend, JobSnapshot, NotFound, QueueFull
+from webui.generation.requests import GenerationRequest, RequestError
 
 POLL_SECONDS = 0.2
 EMPTY_OUTCOME: dict[str, list] = {"infotexts": [], "seeds": []}
@@ -115,7 +116,7 @@ def result_images(result: Any) -> list[Any]:
     return images
 
 
-def finished_message(job: Any) -> str:
+def finished_message(job: JobSnapshot) -> str:
     """Words for a job that did not end ``done`` ('' when it did)."""
     from webui.ui.control_values import field_label
 
@@ -126,7 +127,7 @@ def finished_message(job: Any) -> str:
             return f"**{field_label(job.error_field)}:** {error}"
         return f"**Generation failed:** {error}"
     if job.state == "interrupted":
-        kept = len(job.result.images)
+        kept = len(job.result.images) if job.result is not None else 0
         said = f"Interrupted; {kept} image(s) kept." if kept else "Interrupted."
         return f"{said} The app {job.error}." if job.error else said
     return ""
@@ -134,37 +135,37 @@ def finished_message(job: Any) -> str:
 
 @dataclass(frozen=True)
 class Frame:
-    """One update of the results column while a job runs (``final`` once it ended)."""
+    """One update of the results column while a job runs (``final`` once it ended, with the job as it ended)."""
 
     progress: str
     preview: Any = None  # a new preview image, or None for "unchanged"
     final: bool = False
+    job: JobSnapshot | None = None
 
 
-def watch_job(
-    service: Any, job: Any, poll: float = POLL_SECONDS, clock: Callable[[], float] = time.monotonic
-) -> Iterator[Frame]:
-    """Frames for ``job`` until it finishes: queue position, progress, new previews."""
+def watch_job(backend: Backend, job_id: str, poll: float = POLL_SECONDS) -> Iterator[Frame]:
+    """Frames for the job until it finishes: queue position, progress, new previews; raises ``NotFound``."""
     last_text = None
     last_preview = 0
+    job = backend.job(job_id, preview_after=last_preview)
     while not job.finished:
         progress = job.progress
-        text = progress_html(job.state, service.position(job), progress)
+        text = progress_html(job.state, job.position, progress)
         preview = None
-        if progress.preview is not None and progress.preview_id != last_preview:
+        if progress.preview is not None:  # only sent when newer than ours
             preview, last_preview = progress.preview, progress.preview_id
         if text != last_text or preview is not None:
             last_text = text
             yield Frame(text, preview)
-        job.wait(poll)
-    yield Frame("", None, final=True)
+        job = backend.wait(job_id, poll, preview_after=last_preview)
+    yield Frame("", None, final=True, job=job)
 
 
 # --- wiring ---------------------------------------------------------------------------------------
 
 
 def _page_request(
-    services: Any,
+    backend: Backend,
     to_request: Callable[[Mapping[str, Any]], GenerationRequest],
     values: Mapping[str, Any],
     ckpt: Any,
@@ -172,17 +173,17 @@ def _page_request(
 ) -> GenerationRequest:
     req = to_request(values)
     changes: dict[str, Any] = {"sd_model_checkpoint": ckpt or "", "sd_vae": vae or ""}
+    settings = backend.settings()
     if "rng" not in values:
-        changes["rng"] = getattr(services.settings, "default_rng", "GPU")
+        changes["rng"] = getattr(settings, "default_rng", "GPU")
     if "output_format" not in values:
-        changes["output_format"] = getattr(services.settings, "samples_format", "png")
-    req = req.replace(**changes)
-    limits = getattr(services.engine, "limits", None)
-    return validate_request(req, limits) if limits is not None else validate_request(req)
+        changes["output_format"] = getattr(settings, "samples_format", "png")
+    # The request's own checks; a checkpoint, LoRA or sampler the page names is checked when the job runs.
+    return backend.validate(req.replace(**changes), names=False)
 
 
 def attach_runner(
-    services: Any,
+    backend: Backend,
     page: Any,
     controls: Any,
     to_request: Callable[[Mapping[str, Any]], GenerationRequest] | None = None,
@@ -197,30 +198,29 @@ def attach_runner(
             return request_from_values(task, values)
 
     def build(values: Mapping[str, Any], ckpt: Any, vae: Any) -> GenerationRequest:
-        return _page_request(services, to_request, values, ckpt, vae)
+        return _page_request(backend, to_request, values, ckpt, vae)
 
-    _wire_generate(services, page, controls, build)
-    _wire_gallery(services, page, controls)
+    _wire_generate(backend, page, controls, build)
+    _wire_gallery(page, controls)
 
 
-def submit_from_page(services: Any, build: Callable[[], GenerationRequest]) -> tuple[str, str]:
+def submit_from_page(backend: Backend, build: Callable[[], GenerationRequest]) -> tuple[str, str]:
     """(job id, error markdown): submit the request ``build()`` makes, or say what is wrong."""
-    from webui.generation.service import QueueFullError
     from webui.ui.control_values import error_text
 
     try:
         request = build()
-        job = services.generation.submit(request, source="ui")
+        job = backend.submit(request, source="ui")
     except RequestError as exc:
         return "", error_text(exc)
     except ValueError as exc:  # a tab's own conversion (an image it cannot read ...)
         return "", f"**Cannot generate:** {exc}"
-    except QueueFullError as exc:
+    except QueueFull as exc:
         return "", f"**Not queued:** {exc}"
     return job.id, ""
 
 
-def _stream(services: Any, job_id: str) -> Iterator[tuple]:
+def _stream(backend: Backend, job_id: str) -> Iterator[tuple]:
     """Generator behind the results column: (progress, preview, gallery, infotext, error, outcome, selected)."""
     import gradio as gr
 
@@ -228,15 +228,18 @@ def _stream(services: Any, job_id: str) -> Iterator[tuple]:
     if not job_id:
         yield keep, keep, keep, keep, keep, keep, keep
         return
+    job: JobSnapshot | None = None
     try:
-        job = services.generation.get(job_id)
-    except KeyError as exc:
+        for frame in watch_job(backend, job_id):
+            if frame.final:
+                job = frame.job
+            else:
+                preview = gr.update(value=frame.preview, visible=True) if frame.preview is not None else keep
+                yield frame.progress, preview, keep, keep, "", keep, keep
+    except NotFound as exc:
         yield "", gr.update(visible=False), keep, keep, str(exc), keep, keep
         return
-    for frame in watch_job(services.generation, job):
-        if not frame.final:
-            preview = gr.update(value=frame.preview, visible=True) if frame.preview is not None else keep
-            yield frame.progress, preview, keep, keep, "", keep, keep
+    assert job is not None and job.result is not None
     result = job.result
     message = finished_message(job)
     hidden = gr.update(value=None, visible=False)
@@ -250,7 +253,7 @@ def _stream(services: Any, job_id: str) -> Iterator[tuple]:
     yield "", hidden, result_images(result), first, message, outcome, 0
 
 
-def _wire_generate(services: Any, page: Any, c: Any, build: Callable[..., GenerationRequest]) -> None:
+def _wire_generate(backend: Backend, page: Any, c: Any, build: Callable[..., GenerationRequest]) -> None:
     import gradio as gr
 
     r = c.results
@@ -258,7 +261,7 @@ def _wire_generate(services: Any, page: Any, c: Any, build: Callable[..., Genera
 
     def submit(*args: Any) -> tuple[str, str]:
         values, (ckpt, vae) = c.values(args[:n_fields]), args[n_fields:]
-        job_id, error = submit_from_page(services, lambda: build(values, ckpt, vae))
+        job_id, error = submit_from_page(backend, lambda: build(values, ckpt, vae))
         if error:
             gr.Warning(error.replace("**", ""))
         return job_id, error
@@ -272,7 +275,7 @@ def _wire_generate(services: Any, page: Any, c: Any, build: Callable[..., Genera
     )
 
     def stream(job_id: str) -> Iterator[tuple]:
-        yield from _stream(services, job_id)
+        yield from _stream(backend, job_id)
 
     streamed = queued.then(
         stream,
@@ -282,11 +285,11 @@ def _wire_generate(services: Any, page: Any, c: Any, build: Callable[..., Genera
         show_progress="hidden",
     )
     page.follow_model(streamed, reset_defaults=False, status=True)
-    c.interrupt.click(lambda job_id: _act(services.generation.interrupt, job_id), inputs=[r.job], queue=False)
-    c.skip.click(lambda job_id: _act(services.generation.skip, job_id), inputs=[r.job], queue=False)
+    c.interrupt.click(lambda job_id: _act(backend.interrupt, job_id), inputs=[r.job], queue=False)
+    c.skip.click(lambda job_id: _act(backend.skip, job_id), inputs=[r.job], queue=False)
 
 
-def _act(action: Callable[[str], bool], job_id: str) -> None:
+def _act(action: Callable[[str], Any], job_id: str) -> None:
     if job_id:
         try:
             action(job_id)
@@ -318,7 +321,7 @@ def _selected_image(gallery: Any, index: int | None) -> Any:
     return item[0] if isinstance(item, (tuple, list)) else item
 
 
-def _wire_gallery(services: Any, page: Any, c: Any) -> None:
+def _wire_gallery(page: Any, c: Any) -> None:
     import gradio as gr
 
     r = c.results

@@ -1,510 +1,61 @@
-"""Settings tab logic: which settings the page edits, how each applies live, what waits for a restart.
+"""Settings tab logic over the backend (no gradio): what the page shows and what Apply sends.
 
-No gradio here: ``save_settings(services, values)`` checks the values, applies the ones that can
-change while the app runs (a new output writer, the preview interval, the RAM cache size, the
-default model, the size limit ...), persists the changes to the config file and says which take
-effect only after a restart. Nothing is applied or written when a value is wrong.
+Which settings the page edits, how each is checked and how changes are written to the config file
+live in ``webui.settings_edit``; the backend checks, applies live and persists them
+(``Backend.save_settings``), so nothing here reaches into the running app.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import re
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from webui.config import (
-    CHANNELS_LAST,
-    PRECISIONS,
-    RNG_SOURCES,
-    SAMPLES_FORMATS,
-    VAE_PRECISIONS,
-    Settings,
-    SettingsError,
-    check_field,
+from webui.backend import Backend
+from webui.settings_edit import (  # noqa: F401  (re-exported: the tab and its tests read them from here)
+    EDITABLE,
+    LIVE,
+    NOT_FROM_PAGE,
+    SPECS,
+    SaveResult,
+    SettingSpec,
+    label,
 )
 
-SECTION_SAVING = "Saving images"
-SECTION_PREVIEW = "Live preview"
-SECTION_MODELS = "Models"
-SECTION_SAMPLING = "Sampling"
-SECTION_MEMORY = "Memory"
-SECTION_SPEED = "Speed"
-SECTION_SERVER = "Device (applied after a restart)"
-# Settings that decide which code runs or which files are loaded, written or served, and where the app
-# listens: never from the browser (an uploaded file plus "Extensions folder = the upload folder" would be
-# code run at the next start). They stay in the flags and config.json.
-NOT_FROM_PAGE: dict[str, str] = {
-    "host": "--listen", "port": "--port", "listen": "--listen",
-    "models_dir": "--models-dir", "outputs_dir": "--outputs-dir", "extensions_dir": "--extensions-dir",
-    "cache_dir": "WEBUI_CACHE_DIR", "config_file": "--config-file", "t5_tokenizer_dir": "WEBUI_T5_TOKENIZER_DIR",
-    "auth": "--auth", "auth_file": "--auth-file", "api_auth": "--api-auth", "insecure": "--insecure",
-    "allowed_hosts": "--allowed-hosts", "cors_allow_origins": "--cors-allow-origins",
-    "cors_allow_origins_regex": "--cors-allow-origins-regex",
-    "enable_insecure_extension_access": "--enable-insecure-extension-access", "offline": "WEBUI_OFFLINE",
-    "skip_install": "--skip-install",
-}
 
-
-@dataclass(frozen=True)
-class SettingSpec:
-    """One setting as the page shows it."""
-
-    name: str
-    label: str
-    section: str
-    live: bool
-    info: str = ""
-    choices: tuple[str, ...] = ()
-
-
-SPECS: tuple[SettingSpec, ...] = (
-    SettingSpec(
-        "filename_pattern",
-        "Image file name pattern",
-        SECTION_SAVING,
-        True,
-        "after the number: [seed], [prompt_words], [model_name], [datetime] ... (empty: the number only)",
-    ),
-    SettingSpec("samples_format", "File format for images", SECTION_SAVING, True, choices=SAMPLES_FORMATS),
-    SettingSpec(
-        "preview_every", "Live preview every N sampling steps", SECTION_PREVIEW, True, "0 turns the preview off"
-    ),
-    SettingSpec(
-        "default_model", "Checkpoint for the first generation", SECTION_MODELS, True, "empty: the first one found"
-    ),
-    SettingSpec(
-        "ram_cache_models",
-        "Checkpoints kept in RAM for fast switching",
-        SECTION_MODELS,
-        True,
-        "besides the active one; each costs the model's size in RAM",
-    ),
-    SettingSpec(
-        "default_rng",
-        "Random number generator source",
-        SECTION_SAMPLING,
-        True,
-        "CPU: a seed gives the same image on any device",
-        RNG_SOURCES,
-    ),
-    SettingSpec(
-        "max_image_size", "Largest width/height a request may ask for", SECTION_SAMPLING, True, "multiple of 8"
-    ),
-    SettingSpec(
-        "max_steps", "Most sampling steps a request may ask for", SECTION_SAMPLING, True, "A1111's API has no cap"
-    ),
-    SettingSpec(
-        "job_timeout",
-        "Longest time one job may run (seconds)",
-        SECTION_SAMPLING,
-        True,
-        "a longer job stops like an interrupt and keeps the images it finished; 0 = no limit",
-    ),
-    SettingSpec(
-        "memory_modes",
-        "Memory-saving modes",
-        SECTION_MEMORY,
-        True,
-        "auto (from free VRAM and the model's size), none, or a comma list: drop_t5, model_cpu_offload, "
-        "sequential_cpu_offload, group_offload, vae_tiling, vae_slicing, attention_slicing, xformers, fp8_weights",
-    ),
-    SettingSpec(
-        "memory_oom_retry",
-        "After out of memory, retry once with the next stronger mode",
-        SECTION_MEMORY,
-        True,
-    ),
-    SettingSpec(
-        "channels_last",
-        "channels_last memory layout",
-        SECTION_SPEED,
-        True,
-        "auto: measured once per model family and kept only where it is faster",
-        CHANNELS_LAST,
-    ),
-    SettingSpec(
-        "compile",
-        "Compile the UNet/transformer (torch.compile)",
-        SECTION_SPEED,
-        True,
-        "the first image of each size waits for the compiler; falls back to normal speed if compiling fails",
-    ),
-    SettingSpec("prompt_cache_size", "Encoded prompts kept for reuse", SECTION_SPEED, True, "0 turns the cache off"),
-    SettingSpec("device", "Compute device", SECTION_SERVER, False, choices=("auto", "cpu", "cuda", "mps")),
-    SettingSpec(
-        "precision",
-        "Compute precision",
-        SECTION_SERVER,
-        False,
-        "auto: bf16 where this device computes it fast, fp16 on other GPUs, fp32 elsewhere",
-        PRECISIONS,
-    ),
-    SettingSpec(
-        "vae_precision",
-        "VAE decode precision",
-        SECTION_SERVER,
-        False,
-        "auto: fp32 for VAEs that overflow in fp16; every decode is checked for NaN and redone in fp32",
-        VAE_PRECISIONS,
-    ),
-)
-EDITABLE: tuple[str, ...] = tuple(spec.name for spec in SPECS)
-assert not set(EDITABLE) & set(NOT_FROM_PAGE), "a setting that decides code or files is on the page"
-LIVE: frozenset[str] = frozenset(spec.name for spec in SPECS if spec.live)
-_TOKEN = re.compile(r"\[([^\[\]<>]+)(?:<[^>]*>)?\]")
-
-
-@dataclass
-class SaveResult:
-    """What ``save_settings`` did: errors by setting (nothing changed then), else what applied when."""
-
-    errors: dict[str, str] = field(default_factory=dict)
-    applied: list[str] = field(default_factory=list)
-    after_restart: list[str] = field(default_factory=list)
-    persist_error: str = ""
-    labels: dict[str, str] = field(default_factory=dict)  # extension settings' labels
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def _label(self, name: str) -> str:
-        return self.labels.get(name) or label(name)
-
-    def message(self) -> str:
-        if self.errors:
-            return "Nothing was saved: fix the settings marked below."
-        if not self.applied and not self.after_restart:
-            return "No setting changed."
-        parts = []
-        if self.applied:
-            parts.append("Applied now: " + ", ".join(self._label(n) for n in self.applied) + ".")
-        if self.after_restart:
-            parts.append("Applied after a restart: " + ", ".join(self._label(n) for n in self.after_restart) + ".")
-        if self.persist_error:
-            parts.append(self.persist_error)
-        return " ".join(parts)
-
-
-def device_summary(services: Any) -> str:
+def device_summary(backend: Backend) -> str:
     """What the app computes with and why (``--precision auto``'s choice), for the top of the page."""
-    device = getattr(services, "device", None)
-    if device is None:
+    described = backend.device_description()
+    if not described:
         return ""
     return (
-        f"**Computing on** {device.describe()}. "
+        f"**Computing on** {described}. "
         "Change *Compute precision* and *VAE decode precision* below to override (applied after a restart)."
     )
 
 
-def label(name: str) -> str:
-    return next((spec.label for spec in SPECS if spec.name == name), name)
+def checkpoint_names(backend: Backend) -> list[str]:
+    return [m.name for m in backend.models("checkpoint")]
 
 
-# -- checking -------------------------------------------------------------------------------------
-
-
-def check_filename_pattern(pattern: str) -> str:
-    """ "" when every ``[token]`` is one the writer fills, else a message naming the unknown one."""
-    from webui.outputs.writer import FILENAME_TOKENS
-
-    for match in _TOKEN.finditer(pattern):
-        token = match.group(1).strip().lower()
-        if token not in FILENAME_TOKENS:
-            known = ", ".join(f"[{t}]" for t in FILENAME_TOKENS)
-            return f"[{match.group(1)}] is not a token this app fills; use one of {known}"
-    if "/" in pattern or "\\" in pattern:
-        return "the pattern names a file, not folders: remove / and \\"
-    return ""
-
-
-def check_values(values: Mapping[str, Any], checkpoints: Collection[str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """(values coerced to their types, error message by setting name) for the editable settings."""
-    clean: dict[str, Any] = {}
-    errors: dict[str, str] = {}
-    for name, raw in values.items():
-        if name in NOT_FROM_PAGE:
-            errors[name] = (
-                f"{name} cannot be changed from the browser: it decides which files or code the app uses, or"
-                f" where it listens; set it with {NOT_FROM_PAGE[name]} or in config.json and restart"
-            )
-            continue
-        if name not in EDITABLE:
-            errors[name] = f"{name} cannot be changed on the settings page"
-            continue
-        try:
-            clean[name] = check_field(name, "" if raw is None else raw)
-        except SettingsError as exc:
-            errors[name] = str(exc)
-    if "filename_pattern" in clean:
-        message = check_filename_pattern(clean["filename_pattern"])
-        if message:
-            errors["filename_pattern"] = message
-    model = clean.get("default_model", "")
-    if model and model not in checkpoints:
-        errors["default_model"] = f"no checkpoint named {model!r} was found; pick one from the list or leave it empty"
-    return clean, errors
-
-
-def extension_settings(services: Any) -> list[tuple[str, Any]]:
+def extension_settings(backend: Backend) -> list[tuple[str, Any]]:
     """(extension name, ``webui.hooks.SettingSpec``) of the settings enabled extensions declare."""
-    host = getattr(services, "extensions", None)
-    return list(host.settings()) if host is not None else []
+    return [(s.extension, s.spec) for s in backend.extension_settings()]
 
 
-def known_names(services: Any) -> set[str]:
+def known_names(backend: Backend) -> set[str]:
     """The settings the page can save now (an extension turned off since the page was built drops out)."""
-    return set(EDITABLE) | {spec.name for _, spec in extension_settings(services)}
+    return set(EDITABLE) | {spec.name for _, spec in extension_settings(backend)}
 
 
-def _option_value(spec: Any, value: Any) -> Any:
-    """What a control gives (a float from a number box, None from an empty one) in the setting's type."""
-    kind = type(spec.default)
-    if value is None:
-        return "" if kind is str else value
-    if kind is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+def current_values(backend: Backend) -> dict[str, Any]:
+    return backend.setting_values()
 
 
-def check_extension_values(specs: Mapping[str, Any], values: Mapping[str, Any]) -> tuple[dict, dict[str, str]]:
-    """(values in their types, error message by setting) for extension settings."""
-    clean, errors = {}, {}
-    for name, raw in values.items():
-        value = _option_value(specs[name], raw)
-        problem = specs[name].problem(value)
-        if problem:
-            errors[name] = problem
-        else:
-            clean[name] = value
-    return clean, errors
+def default_values(backend: Backend) -> dict[str, Any]:
+    """The defaults of the page's settings and of the extension settings."""
+    return backend.default_setting_values()
 
 
-def _apply_extension_options(services: Any, values: Mapping[str, Any]) -> tuple[list[str], str]:
-    """(names changed, "" or what failed) after setting the extension options that differ."""
-    from webui.extensions import ExtensionError
-
-    host = services.extensions
-    changed = [name for name, value in values.items() if host.options.get(name) != value]
-    for name in changed:
-        try:
-            host.set_option(name, values[name])
-        except (ExtensionError, OSError) as exc:
-            return changed, f"Could not save the extension setting {name}: {exc}."
-    return changed, ""
-
-
-def changed_settings(old: Settings, new: Settings) -> list[str]:
-    return [name for name in EDITABLE if getattr(old, name) != getattr(new, name)]
-
-
-# -- applying live --------------------------------------------------------------------------------
-
-
-def infer_base(settings: Settings, paths: Any) -> Path:
-    """The folder relative settings paths were resolved against (the app folder, or a test's root)."""
-    for name, resolved in (("outputs_dir", paths.outputs), ("models_dir", paths.models), ("cache_dir", paths.cache)):
-        rel = Path(getattr(settings, name)).expanduser()
-        resolved = Path(resolved)
-        if not rel.is_absolute() and resolved.parts[-len(rel.parts) :] == rel.parts:
-            return resolved.parents[len(rel.parts) - 1]
-    return Path(paths.config_file).parent
-
-
-def _apply_writer(services: Any, settings: Settings, base: Path) -> None:
-    # A new writer (it is frozen and shared by running jobs); the next image uses it. Its folder is the
-    # outputs folder the app started with: that one is never changed from the browser.
-    writer = dataclasses.replace(services.writer, filename_pattern=settings.filename_pattern)
-    services.writer = writer
-    services.engine.writer = writer
-
-
-def sync_writer(services: Any) -> bool:
-    """Give the output writer the configured file name pattern if it was built without it; True if changed.
-
-    ``webui.app.build_generation`` makes the writer from the outputs folder only, so a pattern saved
-    on this page would be lost at the next start without this (called when the Settings tab is built).
-    """
-    settings = services.settings
-    if services.writer is None or services.writer.filename_pattern == settings.filename_pattern:
-        return False
-    _apply_writer(services, settings, infer_base(settings, services.paths))
-    return True
-
-
-def _apply_preview(services: Any, settings: Settings, base: Path) -> None:
-    services.generation.preview_every = settings.preview_every
-
-
-def _apply_ram_cache(services: Any, settings: Settings, base: Path) -> None:
-    services.manager.set_ram_cache_models(settings.ram_cache_models)
-
-
-def _apply_default_model(services: Any, settings: Settings, base: Path) -> None:
-    services.engine.default_model = settings.default_model
-
-
-def _apply_limits(services: Any, settings: Settings, base: Path) -> None:
-    size = settings.max_image_size
-    services.engine.limits = dataclasses.replace(
-        services.engine.limits, max_side=size, max_hires_side=2 * size, max_steps=settings.max_steps
-    )
-
-
-def check_memory_modes(services: Any, choice: str) -> str:
-    """ "" when the memory modes can be used with the loaded model on this device, else what to change."""
-    from webui.memory.planner import PlanError, plan
-
-    manager = services.manager
-    registry = getattr(manager, "memory_registry", None)
-    if registry is None or choice.strip().lower() in ("auto", "none", ""):
-        return ""
-    try:
-        plan(choice, registry, manager.family, manager.device.device)
-    except PlanError as exc:
-        return str(exc)
-    return ""
-
-
-def _apply_memory(services: Any, settings: Settings, base: Path) -> None:
-    """Switch the loaded model's memory modes on the worker (in place, or by reloading the model)."""
-    services.engine.oom_retry = settings.memory_oom_retry
-    if services.manager.memory_modes != settings.memory_modes:
-        services.generation.call(lambda: services.manager.set_memory_modes(settings.memory_modes), timeout=1800)
-
-
-def _apply_speed(services: Any, settings: Settings, base: Path) -> None:
-    """Layout and compile: the loaded model is re-tuned on the worker; the prompt cache is resized."""
-    from webui.speed.optimize import options_from_settings
-
-    cache = getattr(services.engine, "prompt_cache", None)
-    if cache is not None:
-        cache.resize(settings.prompt_cache_size)
-    manager = services.manager
-    options = options_from_settings(settings)
-    if manager.speed is None or manager.speed.options == options:
-        return
-    if manager.current_entry is None:  # nothing to re-tune: no device work, the manager's lock is enough
-        manager.set_speed_options(options)
-    else:
-        services.generation.call(lambda: manager.set_speed_options(options), timeout=1800)
-
-
-def _apply_job_timeout(services: Any, settings: Settings, base: Path) -> None:
-    services.generation.job_timeout = settings.job_timeout
-
-
-def _read_at_request_time(services: Any, settings: Settings, base: Path) -> None:
-    """The page reads these from ``services.settings`` each time it builds a request."""
-
-
-LIVE_APPLIERS: dict[str, Callable[[Any, Settings, Path], None]] = {
-    "filename_pattern": _apply_writer,
-    "samples_format": _read_at_request_time,
-    "preview_every": _apply_preview,
-    "default_model": _apply_default_model,
-    "ram_cache_models": _apply_ram_cache,
-    "default_rng": _read_at_request_time,
-    "max_image_size": _apply_limits,
-    "max_steps": _apply_limits,
-    "job_timeout": _apply_job_timeout,
-    "memory_modes": _apply_memory,
-    "memory_oom_retry": _apply_memory,
-    "channels_last": _apply_speed,
-    "compile": _apply_speed,
-    "prompt_cache_size": _apply_speed,
-}
-
-
-# -- persisting -----------------------------------------------------------------------------------
-
-
-def persist(path: Path, new: Settings, names: Collection[str], *, reset: bool = False) -> str:
-    """Write ``names`` to the config file (``reset``: remove them); "" or a message when it failed."""
-    from webui.config import read_config_file, write_config_file
-
-    try:
-        stored = read_config_file(path)
-    except SettingsError:
-        stored = {}  # broken since start-up: keep a copy for the user, rewrite it with what we know
-        _keep_copy(path)
-    for name in names:
-        if reset:
-            stored.pop(name, None)
-        else:
-            stored[name] = getattr(new, name)
-    try:
-        write_config_file(path, stored)
-    except OSError as exc:
-        return f"Could not write {path} ({exc.strerror or exc}): the changes last until the app stops."
-    return ""
-
-
-def _keep_copy(path: Path) -> None:
-    """Rename an unreadable settings file to ``<name>.broken`` (its content may be worth fixing by hand)."""
-    try:
-        path.replace(path.with_name(path.name + ".broken"))
-    except OSError:
-        pass
-
-
-# -- the whole save -------------------------------------------------------------------------------
-
-
-def checkpoint_names(services: Any) -> list[str]:
-    return [entry.name for entry in services.catalog.usable("checkpoint")]
-
-
-def save_settings(services: Any, values: Mapping[str, Any], *, reset: bool = False) -> SaveResult:
-    """Check, apply live, persist. ``reset``: the values are defaults; drop them from the config file.
-
-    ``values`` may hold extension settings too (by their names); they are checked with the rest and
-    stored by the extension host.
-    """
-    specs = {spec.name: spec for _, spec in extension_settings(services)}
-    core = {k: v for k, v in values.items() if k not in specs}
-    clean, errors = check_values(core, checkpoint_names(services))
-    if "memory_modes" in clean:
-        message = check_memory_modes(services, clean["memory_modes"])
-        if message:
-            errors["memory_modes"] = message
-    ext_clean, ext_errors = check_extension_values(specs, {k: v for k, v in values.items() if k in specs})
-    errors.update(ext_errors)
-    if errors:
-        return SaveResult(errors=errors)
-    old = services.settings
-    new = old.with_updates(**clean)
-    changed = changed_settings(old, new)
-    base = infer_base(old, services.paths)
-    for apply in dict.fromkeys(LIVE_APPLIERS[n] for n in changed if n in LIVE):
-        apply(services, new, base)
-    services.settings = new
-    ext_changed, ext_problem = _apply_extension_options(services, ext_clean) if ext_clean else ([], "")
-    result = SaveResult(
-        applied=[n for n in changed if n in LIVE] + ext_changed,
-        after_restart=[n for n in changed if n not in LIVE],
-        labels={name: spec.label for name, spec in specs.items()},
-    )
-    names = EDITABLE if reset else changed
-    if names:
-        result.persist_error = persist(Path(services.paths.config_file), new, names, reset=reset)
-    result.persist_error = " ".join(m for m in (result.persist_error, ext_problem) if m)
-    return result
-
-
-def default_values(services: Any = None) -> dict[str, Any]:
-    """The defaults of the page's settings (with ``services``: the extension settings' too)."""
-    defaults = Settings()
-    values = {name: getattr(defaults, name) for name in EDITABLE}
-    values.update({spec.name: spec.default for _, spec in extension_settings(services)})
-    return values
-
-
-def current_values(services: Any) -> dict[str, Any]:
-    values = {name: getattr(services.settings, name) for name in EDITABLE}
-    options = services.extensions.options if extension_settings(services) else {}
-    values.update({spec.name: options.get(spec.name, spec.default) for _, spec in extension_settings(services)})
-    return values
+def save_settings(backend: Backend, values: Mapping[str, Any], *, reset: bool = False) -> SaveResult:
+    """Check, apply live, persist (the backend does); nothing changes when a value is wrong."""
+    return backend.save_settings(values, reset=reset)

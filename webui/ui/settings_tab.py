@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from webui.backend import Backend
 from webui.config import Settings
 from webui.ui import settings_apply
 from webui.ui.settings_apply import SPECS, SettingSpec
@@ -20,11 +21,11 @@ from webui.ui.settings_apply import SPECS, SettingSpec
 NO_DEFAULT_MODEL = "(the first checkpoint found)"
 
 
-def model_choices(services: Any) -> list[tuple[str, str]]:
-    return [(NO_DEFAULT_MODEL, ""), *((n, n) for n in settings_apply.checkpoint_names(services))]
+def model_choices(backend: Backend) -> list[tuple[str, str]]:
+    return [(NO_DEFAULT_MODEL, ""), *((n, n) for n in settings_apply.checkpoint_names(backend))]
 
 
-def _control(spec: SettingSpec, value: Any, services: Any) -> Any:
+def _control(spec: SettingSpec, value: Any, backend: Backend) -> Any:
     import gradio as gr
 
     kind = Settings.__dataclass_fields__[spec.name].type
@@ -32,7 +33,7 @@ def _control(spec: SettingSpec, value: Any, services: Any) -> Any:
     if spec.info:
         common["info"] = spec.info
     if spec.name == "default_model":
-        return gr.Dropdown(choices=model_choices(services), **common)
+        return gr.Dropdown(choices=model_choices(backend), **common)
     if spec.choices:
         return gr.Radio(choices=list(spec.choices), **common)
     if kind == "bool":
@@ -96,19 +97,19 @@ def _error_box(name: str) -> Any:
     return gr.Markdown(visible=False, elem_id=f"setting_{name}_error", elem_classes="setting-error")
 
 
-def _build_controls(services: Any) -> dict[str, tuple[Any, Any]]:
+def _build_controls(backend: Backend) -> dict[str, tuple[Any, Any]]:
     """(control, error box) by setting name: ours by section, then each extension section."""
     import gradio as gr
 
-    values = settings_apply.current_values(services)
+    values = settings_apply.current_values(backend)
     built: dict[str, tuple[Any, Any]] = {}
     for section, specs in _sections().items():
         with gr.Group():
             gr.Markdown(f"### {section}")
             for spec in specs:
-                built[spec.name] = (_control(spec, values[spec.name], services), _error_box(spec.name))
+                built[spec.name] = (_control(spec, values[spec.name], backend), _error_box(spec.name))
     by_section: dict[str, list[tuple[str, Any]]] = {}
-    for extension, spec in settings_apply.extension_settings(services):
+    for extension, spec in settings_apply.extension_settings(backend):
         by_section.setdefault(spec.section, []).append((extension, spec))
     for section, specs in by_section.items():
         with gr.Group():
@@ -119,28 +120,27 @@ def _build_controls(services: Any) -> dict[str, tuple[Any, Any]]:
     return built
 
 
-def build(services: Any, page: Any) -> None:
+def build(backend: Backend, page: Any) -> None:
     import gradio as gr
 
-    settings_apply.sync_writer(services)  # a saved file name pattern, after a restart
     with gr.Row():
         submit = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
         reset = gr.Button("Reset to defaults", elem_id="settings_reset")
     result = gr.Markdown(elem_id="settings_result")
-    gr.Markdown(settings_apply.device_summary(services), elem_id="settings_device")
-    built = _build_controls(services)
+    gr.Markdown(settings_apply.device_summary(backend), elem_id="settings_device")
+    built = _build_controls(backend)
     names = list(built)
     controls = [built[name][0] for name in names]
     errors = [built[name][1] for name in names]
-    gr.Markdown(f"Settings are saved in `{services.paths.config_file}`. Command-line flags override the file.")
-    shown = gr.State(now_values(services, names))  # what this page showed: Apply saves what differs from it
+    gr.Markdown(f"Settings are saved in `{backend.folders().config_file}`. Command-line flags override the file.")
+    shown = gr.State(now_values(backend, names))  # what this page showed: Apply saves what differs from it
 
     def current() -> tuple[list[Any], dict[str, Any]]:
         """(an update per control with the value it has now, those values) for ``shown``."""
-        values = now_values(services, names)
+        values = now_values(backend, names)
         updates = [values[n] if n in values else gr.update() for n in names]  # an extension turned off: as is
         updates[names.index("default_model")] = gr.update(
-            value=values["default_model"], choices=model_choices(services)
+            value=values["default_model"], choices=model_choices(backend)
         )
         return updates, values
 
@@ -149,8 +149,8 @@ def build(services: Any, page: Any) -> None:
         return [*updates, *error_updates(names, {}), "", values]
 
     def apply(shown_values: dict[str, Any], *raw: Any) -> list[Any]:
-        edited = edited_values(names, list(raw), shown_values or {}, settings_apply.known_names(services))
-        outcome = settings_apply.save_settings(services, edited)
+        edited = edited_values(names, list(raw), shown_values or {}, settings_apply.known_names(backend))
+        outcome = settings_apply.save_settings(backend, edited)
         if not outcome.ok:  # nothing was saved: the user's values stay in the controls to be fixed
             unchanged = [gr.update() for _ in names]
             return [*unchanged, *error_updates(names, outcome.errors), outcome.message(), gr.update()]
@@ -158,8 +158,8 @@ def build(services: Any, page: Any) -> None:
         return [*updates, *error_updates(names, {}), outcome.message(), values]
 
     def reset_all() -> list[Any]:
-        defaults = settings_apply.default_values(services)
-        outcome = settings_apply.save_settings(services, {n: defaults[n] for n in names if n in defaults}, reset=True)
+        defaults = settings_apply.default_values(backend)
+        outcome = settings_apply.save_settings(backend, {n: defaults[n] for n in names if n in defaults}, reset=True)
         message = "Defaults restored. " + outcome.message() if outcome.ok else outcome.message()
         updates, values = current()
         return [*updates, *error_updates(names, outcome.errors), message, values]
@@ -171,7 +171,7 @@ def build(services: Any, page: Any) -> None:
         page.on_load(refresh, outputs=outputs)
 
 
-def now_values(services: Any, names: list[str]) -> dict[str, Any]:
+def now_values(backend: Backend, names: list[str]) -> dict[str, Any]:
     """The current value of each setting the page shows (extension settings from the host's options)."""
-    values = settings_apply.current_values(services)
+    values = settings_apply.current_values(backend)
     return {name: values[name] for name in names if name in values}

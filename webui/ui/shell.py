@@ -1,17 +1,24 @@
 """The page: the model bar on top, then the tabs in A1111's order. Builds no model and imports no torch.
 
-``build_ui(services)`` returns the ``gr.Blocks``; ``webui.app.build_server`` mounts it. Each tab is a
-module with ``build(services, page)``; a tab that fails to build shows why in its place and the rest
-of the page still works.
+``build_ui(backend, extension_tabs, guard)`` returns the ``gr.Blocks``; ``webui.app.build_page`` builds it
+and ``webui.app.build_server`` mounts it. Everything on the page talks to ``backend`` (the
+``webui.backend.Backend`` protocol) and nothing else. Each tab is a module with ``build(backend, page)``;
+a tab that fails to build shows why in its place and the rest of the page still works.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from webui.backend import Backend
+from webui.extensions import ExtensionTab
 from webui.ui.model_bar import checkpoint_choices, load_checkpoint  # noqa: F401  (kept for callers)
 from webui.ui.page import PageContext
+
+# Runs an extension's callable with its errors recorded against it: (ok, result) (``ExtensionHost.run_guarded``).
+Guard = Callable[..., tuple[bool, Any]]
 
 log = logging.getLogger(__name__)
 
@@ -67,40 +74,46 @@ def page_js() -> str:
     return PAGE_JS % json.dumps(PAGE_CSS)
 
 
-def _build_tab(services: Any, page: Any, module_name: str) -> None:
+def _build_tab(backend: Backend, page: Any, module_name: str) -> None:
     import importlib
 
     import gradio as gr
 
     try:
         module = importlib.import_module(f"webui.ui.{module_name}")
-        module.build(services, page)
+        module.build(backend, page)
     except Exception as exc:  # one broken tab must not take the page down
         log.exception("the %s tab could not be built", module_name)
         gr.Markdown(f"**This tab could not be built:** {type(exc).__name__}: {exc}. The other tabs work.")
 
 
-def _models_tab(services: Any, page: Any) -> None:
+def _models_tab(backend: Backend, page: Any) -> None:
     from webui.ui import models_tab
     from webui.ui.model_bar import checkpoint_update
 
     def refresh_choices() -> Any:
-        services.catalog.refresh()
-        return checkpoint_update(services)
+        backend.refresh_models()
+        return checkpoint_update(backend)
 
-    models_tab.build(services, on_change=(refresh_choices, page.checkpoint))
+    models_tab.build(backend, on_change=(refresh_choices, page.checkpoint))
 
 
-def _extension_tabs(services: Any) -> None:
+def _unguarded(extension: str, what: str, fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+    try:
+        return True, fn(*args)
+    except Exception:  # the tab says so; the page still loads
+        log.exception("extension %s: %s failed", extension, what)
+        return False, None
+
+
+def _extension_tabs(tabs: Sequence[ExtensionTab], guard: Guard | None) -> None:
     """Tabs added by extensions (``webui_ui_tabs``); one that fails to build shows why, the page still loads."""
     import gradio as gr
 
-    host = getattr(services, "extensions", None)
-    if host is None:
-        return
-    for tab in host.ui_tabs(services):
+    run = guard or _unguarded
+    for tab in tabs:
         with gr.Tab(tab.title, elem_id=f"tab_ext_{tab.extension}"):
-            ok, _ = host.run_guarded(tab.extension, f"tab {tab.title!r}", tab.build)
+            ok, _ = run(tab.extension, f"tab {tab.title!r}", tab.build)
             if not ok:
                 gr.Markdown(
                     f"The extension **{tab.extension}** could not build this tab; "
@@ -108,24 +121,25 @@ def _extension_tabs(services: Any) -> None:
                 )
 
 
-def build_ui(services: Any) -> Any:
+def build_ui(backend: Backend, extension_tabs: Sequence[ExtensionTab] = (), guard: Guard | None = None) -> Any:
+    """The page over ``backend``; ``extension_tabs`` (``webui_ui_tabs``) are built inside ``guard``."""
     import gradio as gr
 
     from webui.ui.model_bar import build_model_bar
 
-    page = PageContext(services)
+    page = PageContext(backend)
     # Gradio's cache (copies of uploads and of the images shown) is swept hourly of files older than a day.
     with gr.Blocks(title="Stable Diffusion web UI", delete_cache=CACHE_SWEEP) as blocks:
         page.blocks = blocks
-        build_model_bar(services, page)
+        build_model_bar(backend, page)
         with gr.Tabs(elem_id="tabs") as tabs:
             page.tabs = tabs
             for label, tab_id, module_name in TABS:
                 with gr.Tab(label, id=tab_id, elem_id=f"tab_{tab_id}"):
-                    _build_tab(services, page, module_name)
+                    _build_tab(backend, page, module_name)
             with gr.Tab("Models", id="models", elem_id="tab_models"):
-                _models_tab(services, page)
-            _extension_tabs(services)
+                _models_tab(backend, page)
+            _extension_tabs(extension_tabs, guard)
         page.finish()
         blocks.load(page.sync_updates, inputs=page.sync_inputs(), outputs=page.sync_outputs(), queue=False)
         blocks.load(None, js=page_js())

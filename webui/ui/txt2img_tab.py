@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from webui.backend import Backend
 
-def build(services: Any, page: Any) -> None:
+
+def build(backend: Backend, page: Any) -> None:
     from webui.ui.controls import build_controls
     from webui.ui.page import PasteTarget
     from webui.ui.runner import attach_runner
 
-    controls = build_controls(services, page, "txt2img")
-    attach_runner(services, page, controls)
+    controls = build_controls(backend, page, "txt2img")
+    attach_runner(backend, page, controls)
     page.register_paste_target(PasteTarget("txt2img", controls))

@@ -1,21 +1,30 @@
-"""Checks on a whole converted request, before it is queued, that ``validate_request`` does not make yet.
+"""The checks a request gets before it is queued: ``check_request`` (the backend's ``validate`` calls it).
 
-They follow rules the engine applies later (an empty mask, the size an init image implies, the
-size hires fix reaches, the steps a tiny denoising strength schedules), so a request the engine
-would refuse, or that would run far beyond the limits, is refused here with a 422 and nothing is
-queued. ``check_derived_limits`` belongs in ``webui.generation.requests.validate_request`` (then
-the UI gets it too); until it moves there the API runs it here. PIL and numpy only, no torch.
+``validate_request`` (``webui.generation.requests``) plus the rules the engine applies later that it
+does not make yet (an empty mask, the size an init image implies, the size hires fix reaches, the
+steps a tiny denoising strength schedules), so a request the engine would refuse, or that would run
+far beyond the limits, is refused before anything is queued. When the engine's single check
+function arrives ("validate once"), ``check_request`` becomes a call to it. PIL and numpy only, no torch.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from webui.generation.requests import GenerationRequest, Limits, RequestError
+from webui.generation.requests import GenerationRequest, Limits, RequestError, validate_request
 
 MIN_SIDE = 64  # an explicit size (as validate_request)
 MIN_IMAGE_SIDE = 8  # a size taken from the init image (one latent pixel)
 MIN_DENOISING = 0.01  # the UI slider's smallest step; 1 / strength steps are scheduled
+
+
+def check_request(req: GenerationRequest, limits: Limits) -> GenerationRequest:
+    """Every check of the request alone, in the order the API has always made them; returns the request."""
+    if req.task == "inpaint" and req.mask is not None:
+        check_mask_not_empty(req.mask, bool(req.inpainting_mask_invert))
+    validate_request(req, limits)
+    check_derived_limits(req, limits)
+    return req
 
 
 def check_mask_not_empty(mask: Any, invert: bool) -> None:
