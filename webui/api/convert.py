@@ -249,7 +249,7 @@ def request_from_api(
 ) -> ApiCall:
     """A GenerationRequest from a ``Txt2ImgRequest``/``Img2ImgRequest``; raises RequestError.
 
-    ``validate``: check the request alone (``webui.backend.checks.check_request``); the router
+    ``validate``: check the request alone (``webui.generation.requests.check_fields``); the router
     passes False and has the backend validate it, names included.
     """
     sent = set(body.model_fields_set)
@@ -269,9 +269,9 @@ def request_from_api(
         values["task"] = "txt2img"
     request = GenerationRequest(**values)
     if validate:
-        from webui.backend.checks import check_request
+        from webui.generation.requests import check_fields
 
-        check_request(request, limits)
+        check_fields(request, limits)
     for message in warnings:
         log.warning("API %s: %s", task, message)
     return ApiCall(request, echo_parameters(body), send_images=body.send_images is not False, warnings=warnings)

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from webui.backend import local_models as M
 from webui.backend import local_settings
-from webui.backend.checks import check_request
-from webui.families.registry import FALLBACK_FAMILY
 from webui.backend.records import (
     VAE_NONE,
     Busy,
@@ -46,6 +44,7 @@ from webui.backend.records import (
     TaskFailed,
     TokenCount,
 )
+from webui.families.registry import FALLBACK_FAMILY
 from webui.generation.requests import GenerationRequest, Limits, RequestError, listed_choices
 
 if TYPE_CHECKING:
@@ -199,75 +198,17 @@ class LocalBackend:
         return getattr(self._services.engine, "limits", None) or Limits()
 
     def validate(self, request: GenerationRequest, names: bool = True) -> GenerationRequest:
-        request = check_request(request, self.limits())
-        if names:
-            self._check_names(request)
-            self._check_samplers(request)
-        return request
+        """The engine's one check (``webui.generation.check``): the fields alone, or with ``names`` also the
+        checkpoint, refiner, VAE, LoRAs and samplers it names (``NotFound`` lists the valid ones)."""
+        from webui.generation.check import UnknownName
+        from webui.generation.requests import check_fields
 
-    def _require(self, field_name: str, name: str, kind: str) -> None:
-        catalog = self._services.catalog
+        if not names:
+            return check_fields(request, self.limits())
         try:
-            catalog.find(name, kind=kind)
-        except KeyError as exc:
-            valid = [e.name for e in catalog.usable(kind)]
-            raise NotFound(str(exc.args[0] if exc.args else exc), kind, name, valid, field_name) from None
-
-    def _check_names(self, req: GenerationRequest) -> None:
-        """The checkpoint, refiner, VAE and LoRAs a request names exist (``NotFound`` lists the valid ones)."""
-        from webui.generation.prompts import extract_loras
-
-        if req.sd_model_checkpoint:
-            self._require("sd_model_checkpoint", req.sd_model_checkpoint, "checkpoint")
-        if req.refiner_checkpoint:
-            self._require("refiner_checkpoint", req.refiner_checkpoint, "checkpoint")
-        if req.sd_vae not in VAE_NONE:
-            self._require("sd_vae", req.sd_vae, "vae")
-        for name in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
-            try:
-                _, tags = extract_loras(getattr(req, name))
-            except ValueError as exc:
-                raise RequestError(name, str(exc)) from None
-            for tag in tags:
-                self._require(name, tag.name, "lora")
-
-    def _check_samplers(self, req: GenerationRequest) -> None:
-        """``NotFound`` for a sampler name that no model kind knows (A1111 answers 404 too).
-
-        Any known sampler with any schedule type runs: one the family cannot run as asked falls back
-        when the job runs, and says so in its warnings. The family is the requested checkpoint's,
-        else the loaded model's; with none, the name is looked up in every kind.
-        """
-        from webui.generation.samplers import UnknownSampler
-
-        samplers = self._services.samplers
-        if samplers is None:
-            return
-        family = self._request_family(req)
-        names = [("sampler_name", req.sampler_name, req.task)]
-        if req.enable_hr:
-            names.append(("hr_sampler_name", req.hr_sampler_name, "img2img"))
-        for field_name, name, task in names:
-            if not name:
-                continue
-            try:
-                if family is None:
-                    samplers.resolve(name)
-                else:
-                    samplers.choose(family, task, name)
-            except UnknownSampler as exc:
-                raise NotFound(str(exc), "sampler", name, list(exc.valid), field_name) from None
-
-    def _request_family(self, req: GenerationRequest) -> Any:
-        services = self._services
-        manager = services.manager
-        if not req.sd_model_checkpoint:
-            return manager.family if manager.current_entry is not None else None
-        try:
-            family_id = M.entry_facts(services.catalog.find(req.sd_model_checkpoint, kind="checkpoint")).family
-        except KeyError:
-            return None
-        return services.families.get(family_id) if family_id else None
+            return self._services.engine.check(request).request
+        except UnknownName as exc:
+            raise NotFound(exc.message, exc.kind, "", list(exc.valid or ()), exc.field) from None
 
     def count_tokens(self, text: str) -> TokenCount:
         from webui.generation.prompts import count_tokens

@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from webui.generation.requests import GenerationRequest, Limits, RequestError, validate_request
+from webui.generation.requests import GenerationRequest, Limits, RequestError, check_fields
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,7 @@ class CheckedRequest:
 
 def check_request(request: GenerationRequest, context: CheckContext) -> CheckedRequest:
     """Every check of ``request``, once; raises ``RequestError`` (``UnknownName`` for a name) for the first problem."""
-    validate_request(request, context.limits)
-    if request.task == "inpaint":
-        _check_mask(request)
+    check_fields(request, context.limits)
     model = _checkpoint(request, context)
     family = _family_of(model, context)
     vae = _find(context, request.sd_vae, "vae", "sd_vae") if request.sd_vae not in VAE_NONE else None
@@ -138,13 +136,6 @@ def next_checkpoint(context: CheckContext) -> Any:
 
 
 # --- the parts -------------------------------------------------------------------------------
-
-
-def _check_mask(req: GenerationRequest) -> None:
-    from webui.generation.img_ops import prepare_mask
-
-    if prepare_mask(req.mask, invert=bool(req.inpainting_mask_invert), blur=0).getbbox() is None:
-        raise RequestError("mask", "the mask is empty; paint (white) the area to repaint")
 
 
 def _find(context: CheckContext, name: str, kind: str, field_name: str, suffix: str = "") -> Any:

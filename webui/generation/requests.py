@@ -370,3 +370,15 @@ def hires_size(width: int, height: int, req: GenerationRequest) -> tuple[int, in
         h = req.hr_resize_y
         return max(64, round(width * h / height / 8) * 8), h
     return int(width * req.hr_scale) // 8 * 8, int(height * req.hr_scale) // 8 * 8
+
+
+def check_fields(request: GenerationRequest, limits: Limits) -> GenerationRequest:
+    """The checks of the request alone, without the catalog or a model: ``validate_request`` and an inpaint
+    mask with something to repaint. ``webui.generation.check.check_request`` makes them first."""
+    validate_request(request, limits)
+    if request.task == "inpaint":
+        from webui.generation.img_ops import prepare_mask
+
+        if prepare_mask(request.mask, invert=bool(request.inpainting_mask_invert), blur=0).getbbox() is None:
+            raise RequestError("mask", "the mask is empty; paint (white) the area to repaint")
+    return request
