@@ -206,10 +206,16 @@ def test_send_images_false_returns_no_images(client):
 
 
 def test_unsupported_fields_are_accepted_and_reported(client):
-    r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "restore_faces": True, "alwayson_scripts": {"x": {}}})
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "restore_faces": True, "alwayson_scripts": {}})
     assert r.status_code == 200
     warnings = json.loads(r.json()["info"])["warnings"]
-    assert any("restore_faces" in w for w in warnings) and any("alwayson_scripts" in w for w in warnings)
+    assert any("restore_faces" in w for w in warnings)
+
+
+def test_an_always_on_script_no_extension_runs_is_refused_as_a1111_does(client):
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "alwayson_scripts": {"ADetailer": {"args": []}}})
+    assert r.status_code == 422, r.text
+    assert "always on script adetailer not found" in r.json()["detail"]
 
 
 def test_img2img_with_data_url_init_image(client, api_env):

@@ -156,7 +156,6 @@ def test_override_settings_wrong_type_names_the_key():
         ({"override_settings": {"randn_source": "NV"}}, "NV is not available"),
         ({"restore_faces": True}, "restore_faces is not supported"),
         ({"tiling": True}, "tiling is not supported"),
-        ({"alwayson_scripts": {"ADetailer": {"args": []}}}, "alwayson_scripts is not supported"),
         ({"my_extension_field": 1}, "unknown field 'my_extension_field'"),
     ],
 )
@@ -168,6 +167,13 @@ def test_unsupported_fields_are_accepted_with_a_warning(fields, warning):
 def test_harmless_a1111_defaults_give_no_warning():
     body = {"restore_faces": False, "tiling": False, "styles": [], "eta": None, "alwayson_scripts": {}}
     assert txt(**body, override_settings={"eta_noise_seed_delta": 0}).warnings == []
+
+
+def test_always_on_scripts_reach_the_request_by_lower_case_name_with_their_args():
+    call = txt(alwayson_scripts={"ControlNet": {"args": [{"module": "canny"}]}, "Other": []})
+    assert call.request.alwayson_scripts == {"controlnet": [{"module": "canny"}], "other": []}
+    with pytest.raises(RequestError, match="alwayson_scripts.x"):
+        txt(alwayson_scripts={"x": {"args": "not a list"}})
 
 
 def test_nv_rng_falls_back_to_gpu():

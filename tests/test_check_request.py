@@ -168,3 +168,28 @@ def test_the_engine_checks_a_job_once(tmp_path, models, monkeypatch):
     req = GenerationRequest(prompt="a cube", steps=2, width=64, height=64, sd_model_checkpoint=SD15, save_images=False)
     result = services.engine.run(req, JobContext(Job(req, "test", 1), preview_every=0))
     assert len(result.images) == 1 and len(calls) == 1
+
+
+def test_always_on_scripts_are_checked_by_the_extension_that_owns_them(context):
+    from webui.hooks import JobRefused
+
+    seen = []
+
+    def scripts(name, args, req):
+        seen.append((name, args))
+        if name != "units":
+            return False, None
+        if args == ["bad"]:
+            raise JobRefused("unit 0 has no image", field="alwayson_scripts")
+        return True, tuple(str(a).upper() for a in args)
+
+    ctx = replace(context, scripts=scripts)
+    checked = check_request(request(alwayson_scripts={"units": ["a", "b"]}), ctx)
+    assert checked.request.alwayson_scripts == {"units": ("A", "B")} and seen == [("units", ["a", "b"])]
+    with pytest.raises(RequestError, match="units: unit 0 has no image") as refused:
+        check_request(request(alwayson_scripts={"units": ["bad"]}), ctx)
+    assert refused.value.field == "alwayson_scripts"
+    with pytest.raises(RequestError, match="always on script other not found"):
+        check_request(request(alwayson_scripts={"other": []}), ctx)
+    with pytest.raises(RequestError, match="always on script units not found"):  # no extensions at all
+        check_request(request(alwayson_scripts={"units": []}), context)

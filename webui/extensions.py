@@ -45,7 +45,7 @@ from webui.hooks import ENTRY_POINT_GROUP, HOOK_NAMES, PROJECT, HookSpecs, JobRe
 
 _GROUPS = {"tryfirst": 0, "normal": 1, "trylast": 2}
 # Hooks where JobRefused fails the job on purpose (elsewhere it is an error of the extension).
-REFUSING_HOOKS = ("webui_before_job", "webui_job_models", "webui_stage_arguments")
+REFUSING_HOOKS = ("webui_before_job", "webui_script_args", "webui_job_models", "webui_stage_arguments")
 Runner = Callable[[list[str]], tuple[int, str]]
 
 
@@ -589,6 +589,16 @@ class ExtensionHost:
     def report(self, extension: str, hook: str, problem: str) -> None:
         """Record a problem with what an extension gave a hook (the value is left out; the job goes on)."""
         self._failed(extension, hook, ExtensionError(problem))
+
+    def script_args(self, name: str, args: Any, request: Any) -> tuple[bool, Any]:
+        """(True, checked args) from the first extension that owns script ``name``; (False, None) when none does.
+
+        JobRefused passes through (the request is refused)."""
+        for impl in self._impls("webui_script_args"):
+            ok, result = self._call_one(impl, "webui_script_args", {"name": name, "args": args, "request": request})
+            if ok and result is not None:
+                return True, result
+        return False, None
 
     def job_models(self, event: Any) -> list[tuple[str, Any]]:
         """(extension, ModelAddition) of every ``webui_job_models``; JobRefused passes through."""

@@ -264,6 +264,19 @@ class HookSpecs:
         """
 
     @hookspec
+    def webui_script_args(self, name: str, args: Any, request: Any, options: Mapping[str, Any]) -> Any:
+        """Own a script of the request's ``alwayson_scripts`` (A1111's API field): return its checked args, or None.
+
+        ``name`` is the script's name in lower case ("controlnet"), ``args`` what the client sent for it
+        (A1111: the list under ``"args"``) or what you returned for it before: the request is checked when
+        the API answers and again when the job starts, so accept your own result too. Return plain data
+        (numbers, strings, lists, dicts, tuples of frozen dataclasses, PIL images decoded with
+        ``webui.security.images``); the job then finds it in ``request.alwayson_scripts[name]``. Return None
+        when the script is not yours; a script no extension owns is refused (A1111's "not found").
+        Raise ``JobRefused("why", field="alwayson_scripts")`` for args you cannot use: nothing is queued.
+        """
+
+    @hookspec
     def webui_job_models(self, event: JobModelsEvent, options: Mapping[str, Any]) -> Any:
         """Extra models to load beside the checkpoint for this job: a ``ModelAddition``, a list of them, or None.
 

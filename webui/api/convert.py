@@ -102,7 +102,6 @@ IGNORED_FIELDS: Mapping[str, tuple[Any, ...]] = {
     "firstphase_width": (None, 0),
     "firstphase_height": (None, 0),
     "hr_checkpoint_name": (None, "", "Use same checkpoint"),
-    "alwayson_scripts": (None, {}),
     "script_args": (None, []),
     "image_cfg_scale": (None,),
     "initial_noise_multiplier": (None, 1.0),
@@ -122,7 +121,15 @@ _INFOTEXT_OWNERS: Mapping[str, tuple[str, ...]] = {
     "sd_model_checkpoint": (),
     "sd_vae": (),
 }
-_NOT_FROM_INFOTEXT = ("task", "init_image", "mask", "save_images", "output_format", "extra_generation_params")
+_NOT_FROM_INFOTEXT = (
+    "task",
+    "init_image",
+    "mask",
+    "save_images",
+    "output_format",
+    "extra_generation_params",
+    "alwayson_scripts",
+)
 IMAGE_PAYLOADS = ("init_images", "mask", "firstpass_image", "latent_mask")
 MAX_IMAGE_PIXELS = 4096 * 4096  # uploads (img2img uses the hires limit squared)
 DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
@@ -261,6 +268,8 @@ def request_from_api(
     values.update(_direct_fields(body, sent, values))
     values["save_images"] = bool(body.save_images) and not body.do_not_save_samples
     values.update(_override_settings(body.override_settings or {}, warnings))
+    if body.alwayson_scripts:
+        values["alwayson_scripts"] = alwayson_scripts(body.alwayson_scripts)
     _note_ignored(body, warnings)
     limits = limits or Limits()
     if task == "img2img":
@@ -275,6 +284,24 @@ def request_from_api(
     for message in warnings:
         log.warning("API %s: %s", task, message)
     return ApiCall(request, echo_parameters(body), send_images=body.send_images is not False, warnings=warnings)
+
+
+def alwayson_scripts(sent: Any) -> dict[str, Any]:
+    """A1111's ``alwayson_scripts``: ``{"ControlNet": {"args": [...]}}`` -> ``{"controlnet": [...]}``.
+
+    Script names are matched in lower case, as A1111 does; the extension that owns a script checks its
+    args when the request is checked (an unknown script is refused there).
+    """
+    if not isinstance(sent, Mapping):
+        raise RequestError("alwayson_scripts", 'must be an object: {"<script name>": {"args": [...]}}')
+    out: dict[str, Any] = {}
+    for name, value in sent.items():
+        if isinstance(value, Mapping):
+            value = value.get("args", [])
+        if not isinstance(value, (list, tuple)):
+            raise RequestError(f"alwayson_scripts.{name}", 'must be {"args": [...]} (a list of the script\'s args)')
+        out[str(name).strip().lower()] = list(value)
+    return out
 
 
 def _refuse_scripts(body: Any) -> None:

@@ -50,6 +50,8 @@ class CheckContext:
     current: Any = None  # CatalogEntry of the loaded checkpoint (None: none is loaded)
     current_family: Any = None  # its family as loaded
     default_model: str = ""  # the checkpoint a job naming none runs on while none is loaded
+    # (name, args, request) -> (owned, checked args): the extensions' ``webui_script_args`` (None: no extensions)
+    scripts: Any = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class CheckedRequest:
 def check_request(request: GenerationRequest, context: CheckContext) -> CheckedRequest:
     """Every check of ``request``, once; raises ``RequestError`` (``UnknownName`` for a name) for the first problem."""
     check_fields(request, context.limits)
+    request = _scripts(request, context)
     model = _checkpoint(request, context)
     family = _family_of(model, context)
     vae = _find(context, request.sd_vae, "vae", "sd_vae") if request.sd_vae not in VAE_NONE else None
@@ -136,6 +139,29 @@ def next_checkpoint(context: CheckContext) -> Any:
 
 
 # --- the parts -------------------------------------------------------------------------------
+
+
+def _scripts(req: GenerationRequest, context: CheckContext) -> GenerationRequest:
+    """``alwayson_scripts`` checked by the extensions that own them (A1111: an unknown script is refused)."""
+    if not req.alwayson_scripts:
+        return req
+    from webui.hooks import JobRefused
+
+    checked = {}
+    for name, args in req.alwayson_scripts.items():
+        owned, value = False, None
+        if context.scripts is not None:
+            try:
+                owned, value = context.scripts(name, args, req)
+            except JobRefused as exc:
+                raise RequestError(exc.field or "alwayson_scripts", f"{name}: {exc}") from None
+        if not owned:
+            raise RequestError(
+                "alwayson_scripts",
+                f"always on script {name} not found: no installed extension runs it; remove it from alwayson_scripts",
+            )
+        checked[name] = value
+    return req.replace(alwayson_scripts=checked)
 
 
 def _find(context: CheckContext, name: str, kind: str, field_name: str, suffix: str = "") -> Any:

@@ -57,6 +57,7 @@ class Engine:
             current=current,
             current_family=manager.family if current is not None else None,
             default_model=self.default_model,
+            scripts=self.hooks.script_args if self.hooks is not None else None,
         )
 
     def check(self, request: GenerationRequest) -> CheckedRequest:

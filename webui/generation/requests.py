@@ -145,6 +145,9 @@ class GenerationRequest:
     output_format: str = "png"
     # extra infotext fields (extensions)
     extra_generation_params: Mapping[str, Any] = field(default_factory=dict)
+    # A1111's alwayson_scripts: script name (lower case) -> its args, as the extension that owns the script
+    # checked them (``webui_script_args``: plain data, images decoded); "controlnet" -> its units.
+    alwayson_scripts: Mapping[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> GenerationRequest:
         return dataclasses.replace(self, **changes)
