@@ -142,6 +142,7 @@ def _check_and_move(paths: list[Any], store: UploadStore, blocks: Any) -> tuple[
         if problem:
             for path in files:
                 _forget(path, blocks)
+                _remove_if_empty(path.parent)  # a refused upload leaves nothing (another of these bytes fails too)
             return None, problem
         kept = []
         for path in files:
@@ -192,6 +193,13 @@ def _forget(path: Path, blocks: Any) -> None:
         blocks.upload_file_set.discard(str(path))
     try:
         path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
     except OSError:
         pass
 
