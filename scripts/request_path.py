@@ -11,10 +11,14 @@ generation worker's) and prints:
   library, diffusers calling our step callback or FastAPI calling a route, counts from the nearest
   ``webui/`` frame on the stack; a coroutine counts once, not at every resume). The API handler polls
   the job while it runs, so this figure moves by a few between runs;
-* edges: the distinct (caller file, callee file) pairs among those hops.
+* edges: the distinct (caller file, callee file) pairs among those hops;
+* repeats: how many times the request's checks ran (issue 14 counted ``validate_request`` twice,
+  ``SamplerTable.check`` four times, ``extract_loras`` six times, ``catalog.find`` three times per
+  request): each of ``WATCHED`` by name, wherever it lives.
 
     .venv/bin/python scripts/request_path.py            # the two figures
     .venv/bin/python scripts/request_path.py --list     # and the files and edges
+    .venv/bin/python scripts/request_path.py --names    # a request that names its checkpoint and a LoRA
 
 ``docs/REQUEST_PATH.md`` describes the path these figures measure.
 """
@@ -36,6 +40,16 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 PACKAGE = str(ROOT / "webui") + os.sep
 RESUMABLE = inspect.CO_COROUTINE | inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+# The checks issue 14 found repeated, by function name (the file they live in changed over the issue).
+WATCHED = (
+    "validate_request",
+    "check_request",
+    "extract_loras",
+    "ModelCatalog.find",
+    "SamplerTable.check",
+    "SamplerTable.choose",
+    "SamplerTable.resolve",
+)
 BODY = {"prompt": "a lighthouse", "steps": 2, "width": 64, "height": 64, "seed": 1, "save_images": True}
 
 
@@ -45,8 +59,9 @@ class Tracer:
     def __init__(self) -> None:
         self.on = False
         self.files: set[str] = set()
-        self.edges: set[tuple[str, str]] = set()
+        self.edges: dict[tuple[str, str], int] = {}  # (caller file, callee file) -> hops
         self.calls = 0  # the hops: file-to-file calls, each counted
+        self.watched: dict[str, int] = dict.fromkeys(WATCHED, 0)
         self._lock = threading.Lock()
         self._resumable: dict[int, object] = {}
 
@@ -63,10 +78,14 @@ class Tracer:
         caller = frame.f_back
         while caller is not None and not caller.f_code.co_filename.startswith(PACKAGE):
             caller = caller.f_back
+        name = frame.f_code.co_qualname
         with self._lock:
+            if name in self.watched:
+                self.watched[name] += 1
             self.files.add(callee)
             if caller is not None and caller.f_code.co_filename != callee:
-                self.edges.add((caller.f_code.co_filename, callee))
+                edge = (caller.f_code.co_filename, callee)
+                self.edges[edge] = self.edges.get(edge, 0) + 1
                 self.calls += 1
 
 
@@ -77,6 +96,9 @@ def _relative(path: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--list", action="store_true", help="print the files and edges too")
+    parser.add_argument(
+        "--names", action="store_true", help="trace a request naming its checkpoint (override_settings) and a LoRA"
+    )
     args = parser.parse_args(argv)
 
     tracer = Tracer()
@@ -93,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="request-path-") as tmp:
         root = Path(tmp)
-        write_demo_models(root / "models", ("sd15",))
+        write_demo_models(root / "models", ("sd15",), loras=args.names)
         settings = Settings(
             models_dir=str(root / "models"),
             outputs_dir=str(root / "outputs"),
@@ -108,14 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         services = build_services(settings, base=root)
         app = FastAPI()
-        app.include_router(build_sdapi_router(services))
+        app.include_router(build_sdapi_router(services.backend))
         services.generation.start()
         try:
             with TestClient(app) as client:
-                warm = client.post("/sdapi/v1/txt2img", json=BODY)
+                body = dict(BODY)
+                if args.names:
+                    body["prompt"] += " <lora:demo-sd15-lora:0.5>"
+                    body["override_settings"] = {"sd_model_checkpoint": demo_checkpoint_name("sd15")}
+                warm = client.post("/sdapi/v1/txt2img", json=body)
                 assert warm.status_code == 200, warm.text
                 tracer.on = True
-                answer = client.post("/sdapi/v1/txt2img", json={**BODY, "seed": 2})
+                answer = client.post("/sdapi/v1/txt2img", json={**body, "seed": 2})
                 tracer.on = False
                 assert answer.status_code == 200, answer.text
         finally:
@@ -126,13 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"files: {len(tracer.files)}")
     print(f"hops: {tracer.calls}")
     print(f"edges: {len(tracer.edges)}")
+    print("repeats: " + ", ".join(f"{name} {count}" for name, count in tracer.watched.items()))
     if args.list:
         print("\nfiles:")
         for path in sorted(tracer.files):
             print(f"  {_relative(path)}")
         print("\nhops:")
-        for caller, callee in sorted(tracer.edges):
-            print(f"  {_relative(caller)} -> {_relative(callee)}")
+        for (caller, callee), count in sorted(tracer.edges.items()):
+            print(f"  {_relative(caller)} -> {_relative(callee)}  {count}")
     return 0
 
 

@@ -34,7 +34,8 @@ def default_families() -> Registry[FamilyAdapter]:
 
 
 def _adapters(families: Registry[FamilyAdapter] | None) -> list[FamilyAdapter]:
-    return [f for _, f in (families if families is not None else default_families()).items()]
+    """The adapters of ``families``; None: the built-in ones (read from ``BUILTIN``, no registry is built)."""
+    return [f for _, f in families.items()] if families is not None else list(BUILTIN)
 
 
 def best_match(

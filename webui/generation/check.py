@@ -89,7 +89,7 @@ class CheckedRequest:
 
 def check_request(request: GenerationRequest, context: CheckContext) -> CheckedRequest:
     """Every check of ``request``, once; raises ``RequestError`` (``UnknownName`` for a name) for the first problem."""
-    check_fields(request, context.limits)
+    check_fields(request, context.limits, weights=False)  # the weights are checked where _prompts splits them
     request = _scripts(request, context)
     model = _checkpoint(request, context)
     family = _family_of(model, context)
@@ -193,15 +193,18 @@ def _family_of(entry: Any, context: CheckContext) -> Any:
 
 def _prompts(req: GenerationRequest, context: CheckContext) -> tuple[dict[str, str], tuple]:
     """The prompts without their tags, and the prompt's LoRAs; every tag must name an installed LoRA."""
-    from webui.generation.prompts import extract_loras
+    from webui.generation.prompts import extract_loras, tags_problem
 
     texts: dict[str, str] = {}
     loras: tuple = ()
     for name in PROMPT_FIELDS:
         try:
             texts[name], tags = extract_loras(getattr(req, name))
-        except ValueError as exc:  # validate_request reports these first; kept for a direct call
+        except ValueError as exc:
             raise RequestError(name, str(exc)) from None
+        problem = tags_problem(texts[name], tags)
+        if problem:
+            raise RequestError(name, problem)
         found = tuple((tag, _find(context, tag.name, "lora", name, " (from a <lora:...> tag)")) for tag in tags)
         if name == "prompt":
             loras = found  # only the prompt's LoRAs are applied (as A1111)

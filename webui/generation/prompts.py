@@ -177,6 +177,11 @@ def weight_problem(text: str) -> str:
         body, loras = extract_loras(text)
     except ValueError as exc:
         return str(exc)
+    return tags_problem(body, loras)
+
+
+def tags_problem(body: str, loras: Any) -> str:
+    """``weight_problem`` for a prompt already split by ``extract_loras`` (its text and its LoRA tags)."""
     for tag in loras:
         if abs(tag.weight) > MAX_WEIGHT:
             return (

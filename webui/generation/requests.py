@@ -183,8 +183,11 @@ def _check_size(name: str, value: int, limit: int) -> None:
     _check(value <= limit, name, f"{value} is above the limit of {limit}; use {limit} or less")
 
 
-def validate_request(req: GenerationRequest, limits: Limits = Limits()) -> GenerationRequest:
-    """Raise RequestError for the first field a user must change; return the request unchanged."""
+def validate_request(req: GenerationRequest, limits: Limits = Limits(), *, weights: bool = True) -> GenerationRequest:
+    """Raise RequestError for the first field a user must change; return the request unchanged.
+
+    ``weights``: check the prompts' attention and LoRA weights here (``check_request`` checks them where
+    it splits the prompts, so each prompt is parsed once)."""
     _check(req.task in TASKS, "task", f"unknown task {req.task!r}; valid: {', '.join(TASKS)}", TASKS)
     for name in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
         value = getattr(req, name)
@@ -199,7 +202,8 @@ def validate_request(req: GenerationRequest, limits: Limits = Limits()) -> Gener
             name,
             "contains characters that are not valid Unicode (a lone surrogate such as \\ud800); retype or paste it",
         )
-        _check(not (problem := weight_problem(value)), name, problem)
+        if weights:
+            _check(not (problem := weight_problem(value)), name, problem)
     _check_size("width", req.width, limits.max_side)
     _check_size("height", req.height, limits.max_side)
     if req.steps is not None:
@@ -375,10 +379,10 @@ def hires_size(width: int, height: int, req: GenerationRequest) -> tuple[int, in
     return int(width * req.hr_scale) // 8 * 8, int(height * req.hr_scale) // 8 * 8
 
 
-def check_fields(request: GenerationRequest, limits: Limits) -> GenerationRequest:
+def check_fields(request: GenerationRequest, limits: Limits, *, weights: bool = True) -> GenerationRequest:
     """The checks of the request alone, without the catalog or a model: ``validate_request`` and an inpaint
     mask with something to repaint. ``webui.generation.check.check_request`` makes them first."""
-    validate_request(request, limits)
+    validate_request(request, limits, weights=weights)
     if request.task == "inpaint":
         from webui.generation.img_ops import prepare_mask
 
