@@ -118,6 +118,10 @@ def _label(kind: str) -> str:
     return _LABELS.get(kind, kind.replace("_", " "))
 
 
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'AEIOU' else 'a'} {noun}"
+
+
 class ModelCatalog:
     """Scans ``models_dir``; ``refresh()`` picks up new, changed and removed files."""
 
@@ -241,7 +245,7 @@ def _describe(kind: str, root: Path, item: Path, fmt: str, key: tuple[int, int],
     if record.usable and record.kind not in RECORD_KINDS.get(kind, (kind,)):
         record = with_error(
             record,
-            f"this is a {_label(record.kind)}, not a {_label(kind)}; move it to"
+            f"this is {_a(_label(record.kind))}, not {_a(_label(kind))}; move it to"
             f" models/{FOLDERS[_catalog_kind(record.kind)][0]}",
         )
     return CatalogEntry(name=name, path=item, kind=kind, format=fmt, size=key[0], mtime_ns=key[1], record=record)
