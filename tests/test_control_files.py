@@ -270,6 +270,7 @@ def _cn_original(context, adm=None, hint=3):
         (_cn_original(768), "controlnet", "sd15", {}),
         (_cn_original(1024), "controlnet", "sd2", {}),
         (_cn_original(2048, 2816), "controlnet", "sdxl", {}),
+        ({k[len(CN) :]: v for k, v in _cn_original(1024).items()}, "controlnet", "sd2", {}),  # thibaud: no prefix
         (
             {
                 "conv_in.weight": (320, 4, 3, 3),
@@ -516,3 +517,10 @@ def test_shape_mismatch_against_the_loaded_denoiser(models_dir, cache, name, fit
     assert files.shape_mismatch(loaded, denoiser(fits)) is None
     if other.startswith("sd3") == fits.startswith("sd3"):
         assert files.shape_mismatch(loaded, denoiser(other))
+
+
+def test_shuffle_controlnet_pools_its_conditioning(tmp_path, cache):
+    """control_v11e_sd15_shuffle's global pooling is not in the shapes; A1111 and diffusers go by the name."""
+    path = CM.write_tiny_controlnet(tmp_path / "ControlNet", "sd15", "original", name="control_v11e_sd15_shuffle")
+    loaded = files.load_control(path, cache=cache)
+    assert loaded.info["global_pool_conditions"] and loaded.model.config.global_pool_conditions

@@ -952,7 +952,11 @@ def clip_vision_config(shapes: Mapping[str, tuple[int, ...]]) -> dict:
 def _load_clip_vision(record: ModelRecord, weights: Path, device: Any, dtype: Any) -> LoadedControl:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    state = {k: v for k, v in _read_tensors(weights).items() if not k.endswith("position_ids")}
+    state = {  # the vision tower only (a whole CLIPModel file also has the text tower)
+        k: v
+        for k, v in _read_tensors(weights).items()
+        if k.startswith(("vision_model.", "visual_projection.")) and not k.endswith("position_ids")
+    }
     values = clip_vision_config(_shapes(state))
     if record.format == "diffusers":
         given = _folder_config(record.path)
