@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from tests import control_models as CM
 from tests import headers as H
+from webui.control import demo as CM
 from webui.control import files
 from webui.models.catalog import ModelCatalog
 from webui.models.identify import identify
@@ -524,3 +524,21 @@ def test_shuffle_controlnet_pools_its_conditioning(tmp_path, cache):
     path = CM.write_tiny_controlnet(tmp_path / "ControlNet", "sd15", "original", name="control_v11e_sd15_shuffle")
     loaded = files.load_control(path, cache=cache)
     assert loaded.info["global_pool_conditions"] and loaded.model.config.global_pool_conditions
+
+
+def test_demo_control_models(tmp_path):
+    paths = CM.write_demo_control_models(tmp_path)
+    cat = ModelCatalog(tmp_path)
+    cat.refresh()
+    entries = cat.entries("control") + cat.entries("clip_vision")
+    assert sorted(e.path for e in entries) == sorted(paths)
+    assert all(e.usable and e.demo for e in entries)
+    assert {(e.record.kind, e.family) for e in cat.entries("control")} == {
+        (kind, family) for kind in ("controlnet", "t2i_adapter", "ip_adapter") for family in ("sd15", "sdxl")
+    }
+    for entry in cat.entries("control"):
+        if entry.record.kind == "ip_adapter":
+            assert files.find_image_encoder(entry, cat.entries("clip_vision")).name == "demo-clip-vision.safetensors"
+    stamp = paths[0].stat().st_mtime_ns
+    CM.write_demo_control_models(tmp_path)  # kept
+    assert paths[0].stat().st_mtime_ns == stamp

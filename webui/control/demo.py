@@ -1,21 +1,25 @@
 """Tiny random-weight ControlNet / T2I-Adapter / IP-Adapter / CLIP vision models in their real on-disk layouts.
 
 Their shapes fit the tiny demo checkpoints of ``webui.models.demo`` (``build_tiny_pipeline(family)``, the same seed
-``write_demo_models`` uses), so they run on those models. Every float tensor is jittered (seeded): zero-initialised
-convolutions would make a fresh ControlNet a no-op. Layouts:
+``write_demo_models`` uses), so they run on those models: the tests use them, and ``write_demo_control_models``
+offers them as demo control models next to the demo checkpoints. Every float tensor is jittered (seeded): zero-
+initialised convolutions would make a fresh ControlNet a no-op. Layouts:
 
 * ControlNet ``layout="original"``: lllyasviel / A1111 single file, ``control_model.*`` LDM keys (written with the
-  project's own diffusers -> LDM UNet names, ``webui.models.ldm_export``, independent of the loader's mapping);
-  ``"single"``: diffusers keys in one file (xinsir Union, sd_control_collection); ``"diffusers"``: a folder with
-  ``config.json`` + ``diffusion_pytorch_model.safetensors``;
-* T2I-Adapter ``"original"``: TencentARC keys (``conv_in``, ``body.N``); ``"diffusers"``: a folder;
+  project's own diffusers -> LDM UNet names, ``webui.models.ldm_export``, independent of the loader's mapping;
+  SD3.5 Large style: Stability's ``attn.qkv`` keys); ``"single"``: diffusers keys in one file (xinsir Union,
+  sd_control_collection); ``"diffusers"``: a folder with ``config.json`` + ``diffusion_pytorch_model.safetensors``;
+* T2I-Adapter ``"original"``: TencentARC keys (``conv_in``, ``body.N``); ``"single"``; ``"diffusers"``: a folder;
 * IP-Adapter: one h94-style file with flat ``image_proj.*`` and ``ip_adapter.*`` keys (plain or Plus);
 * CLIP vision ``"single"``: the ComfyUI file (``model.safetensors`` renamed); ``"folder"``: transformers folder.
+
+Single files carry ``__metadata__`` ``{"webui.demo": "true"}`` when written with ``demo=True``.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -23,7 +27,7 @@ from safetensors.torch import save_file
 
 from webui.families.base import ControlFacts
 from webui.families.registry import default_families
-from webui.models.demo import build_tiny_pipeline
+from webui.models.demo import DEMO_METADATA_KEY, build_tiny_pipeline
 from webui.models.ldm_export import _unet_key
 
 _JOINT_FACTS = ControlFacts("controlnet", "mmdit", joint=True)
@@ -49,6 +53,14 @@ def _jitter(module: torch.nn.Module, seed: int, strong: tuple[str, ...] = ()) ->
             if tensor.is_floating_point():
                 scale = OUTPUT_JITTER if key.startswith(strong) else JITTER
                 tensor.add_(torch.randn(tensor.shape, generator=gen, dtype=tensor.dtype) * scale)
+
+
+def _save(state: dict, path: Path, demo: bool) -> None:
+    """One safetensors file, written atomically (a temporary file renamed into place)."""
+    metadata = {DEMO_METADATA_KEY: "true"} if demo else None
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
 
 
 @functools.cache
@@ -157,7 +169,12 @@ def sd3_controlnet_to_original(model) -> dict[str, torch.Tensor]:
 
 
 def write_tiny_controlnet(
-    folder: Path, family: str, layout: str = "original", union: bool = False, name: str | None = None
+    folder: Path,
+    family: str,
+    layout: str = "original",
+    union: bool = False,
+    name: str | None = None,
+    demo: bool = False,
 ) -> Path:
     """Write a tiny ControlNet for ``family`` into ``folder``; return the file (or the model folder)."""
     folder = Path(folder)
@@ -170,13 +187,13 @@ def write_tiny_controlnet(
         return target
     path = folder / f"{stem}.safetensors"
     if layout == "original" and hasattr(model, "controlnet_blocks"):
-        save_file(sd3_controlnet_to_original(model), str(path))
+        _save(sd3_controlnet_to_original(model), path, demo)
     elif layout == "original":
         if union:
             raise ValueError("a Union ControlNet has no lllyasviel single-file layout")
-        save_file(controlnet_to_original(model), str(path))
+        _save(controlnet_to_original(model), path, demo)
     elif layout == "single":
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        _save(model.state_dict(), path, demo)
     else:
         raise ValueError(f"unknown layout {layout!r}")
     return path
@@ -218,7 +235,9 @@ def t2i_to_original(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_tiny_t2i_adapter(folder: Path, family: str, layout: str = "original", name: str | None = None) -> Path:
+def write_tiny_t2i_adapter(
+    folder: Path, family: str, layout: str = "original", name: str | None = None, demo: bool = False
+) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = tiny_t2i_adapter(family)
@@ -229,9 +248,9 @@ def write_tiny_t2i_adapter(folder: Path, family: str, layout: str = "original", 
         return target
     path = folder / f"{stem}.safetensors"
     if layout == "original":
-        save_file(t2i_to_original(model), str(path))
+        _save(t2i_to_original(model), path, demo)
     elif layout == "single":
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        _save(model.state_dict(), path, demo)
     else:
         raise ValueError(f"unknown layout {layout!r}")
     return path
@@ -302,12 +321,14 @@ def tiny_ip_adapter_state(family: str, plus: bool = False, seed: int = 13) -> di
     return state
 
 
-def write_tiny_ip_adapter(folder: Path, family: str, plus: bool = False, name: str | None = None) -> Path:
+def write_tiny_ip_adapter(
+    folder: Path, family: str, plus: bool = False, name: str | None = None, demo: bool = False
+) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stem = name or f"tiny-{family}-ip-adapter" + ("-plus" if plus else "")
     path = folder / f"{stem}.safetensors"
-    save_file({k: v.contiguous() for k, v in tiny_ip_adapter_state(family, plus).items()}, str(path))
+    _save(tiny_ip_adapter_state(family, plus), path, demo)
     return path
 
 
@@ -321,7 +342,7 @@ def tiny_clip_vision(seed: int = 17):
     return model.eval()
 
 
-def write_tiny_clip_vision(folder: Path, layout: str = "single", name: str | None = None) -> Path:
+def write_tiny_clip_vision(folder: Path, layout: str = "single", name: str | None = None, demo: bool = False) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = tiny_clip_vision()
@@ -330,5 +351,31 @@ def write_tiny_clip_vision(folder: Path, layout: str = "single", name: str | Non
         model.save_pretrained(target, safe_serialization=True)
         return target
     path = folder / f"{name or 'tiny-clip-vision'}.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("position_ids")}, str(path))
+    _save({k: v for k, v in model.state_dict().items() if not k.endswith("position_ids")}, path, demo)
     return path
+
+
+# The demo control models offered next to the demo checkpoints: file name -> (writer, arguments).
+DEMO_FAMILIES = ("sd15", "sdxl")
+
+
+def write_demo_control_models(models_dir: Path, families: tuple[str, ...] = DEMO_FAMILIES) -> list[Path]:
+    """A tiny ControlNet, T2I-Adapter and IP-Adapter per family in ``models_dir/ControlNet`` and one CLIP vision
+    encoder in ``models_dir/clip_vision`` (``demo-*.safetensors``, marked as demo models); existing files are kept."""
+    models_dir = Path(models_dir)
+    control = models_dir / "ControlNet"
+    written = []
+    for family in families:
+        for stem, write in (
+            (f"demo-{family}-controlnet", lambda n, f=family: write_tiny_controlnet(control, f, name=n, demo=True)),
+            (f"demo-{family}-t2i-adapter", lambda n, f=family: write_tiny_t2i_adapter(control, f, name=n, demo=True)),
+            (f"demo-{family}-ip-adapter", lambda n, f=family: write_tiny_ip_adapter(control, f, name=n, demo=True)),
+        ):
+            path = control / f"{stem}.safetensors"
+            written.append(path if path.exists() else write(stem))
+    encoder = models_dir / "clip_vision" / "demo-clip-vision.safetensors"
+    written.append(
+        encoder if encoder.exists() else write_tiny_clip_vision(encoder.parent, name="demo-clip-vision", demo=True)
+    )
+    _pipe.cache_clear()
+    return written
