@@ -542,3 +542,69 @@ def test_demo_control_models(tmp_path):
     stamp = paths[0].stat().st_mtime_ns
     CM.write_demo_control_models(tmp_path)  # kept
     assert paths[0].stat().st_mtime_ns == stamp
+
+
+# --- the released architectures (built on the meta device: shapes only) -------------------------------
+
+SD15_CN = {
+    "block_out_channels": [320, 640, 1280, 1280],
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "layers_per_block": 2,
+}
+SDXL_CN = {
+    "block_out_channels": [320, 640, 1280],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "cross_attention_dim": 2048,
+    "attention_head_dim": [5, 10, 20],
+    "transformer_layers_per_block": [1, 2, 10],
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
+
+
+def _meta(cls, **config):
+    with torch.device("meta"):
+        return cls(**config)
+
+
+@pytest.mark.parametrize("family, config", [("sd15", SD15_CN), ("sdxl", SDXL_CN)])
+def test_released_controlnet_configs_are_rebuilt_from_shapes(tmp_path, family, config):
+    from diffusers import ControlNetModel
+
+    model = _meta(ControlNetModel, **config)
+    for layout, shapes in (
+        ("single", {k: tuple(v.shape) for k, v in model.state_dict().items()}),
+        ("original", {k: tuple(v.shape) for k, v in CM.controlnet_to_original(model).items()}),
+    ):
+        path = H.write_safetensors(tmp_path / f"{family}-{layout}.safetensors", shapes)
+        record = identify(path, expect="control")
+        assert (record.kind, record.family, record.info["layout"]) == ("controlnet", family, layout), record.error
+        if layout == "original":
+            renamed = files.controlnet_from_original(shapes)
+            shapes = {k: tuple(v) for k, v in renamed.items()}
+        rebuilt = files.controlnet_config(shapes, files.default_families().get(family))
+        for key, value in model.config.items():
+            if key in rebuilt:
+                assert _norm(rebuilt[key]) == _norm(value), key
+
+
+def test_released_t2i_adapters_round_trip_through_the_original_names():
+    from diffusers import T2IAdapter
+
+    for downscale, kind in ((8, "full_adapter"), (16, "full_adapter_xl")):
+        model = _meta(
+            T2IAdapter,
+            in_channels=3,
+            channels=[320, 640, 1280, 1280],
+            num_res_blocks=2,
+            downscale_factor=downscale,
+            adapter_type=kind,
+        )
+        original = {k: tuple(v.shape) for k, v in CM.t2i_to_original(model).items()}
+        renamed = files.t2i_from_original(original)
+        assert set(renamed) == set(model.state_dict())
+        config = files.t2i_config(renamed)
+        assert config == {k: _norm(v) for k, v in model.config.items() if not k.startswith("_")}
