@@ -608,3 +608,51 @@ def test_released_t2i_adapters_round_trip_through_the_original_names():
         assert set(renamed) == set(model.state_dict())
         config = files.t2i_config(renamed)
         assert config == {k: _norm(v) for k, v in model.config.items() if not k.startswith("_")}
+
+
+@pytest.mark.parametrize(
+    "family, config",
+    [
+        (  # InstantX/SD3-Controlnet-Canny
+            "sd3",
+            {
+                "num_layers": 6,
+                "num_attention_heads": 24,
+                "joint_attention_dim": 4096,
+                "caption_projection_dim": 1536,
+                "pooled_projection_dim": 2048,
+                "pos_embed_max_size": 192,
+            },
+        ),
+        (  # stabilityai sd3.5_large_controlnet_canny (diffusers' conversion script's config)
+            "sd35_large",
+            {
+                "num_layers": 19,
+                "num_attention_heads": 38,
+                "joint_attention_dim": None,
+                "caption_projection_dim": 2048,
+                "pooled_projection_dim": 2048,
+                "pos_embed_max_size": None,
+                "pos_embed_type": None,
+                "use_pos_embed": False,
+                "force_zeros_for_pooled_projection": False,
+            },
+        ),
+    ],
+)
+def test_released_sd3_controlnet_configs_are_rebuilt_from_shapes(tmp_path, family, config):
+    from diffusers import SD3ControlNetModel
+
+    model = _meta(SD3ControlNetModel, **config)
+    state = model.state_dict() if model.config.use_pos_embed else CM.sd3_controlnet_to_original(model)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    record = identify(H.write_safetensors(tmp_path / "x.safetensors", shapes), expect="control")
+    assert (record.kind, record.family) == ("controlnet", family), record.error
+    if record.info["layout"] == "original":
+        state = files.sd3_controlnet_from_original(state)
+        assert set(state) == set(model.state_dict())
+    rebuilt = files.sd3_controlnet_config({k: tuple(v.shape) for k, v in state.items()}, None)
+    unused = () if config["joint_attention_dim"] else ("caption_projection_dim",)  # no context embedder to size
+    for key, value in model.config.items():
+        if key in rebuilt and key not in unused:
+            assert _norm(rebuilt[key]) == _norm(value), key

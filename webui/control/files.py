@@ -815,7 +815,7 @@ def _build_controlnet(record: ModelRecord, state: dict, config: dict | None) -> 
 
 def sd3_controlnet_from_original(state: Mapping[str, Any]) -> dict:
     """Stability's SD3.5 Large ControlNet keys (``attn.qkv``, ``mlp.fc1``, ``adaLN_modulation.1``) under diffusers
-    names (the inverse of what diffusers' ``convert_sd3_controlnet_to_diffusers.py`` undoes)."""
+    names, as diffusers' ``scripts/convert_sd3_controlnet_to_diffusers.py`` maps them (q/k/v split from qkv)."""
     out: dict = {}
     rename = {
         "attn.proj.": "attn.to_out.0.",
