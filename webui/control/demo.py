@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from webui.families.base import ControlFacts
-from webui.families.registry import default_families
+from webui.families.base import CONTROL_MODEL_KINDS, ControlFacts
+from webui.families.registry import BUILTIN, default_families
 from webui.models.demo import DEMO_METADATA_KEY, build_tiny_pipeline
 from webui.models.ldm_export import _unet_key
 
@@ -355,8 +355,8 @@ def write_tiny_clip_vision(folder: Path, layout: str = "single", name: str | Non
     return path
 
 
-# The demo control models offered next to the demo checkpoints: file name -> (writer, arguments).
-DEMO_FAMILIES = ("sd15", "sdxl")
+# The demo families that take all three kinds of control model get a demo of each.
+DEMO_FAMILIES = tuple(f.id for f in BUILTIN if f.demo and set(CONTROL_MODEL_KINDS) <= set(f.control_kinds))
 
 
 def write_demo_control_models(models_dir: Path, families: tuple[str, ...] = DEMO_FAMILIES) -> list[Path]:
