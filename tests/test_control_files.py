@@ -485,7 +485,7 @@ def test_cache_is_bounded_least_recently_used_first():
 # --- does it fit the loaded model? -------------------------------------------------------------------
 
 
-def test_family_mismatch_in_words(models_dir):
+def test_family_mismatch_in_words(models_dir, catalog):
     record = identify(models_dir[1]["cn-sdxl-original"], expect="control")
     assert files.family_mismatch(record, "sdxl") is None
     assert files.family_mismatch(record, "sd15") == (
@@ -494,6 +494,8 @@ def test_family_mismatch_in_words(models_dir):
     )
     ip = identify(models_dir[1]["ip-sd15"], expect="control")
     assert "pick an IP-Adapter made for SDXL" in files.family_mismatch(ip, "sdxl")
+    entry = catalog.find("tiny-sd15-t2i-original", kind="control")
+    assert "the T2I-Adapter tiny-sd15-t2i-original.safetensors is for SD 1.5" in files.family_mismatch(entry, "sdxl")
 
 
 @pytest.mark.parametrize(

@@ -399,6 +399,7 @@ def family_mismatch(record: Any, family: Any, families: Any = None) -> str | Non
     """Why a control model (entry, record or ``LoadedControl``) cannot be used with a model of ``family`` (an adapter
     or id), in words; None when the families agree."""
     registry = families if families is not None else default_families()
+    record = getattr(record, "record", record)  # a catalog entry: its record (whose kind is the model's)
     wanted = family if isinstance(family, str) else family.id
     have = record.family
     if have is None or have == wanted:
