@@ -205,6 +205,7 @@ def test_ip_adapter_loads_into_the_tiny_pipeline(models_dir, cache, name):
     base = CM._pipe(family)
     pipe = type(base)(**base.components)  # a pipeline of its own over the same modules; the UNet is restored below
     processors = dict(pipe.unet.attn_processors)
+    before = {part: {k: v.clone() for k, v in tensors.items()} for part, tensors in loaded.model.items()}
     try:
         pipe.register_modules(image_encoder=encoder)
         pipe.load_ip_adapter(loaded.model, subfolder="", weight_name="", image_encoder_folder=None)
@@ -228,6 +229,9 @@ def test_ip_adapter_loads_into_the_tiny_pipeline(models_dir, cache, name):
     finally:
         pipe.unload_ip_adapter()
         pipe.unet.set_attn_processor(processors)
+    for part, tensors in before.items():  # the cached state dict is still as loaded: the next job can use it
+        assert tensors.keys() == loaded.model[part].keys()
+        assert all(torch.equal(v, loaded.model[part][k]) for k, v in tensors.items())
 
 
 def test_image_encoder_loads_from_file_and_folder_to_the_same_weights(models_dir, cache):
