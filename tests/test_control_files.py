@@ -662,3 +662,73 @@ def test_released_sd3_controlnet_configs_are_rebuilt_from_shapes(tmp_path, famil
     for key, value in model.config.items():
         if key in rebuilt and key not in unused:
             assert _norm(rebuilt[key]) == _norm(value), key
+
+
+def _rand(*shape, seed=0):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", ["cn-sdxl-original", "union-sdxl-single", "t2i-sd15-original", "t2i-sdxl-original"])
+def test_tiny_unet_control_models_change_the_tiny_unet_output(models_dir, cache, name):
+    """What the APPLY side relies on: each tiny model's residuals fit its tiny UNet and change its output."""
+    kind, family = MODELS[name][2][:2]
+    unet = CM._pipe(family).unet
+    model = files.load_control(models_dir[1][name], cache=cache).model
+    latents = _rand(1, 4, 8, 8) - 0.5
+    context = _rand(1, 77, unet.config.cross_attention_dim, seed=1)
+    extra = {}
+    if unet.config.addition_embed_type == "text_time":
+        time_ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]])
+        pooled = _rand(1, unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim)
+        extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+    hint = _rand(1, 3, 64, 64, seed=2)
+    with torch.no_grad():
+        base = unet(latents, 10, context, **extra).sample
+        if kind == "t2i_adapter":
+            features = model(hint)
+            out = unet(latents, 10, context, down_intrablock_additional_residuals=features, **extra).sample
+        else:
+            args = {"conditioning_scale": 1.0, "return_dict": False, **extra}
+            if MODELS[name][2][2] == "union":
+                types = torch.zeros(1, model.config.num_control_type)
+                types[0, 3] = 1
+                args.update(control_type=types, control_type_idx=[3])
+                hint = [hint]
+            down, mid = model(latents, 10, context, hint, **args)
+            out = unet(
+                latents, 10, context, down_block_additional_residuals=down, mid_block_additional_residual=mid, **extra
+            ).sample
+    assert out.shape == base.shape and (out - base).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["cn-sd3-single", "cn-sd35-original"])
+def test_tiny_sd3_controlnets_change_the_tiny_transformer_output(models_dir, cache, name):
+    family = MODELS[name][2][1]
+    transformer = CM._pipe(family).transformer
+    model = files.load_control(models_dir[1][name], cache=cache).model
+    config = transformer.config
+    latents = _rand(1, config.in_channels, 8, 8) - 0.5
+    context = _rand(1, 16, config.joint_attention_dim, seed=1)
+    pooled = _rand(1, config.pooled_projection_dim, seed=2)
+    cond = _rand(1, config.in_channels, 8, 8, seed=3)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        base = transformer(latents, context, pooled, t, return_dict=False)[0]
+        kwargs = {} if model.config.joint_attention_dim else {"encoder_hidden_states": None}
+        if not model.config.use_pos_embed:  # SD3.5 Large ControlNets borrow the transformer's positional embedding
+            model = copy_with_pos_embed(model, transformer)
+            blocks = model(latents, cond, 1.0, pooled_projections=pooled, timestep=t, return_dict=False, **kwargs)[0]
+        else:
+            blocks = model(latents, cond, 1.0, context, pooled, t, return_dict=False)[0]
+        out = transformer(latents, context, pooled, t, block_controlnet_hidden_states=blocks, return_dict=False)[0]
+    assert out.shape == base.shape and (out - base).abs().max() > 1e-3
+
+
+def copy_with_pos_embed(model, transformer):
+    """What StableDiffusion3ControlNetPipeline does for a ControlNet without its own pos_embed, on a copy (the cached
+    model is shared)."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    clone.pos_embed = copy.deepcopy(transformer.pos_embed)
+    return clone
