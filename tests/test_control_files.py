@@ -474,6 +474,18 @@ def test_loaded_models_are_cached_by_path_and_mtime(tmp_path, cache):
     _same_weights(again.model, first.model)
 
 
+def test_a_changed_model_folder_is_identified_again(tmp_path):
+    from webui.models.identify import is_current
+
+    folder = CM.write_tiny_controlnet(tmp_path / "ControlNet", "sd15", "diffusers", name="cn")
+    record = identify(folder, expect="control")
+    assert record.stamp is not None and is_current(record)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert not is_current(record)
+
+
 def test_cache_is_bounded_least_recently_used_first():
     cache = files.ControlCache(max_entries=2)
     for i in range(3):
@@ -530,24 +542,6 @@ def test_shuffle_controlnet_pools_its_conditioning(tmp_path, cache):
     path = CM.write_tiny_controlnet(tmp_path / "ControlNet", "sd15", "original", name="control_v11e_sd15_shuffle")
     loaded = files.load_control(path, cache=cache)
     assert loaded.info["global_pool_conditions"] and loaded.model.config.global_pool_conditions
-
-
-def test_demo_control_models(tmp_path):
-    paths = CM.write_demo_control_models(tmp_path)
-    cat = ModelCatalog(tmp_path)
-    cat.refresh()
-    entries = cat.entries("control") + cat.entries("clip_vision")
-    assert sorted(e.path for e in entries) == sorted(paths)
-    assert all(e.usable and e.demo for e in entries)
-    assert {(e.record.kind, e.family) for e in cat.entries("control")} == {
-        (kind, family) for kind in ("controlnet", "t2i_adapter", "ip_adapter") for family in ("sd15", "sdxl")
-    }
-    for entry in cat.entries("control"):
-        if entry.record.kind == "ip_adapter":
-            assert files.find_image_encoder(entry, cat.entries("clip_vision")).name == "demo-clip-vision.safetensors"
-    stamp = paths[0].stat().st_mtime_ns
-    CM.write_demo_control_models(tmp_path)  # kept
-    assert paths[0].stat().st_mtime_ns == stamp
 
 
 # --- the released architectures (built on the meta device: shapes only) -------------------------------
@@ -732,3 +726,22 @@ def copy_with_pos_embed(model, transformer):
     clone = copy.deepcopy(model)
     clone.pos_embed = copy.deepcopy(transformer.pos_embed)
     return clone
+
+
+# last: it frees the tiny pipelines the other tests share
+def test_demo_control_models(tmp_path):
+    paths = CM.write_demo_control_models(tmp_path)
+    cat = ModelCatalog(tmp_path)
+    cat.refresh()
+    entries = cat.entries("control") + cat.entries("clip_vision")
+    assert sorted(e.path for e in entries) == sorted(paths)
+    assert all(e.usable and e.demo for e in entries)
+    assert {(e.record.kind, e.family) for e in cat.entries("control")} == {
+        (kind, family) for kind in ("controlnet", "t2i_adapter", "ip_adapter") for family in ("sd15", "sdxl")
+    }
+    for entry in cat.entries("control"):
+        if entry.record.kind == "ip_adapter":
+            assert files.find_image_encoder(entry, cat.entries("clip_vision")).name == "demo-clip-vision.safetensors"
+    stamp = paths[0].stat().st_mtime_ns
+    CM.write_demo_control_models(tmp_path)  # kept
+    assert paths[0].stat().st_mtime_ns == stamp

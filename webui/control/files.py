@@ -978,9 +978,8 @@ def _load_clip_vision(record: ModelRecord, weights: Path, device: Any, dtype: An
 
 
 def stamp(path: Path) -> tuple[int, int] | None:
-    """(size, mtime_ns) of a control file, or of a model folder's weights."""
-    weights = folder_weights(path) if path.is_dir() else path
-    return stamp_of(weights) if weights is not None else None
+    """(size, mtime_ns) of a control file, or of a model folder's weights (``identify.stamp_of``)."""
+    return stamp_of(path)
 
 
 __all__ = [
