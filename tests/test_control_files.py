@@ -418,7 +418,22 @@ def test_pickles_are_listed_never_opened(tmp_path):
         assert not entry.usable and "pickle" in entry.error and ".safetensors" in entry.error
         with pytest.raises(ModelLoadError, match="pickle"):
             (files.load_image_encoder if entry.kind == "clip_vision" else files.load_control)(entry)
+    assert "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors" in cat.find("clip_h.pth", kind="clip_vision").error
     assert not canary.exists()
+
+
+def test_sharded_model_folder_is_listed_with_a_reason(tmp_path):
+    folder = tmp_path / "ControlNet" / "big"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"_class_name": "ControlNetModel"}')
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text("{}")
+    H.write_safetensors(
+        folder / "diffusion_pytorch_model-00001-of-00002.safetensors", {"conv_in.weight": (320, 4, 3, 3)}
+    )
+    cat = ModelCatalog(tmp_path)
+    cat.refresh()
+    (entry,) = cat.entries("control")
+    assert entry.name == "big" and "shards" in entry.error
 
 
 def test_checkpoint_listing_is_unchanged(tmp_path):

@@ -321,6 +321,10 @@ def identify_control_folder(folder: Path, expect: str | None = None, families: A
     config = _folder_config(folder)
     weights = folder_weights(folder)
     if weights is None:
+        if any(folder.glob("*.safetensors.index.json")):
+            raise UnsupportedModelError(
+                folder, "a model folder with its weights in several shards is not supported yet; use a single file"
+            )
         if any(folder.glob("*.bin")):
             raise UnsupportedModelError(folder, PICKLE_REFUSED.format(suffix=".bin"))
         raise UnsupportedModelError(folder, f"no {' or '.join(FOLDER_WEIGHTS[:2])} in this model folder")
@@ -337,7 +341,9 @@ def identify_control_folder(folder: Path, expect: str | None = None, families: A
 
 def is_model_folder(folder: Path) -> bool:
     """A folder holding one model in the diffusers/transformers layout (config.json + weights)."""
-    return (folder / "config.json").is_file() and (folder_weights(folder) is not None or any(folder.glob("*.bin")))
+    return (folder / "config.json").is_file() and (
+        folder_weights(folder) is not None or any(folder.glob("*.bin")) or any(folder.glob("*.safetensors.index.json"))
+    )
 
 
 def folder_weights(folder: Path) -> Path | None:
@@ -359,6 +365,8 @@ def _folder_config(folder: Path) -> dict:
 def pickle_record(path: Path, expect: str) -> ModelRecord:
     """A pickle file in a control folder: listed, never opened."""
     reason = PICKLE_REFUSED.format(suffix=path.suffix.lower())
+    if expect == "clip_vision":  # A1111's clip_h.pth / clip_g.pth
+        reason += f", e.g. {_CLIP_VISION_FILES['vit-h']}"
     return ModelRecord(path, expect, "ckpt", error=str(ModelFileError(path, reason)))
 
 
