@@ -1,4 +1,4 @@
-"""ModelCatalog: find the user's checkpoints, LoRAs, VAEs and text encoders.
+"""ModelCatalog: find the user's checkpoints, LoRAs, VAEs, text encoders and control models.
 
 Reads A1111 (``Stable-diffusion``, ``Lora``, ``VAE``) and ComfyUI
 (``checkpoints``, ``loras``, ``vae``, ``text_encoders``/``clip``) folder names,
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from webui.control.files import CATALOG_KINDS as CONTROL_RECORD_KINDS
+from webui.control.files import folder_weights, is_model_folder, label
 from webui.models.identify import PICKLE_SUFFIXES, ModelRecord, identify, with_error
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,14 @@ FOLDERS: Mapping[str, tuple[str, ...]] = {
     "lora": ("Lora", "loras", "LyCORIS"),
     "vae": ("VAE", "vae"),
     "text_encoder": ("text_encoder", "text_encoders", "clip"),
+    # ControlNet, T2I-Adapter and IP-Adapter files (webui.control.files): A1111 keeps all three in ControlNet/
+    "control": ("ControlNet", "controlnet", "t2i_adapter", "ipadapter"),
+    "clip_vision": ("clip_vision",),
 }
+# Catalog kind -> the ModelRecord kinds listed under it (default: the kind itself).
+RECORD_KINDS: Mapping[str, tuple[str, ...]] = CONTROL_RECORD_KINDS
+# Kinds whose folders hold one-model folders (config.json + weights) listed as one entry.
+MODEL_FOLDER_KINDS = tuple(CONTROL_RECORD_KINDS)
 SAFE_SUFFIXES = (".safetensors",)
 
 
@@ -85,8 +94,22 @@ def _stat_key(path: Path) -> tuple[int, int]:
 
 def _folder_stat(path: Path) -> tuple[int, int]:
     index = path / "model_index.json"
+    if not index.is_file():  # a one-model folder of a control kind: its weights
+        index = folder_weights(path) or path / "config.json"
     st = index.stat()
     return st.st_size, st.st_mtime_ns
+
+
+def _catalog_kind(record_kind: str) -> str:
+    return next((kind for kind, kinds in RECORD_KINDS.items() if record_kind in kinds), record_kind)
+
+
+def _label(kind: str) -> str:
+    return label(kind)
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'AEIOU' else 'a'} {noun}"
 
 
 class ModelCatalog:
@@ -123,7 +146,7 @@ class ModelCatalog:
         for kind in FOLDERS:
             entries = []
             for root in self.folders(kind):
-                for item, fmt in _walk(root):
+                for item, fmt in _walk(root, model_folders=kind in MODEL_FOLDER_KINDS):
                     entry = self._entry(kind, root, item, fmt, seen)
                     if entry is not None:
                         entries.append(entry)
@@ -175,8 +198,9 @@ class ModelCatalog:
         raise KeyError(f"no {kind} named {name!r}; available: {valid}")
 
 
-def _walk(root: Path) -> Iterable[tuple[Path, str]]:
-    """Model files and diffusers folders below root (a diffusers folder is not descended into)."""
+def _walk(root: Path, model_folders: bool = False) -> Iterable[tuple[Path, str]]:
+    """Model files and diffusers folders below root (a diffusers folder is not descended into); with
+    ``model_folders``, also one-model folders (config.json + weights: a diffusers ControlNet, a CLIP vision model)."""
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -188,7 +212,7 @@ def _walk(root: Path) -> Iterable[tuple[Path, str]]:
             if child.name.startswith("."):
                 continue
             if child.is_dir():
-                if (child / "model_index.json").is_file():
+                if (child / "model_index.json").is_file() or (model_folders and is_model_folder(child)):
                     yield child, "diffusers"
                 else:
                     stack.append(child)
@@ -200,16 +224,16 @@ def _walk(root: Path) -> Iterable[tuple[Path, str]]:
 
 def _describe(kind: str, root: Path, item: Path, fmt: str, key: tuple[int, int], families: Any) -> CatalogEntry:
     name = item.relative_to(root).as_posix()
-    if fmt == "diffusers" and kind != "checkpoint":
+    if fmt == "diffusers" and kind != "checkpoint" and (item / "model_index.json").is_file():
         record = with_error(
             ModelRecord(item, kind, fmt), f"a diffusers pipeline folder belongs in {FOLDERS['checkpoint'][0]}"
         )
     else:
         record = identify(item, expect=kind, families=families)
-    if record.usable and record.kind != kind:
+    if record.usable and record.kind not in RECORD_KINDS.get(kind, (kind,)):
         record = with_error(
             record,
-            f"this is a {record.kind.replace('_', ' ')}, not a {kind.replace('_', ' ')}; move it to"
-            f" models/{FOLDERS[record.kind][0]}",
+            f"this is {_a(_label(record.kind))}, not {_a(_label(kind))}; move it to"
+            f" models/{FOLDERS[_catalog_kind(record.kind)][0]}",
         )
     return CatalogEntry(name=name, path=item, kind=kind, format=fmt, size=key[0], mtime_ns=key[1], record=record)
