@@ -7,6 +7,7 @@ and the page send them. Weights are random, so the tests compare images with eac
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +15,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.app_services import tmp_services
+from tests.control_models import (
+    tiny_controlnet,
+    write_tiny_clip_vision,
+    write_tiny_controlnet,
+    write_tiny_ip_adapter,
+    write_tiny_t2i_adapter,
+)
 from tests.tolerance import PIXEL_MAX, PIXEL_MEAN, assert_close, assert_close_pixels, assert_far
 from webui.generation.requests import GenerationRequest
 from webui.generation.service import DONE, FAILED
@@ -31,17 +39,44 @@ def control_image(size=(64, 64)) -> Image.Image:
     return image
 
 
-# --- the tiny control models (one function: swapped for the real files' loader when they are written) ----
+def amplify(path: Path, prefixes: tuple[str, ...], factor: float) -> None:
+    """Scale some tensors of a written model file: the tiny random models react weakly to their control image,
+    and tests of small changes (a threshold, a resize mode, the last steps) need a model that visibly reacts."""
+    from safetensors.torch import load_file, save_file
 
-from tests.control_library import TinyLibrary
+    if path.is_dir():
+        path = path / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(path))
+    save_file({k: v * factor if k.startswith(prefixes) else v for k, v in state.items()}, str(path))
+
+
+def write_control_models(models: Path) -> None:
+    """The tiny control models in their real layouts, as users put them in models/ControlNet and models/clip_vision."""
+    folder = models / "ControlNet"
+    cn = write_tiny_controlnet(folder, "sd15", "original", name="cn_sd15")
+    # the hint embedding's last convolution starts at zero too: without this the map's content barely matters
+    amplify(cn, ("control_model.input_hint_block.14.",), 75.0)
+    amplify(cn, ("control_model.zero_convs.", "control_model.middle_block_out."), 3.0)
+    write_tiny_controlnet(folder, "sdxl", "diffusers", name="cn_sdxl")
+    write_tiny_controlnet(folder, "sdxl", "single", union=True, name="union_sdxl")
+    write_tiny_controlnet(folder, "sd3", "diffusers", name="cn_sd3")
+    amplify(write_tiny_t2i_adapter(folder, "sd15", "original", name="t2i_sd15"), ("conv_in.",), 4.0)
+    amplify(write_tiny_t2i_adapter(folder, "sdxl", "diffusers", name="t2i_sdxl"), ("adapter.conv_in.",), 4.0)
+    for family in ("sd15", "sdxl"):
+        write_tiny_ip_adapter(folder, family, name=f"ip_{family}")
+        write_tiny_ip_adapter(folder, family, plus=True, name=f"ip_plus_{family}")
+    write_tiny_clip_vision(models / "clip_vision", name="tiny-CLIP-ViT-H-14")
 
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
     root = tmp_path_factory.mktemp("control-apply")
     write_demo_models(root / "models", ("sd15", "sdxl", "sd3"))
+    write_control_models(root / "models")
     services = tmp_services(root, preview_every=0)
-    TinyLibrary.install(services)
+    for name in ("cn_sd15", "cn_sdxl", "union_sdxl", "cn_sd3", "t2i_sd15", "t2i_sdxl", "ip_sd15", "ip_plus_sdxl"):
+        entry = services.manager.catalog.find(name, kind="control")
+        assert entry.usable, entry.error
     services.generation.start()
     yield services
     services.generation.stop()
@@ -164,7 +199,7 @@ def test_a_model_of_another_family_is_refused_with_its_message(services):
     job = run(services, [unit("cn_sdxl")])
     assert job.state == FAILED
     assert "the ControlNet cn_sdxl is for SDXL; the loaded model is SD 1.5" in job.error
-    assert "pick a SD 1.5 ControlNet" in job.error and job.error_field == "alwayson_scripts"
+    assert "pick a ControlNet made for SD 1.5" in job.error and job.error_field == "alwayson_scripts"
     job = run(services, [unit("ip_sd15", module="ip-adapter_clip_h")], sd_model_checkpoint=SDXL)
     assert job.state == FAILED and "is for SD 1.5; the loaded model is SDXL" in job.error
 
@@ -199,7 +234,11 @@ def test_bad_units_are_refused_before_the_job_runs(services):
 
 
 def test_the_infotext_has_a1111s_unit_fields(services):
-    job = run(services, [unit(module="canny", weight=1), unit(enabled=False), unit(weight=0.5, guidance_end=0.5)])
+    named = "cn_sd15 [0c0ffee0]"  # A1111's model title: name [hash]
+    job = run(
+        services,
+        [unit(named, module="canny", weight=1), unit(enabled=False), unit(named, weight=0.5, guidance_end=0.5)],
+    )
     text = job.result.infotexts[0]
     assert (
         'ControlNet 0: "Module: canny, Model: cn_sd15 [0c0ffee0], Weight: 1.0, Resize Mode: Crop and Resize, '
@@ -208,7 +247,9 @@ def test_the_infotext_has_a1111s_unit_fields(services):
     ) in text
     assert 'ControlNet 1: "Module: none, Model: cn_sd15 [0c0ffee0], Weight: 0.5' in text
     assert "ControlNet 2" not in text
-    ext = TinyLibrary.extension(services)
+    from webui.control.extension import ControlExtension
+
+    ext = ControlExtension()
     fields = {"ControlNet 0": text.split('ControlNet 0: "', 1)[1].split('"', 1)[0]}
     ext.webui_infotext_pasted(text, fields)
     assert fields["ControlNet 0 module"] == "canny" and fields["ControlNet 0 weight"] == 1.0
@@ -317,13 +358,12 @@ def test_the_hook_equals_diffusers_controlnet_pipeline_with_a1111s_window():
     import torch
     from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
-    from tests.control_library import tiny_models
     from webui.control.apply import JobControl, Unit
     from webui.control.units import parse_units
     from webui.models.demo import build_tiny_pipeline
 
     pipe = build_tiny_pipeline("sd15")
-    cn = tiny_models("sd15")["cn"]
+    cn = tiny_controlnet("sd15")
     cmap = control_image()
     steps = 4
 
