@@ -408,3 +408,46 @@ def test_the_hook_equals_diffusers_controlnet_pipeline_with_a1111s_window():
     # diffusers' (step + 1)/N <= end at end 0.75
     assert_close(hooked(0.5), pipeline(0.75))
     assert_far(hooked(0.5), pipeline(0.5), 2e-3, 1e-4)
+
+
+# --- through the A1111 API ----------------------------------------------------------------------------------
+
+
+def _b64(image) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_the_api_runs_units_and_answers_422_for_a_wrong_family(services):
+    import json
+
+    import httpx
+
+    from tests.api_server import serve_api
+
+    body = {
+        "prompt": "a cube",
+        "seed": 7,
+        "steps": 3,
+        "width": 64,
+        "height": 64,
+        "sampler_name": "Euler",
+        "override_settings": {"sd_model_checkpoint": SD15},
+    }
+    cn_unit = {"enabled": True, "module": "canny", "model": "cn_sd15", "weight": 1, "image": _b64(control_image())}
+    with serve_api(services) as url, httpx.Client(base_url=url, timeout=300) as client:
+        ok = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"ControlNet": {"args": [cn_unit]}}})
+        assert ok.status_code == 200, ok.text
+        info = json.loads(ok.json()["info"])
+        assert 'ControlNet 0: "Module: canny, Model: cn_sd15, Weight: 1.0' in info["infotexts"][0]
+        wrong = {**cn_unit, "model": "cn_sdxl"}
+        r = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"ControlNet": {"args": [wrong]}}})
+        assert r.status_code == 422, r.text
+        assert "the ControlNet cn_sdxl is for SDXL; the loaded model is SD 1.5" in r.text
+        bad = {**cn_unit, "guidance_start": 0.9, "guidance_end": 0.1}
+        r = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"ControlNet": {"args": [bad]}}})
+        assert r.status_code == 422 and "must not be after guidance_end" in r.text, r.text
