@@ -28,6 +28,7 @@ from webui.generation.service import DONE, FAILED
 from webui.models.demo import demo_checkpoint_name, write_demo_models
 
 SD15, SDXL, SD3 = demo_checkpoint_name("sd15"), demo_checkpoint_name("sdxl"), demo_checkpoint_name("sd3")
+SD35L = demo_checkpoint_name("sd35_large")
 
 
 def control_image(size=(64, 64)) -> Image.Image:
@@ -60,6 +61,7 @@ def write_control_models(models: Path) -> None:
     write_tiny_controlnet(folder, "sdxl", "diffusers", name="cn_sdxl")
     write_tiny_controlnet(folder, "sdxl", "single", union=True, name="union_sdxl")
     write_tiny_controlnet(folder, "sd3", "diffusers", name="cn_sd3")
+    write_tiny_controlnet(folder, "sd35_large", "original", name="cn_sd35_large")  # Stability's layout
     amplify(write_tiny_t2i_adapter(folder, "sd15", "original", name="t2i_sd15"), ("conv_in.",), 4.0)
     amplify(write_tiny_t2i_adapter(folder, "sdxl", "diffusers", name="t2i_sdxl"), ("adapter.conv_in.",), 4.0)
     for family in ("sd15", "sdxl"):
@@ -71,7 +73,7 @@ def write_control_models(models: Path) -> None:
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
     root = tmp_path_factory.mktemp("control-apply")
-    write_demo_models(root / "models", ("sd15", "sdxl", "sd3"))
+    write_demo_models(root / "models", ("sd15", "sdxl", "sd3", "sd35_large"))
     write_control_models(root / "models")
     services = tmp_services(root, preview_every=0)
     for name in ("cn_sd15", "cn_sdxl", "union_sdxl", "cn_sd3", "t2i_sd15", "t2i_sdxl", "ip_sd15", "ip_plus_sdxl"):
@@ -281,6 +283,19 @@ def test_sd3_controlnet(services):
     assert np.array_equal(image(run(services, [unit("cn_sd3")], **sd3)), first)  # no global RNG involved
     assert_close_pixels(image(run(services, [unit("cn_sd3", weight=0)], **sd3)), plain3)
     assert_far(image(run(services, [unit("cn_sd3", guidance_end=0.5)], **sd3)), first, PIXEL_MAX, PIXEL_MEAN)
+
+
+def test_sd35_large_controlnet_uses_the_transformers_positional_embedding(services):
+    from webui.control.files import load_control
+
+    large = {"sd_model_checkpoint": SD35L, "sampler_name": "Euler", "cfg_scale": 4.0}
+    base = image(run(services, **large))
+    on = image(run(services, [unit("cn_sd35_large")], **large))
+    assert_far(on, base, PIXEL_MAX, PIXEL_MEAN)
+    assert_close_pixels(image(run(services, [unit("cn_sd35_large", weight=0)], **large)), base)
+    device = services.manager.device
+    cached = load_control(services.manager.catalog.find("cn_sd35_large", kind="control"), device.device, device.dtype)
+    assert cached.model.pos_embed is None  # the shared, cached model is not changed
 
 
 # --- T2I-Adapter ------------------------------------------------------------------------------------------
