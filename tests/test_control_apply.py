@@ -217,6 +217,24 @@ def test_unknown_models_and_missing_images_are_refused(services):
     assert job.state == FAILED and "dpt_hybrid-midas-501f0c75.pt" in job.error
 
 
+def test_checked_units_are_plain_data(services):
+    from PIL import Image as PILImage
+
+    checked = services.backend.validate(
+        GenerationRequest(
+            prompt="x",
+            steps=3,
+            width=64,
+            height=64,
+            sd_model_checkpoint=SD15,
+            alwayson_scripts={"controlnet": [unit(module="canny")]},
+        )
+    )
+    (args,) = checked.alwayson_scripts["controlnet"]
+    assert type(args) is dict and args["module"] == "canny" and args["threshold_a"] == 100
+    assert all(isinstance(v, (str, int, float, bool, type(None), PILImage.Image)) for v in args.values())
+
+
 def test_bad_units_are_refused_before_the_job_runs(services):
     from webui.generation.requests import RequestError
 
@@ -345,6 +363,30 @@ def test_ip_adapters(services, model, checkpoint, module):
     assert_close_pixels(
         image(run(services, [unit(model, module=module, weight=0)], sd_model_checkpoint=checkpoint)), base
     )
+
+
+def test_ip_adapter_with_attention_slicing_on(services, plain):
+    run(services)  # the SD 1.5 checkpoint loaded
+    pipe = services.manager.loaded.pipeline
+    before = dict(pipe.unet.attn_processors)
+    pipe.enable_attention_slicing(1)
+    try:
+        sliced = {name: type(p) for name, p in pipe.unet.attn_processors.items()}
+        job = run(services, [unit("ip_sd15", module="ip-adapter_clip_h")])
+        assert_far(image(job), plain, PIXEL_MAX, PIXEL_MEAN)
+        assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == sliced
+        assert "SlicedAttnProcessor" in {t.__name__ for t in sliced.values()}
+    finally:
+        pipe.unet.set_attn_processor(before)
+
+
+def test_a_batch_gets_the_units_on_every_image(services):
+    units = [unit(), unit("ip_sd15", module="ip-adapter_clip_h")]
+    single = image(run(services, units, seed=8))
+    job = run(services, units, seed=7, batch_size=2)
+    assert job.state == DONE, job.error
+    assert len(job.result.images) == 2
+    assert_close_pixels(np.asarray(job.result.images[1]), single)  # image 1 of the batch has seed 8
 
 
 def test_ip_adapter_with_a_controlnet(services, plain):

@@ -104,7 +104,7 @@ class ControlExtension:
             return None
         from webui.control.units import parse_units
 
-        return list(parse_units(args))
+        return [unit.as_args() for unit in parse_units(args)]  # plain data: it may cross the backend
 
     def webui_app_started(self, app: Any, webui: Any, options: Mapping[str, Any]) -> None:
         try:
