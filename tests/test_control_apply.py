@@ -130,6 +130,9 @@ def test_the_control_modes_differ(services):
     images = [image(run(services, [unit(control_mode=mode)])) for mode in range(3)]
     assert_far(images[1], images[0], PIXEL_MAX, PIXEL_MEAN)
     assert_far(images[2], images[1], PIXEL_MAX, PIXEL_MEAN)
+    # without CFG there is no unconditional half to keep free of control: modes 1 and 2 are the same
+    no_cfg = [image(run(services, [unit(control_mode=mode)], cfg_scale=1.0)) for mode in (1, 2)]
+    assert np.array_equal(no_cfg[0], no_cfg[1])
 
 
 def test_several_units_at_once(services):
@@ -160,8 +163,10 @@ def test_a_preprocessor_runs_with_its_thresholds(services):
         run(services, [unit(image=grid, module="canny", threshold_a=200, threshold_b=250, weight=2, processor_res=64)])
     )
     assert_far(low, high, PIXEL_MAX, PIXEL_MEAN)
-    perfect = run(services, [unit(module="canny", pixel_perfect=True, image=control_image((256, 256)))])
-    assert perfect.state == DONE, perfect.error
+    big = control_image((256, 256))
+    perfect = image(run(services, [unit(module="canny", pixel_perfect=True, image=big)]))  # canny at 64 px
+    assert_far(perfect, image(run(services, [unit(module="canny", image=big)])), PIXEL_MAX, PIXEL_MEAN)  # at 512
+    assert_close_pixels(perfect, image(run(services, [unit(module="canny", processor_res=64, image=big)])))
 
 
 def test_the_hook_is_removed_when_the_job_ends(services, plain):
