@@ -79,6 +79,22 @@ def test_the_simple_ones():
     assert not np.array_equal(one, np.asarray(run_preprocessor("shuffle", image, seed=2))) and one.shape == arr.shape
 
 
+def test_line_colour_and_recolour_maps():
+    image = square()
+    xdog = np.asarray(run_preprocessor("scribble_xdog", image, 64, threshold_a=32))
+    assert set(np.unique(xdog)) <= {0, 255} and xdog[16:49, 20:28].any() and not xdog[28:36, 40:56].any()
+    drawing = Image.new("RGB", (96, 64), "white")
+    ImageDraw.Draw(drawing).line((10, 32, 86, 32), fill="black", width=2)
+    lines = np.asarray(run_preprocessor("lineart_standard (from white bg & black line)", drawing, 64))
+    assert lines[30:35, 20:70, 0].max(axis=0).min() > 100 and lines[:10, :, 0].max() < 20
+    grid = np.asarray(run_preprocessor("t2ia_color_grid", image, 128))
+    assert grid.shape == (128, 192, 3) and len(np.unique(grid.reshape(-1, 3), axis=0)) <= 6
+    grey = np.asarray(run_preprocessor("recolor_luminance", image, 64, threshold_a=1.0))
+    assert grey[32, 48, 0] > 200 and grey[2, 2, 0] < 40 and (grey[..., 0] == grey[..., 2]).all()
+    darker = np.asarray(run_preprocessor("recolor_intensity", image, 64, threshold_a=2.0))
+    assert darker[2, 2, 0] < grey[2, 2, 0]
+
+
 def test_inpaint_maps_carry_the_mask_as_transparency():
     mask = Image.new("L", (96, 64), 0)
     ImageDraw.Draw(mask).rectangle((0, 0, 47, 63), fill=255)

@@ -3,6 +3,7 @@
 The ones that need no downloaded weights run here with numpy/scipy/PIL (no OpenCV): ``none``, ``canny``
 (Sobel + non-maximum suppression + hysteresis on the Sobel L1 magnitude, as ``cv2.Canny(img, low, high)``;
 not bit-identical to OpenCV), ``invert``, ``threshold``, ``blur_gaussian``, ``tile_resample``, ``shuffle``,
+``scribble_xdog``, ``lineart_standard``, ``color`` (t2ia_color_grid), ``recolor_luminance`` / ``recolor_intensity``,
 ``inpaint`` / ``inpaint_only`` (the map is RGBA: alpha 0 where the mask says "repaint") and the IP-Adapter
 CLIP modules (the image itself: the CLIP vision encoder runs when the unit is applied).
 
@@ -84,6 +85,11 @@ MODULES: tuple[Module, ...] = (
     _m("blur_gaussian", a=Slider("Sigma", 9.0, 0.01, 64.0, 0.01), union_type="Tile"),
     _m("tile_resample", resolution=None, a=Slider("Down Sampling Rate", 1.0, 1.0, 8.0, 0.01), union_type="Tile"),
     _m("shuffle", resolution=None),
+    _m("scribble_xdog", a=Slider("XDoG Threshold", 32, 1, 64, 1), union_type="Soft Edge"),
+    _m("lineart_standard", "lineart_standard (from white bg & black line)", union_type="Hard Edge"),
+    _m("color", "t2ia_color_grid"),
+    _m("recolor_luminance", a=Slider("Gamma Correction", 1.0, 0.1, 2.0, 0.001)),
+    _m("recolor_intensity", a=Slider("Gamma Correction", 1.0, 0.1, 2.0, 0.001)),
     _m("inpaint", "inpaint_global_harmonious", resolution=None, needs_mask=True, kind="inpaint", union_type="Inpaint"),
     _m("inpaint_only", resolution=None, needs_mask=True, kind="inpaint", union_type="Inpaint"),
     _m("ip-adapter_clip_sd15", "ip-adapter_clip_h", resolution=None, kind="clip", extra={"encoder": "ViT-H"}),
@@ -418,6 +424,36 @@ def run_preprocessor(
         out = np.repeat(out[..., None], 3, axis=2)
     elif m.name == "threshold":
         out = np.where(padded.min(axis=2, keepdims=True) > a, 255, 0).astype(np.uint8).repeat(3, axis=2)
+    elif m.name == "scribble_xdog":
+        from scipy import ndimage
+
+        data = padded.astype(np.float64)
+        fine = np.stack([ndimage.gaussian_filter(data[..., c], 0.5) for c in range(3)], -1)
+        coarse = np.stack([ndimage.gaussian_filter(data[..., c], 5.0) for c in range(3)], -1)
+        dog = np.clip(255.0 - np.min(coarse - fine, axis=2), 0, 255).astype(np.uint8).astype(np.float64)
+        out = np.where(2 * (255 - dog) > a, 255, 0).astype(np.uint8)[..., None].repeat(3, axis=2)
+    elif m.name == "lineart_standard":
+        from scipy import ndimage
+
+        data = padded.astype(np.float64)
+        blurred = np.stack([ndimage.gaussian_filter(data[..., c], 6.0) for c in range(3)], -1)
+        intensity = np.clip(np.min(blurred - data, axis=2), 0, 255)
+        dark = intensity[intensity > 8]
+        intensity = intensity / max(16.0, float(np.median(dark)) if dark.size else 16.0) * 127.0
+        out = np.clip(intensity, 0, 255).astype(np.uint8)[..., None].repeat(3, axis=2)
+    elif m.name == "color":
+        ph, pw = padded.shape[:2]
+        small = Image.fromarray(padded).resize((max(1, pw // 64), max(1, ph // 64)), Image.BICUBIC)
+        out = np.asarray(small.resize((pw, ph), Image.NEAREST))
+    elif m.name in ("recolor_luminance", "recolor_intensity"):
+        picture = Image.fromarray(padded)
+        channel = (
+            picture.convert("LAB").getchannel("L")
+            if m.name == "recolor_luminance"
+            else (picture.convert("HSV").getchannel("V"))
+        )
+        value = (np.asarray(channel, dtype=np.float64) / 255.0) ** float(a)
+        out = np.clip(np.rint(value * 255.0), 0, 255).astype(np.uint8)[..., None].repeat(3, axis=2)
     elif m.name == "blur_gaussian":
         from scipy import ndimage
 
