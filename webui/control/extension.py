@@ -333,6 +333,7 @@ class ControlExtension:
         if job is None:
             return None
         if not job.patched:
+            self._jobs.pop(event.job_id, None)
             raise JobRefused(
                 f"ControlNet could not be applied to the checkpoint: {job.patch_error or 'the patch did not run'}",
                 field=FIELD,
