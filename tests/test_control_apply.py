@@ -534,3 +534,47 @@ def test_the_api_runs_units_and_answers_422_for_a_wrong_family(services):
         bad = {**cn_unit, "guidance_start": 0.9, "guidance_end": 0.1}
         r = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"ControlNet": {"args": [bad]}}})
         assert r.status_code == 422 and "must not be after guidance_end" in r.text, r.text
+
+
+def test_the_hook_on_a_9_channel_inpainting_unet_equals_diffusers_controlnet_inpaint_pipeline():
+    import torch
+    from diffusers import StableDiffusionControlNetInpaintPipeline
+
+    from webui.control.apply import JobControl, Unit
+    from webui.control.units import parse_units
+    from webui.models.demo import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("sd15", inpaint=True)
+    assert pipe.unet.config.in_channels == 9
+    cn = tiny_controlnet("sd15")
+    cmap, init = control_image(), control_image((64, 64)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((16, 16, 48, 48), fill=255)
+    steps, common = 4, {"num_inference_steps": 4, "height": 64, "width": 64, "output_type": "np", "strength": 1.0}
+
+    (cu,) = parse_units([{"model": "x"}])
+    job = JobControl("j", "sd15", [Unit(0, cu, "controlnet", cn, control_map=cmap)], "cpu", torch.float32)
+    undo = job.patch(pipe)
+    try:
+        job.begin_pass(_event(pipe, steps))
+        hooked = pipe(
+            "a cube",
+            image=init,
+            mask_image=mask,
+            generator=torch.Generator().manual_seed(3),
+            callback_on_step_end=lambda p, i, t, k: job.after_step(i) or {},
+            **common,
+        ).images
+    finally:
+        undo()
+    reference = StableDiffusionControlNetInpaintPipeline(**pipe.components, controlnet=cn)
+    expected = reference(
+        "a cube",
+        image=init,
+        mask_image=mask,
+        control_image=cmap,
+        controlnet_conditioning_scale=1.0,
+        generator=torch.Generator().manual_seed(3),
+        **common,
+    ).images
+    assert_close(hooked, expected)
