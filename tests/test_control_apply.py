@@ -578,3 +578,89 @@ def test_the_hook_on_a_9_channel_inpainting_unet_equals_diffusers_controlnet_inp
         **common,
     ).images
     assert_close(hooked, expected)
+
+
+@pytest.mark.parametrize("union", [False, True])
+def test_the_hook_equals_diffusers_sdxl_controlnet_pipelines(union):
+    import torch
+    from diffusers import StableDiffusionXLControlNetPipeline, StableDiffusionXLControlNetUnionPipeline
+
+    from webui.control.apply import JobControl, Unit
+    from webui.control.units import parse_units
+    from webui.models.demo import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("sdxl")
+    cn = tiny_controlnet("sdxl", union=union)
+    cmap, steps = control_image(), 3
+    common = {"num_inference_steps": steps, "height": 64, "width": 64, "output_type": "np"}
+    (cu,) = parse_units([{"model": "x", "union_control_type": "Hard Edge"}])
+    unit_ = Unit(0, cu, "controlnet", cn, variant="union" if union else "", control_map=cmap, union_index=3)
+    job = JobControl("j", "sdxl", [unit_], "cpu", torch.float32)
+    undo = job.patch(pipe)
+    try:
+        job.begin_pass(_event(pipe, steps))
+        hooked = pipe(
+            "a cube",
+            generator=torch.Generator().manual_seed(3),
+            callback_on_step_end=lambda p, i, t, k: job.after_step(i) or {},
+            **common,
+        ).images
+    finally:
+        undo()
+    if union:
+        reference = StableDiffusionXLControlNetUnionPipeline(**pipe.components, controlnet=cn)
+        expected = reference(
+            "a cube",
+            control_image=[cmap],
+            control_mode=[3],
+            controlnet_conditioning_scale=1.0,
+            generator=torch.Generator().manual_seed(3),
+            **common,
+        ).images
+    else:
+        reference = StableDiffusionXLControlNetPipeline(**pipe.components, controlnet=cn)
+        expected = reference(
+            "a cube",
+            image=cmap,
+            controlnet_conditioning_scale=1.0,
+            generator=torch.Generator().manual_seed(3),
+            **common,
+        ).images
+    assert_close(hooked, expected)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_the_hook_equals_diffusers_t2i_adapter_pipelines(family):
+    import torch
+    from diffusers import StableDiffusionAdapterPipeline, StableDiffusionXLAdapterPipeline
+
+    from tests.control_models import tiny_t2i_adapter
+    from webui.control.apply import JobControl, Unit
+    from webui.control.units import parse_units
+    from webui.models.demo import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(family)
+    adapter = tiny_t2i_adapter(family)
+    cmap, steps = control_image(), 3
+    common = {"num_inference_steps": steps, "height": 64, "width": 64, "output_type": "np"}
+    (cu,) = parse_units([{"model": "x", "weight": 0.8}])
+    job = JobControl("j", family, [Unit(0, cu, "t2i_adapter", adapter, control_map=cmap)], "cpu", torch.float32)
+    undo = job.patch(pipe)
+    try:
+        job.begin_pass(_event(pipe, steps))
+        hooked = pipe("a cube", generator=torch.Generator().manual_seed(3), **common).images
+    finally:
+        undo()
+    cls = StableDiffusionXLAdapterPipeline if family == "sdxl" else StableDiffusionAdapterPipeline
+    components = {k: v for k, v in pipe.components.items() if k in inspect_parameters(cls)}
+    reference = cls(**components, adapter=adapter)
+    expected = reference(
+        "a cube", image=cmap, adapter_conditioning_scale=0.8, generator=torch.Generator().manual_seed(3), **common
+    ).images
+    assert_close(hooked, expected)
+
+
+def inspect_parameters(cls) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(cls.__init__).parameters)
