@@ -94,10 +94,7 @@ class ControlExtension:
 
     # --- settings and the request ---------------------------------------------------------------
     def webui_settings(self) -> list[SettingSpec]:
-        return [
-            SettingSpec("control_net_unit_count", 3, "ControlNet units shown in the UI", section="ControlNet"),
-            SettingSpec("control_net_inpaint_blur_sigma", 7, "Inpaint paste-back blur (sigma)", section="ControlNet"),
-        ]
+        return [SettingSpec("control_net_unit_count", 3, "ControlNet units shown in the UI", section="ControlNet")]
 
     def webui_script_args(self, name: str, args: Any, request: Any) -> Any:
         if name != SCRIPT:
