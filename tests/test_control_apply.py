@@ -68,6 +68,13 @@ def write_control_models(models: Path) -> None:
         write_tiny_ip_adapter(folder, family, name=f"ip_{family}")
         write_tiny_ip_adapter(folder, family, plus=True, name=f"ip_plus_{family}")
     write_tiny_clip_vision(models / "clip_vision", name="tiny-CLIP-ViT-H-14")
+    # an IP-Adapter whose image projection reads 48-wide image embeds: no encoder in clip_vision gives those
+    from safetensors.torch import load_file, save_file
+
+    odd = write_tiny_ip_adapter(folder, "sd15", name="ip_needs_other_encoder")
+    state = load_file(str(odd))
+    state["image_proj.proj.weight"] = state["image_proj.proj.weight"][:, :1].repeat(1, 48).contiguous()
+    save_file(state, str(odd))
 
 
 @pytest.fixture(scope="module")
@@ -413,6 +420,12 @@ def test_a_batch_gets_the_units_on_every_image(services):
     assert job.state == DONE, job.error
     assert len(job.result.images) == 2
     assert_close_pixels(np.asarray(job.result.images[1]), single)  # image 1 of the batch has seed 8
+
+
+def test_an_ip_adapter_without_its_image_encoder_is_refused_naming_the_folder(services):
+    job = run(services, [unit("ip_needs_other_encoder", module="ip-adapter_clip_h")])
+    assert job.state == FAILED and job.error_field == "alwayson_scripts"
+    assert "unit 0" in job.error and "CLIP vision encoder" in job.error and "models/clip_vision" in job.error
 
 
 def test_ip_adapter_with_a_controlnet(services, plain):
