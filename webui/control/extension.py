@@ -184,6 +184,12 @@ class ControlExtension:
             ) from None
         kind = loaded.kind
         self._check_family(index, unit, loaded, event)
+        if kind == "controlnet" and str(loaded.variant) == "inpaint":
+            raise JobRefused(
+                f"ControlNet unit {index}: {unit.model} is an SD3 inpainting ControlNet (image + mask); this app runs "
+                f"the other SD3 ControlNets only",
+                field=FIELD,
+            )
         u = Unit(index, unit, kind, loaded.model, variant=self._variant(loaded, event))
         if kind == "ip_adapter":
             self._prepare_ip(u, entry, loaded, event)
