@@ -91,12 +91,72 @@ def test_parsing_again_returns_the_same_units():
         ({"image": "https://example.com/x.png"}, "images are not fetched"),
         ({"weight": "heavy"}, "weight must be a number"),
         ({"ipadapter_input": "gASV"}, "pickled"),
+        ({"resize_mode": float("inf")}, "resize_mode must be one of"),
+        ({"control_mode": 1.5}, "control_mode must be one of"),
+        ({"guidance_end": "nan"}, "guidance_end must be a finite number"),
+        ({"enabled": "maybe"}, "enabled must be true or false"),
     ],
 )
 def test_bad_units_are_refused_naming_the_unit_and_field(unit, words):
     with pytest.raises(JobRefused) as caught:
         parse_units([{"module": "none"}, unit][1:])
     assert words in str(caught.value) and caught.value.field == "alwayson_scripts"
+
+
+def test_any_json_is_either_a_unit_or_refused_in_words():
+    import random
+
+    values = [
+        None,
+        "",
+        "x",
+        0,
+        -1,
+        2.5,
+        1e308,
+        float("inf"),
+        True,
+        [],
+        {},
+        [1, 2],
+        {"image": 3},
+        "nan",
+        "1e999",
+        "0",
+        "data:image/png;base64,AAAA",
+        ["a", "b"],
+        [{"image": None}],
+        "Balanced",
+        "99999999999999999999",
+    ]
+    keys = [
+        "enabled",
+        "module",
+        "model",
+        "weight",
+        "image",
+        "mask",
+        "resize_mode",
+        "processor_res",
+        "threshold_a",
+        "guidance_start",
+        "guidance_end",
+        "control_mode",
+        "pixel_perfect",
+        "union_control_type",
+        "hr_option",
+        "input_image",
+        "guidance",
+        "mask_image",
+        "other",
+    ]
+    rng = random.Random(5)
+    for _ in range(3000):
+        unit = {rng.choice(keys): rng.choice(values) for _ in range(rng.randint(0, 5))}
+        try:
+            parse_units(rng.choice([[unit], {"args": [unit]}, unit, rng.choice(values)]))
+        except JobRefused as exc:
+            assert exc.field == "alwayson_scripts" and str(exc)
 
 
 def test_the_second_unit_is_named():

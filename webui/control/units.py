@@ -163,6 +163,8 @@ def _choice(value: Any, choices: Sequence[str], aliases: Mapping[str, str], inde
     if isinstance(value, bool):
         raise _refuse(index, name, f"must be one of {', '.join(choices)}")
     if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().isdigit()):
+        if not math.isfinite(float(value)) or float(value) != int(float(value)):
+            raise _refuse(index, name, f"must be one of {', '.join(choices)} (or 0..{len(choices) - 1}), not {value!r}")
         number = int(float(value))
         if name == "resize_mode" and number == 3:  # "Just Resize (Latent upscale)"
             number = 0
