@@ -164,6 +164,7 @@ class JobControl:
         """Prepare every unit for this pass (its map at the pass's size); return the call arguments to add."""
         from webui.control.preprocessors import resize_control
 
+        self.current = None  # until this pass is ready: never a previous pass's maps in this one
         pipe = event.pipeline
         denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
         if denoiser is not self.denoiser:  # the refiner: another model, no control
