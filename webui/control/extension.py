@@ -118,6 +118,17 @@ class ControlExtension:
         return [u for u in parse_units(scripts.get(SCRIPT)) if u.enabled]
 
     def webui_job_models(self, event: Any) -> Any:
+        try:
+            return self._job_models(event)
+        except JobRefused:
+            raise
+        except Exception as exc:  # fail the job in words rather than run it without its units
+            log.exception("controlnet: preparing the units failed")
+            raise JobRefused(
+                f"ControlNet could not prepare its units: {type(exc).__name__}: {exc}", field=FIELD
+            ) from None
+
+    def _job_models(self, event: Any) -> Any:
         units = self._units(event.request)
         if not units:
             return None
@@ -341,7 +352,15 @@ class ControlExtension:
                 f"ControlNet could not be applied to the checkpoint: {job.patch_error or 'the patch did not run'}",
                 field=FIELD,
             )
-        return job.begin_pass(event) or None
+        try:
+            return job.begin_pass(event) or None
+        except JobRefused:
+            raise
+        except Exception as exc:  # fail the job in words rather than run it without its units
+            log.exception("controlnet: preparing the %s pass failed", event.stage)
+            raise JobRefused(
+                f"ControlNet could not prepare the {event.stage} pass: {type(exc).__name__}: {exc}", field=FIELD
+            ) from None
 
     def webui_step_callbacks(self, event: Any) -> Any:
         job = self._jobs.get(event.job_id)
