@@ -27,6 +27,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from webui.control.extension import MMDIT
+
 log = logging.getLogger(__name__)
 
 SOFT = 0.825
@@ -186,7 +188,7 @@ class JobControl:
                 pu.cond = self._cond_tensor(fitted)
                 if u.kind == "t2i_adapter":
                     pu.features = self._adapter_features(u, pu.cond)
-                elif u.variant == "sd3":
+                elif u.variant == MMDIT:
                     pu.cond = self._sd3_latents(pipe, pu.cond, u.model)
             units.append(pu)
         self.current = PassState(pipe, event.stage, event.steps, event.batch_size, units)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 SCRIPT = "controlnet"
 FIELD = "alwayson_scripts"
-SD3_FAMILIES = ("sd3", "sd35_medium", "sd35_large")
+MMDIT = "mmdit"  # the variant of a ControlNet for a transformer denoiser (SD3ControlNetModel)
 
 
 def family_label(family: str | None) -> str:
@@ -206,7 +206,7 @@ class ControlExtension:
             self._prepare_ip(u, entry, loaded, event)
             return u
         self._prepare_map(u, event)
-        if u.variant == "sd3" and getattr(u.model.config, "use_pos_embed", True) is False:
+        if u.variant == MMDIT and getattr(u.model.config, "use_pos_embed", True) is False:
             u.model = _with_transformer_pos_embed(u.model, event.pipeline.transformer)
         if u.variant == "union":
             u.union_index = self._union_index(index, unit, loaded)
@@ -217,8 +217,8 @@ class ControlExtension:
             name = type(loaded.model).__name__
             if "Union" in name or str(loaded.variant).lower() in ("union", "promax"):
                 return "union"
-            if name.startswith("SD3") or event.family in SD3_FAMILIES:
-                return "sd3"
+            if name.startswith("SD3") or getattr(event.pipeline, "unet", None) is None:
+                return MMDIT
         return str(loaded.variant or "")
 
     # family: the file's own family and the shapes against the loaded denoiser
@@ -319,7 +319,7 @@ class ControlExtension:
         from webui.control.apply import encode_ip_image, ip_wants_hidden_states
 
         unit = u.unit
-        if event.family in SD3_FAMILIES or getattr(event.pipeline, "unet", None) is None:
+        if getattr(event.pipeline, "unet", None) is None:
             raise JobRefused(
                 f"ControlNet unit {u.index}: IP-Adapters run on SD 1.5 and SDXL checkpoints here, not "
                 f"{family_label(event.family)}",
@@ -399,10 +399,18 @@ class ControlExtension:
 
 
 def _same_family(a: str, b: str) -> bool:
+    """Whether a control model made for family ``a`` runs on a checkpoint of family ``b``: the same family, or
+    families of one architecture (the adapters say so as for LoRAs: SD3 Medium's models on SD3.5 Medium); the
+    shapes are checked against the loaded denoiser after this."""
     if a == b:
         return True
-    groups = (("sd3", "sd35_medium"),)
-    return any(a in g and b in g for g in groups)
+    from webui.families.registry import BUILTIN
+
+    adapters = {f.id: f for f in BUILTIN}
+    fa, fb = adapters.get(a), adapters.get(b)
+    if fa is None or fb is None:
+        return False
+    return fb.accepts_lora_group(fa.lora_group) or fa.accepts_lora_group(fb.lora_group)  # then the shapes decide
 
 
 def _with_transformer_pos_embed(model: Any, transformer: Any) -> Any:
