@@ -176,15 +176,19 @@ def detect_images(
     processor_res: float = -1,
     threshold_a: float = -1,
     threshold_b: float = -1,
+    masks: Sequence[Any] | None = None,
 ) -> list[Any]:
-    """Run the preprocessor ``module`` on each PIL image; ``DetectError`` in words for what cannot run."""
+    """Run the preprocessor ``module`` on each PIL image (with the mask of the same index, if any);
+    ``DetectError`` in words for what cannot run."""
     pre = _preprocessors()
     name = resolve_module(module)
     if not images:
         raise DetectError("controlnet_input_images", "No image selected: send at least one base64 image")
     res = int(processor_res) if processor_res and processor_res > 0 else 512
     out = []
-    for image in images:
+    masks = list(masks or [])
+    for i, image in enumerate(images):
+        extra = {"mask": masks[i]} if i < len(masks) and masks[i] is not None else {}
         try:
             out.append(
                 pre.run_preprocessor(
@@ -194,6 +198,7 @@ def detect_images(
                     threshold_a=threshold_a,
                     threshold_b=threshold_b,
                     models_dir=_models_dir(backend),
+                    **extra,
                 )
             )
         except pre.PreprocessorError as exc:
@@ -245,6 +250,7 @@ class ControlNetApi:
         field = "controlnet_input_images" if body.controlnet_input_images else "controlnet_images"
         try:
             images = _decode(body.controlnet_input_images or body.controlnet_images, field)
+            masks = _decode(body.controlnet_masks, "controlnet_masks") if body.controlnet_masks else None
             results = detect_images(
                 self.backend,
                 body.controlnet_module,
@@ -252,6 +258,7 @@ class ControlNetApi:
                 body.controlnet_processor_res,
                 body.controlnet_threshold_a,
                 body.controlnet_threshold_b,
+                masks=masks,
             )
         except DetectError as exc:
             raise ApiError(422, "RequestError", exc.message, exc.field, exc.valid) from None
