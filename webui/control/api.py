@@ -249,6 +249,7 @@ class ControlNetApi:
 
         field = "controlnet_input_images" if body.controlnet_input_images else "controlnet_images"
         try:
+            resolve_module(body.controlnet_module)  # an unknown module is named before any image is decoded
             images = _decode(body.controlnet_input_images or body.controlnet_images, field)
             masks = _decode(body.controlnet_masks, "controlnet_masks") if body.controlnet_masks else None
             results = detect_images(
@@ -265,18 +266,25 @@ class ControlNetApi:
         return {"images": [image_to_base64(image) for image in results], "info": "Success"}
 
 
-def register_routes(add_route: Callable[..., Any], backend: Any, unit_count: Callable[[], int] | None = None) -> Any:
-    """Add the ``/controlnet/*`` routes with ``add_route`` (the facade's ``add_route``, or FastAPI's
-    ``add_api_route``); they answer errors in the ``/sdapi/v1`` shape. Returns the handler object."""
-    from webui.api.errors import ApiRoute, error_responses
+def build_router(backend: Any, unit_count: Callable[[], int] | None = None) -> Any:
+    """The ``/controlnet/*`` routes as an ``APIRouter`` whose errors have the ``/sdapi/v1`` shape."""
+    from fastapi import APIRouter
+
+    from webui.api.errors import ApiRoute, SafeJSONResponse, error_responses
 
     api = ControlNetApi(backend, unit_count)
-    common: dict[str, Any] = {"route_class_override": ApiRoute, "tags": ["controlnet"]}
-    add_route("/controlnet/version", api.version, methods=["GET"], **common)
-    add_route("/controlnet/model_list", api.model_list, methods=["GET"], **common)
-    add_route("/controlnet/module_list", api.module_list, methods=["GET"], **common)
-    add_route("/controlnet/settings", api.settings, methods=["GET"], **common)
-    add_route(
-        "/controlnet/detect", api.detect, methods=["POST"], responses=error_responses(400, 413, 422), **common
+    router = APIRouter(
+        prefix="/controlnet", tags=["controlnet"], route_class=ApiRoute, default_response_class=SafeJSONResponse
     )
-    return api
+    router.add_api_route("/version", api.version, methods=["GET"])
+    router.add_api_route("/model_list", api.model_list, methods=["GET"])
+    router.add_api_route("/module_list", api.module_list, methods=["GET"])
+    router.add_api_route("/settings", api.settings, methods=["GET"])
+    router.add_api_route("/detect", api.detect, methods=["POST"], responses=error_responses(400, 413, 422))
+    return router
+
+
+def register_routes(app: Any, backend: Any, unit_count: Callable[[], int] | None = None) -> None:
+    """Add the ``/controlnet/*`` routes to the FastAPI ``app`` (from ``webui_app_started(app, webui)``:
+    ``register_routes(app, webui.backend)``), before the page is mounted at ``/``."""
+    app.include_router(build_router(backend, unit_count))
