@@ -278,6 +278,12 @@ def _modules() -> list[tuple[str, str]]:
     return [(module_label(name), name) for name in _preprocessors().module_names()]
 
 
+def _pixel_perfect(image: Any, width: int, height: int, resize_mode: str) -> int:
+    from webui.control.api import _preprocessors
+
+    return int(_preprocessors().pixel_perfect_resolution(image, width, height, resize_mode or "Crop and Resize"))
+
+
 def _slider_update(spec: dict | None, fallback: dict) -> Any:
     import gradio as gr
 
@@ -382,6 +388,7 @@ def _build_unit(section: ControlSection, index: int, fields: dict[str, Any], ext
     )
     message = gr.Markdown("", elem_id=elem(task, index, "message"))
 
+    size_inputs = [fields[name] if name in fields else gr.State(None) for name in ("width", "height")]
     for name in UNIT_FIELDS:
         fields[key(index, name)] = c[name]
     for name in IMAGE_FIELDS:
@@ -406,9 +413,12 @@ def _build_unit(section: ControlSection, index: int, fields: dict[str, Any], ext
         show_progress="hidden",
     )
 
-    def run(image: Any, mask: Any, module: str, res: float, a: float, b: float) -> tuple[Any, str]:
+    def run(image: Any, mask: Any, module: str, res: float, a: float, b: float, *size: Any) -> tuple[Any, str]:
         if image is None:
             return gr.update(), "Upload a control image first, then run the preprocessor."
+        pixel_perfect, resize_mode, width, height = size
+        if pixel_perfect and width and height:  # the resolution that matches the pass's size (A1111)
+            res = _pixel_perfect(image, int(width), int(height), resize_mode)
         try:
             out = detect_images(backend, module or "none", [image], res, a, b, masks=[mask] if mask else None)
         except DetectError as exc:
@@ -417,7 +427,17 @@ def _build_unit(section: ControlSection, index: int, fields: dict[str, Any], ext
 
     preview.click(
         run,
-        inputs=[c["image"], c["mask"], c["module"], c["processor_res"], c["threshold_a"], c["threshold_b"]],
+        inputs=[
+            c["image"],
+            c["mask"],
+            c["module"],
+            c["processor_res"],
+            c["threshold_a"],
+            c["threshold_b"],
+            c["pixel_perfect"],
+            c["resize_mode"],
+            *size_inputs,
+        ],
         outputs=[processed, message],
         concurrency_limit=2,
         show_progress="minimal",
