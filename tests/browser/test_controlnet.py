@@ -70,7 +70,7 @@ def test_the_section_is_in_the_three_generation_tabs(page):
         expect(page.locator(f"#{task}_controlnet").get_by_role("tab", name="ControlNet Unit 2")).to_be_visible()
 
 
-def test_preview_shows_the_processed_control_image(page, control_image):
+def test_preview_shows_the_processed_control_image(page, control_image, screenshot_dir):
     open_unit(page, "txt2img")
     upload(page, "txt2img_controlnet_0_image", control_image)
     expect(page.locator("#txt2img_controlnet_0_image img")).to_be_visible()
@@ -80,6 +80,9 @@ def test_preview_shows_the_processed_control_image(page, control_image):
     page.locator("#txt2img_controlnet_0_preview").click()
     expect(page.locator("#txt2img_controlnet_0_processed img")).to_be_visible()
     expect(page.locator("#txt2img_controlnet_0_message")).to_have_text("")
+    shot = screenshot_dir / "webui-txt2img-controlnet-preview.png"
+    page.locator("#txt2img_controlnet").screenshot(path=str(shot))
+    print(f"screenshot of the ControlNet section after a preview: {shot}")
 
 
 def test_generating_with_a_unit_names_controlnet_0_in_the_infotext(page, control_image, control_model):

@@ -340,7 +340,7 @@ def _build_unit(section: ControlSection, index: int, fields: dict[str, Any], ext
         c["module"] = gr.Dropdown(
             label="Preprocessor", choices=_modules(), value="none", elem_id=elem(task, index, "module"), scale=3
         )
-        preview = gr.Button("💥 Run preprocessor", size="sm", elem_id=elem(task, index, "preview"), scale=1)
+        preview = gr.Button("Run preprocessor", size="sm", elem_id=elem(task, index, "preview"), scale=1)
         try:
             titles = model_list(backend)
         except Exception:  # noqa: BLE001 - the page builds; refresh tries again
