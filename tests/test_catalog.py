@@ -38,7 +38,9 @@ def test_comfyui_layout(tmp_path):
 
 def test_ensure_folders_creates_a1111_names(tmp_path):
     ModelCatalog(tmp_path).ensure_folders()
-    assert {p.name for p in tmp_path.iterdir()} == {"Stable-diffusion", "Lora", "VAE", "text_encoder"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "Stable-diffusion", "Lora", "VAE", "text_encoder", "ControlNet", "clip_vision"
+    }
 
 
 def test_bad_files_become_entries_with_reasons(tmp_path):

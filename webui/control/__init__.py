@@ -1,0 +1,1 @@
+"""ControlNet, T2I-Adapter and IP-Adapter: the built-in "controlnet" extension (files, units, preprocessors, hooks)."""

@@ -127,6 +127,22 @@ class Recognised:
     notes: tuple[str, ...] = ()
 
 
+# The control models a family can take (``webui.control.files``): ControlNet, T2I-Adapter, IP-Adapter.
+CONTROL_MODEL_KINDS = ("controlnet", "t2i_adapter", "ip_adapter")
+
+
+@dataclass(frozen=True)
+class ControlFacts:
+    """What a control model's tensor shapes say about the model it was made for (``match_control`` reads it)."""
+
+    kind: str  # one of CONTROL_MODEL_KINDS
+    denoiser: str  # "unet" or "mmdit"
+    context_dim: int | None = None  # cross-attention width (UNet ControlNets, IP-Adapters)
+    added_embedding: int | None = None  # input width of SDXL's added embedding (ControlNets); None: none
+    downscale: int | None = None  # T2I-Adapter: the pixel-unshuffle factor of its first layer
+    joint: bool = True  # SD3 ControlNets: has joint (text) blocks (SD3 Medium); False: SD3.5 Large style
+
+
 @dataclass(frozen=True)
 class FamilyAdapter:
     """One model family: its data, and the answers to every family question.
@@ -203,6 +219,9 @@ class FamilyAdapter:
     # Written back in the original layout by webui.models.ldm_export.
     exportable: bool = False
     download: DownloadDefault | None = None
+    # Control models (CONTROL_MODEL_KINDS) the family can use, and its T2I-Adapters' unshuffle factor (0 = none).
+    control_kinds: tuple[str, ...] = ()
+    t2i_downscale: int = 0
 
     # The denoiser's pipeline attribute and its name for people (set by the subclasses).
     denoiser_component = "unet"
@@ -249,6 +268,10 @@ class FamilyAdapter:
 
     def read_folder(self, folder: Any) -> Recognised:
         raise NotImplementedError
+
+    def match_control(self, facts: ControlFacts) -> int:
+        """How specifically this family recognises a control model from its ``ControlFacts`` (NO_MATCH ... NAMES)."""
+        return NO_MATCH
 
     # --- configs for single files -----------------------------------------------------------------------
     def denoiser_config(self, shapes: Mapping[str, tuple[int, ...]], record: Any) -> dict:

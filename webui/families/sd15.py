@@ -116,6 +116,8 @@ FAMILY = Sd15Family(
     demo=True,
     demo_lora_components=("unet", "text_encoder"),
     exportable=True,
+    control_kinds=("controlnet", "t2i_adapter", "ip_adapter"),
+    t2i_downscale=8,
     # Hash and size as published by the Hugging Face LFS pointer (A1111's short hash [6ce0161689]).
     download=DownloadDefault(
         label="Stable Diffusion 1.5 (pruned, EMA only) - 4.3 GB",

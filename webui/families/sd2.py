@@ -55,4 +55,5 @@ FAMILY = Sd2Family(
     memory_modes=("attention_slicing",),
     lora_label="SD 2.x",
     upcast_attention=True,
+    control_kinds=("controlnet",),
 )

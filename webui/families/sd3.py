@@ -145,6 +145,13 @@ class Sd3Family(FamilyAdapter):
             comps.add("vae")
         return Recognised(frozenset(comps), in_ch, "", "inpaint" if in_ch == 9 else "")
 
+    # --- control models (webui.control.files) --------------------------------------------------------
+    def match_control(self, facts: Any) -> int:
+        """SD3 Medium ControlNets (InstantX) have joint blocks; SD3.5 Large's (Stability) have none."""
+        if facts.kind not in self.control_kinds or facts.denoiser != "mmdit":
+            return NO_MATCH
+        return LAYOUT if facts.joint else NO_MATCH
+
     # --- configs --------------------------------------------------------------------------------------
     def scheduler_config(self, variant: str = "") -> dict:
         config = dict(self.scheduler)
@@ -254,6 +261,11 @@ class Sd3Family(FamilyAdapter):
 class Sd35LargeFamily(Sd3Family):
     tiny_transformer_extra: ClassVar[Mapping[str, Any]] = {"qk_norm": "rms_norm"}
 
+    def match_control(self, facts: Any) -> int:
+        if facts.kind not in self.control_kinds or facts.denoiser != "mmdit":
+            return NO_MATCH
+        return NO_MATCH if facts.joint else SHAPE
+
     def mmdit_evidence(self, header: Any, prefix: str) -> int:
         return SHAPE if _qk_norm(header, prefix) else NO_MATCH
 
@@ -317,11 +329,19 @@ SD3 = Sd3Family(
         default_cfg=7.0,
         demo=True,
         demo_lora_components=("transformer",),
+        control_kinds=("controlnet",),
     )
 )
 SD35_MEDIUM = Sd35MediumFamily(
     **_common(id="sd35_medium", label="SD3.5 Medium", lora_group="sd35_medium", default_steps=40, default_cfg=4.5)
 )
 SD35_LARGE = Sd35LargeFamily(
-    **_common(id="sd35_large", label="SD3.5 Large", lora_group="sd35_large", default_steps=28, default_cfg=3.5)
+    **_common(
+        id="sd35_large",
+        label="SD3.5 Large",
+        lora_group="sd35_large",
+        default_steps=28,
+        default_cfg=3.5,
+        control_kinds=("controlnet",),
+    )
 )

@@ -188,6 +188,8 @@ FAMILY = SdxlFamily(
     demo=True,
     demo_lora_components=("unet", "text_encoder", "text_encoder_2"),
     exportable=True,
+    control_kinds=("controlnet", "t2i_adapter", "ip_adapter"),
+    t2i_downscale=16,
     # Hash and size as published by the Hugging Face LFS pointer (A1111's short hash [31e35c80fc]).
     download=DownloadDefault(
         label="Stable Diffusion XL base 1.0 - 6.9 GB",

@@ -161,6 +161,42 @@ class UnetFamily(FamilyAdapter):
         proj = shapes.get(part.prefix + "text_projection.weight")
         return proj[0] if proj else None
 
+    # --- control models (webui.control.files) ------------------------------------------------------------
+    def match_control(self, facts: Any) -> int:
+        """A ControlNet / IP-Adapter fits when its cross-attention width is this family's (released or tiny demo
+        model) and it has SDXL's added embedding exactly when the family does; a T2I-Adapter by its unshuffle factor."""
+        if facts.kind not in self.control_kinds or facts.denoiser != "unet":
+            return NO_MATCH
+        if facts.kind == "t2i_adapter":
+            return LAYOUT if facts.downscale == self.t2i_downscale else NO_MATCH
+        if facts.kind == "controlnet" and (facts.added_embedding is not None) != self.takes_size_conditioning:
+            return NO_MATCH
+        return SHAPE if facts.context_dim in self.context_widths() else NO_MATCH
+
+    def context_widths(self) -> tuple[int, ...]:
+        """The UNet's cross-attention width: the released models' (its text encoders side by side) and, for a
+        family with a tiny demo model, the tiny one's (``webui.models.demo``)."""
+        released = sum(TEXT_ENCODERS[slot].hidden_size for slot in self.text_encoders)
+        if not self.tiny:
+            return (released,)
+        tiny = _tiny_text_widths()
+        return released, sum(tiny[slot] for slot in self.text_encoders)
+
+    def added_embedding_config(self, adm_in: int) -> dict:
+        """The added-embedding config of a ControlNet made for this family, from its input width alone: the pooled
+        bigG width (released or tiny) plus ``added_time_ids`` numbers of equal width."""
+        n_numbers = self.added_time_ids or 6
+        widths = (TEXT_ENCODERS["clip_g"].hidden_size, _tiny_text_widths()["clip_g"])
+        for pooled in widths:
+            rest = adm_in - pooled
+            if rest > 0 and rest % n_numbers == 0:
+                return {
+                    "addition_embed_type": "text_time",
+                    "addition_time_embed_dim": rest // n_numbers,
+                    "projection_class_embeddings_input_dim": adm_in,
+                }
+        raise ConfigInferenceError(f"an added embedding {adm_in} wide fits no {self.label} model")
+
     # --- LoRA ---------------------------------------------------------------------------------------------
     def lora_evidence(self, layers: list[Any]) -> int:
         from webui.models.lora_keys import context_dim as lora_context_dim
@@ -182,6 +218,12 @@ class UnetFamily(FamilyAdapter):
     def lora_structure(self, layers: list[Any]) -> int:
         """Evidence from which components and blocks a LoRA patches (subclasses)."""
         return NO_MATCH
+
+
+def _tiny_text_widths() -> dict[str, int]:
+    from webui.models import demo
+
+    return {"clip_l": demo.CLIP_L_HIDDEN, "clip_g": demo.CLIP_G_HIDDEN, "openclip_h": 0, "t5xxl": demo.T5_D_MODEL}
 
 
 _TE_Q = re.compile(r"(self_attn[._]q_proj|to_q)$")

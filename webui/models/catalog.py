@@ -1,4 +1,4 @@
-"""ModelCatalog: find the user's checkpoints, LoRAs, VAEs and text encoders.
+"""ModelCatalog: find the user's checkpoints, LoRAs, VAEs, text encoders and control models.
 
 Reads A1111 (``Stable-diffusion``, ``Lora``, ``VAE``) and ComfyUI
 (``checkpoints``, ``loras``, ``vae``, ``text_encoders``/``clip``) folder names,
@@ -28,6 +28,23 @@ FOLDERS: Mapping[str, tuple[str, ...]] = {
     "lora": ("Lora", "loras", "LyCORIS"),
     "vae": ("VAE", "vae"),
     "text_encoder": ("text_encoder", "text_encoders", "clip"),
+    # ControlNet, T2I-Adapter and IP-Adapter files (webui.control.files): A1111 keeps all three in ControlNet/
+    "control": ("ControlNet", "controlnet", "t2i_adapter", "ipadapter"),
+    "clip_vision": ("clip_vision",),
+}
+# Catalog kind -> the ModelRecord kinds listed under it (default: the kind itself).
+RECORD_KINDS: Mapping[str, tuple[str, ...]] = {
+    "control": ("controlnet", "t2i_adapter", "ip_adapter"),
+    "clip_vision": ("clip_vision",),
+}
+# Kinds whose folders hold one-model folders (config.json + weights) listed as one entry.
+MODEL_FOLDER_KINDS = ("control", "clip_vision")
+_LABELS = {
+    "controlnet": "ControlNet",
+    "t2i_adapter": "T2I-Adapter",
+    "ip_adapter": "IP-Adapter",
+    "control": "ControlNet / T2I-Adapter / IP-Adapter",
+    "clip_vision": "CLIP vision encoder",
 }
 SAFE_SUFFIXES = (".safetensors",)
 
@@ -85,8 +102,24 @@ def _stat_key(path: Path) -> tuple[int, int]:
 
 def _folder_stat(path: Path) -> tuple[int, int]:
     index = path / "model_index.json"
+    if not index.is_file():  # a one-model folder of a control kind: its weights
+        from webui.control.files import folder_weights
+
+        index = folder_weights(path) or path / "config.json"
     st = index.stat()
     return st.st_size, st.st_mtime_ns
+
+
+def _catalog_kind(record_kind: str) -> str:
+    return next((kind for kind, kinds in RECORD_KINDS.items() if record_kind in kinds), record_kind)
+
+
+def _label(kind: str) -> str:
+    return _LABELS.get(kind, kind.replace("_", " "))
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'AEIOU' else 'a'} {noun}"
 
 
 class ModelCatalog:
@@ -123,7 +156,7 @@ class ModelCatalog:
         for kind in FOLDERS:
             entries = []
             for root in self.folders(kind):
-                for item, fmt in _walk(root):
+                for item, fmt in _walk(root, model_folders=kind in MODEL_FOLDER_KINDS):
                     entry = self._entry(kind, root, item, fmt, seen)
                     if entry is not None:
                         entries.append(entry)
@@ -175,8 +208,11 @@ class ModelCatalog:
         raise KeyError(f"no {kind} named {name!r}; available: {valid}")
 
 
-def _walk(root: Path) -> Iterable[tuple[Path, str]]:
-    """Model files and diffusers folders below root (a diffusers folder is not descended into)."""
+def _walk(root: Path, model_folders: bool = False) -> Iterable[tuple[Path, str]]:
+    """Model files and diffusers folders below root (a diffusers folder is not descended into); with
+    ``model_folders``, also one-model folders (config.json + weights: a diffusers ControlNet, a CLIP vision model)."""
+    if model_folders:
+        from webui.control.files import is_model_folder
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -188,7 +224,7 @@ def _walk(root: Path) -> Iterable[tuple[Path, str]]:
             if child.name.startswith("."):
                 continue
             if child.is_dir():
-                if (child / "model_index.json").is_file():
+                if (child / "model_index.json").is_file() or (model_folders and is_model_folder(child)):
                     yield child, "diffusers"
                 else:
                     stack.append(child)
@@ -200,16 +236,16 @@ def _walk(root: Path) -> Iterable[tuple[Path, str]]:
 
 def _describe(kind: str, root: Path, item: Path, fmt: str, key: tuple[int, int], families: Any) -> CatalogEntry:
     name = item.relative_to(root).as_posix()
-    if fmt == "diffusers" and kind != "checkpoint":
+    if fmt == "diffusers" and kind != "checkpoint" and (item / "model_index.json").is_file():
         record = with_error(
             ModelRecord(item, kind, fmt), f"a diffusers pipeline folder belongs in {FOLDERS['checkpoint'][0]}"
         )
     else:
         record = identify(item, expect=kind, families=families)
-    if record.usable and record.kind != kind:
+    if record.usable and record.kind not in RECORD_KINDS.get(kind, (kind,)):
         record = with_error(
             record,
-            f"this is a {record.kind.replace('_', ' ')}, not a {kind.replace('_', ' ')}; move it to"
-            f" models/{FOLDERS[record.kind][0]}",
+            f"this is {_a(_label(record.kind))}, not {_a(_label(kind))}; move it to"
+            f" models/{FOLDERS[_catalog_kind(record.kind)][0]}",
         )
     return CatalogEntry(name=name, path=item, kind=kind, format=fmt, size=key[0], mtime_ns=key[1], record=record)

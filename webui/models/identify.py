@@ -51,7 +51,9 @@ class ModelRecord:
     """What one model file or folder is. Frozen: made once by ``identify``, then only read."""
 
     path: Path
-    kind: str  # "checkpoint", "lora", "vae" or "text_encoder" ("unknown" when it could not be read)
+    # "checkpoint", "lora", "vae", "text_encoder", or (webui.control.files) "controlnet", "t2i_adapter",
+    # "ip_adapter", "clip_vision" ("unknown" / the catalog kind when it could not be read)
+    kind: str
     format: str  # "safetensors" or "ckpt" (single files), "diffusers" (a folder)
     family: str | None = None  # FamilyAdapter id (checkpoints; None for a .ckpt not read yet)
     # Parts a checkpoint carries: "unet"/"transformer", "vae", and text encoder slot ids.
@@ -117,6 +119,8 @@ def identify(path: Path | str, expect: str | None = None, families: Any = None) 
     """
     path = Path(path)
     fmt = "diffusers" if path.is_dir() else _format(path)
+    if expect in CONTROL_CATALOG_KINDS:
+        return _identify_control(path, fmt, expect, families)
     stamp = stamp_of(path)
     try:
         if fmt == "diffusers":
@@ -137,6 +141,45 @@ def identify(path: Path | str, expect: str | None = None, families: Any = None) 
         return ModelRecord(
             path, expect or "unknown", fmt, error=f"{path.name}: cannot be read ({type(exc).__name__}: {exc})"
         )
+
+
+# Catalog kinds of control models (webui.control.files): their files are identified there.
+CONTROL_CATALOG_KINDS = ("control", "clip_vision")
+
+
+def _identify_control(path: Path, fmt: str, expect: str, families: Any) -> ModelRecord:
+    """A file or model folder in a ControlNet / IP-Adapter / clip_vision folder (never raises; pickles never opened)."""
+    from webui.control import files
+
+    if fmt == "ckpt":
+        return files.pickle_record(path, expect)
+    try:
+        if fmt == "diffusers":
+            record = files.identify_control_folder(path, expect, families)
+        else:
+            header = read_header(path)
+            try:
+                record = files.identify_control_file(header, expect, families)
+            except UnsupportedModelError:
+                record = _other_record(header, families)  # a checkpoint, LoRA ...: the catalog says where it goes
+                if record is None:
+                    raise
+        return replace(record, stamp=files.stamp(path))
+    except ModelFileError as exc:
+        return ModelRecord(path, expect, fmt, error=str(exc))
+    except OSError as exc:
+        return ModelRecord(path, expect, fmt, error=f"{path.name}: cannot be read ({exc.strerror or exc})")
+    except Exception as exc:  # identifying must never stop a scan
+        log.exception("unexpected error reading %s", path)
+        return ModelRecord(path, expect, fmt, error=f"{path.name}: cannot be read ({type(exc).__name__}: {exc})")
+
+
+def _other_record(header: SafetensorsHeader, families: Any) -> ModelRecord | None:
+    """What a file that is not a control model is instead (a checkpoint, LoRA, VAE, text encoder), or None."""
+    try:
+        return identify_header(header, families)
+    except UnsupportedModelError:
+        return None
 
 
 # --- single files ---------------------------------------------------------------------------------
@@ -176,9 +219,28 @@ def identify_header(header: SafetensorsHeader, families: Any = None) -> ModelRec
         pass
     kind, info = _other_kind(header)
     if kind is None:
+        control = _control_record(header, families)
+        if control is not None:
+            return control
         identify_checkpoint(header, families)  # raises with the best description
         raise AssertionError("unreachable")
     return ModelRecord(header.path, kind, _format(header.path), info=info, demo=_demo(header))
+
+
+def _control_record(header: SafetensorsHeader, families: Any) -> ModelRecord | None:
+    """A ControlNet / T2I-Adapter / IP-Adapter / CLIP vision file found where another kind was expected."""
+    from webui.control import files
+
+    try:
+        found = files.detect(header)
+    except UnsupportedModelError:
+        return None
+    if found is None:
+        return None
+    try:
+        return files.identify_control_file(header, families=families)
+    except UnsupportedModelError:
+        return None
 
 
 def _demo(header: SafetensorsHeader) -> bool:

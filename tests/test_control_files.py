@@ -1,0 +1,437 @@
+"""Control model files: every tiny model in its real on-disk layout is identified by the one detector and loads
+offline; original layouts load to the same weights as the diffusers folders; bad files get clear reasons."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tests import control_models as CM
+from tests import headers as H
+from webui.control import files
+from webui.models.catalog import ModelCatalog
+from webui.models.identify import identify
+from webui.models.loader import ModelLoadError
+
+# (writer, arguments) -> (kind, family, variant, layout)
+MODELS = {
+    "cn-sd15-original": (CM.write_tiny_controlnet, ("sd15", "original"), ("controlnet", "sd15", "plain", "original")),
+    "cn-sd15-diffusers": (CM.write_tiny_controlnet, ("sd15", "diffusers"), ("controlnet", "sd15", "plain", "diffusers")),
+    "cn-sdxl-original": (CM.write_tiny_controlnet, ("sdxl", "original"), ("controlnet", "sdxl", "plain", "original")),
+    "cn-sdxl-single": (CM.write_tiny_controlnet, ("sdxl", "single"), ("controlnet", "sdxl", "plain", "single")),
+    "cn-sdxl-diffusers": (CM.write_tiny_controlnet, ("sdxl", "diffusers"), ("controlnet", "sdxl", "plain", "diffusers")),
+    "union-sdxl-single": (CM.write_tiny_controlnet, ("sdxl", "single", True), ("controlnet", "sdxl", "union", "single")),
+    "union-sdxl-diffusers": (
+        CM.write_tiny_controlnet,
+        ("sdxl", "diffusers", True),
+        ("controlnet", "sdxl", "union", "diffusers"),
+    ),
+    "cn-sd3-diffusers": (CM.write_tiny_controlnet, ("sd3", "diffusers"), ("controlnet", "sd3", "plain", "diffusers")),
+    "cn-sd3-single": (CM.write_tiny_controlnet, ("sd3", "single"), ("controlnet", "sd3", "plain", "single")),
+    "t2i-sd15-original": (CM.write_tiny_t2i_adapter, ("sd15", "original"), ("t2i_adapter", "sd15", "full", "original")),
+    "t2i-sd15-diffusers": (
+        CM.write_tiny_t2i_adapter,
+        ("sd15", "diffusers"),
+        ("t2i_adapter", "sd15", "full", "diffusers"),
+    ),
+    "t2i-sdxl-original": (CM.write_tiny_t2i_adapter, ("sdxl", "original"), ("t2i_adapter", "sdxl", "full", "original")),
+    "t2i-sdxl-diffusers": (
+        CM.write_tiny_t2i_adapter,
+        ("sdxl", "diffusers"),
+        ("t2i_adapter", "sdxl", "full", "diffusers"),
+    ),
+    "ip-sd15": (CM.write_tiny_ip_adapter, ("sd15",), ("ip_adapter", "sd15", "plain", "single")),
+    "ip-sd15-plus": (CM.write_tiny_ip_adapter, ("sd15", True), ("ip_adapter", "sd15", "plus", "single")),
+    "ip-sdxl": (CM.write_tiny_ip_adapter, ("sdxl",), ("ip_adapter", "sdxl", "plain", "single")),
+    "ip-sdxl-plus": (CM.write_tiny_ip_adapter, ("sdxl", True), ("ip_adapter", "sdxl", "plus", "single")),
+}
+CLASSES = {
+    "controlnet": {"plain": "ControlNetModel", "union": "ControlNetUnionModel"},
+    "t2i_adapter": {"full": "T2IAdapter"},
+}
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    """A models folder with every tiny control model (A1111 keeps all in ControlNet/), and two CLIP vision encoders."""
+    root = tmp_path_factory.mktemp("models")
+    paths = {}
+    for name, (write, args, _) in MODELS.items():
+        paths[name] = write(root / "ControlNet", *args)
+    paths["clip-single"] = CM.write_tiny_clip_vision(root / "clip_vision")
+    paths["clip-folder"] = CM.write_tiny_clip_vision(root / "clip_vision", layout="folder")
+    return root, paths
+
+
+@pytest.fixture(scope="module")
+def catalog(models_dir):
+    cat = ModelCatalog(models_dir[0])
+    cat.refresh()
+    return cat
+
+
+@pytest.fixture()
+def cache():
+    return files.ControlCache()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_each_tiny_model_is_identified(models_dir, catalog, name):
+    _, paths = models_dir
+    kind, family, variant, layout = MODELS[name][2]
+    record = identify(paths[name], expect="control")
+    assert record.error is None
+    assert (record.kind, record.family, record.variant, record.info["layout"]) == (kind, family, variant, layout)
+    assert record.info["variant"] == variant
+    entry = next(e for e in catalog.entries("control") if e.path == paths[name])
+    assert entry.usable and entry.record.kind == kind and entry.family == family
+    assert entry.format == ("diffusers" if layout == "diffusers" else "safetensors")
+
+
+def test_catalog_lists_model_folders_as_one_entry(models_dir, catalog):
+    names = [e.name for e in catalog.entries("control")]
+    assert "tiny-sd15-controlnet-diffusers" in names
+    assert not any(n.endswith("diffusion_pytorch_model.safetensors") for n in names)
+    assert sorted(e.name for e in catalog.entries("clip_vision")) == ["tiny-clip-vision.safetensors", "tiny-image-encoder"]
+    assert all(e.usable for e in catalog.entries("control") + catalog.entries("clip_vision"))
+    assert catalog.find("tiny-sd15-controlnet-original", kind="control").record.kind == "controlnet"
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if not n.startswith("ip-")])
+def test_each_tiny_model_loads_offline(models_dir, cache, name):
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"  # tests/conftest.py: the Hub is never asked
+    kind, family, variant, _ = MODELS[name][2]
+    record = identify(models_dir[1][name], expect="control")
+    loaded = files.load_control(record, "cpu", torch.float32, cache=cache)
+    assert (loaded.kind, loaded.family, loaded.variant) == (kind, family, variant)
+    expected = "SD3ControlNetModel" if family == "sd3" else CLASSES[kind][variant]
+    assert type(loaded.model).__name__ == expected
+    assert not loaded.model.training
+    assert all(p.dtype == torch.float32 and not p.is_meta for p in loaded.model.parameters())
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key  # the same stored numbers, no computation in between
+
+
+@pytest.mark.parametrize(
+    "original, folder",
+    [
+        ("cn-sd15-original", "cn-sd15-diffusers"),
+        ("cn-sdxl-original", "cn-sdxl-diffusers"),
+        ("cn-sdxl-single", "cn-sdxl-diffusers"),
+        ("union-sdxl-single", "union-sdxl-diffusers"),
+        ("cn-sd3-single", "cn-sd3-diffusers"),
+        ("t2i-sd15-original", "t2i-sd15-diffusers"),
+        ("t2i-sdxl-original", "t2i-sdxl-diffusers"),
+    ],
+)
+def test_single_file_loads_to_the_diffusers_folder_weights(models_dir, cache, original, folder):
+    paths = models_dir[1]
+    a = files.load_control(paths[original], cache=cache).model
+    b = files.load_control(paths[folder], cache=cache).model
+    _same_weights(a, b)
+    config_a = {k: v for k, v in a.config.items() if not k.startswith("_")}
+    config_b = {k: v for k, v in b.config.items() if not k.startswith("_")}
+    differ = {k for k in config_a if _norm(config_a[k]) != _norm(config_b.get(k))}
+    assert not differ, {k: (config_a[k], config_b.get(k)) for k in differ}
+
+
+def _norm(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def test_controlnet_from_header_shapes_runs_on_the_tiny_unet(models_dir, cache):
+    """The rebuilt SD 1.5 ControlNet's residuals fit the tiny UNet (what the pipeline adds them to)."""
+    pipe = CM._pipe("sd15")
+    model = files.load_control(models_dir[1]["cn-sd15-original"], cache=cache).model
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    context = torch.randn(1, 77, pipe.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    hint = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        down, mid = model(latents, 10, context, hint, conditioning_scale=1.0, return_dict=False)
+        out = pipe.unet(latents, 10, context, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        base = pipe.unet(latents, 10, context)
+    assert out.sample.shape == base.sample.shape
+    assert (out.sample - base.sample).abs().max() > 1e-3  # the jittered zero convolutions do something
+
+
+@pytest.mark.parametrize("name", ["ip-sd15", "ip-sd15-plus", "ip-sdxl", "ip-sdxl-plus"])
+def test_ip_adapter_loads_into_the_tiny_pipeline(models_dir, cache, name):
+    """The loaded state dict is what ``load_ip_adapter`` takes, and the CLIP vision encoder that fits it is found."""
+    import diffusers
+
+    family = MODELS[name][2][1]
+    root, paths = models_dir
+    loaded = files.load_control(paths[name], cache=cache)
+    assert set(loaded.model) == {"image_proj", "ip_adapter"}
+    catalog = ModelCatalog(root)
+    catalog.refresh()
+    encoder_entry = files.find_image_encoder(catalog.find(paths[name].name, kind="control"), catalog.entries("clip_vision"))
+    encoder = files.load_image_encoder(encoder_entry, cache=cache)
+    assert type(encoder).__name__ == "CLIPVisionModelWithProjection"
+    base = CM._pipe(family)
+    pipe = type(base)(**base.components)  # a pipeline of its own over the same modules; the UNet is restored below
+    processors = dict(pipe.unet.attn_processors)
+    try:
+        pipe.register_modules(image_encoder=encoder)
+        pipe.load_ip_adapter(loaded.model, subfolder="", weight_name="", image_encoder_folder=None)
+        image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        embeds = pipe.prepare_ip_adapter_image_embeds(image, None, "cpu", 1, True)
+        assert embeds[0].shape[0] == 2  # negative and positive
+
+        def run(scale):
+            pipe.set_ip_adapter_scale(scale)
+            return pipe(
+                "a cat", ip_adapter_image_embeds=embeds, num_inference_steps=2, height=64, width=64,
+                generator=torch.Generator().manual_seed(0), output_type="latent",
+            ).images
+
+        assert (run(1.0) - run(0.0)).abs().max() > 1e-3
+    finally:
+        pipe.unload_ip_adapter()
+        pipe.unet.set_attn_processor(processors)
+
+
+def test_image_encoder_loads_from_file_and_folder_to_the_same_weights(models_dir, cache):
+    paths = models_dir[1]
+    a = files.load_image_encoder(paths["clip-single"], cache=cache)
+    b = files.load_image_encoder(paths["clip-folder"], cache=cache)
+    _same_weights(a, b)
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert a(pixel_values=image).image_embeds.shape == (1, CM.CLIP_VISION["projection_dim"])
+
+
+def test_ip_adapter_without_a_fitting_encoder_names_the_file_to_get(tmp_path, models_dir):
+    ip = identify(models_dir[1]["ip-sd15"], expect="control")
+    with pytest.raises(ModelLoadError, match="models/clip_vision"):
+        files.find_image_encoder(ip, [])
+
+
+# --- the released models' shapes (zero-filled headers) ------------------------------------------------
+
+CN = "control_model."
+
+
+def _cn_original(context, adm=None, hint=3):
+    shapes = {
+        CN + "time_embed.0.weight": (1280, 320),
+        CN + "input_blocks.0.0.weight": (320, 4, 3, 3),
+        CN + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, context),
+        CN + "input_hint_block.0.weight": (16, hint, 3, 3),
+        CN + "zero_convs.0.0.weight": (320, 320, 1, 1),
+    }
+    if adm:
+        shapes[CN + "label_emb.0.0.weight"] = (1280, adm)
+    return shapes
+
+
+@pytest.mark.parametrize(
+    "shapes, kind, family, extra",
+    [
+        (_cn_original(768), "controlnet", "sd15", {}),
+        (_cn_original(1024), "controlnet", "sd2", {}),
+        (_cn_original(2048, 2816), "controlnet", "sdxl", {}),
+        (
+            {
+                "conv_in.weight": (320, 4, 3, 3),
+                "controlnet_cond_embedding.conv_in.weight": (16, 3, 3, 3),
+                "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight": (640, 2048),
+                "add_embedding.linear_1.weight": (1280, 2816),
+                "task_embedding": (8, 320),
+            },
+            "controlnet",
+            "sdxl",
+            {"variant": "union", "control_types": 8},
+        ),
+        ({"conv_in.weight": (320, 192, 3, 3), "body.0.block1.weight": (320, 320, 3, 3)}, "t2i_adapter", "sd15", {}),
+        ({"conv_in.weight": (320, 768, 3, 3), "body.0.block1.weight": (320, 320, 3, 3)}, "t2i_adapter", "sdxl", {}),
+        (
+            {
+                "image_proj.proj.weight": (3072, 1024),
+                "image_proj.norm.weight": (768,),
+                "ip_adapter.1.to_k_ip.weight": (320, 768),
+            },
+            "ip_adapter",
+            "sd15",
+            {"variant": "plain", "encoder": "vit-h"},
+        ),
+        (
+            {
+                "image_proj.latents": (1, 16, 1280),
+                "image_proj.proj_in.weight": (1280, 1280),
+                "ip_adapter.1.to_k_ip.weight": (640, 2048),
+            },
+            "ip_adapter",
+            "sdxl",
+            {"variant": "plus", "encoder": "vit-h"},
+        ),
+        (
+            {
+                "pos_embed.proj.weight": (1536, 16, 2, 2),
+                "pos_embed_input.proj.weight": (1536, 16, 2, 2),
+                "context_embedder.weight": (1536, 4096),
+                "controlnet_blocks.0.weight": (1536, 1536),
+            },
+            "controlnet",
+            "sd3",
+            {},
+        ),
+        (
+            {
+                "pos_embed_input.proj.weight": (2432, 16, 2, 2),
+                "controlnet_blocks.0.weight": (2432, 2432),
+                "transformer_blocks.0.attn.qkv.weight": (7296, 2432),
+            },
+            "controlnet",
+            "sd35_large",
+            {"layout": "original"},
+        ),
+    ],
+)
+def test_released_shapes_are_identified(tmp_path, shapes, kind, family, extra):
+    record = identify(H.write_safetensors(tmp_path / "ControlNet" / "x.safetensors", shapes), expect="control")
+    assert record.error is None, record.error
+    assert (record.kind, record.family) == (kind, family)
+    for key, value in extra.items():
+        assert record.info[key] == value
+
+
+def test_released_clip_vision_h_is_identified(tmp_path):
+    shapes = {
+        "vision_model.embeddings.patch_embedding.weight": (1280, 3, 14, 14),
+        "vision_model.embeddings.position_embedding.weight": (257, 1280),
+        "vision_model.encoder.layers.31.mlp.fc1.weight": (5120, 1280),
+        "vision_model.encoder.layers.0.mlp.fc1.weight": (5120, 1280),
+        "visual_projection.weight": (1024, 1280),
+    }
+    record = identify(H.write_safetensors(tmp_path / "clip_vision" / "h.safetensors", shapes), expect="clip_vision")
+    assert (record.kind, record.variant, record.info["projection_dim"]) == ("clip_vision", "vit-h", 1024)
+    config = files.clip_vision_config({k: v for k, v in shapes.items()})
+    assert (config["num_hidden_layers"], config["image_size"], config["num_attention_heads"]) == (32, 224, 16)
+
+
+# --- bad files -----------------------------------------------------------------------------------------
+
+
+def test_bad_files_in_the_controlnet_folder_get_clear_reasons(tmp_path):
+    folder = tmp_path / "ControlNet"
+    H.write_safetensors(folder / "checkpoint.safetensors", H.SD15)
+    H.write_safetensors(folder / "a_lora.safetensors", H.KOHYA_LORA)
+    H.write_safetensors(folder / "unknown.safetensors", {"foo.weight": (3, 3)})
+    H.write_safetensors(
+        folder / "faceid.safetensors",
+        {"image_proj.norm.weight": (768,), "image_proj.proj.0.weight": (1024, 512), "ip_adapter.1.to_k_ip.weight": (320, 768)},
+    )
+    H.write_safetensors(folder / "odd.safetensors", _cn_original(1280 + 7))
+    (folder / "empty.safetensors").write_bytes(b"")
+    (folder / "page.safetensors").write_text("<html>404</html>" * 10)
+    CM.write_tiny_clip_vision(folder, name="encoder")
+    cat = ModelCatalog(tmp_path)
+    cat.refresh()
+    errors = {e.name: e.error for e in cat.entries("control")}
+    assert all(errors.values()), errors
+    assert "this is a checkpoint" in errors["checkpoint.safetensors"] and "models/Stable-diffusion" in errors["checkpoint.safetensors"]
+    assert "models/Lora" in errors["a_lora.safetensors"]
+    assert "not a ControlNet / T2I-Adapter / IP-Adapter this app knows" in errors["unknown.safetensors"]
+    assert "FaceID" in errors["faceid.safetensors"]
+    assert "fits no model family" in errors["odd.safetensors"] and "1287" in errors["odd.safetensors"]
+    assert "too small" in errors["empty.safetensors"]
+    assert "HTML" in errors["page.safetensors"]
+    assert "CLIP vision encoder" in errors["encoder.safetensors"] and "models/clip_vision" in errors["encoder.safetensors"]
+    with pytest.raises(ModelLoadError, match="checkpoint"):
+        files.load_control(cat.find("checkpoint", kind="control"))
+
+
+def test_pickles_are_listed_never_opened(tmp_path):
+    canary = tmp_path / "canary"
+    payload = b"\x80\x04garbage" + str(canary).encode()
+    for name in ("ControlNet/control_v11p_sd15_canny.pth", "ipadapter/ip-adapter_sd15.bin", "clip_vision/clip_h.pth"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(payload)
+    folder = tmp_path / "ControlNet" / "old-folder"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"_class_name": "ControlNetModel"}')
+    (folder / "diffusion_pytorch_model.bin").write_bytes(payload)
+    cat = ModelCatalog(tmp_path)
+    cat.refresh()
+    entries = cat.entries("control") + cat.entries("clip_vision")
+    assert sorted(e.name for e in entries) == [
+        "clip_h.pth",
+        "control_v11p_sd15_canny.pth",
+        "ip-adapter_sd15.bin",
+        "old-folder",
+    ]
+    for entry in entries:
+        assert not entry.usable and "pickle" in entry.error and ".safetensors" in entry.error
+        with pytest.raises(ModelLoadError, match="pickle"):
+            (files.load_image_encoder if entry.kind == "clip_vision" else files.load_control)(entry)
+    assert not canary.exists()
+
+
+def test_checkpoint_listing_is_unchanged(tmp_path):
+    """A ControlNet in models/Stable-diffusion keeps the checkpoint kind's message."""
+    CM.write_tiny_controlnet(tmp_path / "Stable-diffusion", "sd15", "original", name="cn")
+    H.write_safetensors(tmp_path / "Stable-diffusion" / "good.safetensors", H.SD15)
+    cat = ModelCatalog(tmp_path)
+    cat.refresh()
+    by_name = {e.name: e for e in cat.entries()}
+    assert by_name["good.safetensors"].usable
+    assert by_name["cn.safetensors"].error == "cn.safetensors: not a checkpoint: this looks like a ControlNet model, which is not supported yet"
+
+
+def test_control_model_in_the_lora_folder_says_where_it_goes(tmp_path):
+    CM.write_tiny_ip_adapter(tmp_path / "Lora", "sd15", name="ip")
+    cat = ModelCatalog(tmp_path)
+    cat.refresh()
+    (entry,) = cat.entries("lora")
+    assert "this is an IP-Adapter, not a lora" in entry.error
+    assert "models/ControlNet" in entry.error
+
+
+def test_comfyui_folders(tmp_path):
+    CM.write_tiny_controlnet(tmp_path / "controlnet", "sd15", "original", name="cn")
+    CM.write_tiny_t2i_adapter(tmp_path / "t2i_adapter", "sd15", name="t2i")
+    CM.write_tiny_ip_adapter(tmp_path / "ipadapter", "sd15", name="ip")
+    cat = ModelCatalog(tmp_path)
+    cat.ensure_folders()
+    assert not (tmp_path / "ControlNet").exists()
+    cat.refresh()
+    assert {(e.name, e.record.kind) for e in cat.entries("control")} == {
+        ("cn.safetensors", "controlnet"),
+        ("t2i.safetensors", "t2i_adapter"),
+        ("ip.safetensors", "ip_adapter"),
+    }
+
+
+# --- the cache -----------------------------------------------------------------------------------------
+
+
+def test_loaded_models_are_cached_by_path_and_mtime(tmp_path, cache):
+    path = CM.write_tiny_controlnet(tmp_path / "ControlNet", "sd15", "original", name="cn")
+    first = files.load_control(path, cache=cache)
+    assert files.load_control(path, cache=cache) is first
+    assert files.load_control(path, "cpu", torch.float16, cache=cache) is not first  # another dtype, another entry
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    again = files.load_control(path, cache=cache)
+    assert again is not first
+    _same_weights(again.model, first.model)
+
+
+def test_cache_is_bounded_least_recently_used_first():
+    cache = files.ControlCache(max_entries=2)
+    for i in range(3):
+        cache.put((f"p{i}", 1, "cpu", "None"), object())
+    assert len(cache) == 2 and cache.get(("p0", 1, "cpu", "None")) is None
+    cache.get(("p1", 1, "cpu", "None"))
+    cache.put(("p3", 1, "cpu", "None"), object())
+    assert cache.get(("p1", 1, "cpu", "None")) is not None and cache.get(("p2", 1, "cpu", "None")) is None
+    cache.put(("p1", 2, "cpu", "None"), object())  # the file changed: its old copy goes
+    assert cache.get(("p1", 1, "cpu", "None")) is None
