@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -25,15 +26,17 @@ SD15 = demo_checkpoint_name("sd15")
 BASE = {"steps": 3, "width": 64, "height": 64, "seed": 11, "override_settings": {"sd_model_checkpoint": SD15}}
 
 
-def _write_control_models(models: object) -> dict[str, str]:
-    """The tiny control models (FILES helper's writers): {label: file stem}."""
-    from tests.control_models import write_tiny_controlnet
+def _write_control_models(models: Path) -> dict[str, str]:
+    """The tiny control models (``tests.control_models``): {what: the name model_list shows before the hash}."""
+    from tests.control_models import write_tiny_controlnet, write_tiny_t2i_adapter
 
-    folder = models / "ControlNet"  # type: ignore[operator]
-    folder.mkdir(parents=True, exist_ok=True)
-    sd15 = write_tiny_controlnet(folder, "sd15")
-    sdxl = write_tiny_controlnet(folder, "sdxl")
-    return {"sd15": sd15.stem if hasattr(sd15, "stem") else str(sd15), "sdxl": sdxl.stem if hasattr(sdxl, "stem") else str(sdxl)}
+    folder = models / "ControlNet"
+    return {
+        "sd15": write_tiny_controlnet(folder, "sd15").stem,
+        "sdxl": write_tiny_controlnet(folder, "sdxl").stem,
+        "sd15 diffusers": write_tiny_controlnet(folder, "sd15", layout="diffusers").name,
+        "t2i sd15": write_tiny_t2i_adapter(folder, "sd15").stem,
+    }
 
 
 @pytest.fixture(scope="module")
