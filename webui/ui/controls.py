@@ -11,7 +11,9 @@
 ``inputs_slot()`` (img2img's image, inpaint's editor) is called at the top of the left column and
 returns ``{key: component}``; its values reach the request builder under those keys (a key that is
 a request field, e.g. ``init_image`` with ``gr.Image(type="pil")``, needs no conversion).
-Which sections exist follows ``task``: hires fix only for txt2img (its denoising strength sits in
+``sections`` add their own parts below the built-in ones (the ControlNet units: ``webui.control.ui``);
+what they put in ``fields`` is restored by a paste, their ``read_infotext`` says how. Which sections exist
+follows ``task``: hires fix only for txt2img (its denoising strength sits in
 it); denoising strength and resize mode for img2img/inpaint; mask blur, mask mode, masked content,
 inpaint area and padding for inpaint. Wire Generate with ``webui.ui.runner.attach_runner``.
 
@@ -75,7 +77,7 @@ class Controls:
     """The components of one tab's generation controls."""
 
     task: str
-    fields: dict[str, Any]  # request field name -> component, in input order
+    fields: dict[str, Any]  # request field name (or a section's key, e.g. controlnet_0_weight) -> component
     extra: dict[str, Any]  # inputs_slot() components
     generate: Any
     interrupt: Any
