@@ -21,10 +21,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from webui.families.base import ControlFacts
 from webui.families.registry import default_families
 from webui.models.demo import build_tiny_pipeline
 from webui.models.ldm_export import _unet_key
 
+_JOINT_FACTS = ControlFacts("controlnet", "mmdit", joint=True)
 JITTER = 0.02
 OUTPUT_JITTER = 0.2  # the zero convolutions: big enough that a unit visibly changes the image
 # The tiny CLIP vision encoder the tiny IP-Adapters read (64 wide: one 64-channel head; 32-wide image embeddings).
@@ -49,7 +51,7 @@ def _jitter(module: torch.nn.Module, seed: int, strong: tuple[str, ...] = ()) ->
                 tensor.add_(torch.randn(tensor.shape, generator=gen, dtype=tensor.dtype) * scale)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pipe(family: str):
     """The tiny pipeline of ``family`` (read-only: shared)."""
     return build_tiny_pipeline(family)
@@ -64,7 +66,27 @@ def tiny_controlnet(family: str, union: bool = False, seed: int = 7):
     adapter = default_families().get(family)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if adapter.denoiser == "mmdit":
+        if adapter.denoiser == "mmdit" and not adapter.match_control(_JOINT_FACTS):
+            # Stability's SD3.5 Large ControlNets: single blocks, no positional embedding of their own
+            t = pipe.transformer.config
+            model = diffusers.SD3ControlNetModel(
+                sample_size=t.sample_size,
+                patch_size=t.patch_size,
+                in_channels=t.in_channels,
+                out_channels=t.out_channels,
+                num_layers=2,
+                attention_head_dim=t.attention_head_dim,
+                num_attention_heads=t.num_attention_heads,
+                joint_attention_dim=None,
+                caption_projection_dim=t.caption_projection_dim,
+                pooled_projection_dim=t.pooled_projection_dim,
+                pos_embed_max_size=None,
+                pos_embed_type=None,
+                use_pos_embed=False,
+                force_zeros_for_pooled_projection=False,
+            )
+            strong = ("controlnet_blocks.", "pos_embed_input.")
+        elif adapter.denoiser == "mmdit":
             model = diffusers.SD3ControlNetModel.from_transformer(
                 pipe.transformer, num_layers=1, num_extra_conditioning_channels=0
             )
@@ -109,6 +131,31 @@ def controlnet_to_original(model) -> dict[str, torch.Tensor]:
     return out
 
 
+def sd3_controlnet_to_original(model) -> dict[str, torch.Tensor]:
+    """An SD3.5 Large style ControlNet under Stability's names (the inverse of diffusers'
+    ``scripts/convert_sd3_controlnet_to_diffusers.py``): q/k/v concatenated into ``attn.qkv``."""
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    rename = {
+        ".attn.to_out.0.": ".attn.proj.",
+        ".ff.net.0.proj.": ".mlp.fc1.",
+        ".ff.net.2.": ".mlp.fc2.",
+        ".norm1.linear.": ".adaLN_modulation.1.",
+    }
+    out = {}
+    for key, value in state.items():
+        if ".attn.to_k." in key or ".attn.to_v." in key:
+            continue
+        if ".attn.to_q." in key:
+            head, tail = key.split(".attn.to_q.")
+            parts = [state[f"{head}.attn.{n}.{tail}"] for n in ("to_q", "to_k", "to_v")]
+            out[f"{head}.attn.qkv.{tail}"] = torch.cat(parts).contiguous()
+            continue
+        for old, new in rename.items():
+            key = key.replace(old, new)
+        out[key] = value.contiguous()
+    return out
+
+
 def write_tiny_controlnet(
     folder: Path, family: str, layout: str = "original", union: bool = False, name: str | None = None
 ) -> Path:
@@ -122,9 +169,11 @@ def write_tiny_controlnet(
         model.save_pretrained(target, safe_serialization=True)
         return target
     path = folder / f"{stem}.safetensors"
-    if layout == "original":
-        if union or not hasattr(model, "controlnet_cond_embedding"):
-            raise ValueError("only plain UNet ControlNets have an lllyasviel single-file layout")
+    if layout == "original" and hasattr(model, "controlnet_blocks"):
+        save_file(sd3_controlnet_to_original(model), str(path))
+    elif layout == "original":
+        if union:
+            raise ValueError("a Union ControlNet has no lllyasviel single-file layout")
         save_file(controlnet_to_original(model), str(path))
     elif layout == "single":
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))

@@ -18,11 +18,23 @@ from webui.models.loader import ModelLoadError
 # (writer, arguments) -> (kind, family, variant, layout)
 MODELS = {
     "cn-sd15-original": (CM.write_tiny_controlnet, ("sd15", "original"), ("controlnet", "sd15", "plain", "original")),
-    "cn-sd15-diffusers": (CM.write_tiny_controlnet, ("sd15", "diffusers"), ("controlnet", "sd15", "plain", "diffusers")),
+    "cn-sd15-diffusers": (
+        CM.write_tiny_controlnet,
+        ("sd15", "diffusers"),
+        ("controlnet", "sd15", "plain", "diffusers"),
+    ),
     "cn-sdxl-original": (CM.write_tiny_controlnet, ("sdxl", "original"), ("controlnet", "sdxl", "plain", "original")),
     "cn-sdxl-single": (CM.write_tiny_controlnet, ("sdxl", "single"), ("controlnet", "sdxl", "plain", "single")),
-    "cn-sdxl-diffusers": (CM.write_tiny_controlnet, ("sdxl", "diffusers"), ("controlnet", "sdxl", "plain", "diffusers")),
-    "union-sdxl-single": (CM.write_tiny_controlnet, ("sdxl", "single", True), ("controlnet", "sdxl", "union", "single")),
+    "cn-sdxl-diffusers": (
+        CM.write_tiny_controlnet,
+        ("sdxl", "diffusers"),
+        ("controlnet", "sdxl", "plain", "diffusers"),
+    ),
+    "union-sdxl-single": (
+        CM.write_tiny_controlnet,
+        ("sdxl", "single", True),
+        ("controlnet", "sdxl", "union", "single"),
+    ),
     "union-sdxl-diffusers": (
         CM.write_tiny_controlnet,
         ("sdxl", "diffusers", True),
@@ -30,6 +42,16 @@ MODELS = {
     ),
     "cn-sd3-diffusers": (CM.write_tiny_controlnet, ("sd3", "diffusers"), ("controlnet", "sd3", "plain", "diffusers")),
     "cn-sd3-single": (CM.write_tiny_controlnet, ("sd3", "single"), ("controlnet", "sd3", "plain", "single")),
+    "cn-sd35-original": (
+        CM.write_tiny_controlnet,
+        ("sd35_large", "original"),
+        ("controlnet", "sd35_large", "plain", "original"),
+    ),
+    "cn-sd35-diffusers": (
+        CM.write_tiny_controlnet,
+        ("sd35_large", "diffusers"),
+        ("controlnet", "sd35_large", "plain", "diffusers"),
+    ),
     "t2i-sd15-original": (CM.write_tiny_t2i_adapter, ("sd15", "original"), ("t2i_adapter", "sd15", "full", "original")),
     "t2i-sd15-diffusers": (
         CM.write_tiny_t2i_adapter,
@@ -94,7 +116,10 @@ def test_catalog_lists_model_folders_as_one_entry(models_dir, catalog):
     names = [e.name for e in catalog.entries("control")]
     assert "tiny-sd15-controlnet-diffusers" in names
     assert not any(n.endswith("diffusion_pytorch_model.safetensors") for n in names)
-    assert sorted(e.name for e in catalog.entries("clip_vision")) == ["tiny-clip-vision.safetensors", "tiny-image-encoder"]
+    assert sorted(e.name for e in catalog.entries("clip_vision")) == [
+        "tiny-clip-vision.safetensors",
+        "tiny-image-encoder",
+    ]
     assert all(e.usable for e in catalog.entries("control") + catalog.entries("clip_vision"))
     assert catalog.find("tiny-sd15-controlnet-original", kind="control").record.kind == "controlnet"
 
@@ -106,7 +131,7 @@ def test_each_tiny_model_loads_offline(models_dir, cache, name):
     record = identify(models_dir[1][name], expect="control")
     loaded = files.load_control(record, "cpu", torch.float32, cache=cache)
     assert (loaded.kind, loaded.family, loaded.variant) == (kind, family, variant)
-    expected = "SD3ControlNetModel" if family == "sd3" else CLASSES[kind][variant]
+    expected = "SD3ControlNetModel" if family.startswith("sd3") else CLASSES[kind][variant]
     assert type(loaded.model).__name__ == expected
     assert not loaded.model.training
     assert all(p.dtype == torch.float32 and not p.is_meta for p in loaded.model.parameters())
@@ -127,6 +152,7 @@ def _same_weights(a, b):
         ("cn-sdxl-single", "cn-sdxl-diffusers"),
         ("union-sdxl-single", "union-sdxl-diffusers"),
         ("cn-sd3-single", "cn-sd3-diffusers"),
+        ("cn-sd35-original", "cn-sd35-diffusers"),
         ("t2i-sd15-original", "t2i-sd15-diffusers"),
         ("t2i-sdxl-original", "t2i-sdxl-diffusers"),
     ],
@@ -164,7 +190,6 @@ def test_controlnet_from_header_shapes_runs_on_the_tiny_unet(models_dir, cache):
 @pytest.mark.parametrize("name", ["ip-sd15", "ip-sd15-plus", "ip-sdxl", "ip-sdxl-plus"])
 def test_ip_adapter_loads_into_the_tiny_pipeline(models_dir, cache, name):
     """The loaded state dict is what ``load_ip_adapter`` takes, and the CLIP vision encoder that fits it is found."""
-    import diffusers
 
     family = MODELS[name][2][1]
     root, paths = models_dir
@@ -172,7 +197,9 @@ def test_ip_adapter_loads_into_the_tiny_pipeline(models_dir, cache, name):
     assert set(loaded.model) == {"image_proj", "ip_adapter"}
     catalog = ModelCatalog(root)
     catalog.refresh()
-    encoder_entry = files.find_image_encoder(catalog.find(paths[name].name, kind="control"), catalog.entries("clip_vision"))
+    encoder_entry = files.find_image_encoder(
+        catalog.find(paths[name].name, kind="control"), catalog.entries("clip_vision")
+    )
     encoder = files.load_image_encoder(encoder_entry, cache=cache)
     assert type(encoder).__name__ == "CLIPVisionModelWithProjection"
     base = CM._pipe(family)
@@ -188,8 +215,13 @@ def test_ip_adapter_loads_into_the_tiny_pipeline(models_dir, cache, name):
         def run(scale):
             pipe.set_ip_adapter_scale(scale)
             return pipe(
-                "a cat", ip_adapter_image_embeds=embeds, num_inference_steps=2, height=64, width=64,
-                generator=torch.Generator().manual_seed(0), output_type="latent",
+                "a cat",
+                ip_adapter_image_embeds=embeds,
+                num_inference_steps=2,
+                height=64,
+                width=64,
+                generator=torch.Generator().manual_seed(0),
+                output_type="latent",
             ).images
 
         assert (run(1.0) - run(0.0)).abs().max() > 1e-3
@@ -238,6 +270,7 @@ def _cn_original(context, adm=None, hint=3):
         (_cn_original(768), "controlnet", "sd15", {}),
         (_cn_original(1024), "controlnet", "sd2", {}),
         (_cn_original(2048, 2816), "controlnet", "sdxl", {}),
+        ({k[len(CN) :]: v for k, v in _cn_original(1024).items()}, "controlnet", "sd2", {}),  # thibaud: no prefix
         (
             {
                 "conv_in.weight": (320, 4, 3, 3),
@@ -327,7 +360,11 @@ def test_bad_files_in_the_controlnet_folder_get_clear_reasons(tmp_path):
     H.write_safetensors(folder / "unknown.safetensors", {"foo.weight": (3, 3)})
     H.write_safetensors(
         folder / "faceid.safetensors",
-        {"image_proj.norm.weight": (768,), "image_proj.proj.0.weight": (1024, 512), "ip_adapter.1.to_k_ip.weight": (320, 768)},
+        {
+            "image_proj.norm.weight": (768,),
+            "image_proj.proj.0.weight": (1024, 512),
+            "ip_adapter.1.to_k_ip.weight": (320, 768),
+        },
     )
     H.write_safetensors(folder / "odd.safetensors", _cn_original(1280 + 7))
     (folder / "empty.safetensors").write_bytes(b"")
@@ -337,14 +374,19 @@ def test_bad_files_in_the_controlnet_folder_get_clear_reasons(tmp_path):
     cat.refresh()
     errors = {e.name: e.error for e in cat.entries("control")}
     assert all(errors.values()), errors
-    assert "this is a checkpoint" in errors["checkpoint.safetensors"] and "models/Stable-diffusion" in errors["checkpoint.safetensors"]
+    assert (
+        "this is a checkpoint" in errors["checkpoint.safetensors"]
+        and "models/Stable-diffusion" in errors["checkpoint.safetensors"]
+    )
     assert "models/Lora" in errors["a_lora.safetensors"]
     assert "not a ControlNet / T2I-Adapter / IP-Adapter this app knows" in errors["unknown.safetensors"]
     assert "FaceID" in errors["faceid.safetensors"]
     assert "fits no model family" in errors["odd.safetensors"] and "1287" in errors["odd.safetensors"]
     assert "too small" in errors["empty.safetensors"]
     assert "HTML" in errors["page.safetensors"]
-    assert "CLIP vision encoder" in errors["encoder.safetensors"] and "models/clip_vision" in errors["encoder.safetensors"]
+    assert (
+        "CLIP vision encoder" in errors["encoder.safetensors"] and "models/clip_vision" in errors["encoder.safetensors"]
+    )
     with pytest.raises(ModelLoadError, match="checkpoint"):
         files.load_control(cat.find("checkpoint", kind="control"))
 
@@ -383,7 +425,10 @@ def test_checkpoint_listing_is_unchanged(tmp_path):
     cat.refresh()
     by_name = {e.name: e for e in cat.entries()}
     assert by_name["good.safetensors"].usable
-    assert by_name["cn.safetensors"].error == "cn.safetensors: not a checkpoint: this looks like a ControlNet model, which is not supported yet"
+    assert (
+        by_name["cn.safetensors"].error
+        == "cn.safetensors: not a checkpoint: this looks like a ControlNet model, which is not supported yet"
+    )
 
 
 def test_control_model_in_the_lora_folder_says_where_it_goes(tmp_path):
@@ -435,3 +480,47 @@ def test_cache_is_bounded_least_recently_used_first():
     assert cache.get(("p1", 1, "cpu", "None")) is not None and cache.get(("p2", 1, "cpu", "None")) is None
     cache.put(("p1", 2, "cpu", "None"), object())  # the file changed: its old copy goes
     assert cache.get(("p1", 1, "cpu", "None")) is None
+
+
+# --- does it fit the loaded model? -------------------------------------------------------------------
+
+
+def test_family_mismatch_in_words(models_dir):
+    record = identify(models_dir[1]["cn-sdxl-original"], expect="control")
+    assert files.family_mismatch(record, "sdxl") is None
+    assert files.family_mismatch(record, "sd15") == (
+        "the ControlNet tiny-sdxl-controlnet-original.safetensors is for SDXL; the loaded model is SD 1.5:"
+        " pick a ControlNet made for SD 1.5"
+    )
+    ip = identify(models_dir[1]["ip-sd15"], expect="control")
+    assert "pick an IP-Adapter made for SDXL" in files.family_mismatch(ip, "sdxl")
+
+
+@pytest.mark.parametrize(
+    "name, fits, other",
+    [
+        ("cn-sd15-original", "sd15", "sdxl"),
+        ("cn-sdxl-single", "sdxl", "sd15"),
+        ("union-sdxl-single", "sdxl", "sd15"),
+        ("t2i-sd15-original", "sd15", "sdxl"),
+        ("ip-sdxl-plus", "sdxl", "sd15"),
+        ("cn-sd3-diffusers", "sd3", "sd15"),
+    ],
+)
+def test_shape_mismatch_against_the_loaded_denoiser(models_dir, cache, name, fits, other):
+    loaded = files.load_control(models_dir[1][name], cache=cache)
+
+    def denoiser(family):
+        pipe = CM._pipe(family)
+        return getattr(pipe, "unet", None) or pipe.transformer
+
+    assert files.shape_mismatch(loaded, denoiser(fits)) is None
+    if other.startswith("sd3") == fits.startswith("sd3"):
+        assert files.shape_mismatch(loaded, denoiser(other))
+
+
+def test_shuffle_controlnet_pools_its_conditioning(tmp_path, cache):
+    """control_v11e_sd15_shuffle's global pooling is not in the shapes; A1111 and diffusers go by the name."""
+    path = CM.write_tiny_controlnet(tmp_path / "ControlNet", "sd15", "original", name="control_v11e_sd15_shuffle")
+    loaded = files.load_control(path, cache=cache)
+    assert loaded.info["global_pool_conditions"] and loaded.model.config.global_pool_conditions

@@ -24,8 +24,20 @@ def square(size=(96, 64)) -> Image.Image:
 
 def test_the_names_and_details_are_a1111s():
     names = module_names()
-    for name in ("none", "canny", "invert", "threshold", "blur_gaussian", "tile_resample", "shuffle", "inpaint",
-                 "inpaint_only", "depth", "openpose", "ip-adapter_clip_sd15"):
+    for name in (
+        "none",
+        "canny",
+        "invert",
+        "threshold",
+        "blur_gaussian",
+        "tile_resample",
+        "shuffle",
+        "inpaint",
+        "inpaint_only",
+        "depth",
+        "openpose",
+        "ip-adapter_clip_sd15",
+    ):
         assert name in names
     detail = module_detail("canny")
     assert [s["name"] for s in detail["sliders"]] == ["Preprocessor Resolution", "Low Threshold", "High Threshold"]

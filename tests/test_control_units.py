@@ -41,10 +41,22 @@ def test_a1111_defaults_and_slider_defaults_fill_in():
 def test_aliases_ints_and_data_urls():
     units = parse_units(
         [
-            {"input_image": b64(RED, data_url=True), "module": "canny", "weight": 1, "resize_mode": 2,
-             "control_mode": 1, "guidance": 0.5, "threshold_a": 50, "threshold_b": 300},
-            {"image": {"image": b64(RED), "mask": b64(MASK)}, "module": "inpaint_global_harmonious",
-             "resize_mode": "Inner Fit (Scale to Fit)", "control_mode": "ControlNet is more important"},
+            {
+                "input_image": b64(RED, data_url=True),
+                "module": "canny",
+                "weight": 1,
+                "resize_mode": 2,
+                "control_mode": 1,
+                "guidance": 0.5,
+                "threshold_a": 50,
+                "threshold_b": 300,
+            },
+            {
+                "image": {"image": b64(RED), "mask": b64(MASK)},
+                "module": "inpaint_global_harmonious",
+                "resize_mode": "Inner Fit (Scale to Fit)",
+                "control_mode": "ControlNet is more important",
+            },
             {"image": [b64(RED), b64(MASK)], "module": "ip-adapter_clip_h", "resize_mode": 3, "enabled": False},
         ]
     )

@@ -137,7 +137,7 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
     )
     families = default_families()
 
-    extensions = build_extensions(settings, paths)
+    extensions = build_extensions(settings, paths, catalog)
     memory_registry = build_memory_registry(extensions)
 
     def on_loaded(report) -> None:
@@ -202,8 +202,9 @@ def build_speed_tuner(settings: Settings, device: DeviceChoice) -> SpeedTuner:
     return SpeedTuner(device, options_from_settings(settings))
 
 
-def build_extensions(settings: Settings, paths: AppPaths) -> ExtensionHost:
+def build_extensions(settings: Settings, paths: AppPaths, catalog: Any = None) -> ExtensionHost:
     """The extension host with our built-ins registered first, then extensions/<name>/ and entry points."""
+    from webui.control.extension import ControlExtension
     from webui.extensions import ExtensionHost, install_allowed
     from webui.generation.samplers import BuiltinSamplers
     from webui.memory.modes import BuiltinMemoryModes
@@ -215,6 +216,7 @@ def build_extensions(settings: Settings, paths: AppPaths) -> ExtensionHost:
     )
     host.register_builtin("samplers", BuiltinSamplers())
     host.register_builtin("memory-modes", BuiltinMemoryModes())
+    host.register_builtin("controlnet", ControlExtension(paths.models, catalog))
     for ext in host.discover():
         if ext.status == "failed":
             log.warning("extension %s failed: %s", ext.name, ext.error)

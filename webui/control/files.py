@@ -157,7 +157,9 @@ def _controlnet_original(header, keys) -> _Found | None:
 def _controlnet_diffusers(header, keys) -> _Found | None:
     if "controlnet_cond_embedding.conv_in.weight" not in keys or "conv_in.weight" not in keys:
         return None
-    facts = ControlFacts("controlnet", "unet", _context(header, "down_blocks."), _width(header, "add_embedding.linear_1.weight"))
+    facts = ControlFacts(
+        "controlnet", "unet", _context(header, "down_blocks."), _width(header, "add_embedding.linear_1.weight")
+    )
     info: dict = {"hint_channels": _width(header, "controlnet_cond_embedding.conv_in.weight")}
     if "task_embedding" in keys or "control_add_embedding.linear_1.weight" in keys:
         info["control_types"] = _width(header, "task_embedding", 0)
@@ -174,7 +176,13 @@ def _sd3_controlnet(header, keys) -> _Found | None:
     extra = (_width(header, "pos_embed_input.proj.weight") or in_ch) - in_ch
     info = {"inner_dim": _width(header, "controlnet_blocks.0.weight", 0), "extra_conditioning_channels": extra}
     variant = "inpaint" if extra > 0 else "plain"
-    return _Found("controlnet", variant, "original" if original else "single", ControlFacts("controlnet", "mmdit", joint=joint), info)
+    return _Found(
+        "controlnet",
+        variant,
+        "original" if original else "single",
+        ControlFacts("controlnet", "mmdit", joint=joint),
+        info,
+    )
 
 
 def _t2i(header, keys) -> _Found | None:
@@ -186,9 +194,11 @@ def _t2i(header, keys) -> _Found | None:
         return None
     if any(k.startswith("style_embedding") for k in keys):
         raise UnsupportedModelError(header.path, "this is a T2I style adapter, which is not supported")
-    light = any(k.startswith(prefix + "body.0.out_conv.") or k.startswith(prefix + "body.0.body.") for k in keys)
+    light = any(k.startswith((prefix + "body.0.out_conv.", prefix + "body.0.body.")) for k in keys)
     if any(".down_opt.op." in k for k in keys):
-        raise UnsupportedModelError(header.path, "this T2I-Adapter downsamples with convolutions, which is not supported")
+        raise UnsupportedModelError(
+            header.path, "this T2I-Adapter downsamples with convolutions, which is not supported"
+        )
     cin = _width(header, prefix + "conv_in.weight") or 0
     downscale = _unshuffle(cin)
     facts = ControlFacts("t2i_adapter", "unet", downscale=downscale)
@@ -207,7 +217,9 @@ def _ip_adapter(header, keys) -> _Found | None:
     if not (header.has_prefix("image_proj.") and header.has_prefix("ip_adapter.")):
         return None
     if header.has_prefix("image_proj.perceiver_resampler."):
-        raise UnsupportedModelError(header.path, "this is an IP-Adapter FaceID Plus (needs insightface), which is not supported")
+        raise UnsupportedModelError(
+            header.path, "this is an IP-Adapter FaceID Plus (needs insightface), which is not supported"
+        )
     cross = _first_shape(header, "ip_adapter.", "to_k_ip.weight")
     facts = ControlFacts("ip_adapter", "unet", context_dim=cross[1] if cross and len(cross) == 2 else None)
     info: dict = {"layers": sum(1 for k in keys if k.endswith("to_k_ip.weight"))}
@@ -222,7 +234,9 @@ def _ip_adapter(header, keys) -> _Found | None:
         variant = "plain"
         info.update(encoder_width=_width(header, "image_proj.proj.weight"), encoder_output="image_embeds")
     elif "image_proj.norm.weight" in keys:
-        raise UnsupportedModelError(header.path, "this is an IP-Adapter FaceID (needs insightface), which is not supported")
+        raise UnsupportedModelError(
+            header.path, "this is an IP-Adapter FaceID (needs insightface), which is not supported"
+        )
     else:
         raise UnsupportedModelError(header.path, "an IP-Adapter with an image projection this app does not know")
     return _Found("ip_adapter", variant, "single", facts, info)
@@ -236,7 +250,8 @@ def _clip_vision(header, keys) -> _Found | None:
     projection = _width(header, "visual_projection.weight", 0)
     if projection is None:
         raise UnsupportedModelError(
-            header.path, "this CLIP vision model has no visual projection (IP-Adapters need CLIPVisionModelWithProjection)"
+            header.path,
+            "this CLIP vision model has no visual projection (IP-Adapters need CLIPVisionModelWithProjection)",
         )
     variant = _CLIP_VISION.get(hidden, ("",))[0]
     info = {"hidden_size": hidden, "projection_dim": projection}
@@ -253,14 +268,18 @@ def identify_control_file(
     return _record(header.path, header, found, "safetensors", families, layout)
 
 
-def _record(path: Path, header: SafetensorsHeader, found: _Found, fmt: str, families: Any, layout: str | None) -> ModelRecord:
+def _record(
+    path: Path, header: SafetensorsHeader, found: _Found, fmt: str, families: Any, layout: str | None
+) -> ModelRecord:
     from webui.models.demo import DEMO_METADATA_KEY
 
     family = None
     if found.facts is not None:
         adapter = best_match(lambda f: f.match_control(found.facts), families)
         if adapter is None:
-            raise UnsupportedModelError(path, f"this {label(found.kind)} fits no model family this app knows ({_facts_text(found.facts)})")
+            raise UnsupportedModelError(
+                path, f"this {label(found.kind)} fits no model family this app knows ({_facts_text(found.facts)})"
+            )
         family = adapter.id
     info = {**found.info, "variant": found.variant, "layout": layout or found.layout}
     if found.kind == "ip_adapter":
@@ -318,9 +337,7 @@ def identify_control_folder(folder: Path, expect: str | None = None, families: A
 
 def is_model_folder(folder: Path) -> bool:
     """A folder holding one model in the diffusers/transformers layout (config.json + weights)."""
-    return (folder / "config.json").is_file() and (
-        folder_weights(folder) is not None or any(folder.glob("*.bin"))
-    )
+    return (folder / "config.json").is_file() and (folder_weights(folder) is not None or any(folder.glob("*.bin")))
 
 
 def folder_weights(folder: Path) -> Path | None:
@@ -373,6 +390,70 @@ def find_image_encoder(ip_entry: Any, encoders: list[Any]) -> Any:
         f"this IP-Adapter needs a CLIP vision encoder with {info.get('encoder_width')}-wide {what}: put"
         f" {wanted} in models/clip_vision",
     )
+
+
+# --- does it fit the loaded model? --------------------------------------------------------------------
+
+
+def family_mismatch(record: Any, family: Any, families: Any = None) -> str | None:
+    """Why a control model (entry, record or ``LoadedControl``) cannot be used with a model of ``family`` (an adapter
+    or id), in words; None when the families agree."""
+    registry = families if families is not None else default_families()
+    wanted = family if isinstance(family, str) else family.id
+    have = record.family
+    if have is None or have == wanted:
+        return None
+    kind = label(record.kind)
+    name = Path(record.path).name
+    return (
+        f"the {kind} {name} is for {_family_label(registry, have)}; the loaded model is"
+        f" {_family_label(registry, wanted)}: pick {'an' if kind[0] in 'AEIOU' else 'a'} {kind} made for"
+        f" {_family_label(registry, wanted)}"
+    )
+
+
+def _family_label(registry: Any, family_id: str) -> str:
+    try:
+        return registry.get(family_id).label
+    except Exception:  # noqa: BLE001 - an unknown id is shown as is
+        return family_id
+
+
+def shape_mismatch(loaded: LoadedControl, denoiser: Any) -> str | None:
+    """Why a loaded control model does not fit the loaded denoiser (a UNet or SD3 transformer), e.g. a released
+    ControlNet on a tiny demo model of the same family; None when the widths agree."""
+    config = denoiser.config
+    name = loaded.path.name
+    kind = label(loaded.kind)
+    model = loaded.model
+    if loaded.kind == "ip_adapter":
+        first = next((v for k, v in model["ip_adapter"].items() if k.endswith("to_k_ip.weight")), None)
+        if first is not None and first.shape[1] != config.get("cross_attention_dim"):
+            return (
+                f"the {kind} {name} reads a {first.shape[1]}-wide text context; the loaded model's is"
+                f" {config.get('cross_attention_dim')} wide"
+            )
+        return None
+    mine = model.config
+    if loaded.kind == "t2i_adapter":
+        widths, channels = list(config.get("block_out_channels") or []), list(mine.get("channels") or [])
+        if channels[: len(widths)] != widths[: len(channels)]:
+            return f"the {kind} {name} has channels {channels}; the loaded UNet has {widths}"
+        return None
+    if "block_out_channels" not in mine:  # SD3: the transformer's width
+        have = mine["num_attention_heads"] * mine["attention_head_dim"]
+        want = config.get("num_attention_heads", 0) * config.get("attention_head_dim", 0)
+        if have != want:
+            return f"the {kind} {name} is {have} wide; the loaded transformer is {want} wide"
+        return None
+    for key in ("cross_attention_dim", "block_out_channels", "projection_class_embeddings_input_dim"):
+        if _norm(mine.get(key)) != _norm(config.get(key)):
+            return f"the {kind} {name} has {key} {_norm(mine.get(key))}; the loaded UNet has {_norm(config.get(key))}"
+    return None
+
+
+def _norm(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 # --- loading -------------------------------------------------------------------------------------------
@@ -456,14 +537,18 @@ def _weights_path(record: ModelRecord) -> Path:
     return record.path
 
 
-def load_control(entry: Any, device: Any = "cpu", dtype: Any = None, *, cache: ControlCache | None = None) -> LoadedControl:
+def load_control(
+    entry: Any, device: Any = "cpu", dtype: Any = None, *, cache: ControlCache | None = None
+) -> LoadedControl:
     """Load a ControlNet / T2I-Adapter / IP-Adapter (``entry``: a catalog entry, its ``ModelRecord`` or a path) on
     ``device`` in ``dtype`` (None: as stored, float32 for fp32 files). Offline; ``ModelLoadError`` says why not."""
     record = _current_record(entry, "control")
     if record.kind not in CATALOG_KINDS["control"] and record.usable:
         from webui.models.loader import ModelLoadError
 
-        raise ModelLoadError(record.path, f"this is a {label(record.kind)}, not a ControlNet, T2I-Adapter or IP-Adapter")
+        raise ModelLoadError(
+            record.path, f"this is a {label(record.kind)}, not a ControlNet, T2I-Adapter or IP-Adapter"
+        )
     return _cached(record, device, dtype, cache, _load_control)
 
 
@@ -518,7 +603,9 @@ def _load_control(record: ModelRecord, weights: Path, device: Any, dtype: Any) -
     config = _folder_config(record.path) if record.format == "diffusers" else None
     if record.kind == "ip_adapter":
         model = {
-            part: {k[len(part) + 1 :]: v.to(device, dtype or v.dtype) for k, v in state.items() if k.startswith(part + ".")}
+            part: {
+                k[len(part) + 1 :]: v.to(device, dtype or v.dtype) for k, v in state.items() if k.startswith(part + ".")
+            }
             for part in ("image_proj", "ip_adapter")
         }
     elif record.kind == "t2i_adapter":
@@ -526,10 +613,17 @@ def _load_control(record: ModelRecord, weights: Path, device: Any, dtype: Any) -
     else:
         model = _build_controlnet(record, state, config)
     if isinstance(model, torch.nn.Module):
-        model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+        model = _move(model, device, dtype)
         model.eval()
         _refuse_nonfinite(record, model)
     return LoadedControl(record.kind, record.family, record.variant, model, record.path, dict(record.info))
+
+
+def _move(model: Any, device: Any, dtype: Any) -> Any:
+    """``model`` on ``device`` in ``dtype`` (None: as loaded); no cast when it already is in it."""
+    if dtype is not None and any(p.dtype != dtype for p in model.parameters() if p.is_floating_point()):
+        return model.to(device=device, dtype=dtype)
+    return model.to(device)
 
 
 def _refuse_nonfinite(record: ModelRecord, model: Any) -> None:
@@ -632,7 +726,9 @@ def controlnet_from_original(state: Mapping[str, Any], prefix: str = _CN_ORIGINA
     return {controlnet_key_from_original(k, layers, hint_last): v for k, v in body.items()}
 
 
-def controlnet_config(shapes: Mapping[str, tuple[int, ...]], family: Any, info: Mapping[str, Any] | None = None) -> dict:
+def controlnet_config(
+    shapes: Mapping[str, tuple[int, ...]], family: Any, info: Mapping[str, Any] | None = None
+) -> dict:
     """The diffusers config of a (plain or Union) UNet ControlNet from its diffusers-named tensor shapes."""
     info = info or {}
     levels = count(shapes, "down_blocks.")
@@ -641,7 +737,9 @@ def controlnet_config(shapes: Mapping[str, tuple[int, ...]], family: Any, info: 
         raise ConfigInferenceError("no down blocks found")
     channels = [need(shapes, f"down_blocks.{b}.resnets.0.conv1.weight")[0] for b in range(levels)]
     attn = [has_prefix(shapes, f"down_blocks.{b}.attentions.") for b in range(levels)]
-    depths = [count(shapes, f"down_blocks.{b}.attentions.0.transformer_blocks.") if a else 1 for b, a in enumerate(attn)]
+    depths = [
+        count(shapes, f"down_blocks.{b}.attentions.0.transformer_blocks.") if a else 1 for b, a in enumerate(attn)
+    ]
     mid_attn = has_prefix(shapes, "mid_block.attentions.")
     mid_depth = count(shapes, "mid_block.attentions.0.transformer_blocks.")
     if mid_attn and mid_depth != depths[-1]:
@@ -652,7 +750,10 @@ def controlnet_config(shapes: Mapping[str, tuple[int, ...]], family: Any, info: 
     embedding = [need(shapes, "controlnet_cond_embedding.conv_in.weight")[0]]
     embedding += [need(shapes, f"controlnet_cond_embedding.blocks.{2 * k + 1}.weight")[0] for k in range(n_blocks // 2)]
     context = next((s[1] for k, s in shapes.items() if k.endswith("attn2.to_k.weight") and len(s) == 2), None)
-    proj_in = next((s for k, s in shapes.items() if k.endswith("proj_in.weight") and k.startswith(("down_blocks.", "mid_block."))), None)
+    proj_in = next(
+        (s for k, s in shapes.items() if k.endswith("proj_in.weight") and k.startswith(("down_blocks.", "mid_block."))),
+        None,
+    )
     config: dict = {
         "in_channels": need(shapes, "conv_in.weight")[1],
         "conditioning_channels": need(shapes, "controlnet_cond_embedding.conv_in.weight")[1],
@@ -777,9 +878,7 @@ def t2i_from_original(state: Mapping[str, Any]) -> dict:
     """TencentARC's T2I-Adapter keys (``conv_in``, ``body.N.*``) under diffusers names (``adapter.body.L.resnets.J``)."""
     n_body = count(state, "body.")
     starts = sorted({int(k.split(".")[1]) for k in state if k.startswith("body.") and ".in_conv." in k})
-    per_level = next(
-        (n for n in range(n_body, 0, -1) if n_body % n == 0 and all(s % n == 0 for s in starts)), 1
-    )
+    per_level = next((n for n in range(n_body, 0, -1) if n_body % n == 0 and all(s % n == 0 for s in starts)), 1)
     out: dict = {}
     for key, value in state.items():
         if key.startswith("conv_in."):
@@ -853,7 +952,11 @@ def clip_vision_config(shapes: Mapping[str, tuple[int, ...]]) -> dict:
 def _load_clip_vision(record: ModelRecord, weights: Path, device: Any, dtype: Any) -> LoadedControl:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    state = {k: v for k, v in _read_tensors(weights).items() if not k.endswith("position_ids")}
+    state = {  # the vision tower only (a whole CLIPModel file also has the text tower)
+        k: v
+        for k, v in _read_tensors(weights).items()
+        if k.startswith(("vision_model.", "visual_projection.")) and not k.endswith("position_ids")
+    }
     values = clip_vision_config(_shapes(state))
     if record.format == "diffusers":
         given = _folder_config(record.path)
@@ -864,9 +967,10 @@ def _load_clip_vision(record: ModelRecord, weights: Path, device: Any, dtype: An
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
         raise ModelFileError(
-            record.path, f"its tensors do not match a CLIP vision model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            record.path,
+            f"its tensors do not match a CLIP vision model (missing {missing[:3]}, unexpected {unexpected[:3]})",
         )
-    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    model = _move(model, device, dtype)
     model.eval()
     _refuse_nonfinite(record, model)
     return LoadedControl("clip_vision", None, record.variant, model, record.path, dict(record.info))
@@ -881,15 +985,17 @@ def stamp(path: Path) -> tuple[int, int] | None:
 __all__ = [
     "CATALOG_KINDS",
     "CONTROL_KINDS",
+    "PICKLE_SUFFIXES",
     "ControlCache",
     "LoadedControl",
-    "PICKLE_SUFFIXES",
     "catalog_kind",
     "detect",
     "encoder_fits",
+    "family_mismatch",
     "find_image_encoder",
     "identify_control_file",
     "identify_control_folder",
     "load_control",
     "load_image_encoder",
+    "shape_mismatch",
 ]

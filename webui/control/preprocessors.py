@@ -123,8 +123,13 @@ MODULES: tuple[Module, ...] = (
         ["openpose/body_pose_model.pth", "openpose/hand_pose_model.pth", "openpose/facenet.pth"],
         union="OpenPose",
     ),
-    _model("dw_openpose_full", "dw_openpose_full", ["openpose/dw-ll_ucoco_384.onnx", "openpose/yolox_l.onnx"],
-           "yzd-v/DWPose", "OpenPose"),
+    _model(
+        "dw_openpose_full",
+        "dw_openpose_full",
+        ["openpose/dw-ll_ucoco_384.onnx", "openpose/yolox_l.onnx"],
+        "yzd-v/DWPose",
+        "OpenPose",
+    ),
     _model("hed", "softedge_hed", ["hed/ControlNetHED.pth"], union="Soft Edge"),
     _model("pidinet", "softedge_pidinet", ["pidinet/table5_pidinet.pth"], union="Soft Edge"),
     _model("lineart", "lineart_realistic", ["lineart/sk_model.pth"], union="Hard Edge"),
@@ -138,17 +143,27 @@ MODULES: tuple[Module, ...] = (
         a=Slider("MLSD Value Threshold", 0.1, 0.01, 2.0, 0.01),
         b=Slider("MLSD Distance Threshold", 0.1, 0.01, 20.0, 0.01),
     ),
-    _model("segmentation", "seg_ufade20k", ["uniformer/upernet_global_small.pth"], "lllyasviel/ControlNet",
-           "Segmentation"),
-    _model("oneformer_ade20k", "seg_ofade20k", ["oneformer/250_16_swin_l_oneformer_ade20k_160k.pth"],
-           union="Segmentation"),
+    _model(
+        "segmentation", "seg_ufade20k", ["uniformer/upernet_global_small.pth"], "lllyasviel/ControlNet", "Segmentation"
+    ),
+    _model(
+        "oneformer_ade20k", "seg_ofade20k", ["oneformer/250_16_swin_l_oneformer_ade20k_160k.pth"], union="Segmentation"
+    ),
     _model("inpaint_only+lama", "inpaint_only+lama", ["lama/ControlNetLama.pth"], union="Inpaint"),
 )
 _BY_NAME = {m.name: m for m in MODULES}
 _BY_LABEL = {m.display: m for m in MODULES}
-_ALIASES = {"depth_midas": "depth", "normal_midas": "normal_map", "softedge_hed": "hed", "softedge_pidinet": "pidinet",
-            "lineart_realistic": "lineart", "seg_ufade20k": "segmentation", "inpaint_global_harmonious": "inpaint",
-            "ip-adapter_clip_h": "ip-adapter_clip_sd15", "ip-adapter_clip_g": "ip-adapter_clip_sdxl"}
+_ALIASES = {
+    "depth_midas": "depth",
+    "normal_midas": "normal_map",
+    "softedge_hed": "hed",
+    "softedge_pidinet": "pidinet",
+    "lineart_realistic": "lineart",
+    "seg_ufade20k": "segmentation",
+    "inpaint_global_harmonious": "inpaint",
+    "ip-adapter_clip_h": "ip-adapter_clip_sd15",
+    "ip-adapter_clip_g": "ip-adapter_clip_sdxl",
+}
 
 
 def module_names() -> list[str]:
@@ -329,7 +344,7 @@ def _mask_array(mask: Any, size):
 
 
 def weights_problem(name: str, models_dir: str | Path | None) -> str:
-    """"" when a model-based preprocessor's files are present, else the message naming them."""
+    """ "" when a model-based preprocessor's files are present, else the message naming them."""
     m = get_module(name)
     if m.kind != "model":
         return ""
@@ -452,7 +467,9 @@ def resize_control(image: Any, width: int, height: int, resize_mode: str = RESIZ
     nw, nh = max(1, round(W * k)), max(1, round(H * k))
     scaled = image.resize((nw, nh), _filter((W, H), (nw, nh), arr))
     if resize_mode == RESIZE_FILL:
-        border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]]).reshape(-1, arr.shape[-1] if arr.ndim == 3 else 1)
+        border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]]).reshape(
+            -1, arr.shape[-1] if arr.ndim == 3 else 1
+        )
         fill = tuple(int(v) for v in np.median(border, axis=0))
         if image.mode == "RGBA":
             fill = fill[:3] + (0,)
@@ -472,4 +489,4 @@ def pixel_perfect_resolution(image: Any, width: int, height: int, resize_mode: s
         k = min(width / W, height / H)
     else:
         k = max(width / W, height / H)
-    return int(round(k * min(W, H)))
+    return round(k * min(W, H))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -42,8 +43,9 @@ _RESIZE_ALIASES = {
     "outer fit": "Resize and Fill",
 }
 _CONTROL_ALIASES = {m.lower(): m for m in CONTROL_MODES}
-_CONTROL_ALIASES.update({"balance": "Balanced", "prompt": "My prompt is more important",
-                         "controlnet": "ControlNet is more important"})
+_CONTROL_ALIASES.update(
+    {"balance": "Balanced", "prompt": "My prompt is more important", "controlnet": "ControlNet is more important"}
+)
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,13 @@ class ControlUnit:
 
 
 _FIELDS = {f.name for f in fields(ControlUnit)}
-_ALIASES = {"input_image": "image", "guidance": "guidance_end", "mask_image": "mask", "lowvram": "low_vram",
-            "controlnet_images": "image"}
+_ALIASES = {
+    "input_image": "image",
+    "guidance": "guidance_end",
+    "mask_image": "mask",
+    "lowvram": "low_vram",
+    "controlnet_images": "image",
+}
 
 
 def _refuse(index: int, name: str, why: str) -> JobRefused:
@@ -108,9 +115,9 @@ def _decode_image(value: Any, index: int, name: str, max_pixels: int) -> Any:
         raw = bytes(value)
     elif isinstance(value, str):
         text = value.strip()
-        if re.match(r"^https?://", text, re.I):
+        if re.match(r"^https?://", text, re.IGNORECASE):
             raise _refuse(index, name, "is a URL; images are not fetched, send the image itself as base64")
-        text = re.sub(r"^data:image/[\w.+-]+;base64,", "", text, flags=re.I)
+        text = re.sub(r"^data:image/[\w.+-]+;base64,", "", text, flags=re.IGNORECASE)
         try:
             raw = base64.b64decode(re.sub(r"\s+", "", text), validate=True)
         except ValueError:
@@ -132,9 +139,9 @@ def _number(value: Any, index: int, name: str, kind=float) -> Any:
         number = float(value)
     except (TypeError, ValueError):
         raise _refuse(index, name, f"must be a number, not {value!r}") from None
-    if number != number or number in (float("inf"), float("-inf")):
+    if not math.isfinite(number):
         raise _refuse(index, name, "must be a finite number")
-    return int(round(number)) if kind is int else float(number)
+    return round(number) if kind is int else float(number)
 
 
 def _bool(value: Any, index: int, name: str) -> bool:
@@ -164,8 +171,14 @@ def _choice(value: Any, choices: Sequence[str], aliases: Mapping[str, str], inde
         return aliases[text.lower()]
     # enum-style names: "ResizeMode.INNER_FIT", "INNER_FIT", "BALANCED"
     tail = text.split(".")[-1].upper()
-    enum = {"RESIZE": "Just Resize", "INNER_FIT": "Crop and Resize", "OUTER_FIT": "Resize and Fill",
-            "BALANCED": "Balanced", "PROMPT": "My prompt is more important", "CONTROL": "ControlNet is more important"}
+    enum = {
+        "RESIZE": "Just Resize",
+        "INNER_FIT": "Crop and Resize",
+        "OUTER_FIT": "Resize and Fill",
+        "BALANCED": "Balanced",
+        "PROMPT": "My prompt is more important",
+        "CONTROL": "ControlNet is more important",
+    }
     if tail in enum and enum[tail] in choices:
         return enum[tail]
     raise _refuse(index, name, f"must be one of {', '.join(choices)}, not {value!r}")
@@ -180,9 +193,18 @@ def _union_type(value: Any, index: int) -> str:
     for name in UNION_CONTROL_TYPES:
         if text in (name.lower(), name.lower().replace(" ", "")):
             return name
-    extra = {"openpose": "OpenPose", "canny": "Hard Edge", "lineart": "Hard Edge", "mlsd": "Hard Edge",
-             "hed": "Soft Edge", "scribble": "Soft Edge", "normal": "Normal Map", "seg": "Segmentation",
-             "repaint": "Inpaint", "blur": "Tile"}
+    extra = {
+        "openpose": "OpenPose",
+        "canny": "Hard Edge",
+        "lineart": "Hard Edge",
+        "mlsd": "Hard Edge",
+        "hed": "Soft Edge",
+        "scribble": "Soft Edge",
+        "normal": "Normal Map",
+        "seg": "Segmentation",
+        "repaint": "Inpaint",
+        "blur": "Tile",
+    }
     if text in extra:
         return extra[text]
     raise _refuse(index, "union_control_type", f"must be one of {', '.join(UNION_CONTROL_TYPES)}, not {value!r}")
@@ -245,10 +267,12 @@ def parse_unit(sent: Any, index: int = 0, max_pixels: int | None = None) -> Cont
     if values["mask"] is not None:
         m = values["mask"]
         values["mask"] = m.getchannel("A") if m.mode == "RGBA" and m.getextrema()[3][0] < 255 else m.convert("L")
-    values["resize_mode"] = _choice(data.get("resize_mode", "Crop and Resize"), RESIZE_MODES, _RESIZE_ALIASES,
-                                    index, "resize_mode")
-    values["control_mode"] = _choice(data.get("control_mode", "Balanced"), CONTROL_MODES, _CONTROL_ALIASES,
-                                     index, "control_mode")
+    values["resize_mode"] = _choice(
+        data.get("resize_mode", "Crop and Resize"), RESIZE_MODES, _RESIZE_ALIASES, index, "resize_mode"
+    )
+    values["control_mode"] = _choice(
+        data.get("control_mode", "Balanced"), CONTROL_MODES, _CONTROL_ALIASES, index, "control_mode"
+    )
     start = _number(data.get("guidance_start", 0.0), index, "guidance_start")
     end = _number(data.get("guidance_end", 1.0), index, "guidance_end")
     for name, value in (("guidance_start", start), ("guidance_end", end)):
@@ -271,14 +295,16 @@ def parse_unit(sent: Any, index: int = 0, max_pixels: int | None = None) -> Cont
     return ControlUnit(**values)
 
 
-def parse_units(args: Sequence[Any] | Mapping[str, Any] | None, max_pixels: int | None = None) -> tuple[ControlUnit, ...]:
+def parse_units(
+    args: Sequence[Any] | Mapping[str, Any] | None, max_pixels: int | None = None
+) -> tuple[ControlUnit, ...]:
     """The units of ``alwayson_scripts["controlnet"]`` (a list; ``{"args": [...]}`` and one unit dict are taken too)."""
     if args is None:
         return ()
     if isinstance(args, ControlUnit):
         return (args,)
     if isinstance(args, Mapping):
-        args = args["args"] if "args" in args else [args]
+        args = args.get("args", [args])
     if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
         raise JobRefused("ControlNet: the script's args must be a list of units", field=FIELD)
     return tuple(parse_unit(unit, index, max_pixels) for index, unit in enumerate(args))
@@ -286,8 +312,19 @@ def parse_units(args: Sequence[Any] | Mapping[str, Any] | None, max_pixels: int 
 
 # --- infotext ----------------------------------------------------------------------------------------
 
-INFOTEXT_FIELDS = ("module", "model", "weight", "resize_mode", "processor_res", "threshold_a", "threshold_b",
-                   "guidance_start", "guidance_end", "pixel_perfect", "control_mode")
+INFOTEXT_FIELDS = (
+    "module",
+    "model",
+    "weight",
+    "resize_mode",
+    "processor_res",
+    "threshold_a",
+    "threshold_b",
+    "guidance_start",
+    "guidance_end",
+    "pixel_perfect",
+    "control_mode",
+)
 
 
 def _display(name: str) -> str:
@@ -295,8 +332,14 @@ def _display(name: str) -> str:
 
 
 _BY_DISPLAY = {_display(n): n for n in INFOTEXT_FIELDS}
-_BY_DISPLAY.update({"Low Vram": "low_vram", "Hr Option": "hr_option", "Save Detected Map": "save_detected_map",
-                    "Union Control Type": "union_control_type"})
+_BY_DISPLAY.update(
+    {
+        "Low Vram": "low_vram",
+        "Hr Option": "hr_option",
+        "Save Detected Map": "save_detected_map",
+        "Union Control Type": "union_control_type",
+    }
+)
 
 
 def _clean(text: str) -> str:
@@ -418,9 +461,9 @@ __all__ = [
     "ControlUnit",
     "enabled_units",
     "parse_unit",
-    "parse_units",
     "parse_unit_infotext",
+    "parse_units",
+    "replace",
     "unit_infotext",
     "units_from_infotext",
-    "replace",
 ]

@@ -1,0 +1,452 @@
+"""The built-in extension "controlnet": ControlNet, T2I-Adapter and IP-Adapter units on every job.
+
+It owns A1111's ``alwayson_scripts["controlnet"]`` (``webui_script_args``: ``parse_units``), loads each
+enabled unit's model beside the checkpoint (``webui_job_models``: the family is checked, the preprocessor
+runs once), prepares each pass (``webui_stage_arguments``: the map fitted to the pass; IP-Adapter image
+embeddings), follows the steps (``webui_step_callbacks``: the guidance window) and writes A1111's infotext
+(``ControlNet 0: "Module: canny, Model: ..."``). How the units reach the denoiser is ``webui.control.apply``.
+
+Models come from a *library* (``CatalogLibrary``: the app's catalog, kind ``control`` and ``clip_vision``,
+loaded by ``webui.control.files``); the constructor takes another for tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from webui.hooks import JobRefused, ModelAddition, SettingSpec
+
+log = logging.getLogger(__name__)
+
+SCRIPT = "controlnet"
+FIELD = "alwayson_scripts"
+KIND_LABELS = {"controlnet": "ControlNet", "t2i_adapter": "T2I-Adapter", "ip_adapter": "IP-Adapter"}
+SD3_FAMILIES = ("sd3", "sd35_medium", "sd35_large")
+
+
+@dataclass(frozen=True)
+class LoadedControl:
+    """What a library's ``load`` gives (``webui.control.files.LoadedControl`` has the same fields)."""
+
+    kind: str  # controlnet | t2i_adapter | ip_adapter
+    family: str | None
+    variant: str
+    model: Any
+
+
+def family_label(family: str | None) -> str:
+    if not family:
+        return "another model family"
+    try:
+        from webui.families.registry import default_families
+
+        return default_families().get(family).label
+    except Exception:  # noqa: BLE001 - an unknown id is shown as it is
+        return str(family)
+
+
+class CatalogLibrary:
+    """Control models from the app's catalog (``models/ControlNet``, ``models/controlnet``, ...), loaded by
+    ``webui.control.files``; CLIP vision encoders from ``models/clip_vision``."""
+
+    control_kind = "control"
+    encoder_kind = "clip_vision"
+
+    def __init__(self, catalog: Any, models_dir: Path) -> None:
+        self.catalog = catalog
+        self.models_dir = Path(models_dir)
+
+    def _kinds(self, kind: str) -> bool:
+        from webui.models.catalog import FOLDERS
+
+        return kind in FOLDERS
+
+    def find(self, name: str) -> Any:
+        if self.catalog is None or not self._kinds(self.control_kind):
+            raise KeyError("this app has no ControlNet model folder yet (models/ControlNet)")
+        return self.catalog.find(name, kind=self.control_kind)
+
+    def label(self, entry: Any, name: str) -> str:
+        return name if name.endswith("]") else entry.stem
+
+    def load(self, entry: Any, device: Any, dtype: Any) -> Any:
+        from webui.control.files import load_control
+
+        return load_control(entry, device, dtype)
+
+    def encoders(self) -> list[Any]:
+        if self.catalog is None or not self._kinds(self.encoder_kind):
+            return []
+        return [e for e in self.catalog.entries(self.encoder_kind) if e.usable]
+
+    def encoder_name(self, entry: Any) -> str:
+        return entry.name
+
+    def load_encoder(self, entry: Any, device: Any, dtype: Any) -> Any:
+        from webui.control.files import load_image_encoder
+
+        return load_image_encoder(entry, device, dtype)
+
+    def encoder_folder(self) -> Path:
+        return self.models_dir / "clip_vision"
+
+
+def _encoder_hint(module: str) -> tuple[str, ...]:
+    if module in ("ip-adapter_clip_sd15", "ip-adapter_clip_sdxl_plus_vith"):
+        return ("vit-h", "clip_h", "vith")
+    if module == "ip-adapter_clip_sdxl":
+        return ("bigg", "clip_g", "vit-g", "vitg")
+    return ()
+
+
+class ControlExtension:
+    """The hook implementations (registered with ``host.register_builtin("controlnet", ...)``)."""
+
+    def __init__(self, models_dir: str | Path | None = None, catalog: Any = None, library: Any = None) -> None:
+        self.models_dir = Path(models_dir or "models")
+        self.library = library if library is not None else CatalogLibrary(catalog, self.models_dir)
+        self._jobs: dict[str, Any] = {}  # job id -> JobControl (until the job's models are undone)
+        self._labels: OrderedDict[str, list[str]] = OrderedDict()  # job id -> model label per enabled unit
+
+    # --- settings and the request ---------------------------------------------------------------
+    def webui_settings(self) -> list[SettingSpec]:
+        return [
+            SettingSpec("control_net_unit_count", 3, "ControlNet units shown in the UI", section="ControlNet"),
+            SettingSpec("control_net_inpaint_blur_sigma", 7, "Inpaint paste-back blur (sigma)", section="ControlNet"),
+        ]
+
+    def webui_script_args(self, name: str, args: Any, request: Any) -> Any:
+        if name != SCRIPT:
+            return None
+        from webui.control.units import parse_units
+
+        return list(parse_units(args))
+
+    def webui_app_started(self, app: Any, webui: Any, options: Mapping[str, Any]) -> None:
+        try:
+            from webui.control.api import register_routes
+        except ImportError:  # the API module is not part of this build
+            return
+        register_routes(app, webui.backend, unit_count=lambda: int(webui.options.get("control_net_unit_count", 3)))
+
+    # --- the job --------------------------------------------------------------------------------
+    def _units(self, request: Any) -> list[Any]:
+        from webui.control.units import parse_units
+
+        scripts = getattr(request, "alwayson_scripts", None) or {}
+        return [u for u in parse_units(scripts.get(SCRIPT)) if u.enabled]
+
+    def webui_job_models(self, event: Any) -> Any:
+        units = self._units(event.request)
+        if not units:
+            return None
+        from webui.control.apply import JobControl
+
+        labels, prepared = [], []
+        for index, unit in enumerate(units):
+            if unit.model in ("None", ""):
+                raise JobRefused(
+                    f"ControlNet unit {index}: no model is selected; pick a ControlNet, T2I-Adapter or IP-Adapter "
+                    f"model, or disable the unit",
+                    field=FIELD,
+                )
+            entry = self._find(index, unit)
+            labels.append(self.library.label(entry, unit.model))
+            if float(unit.weight) == 0.0:
+                continue  # weight 0: exactly the image without the unit (nothing is loaded or run)
+            prepared.append(self._prepare(index, unit, entry, event))
+        self._remember(event.job_id, labels)
+        if not prepared:
+            return None
+        job = JobControl(event.job_id, event.family, prepared, event.device, event.dtype)
+        self._jobs[event.job_id] = job
+
+        def patch(pipeline: Any) -> Any:
+            undo = job.patch(pipeline)
+
+            def undo_all() -> None:
+                try:
+                    undo()
+                finally:
+                    self._jobs.pop(event.job_id, None)
+
+            return undo_all
+
+        return ModelAddition("controlnet", patch=patch)
+
+    def _remember(self, job_id: str, labels: list[str]) -> None:
+        self._labels[job_id] = labels
+        while len(self._labels) > 64:
+            self._labels.popitem(last=False)
+
+    def _find(self, index: int, unit: Any) -> Any:
+        try:
+            return self.library.find(unit.model)
+        except KeyError as exc:
+            message = exc.args[0] if exc.args else str(exc)
+            raise JobRefused(f"ControlNet unit {index}: {message}", field=FIELD) from None
+
+    def _prepare(self, index: int, unit: Any, entry: Any, event: Any) -> Any:
+        from webui.control.apply import Unit
+
+        error = getattr(entry, "error", None)
+        if error:
+            raise JobRefused(f"ControlNet unit {index}: the model {unit.model} cannot be used: {error}", field=FIELD)
+        try:
+            loaded = self.library.load(entry, event.device, event.dtype)
+        except JobRefused:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a file that does not load is the user's to fix: say so
+            raise JobRefused(
+                f"ControlNet unit {index}: the model {unit.model} does not load: {type(exc).__name__}: {exc}",
+                field=FIELD,
+            ) from None
+        kind = loaded.kind
+        self._check_family(index, unit, loaded, event)
+        u = Unit(index, unit, kind, loaded.model, variant=self._variant(loaded, event))
+        if kind == "ip_adapter":
+            self._prepare_ip(u, event)
+            return u
+        self._prepare_map(u, event)
+        if u.variant == "union":
+            u.union_index = self._union_index(index, unit, loaded)
+        return u
+
+    def _variant(self, loaded: Any, event: Any) -> str:
+        if loaded.kind == "controlnet":
+            name = type(loaded.model).__name__
+            if "Union" in name or str(loaded.variant).lower() in ("union", "promax"):
+                return "union"
+            if name.startswith("SD3") or event.family in SD3_FAMILIES:
+                return "sd3"
+        return str(loaded.variant or "")
+
+    # family: the file's own family and the shapes against the loaded denoiser
+    def _check_family(self, index: int, unit: Any, loaded: Any, event: Any) -> None:
+        kind_label = KIND_LABELS.get(loaded.kind, "control model")
+        problem = _shape_problem(loaded, event.pipeline)
+        wrong = problem or (loaded.family and not _same_family(loaded.family, event.family))
+        if wrong:
+            mine = family_label(loaded.family) if loaded.family else "another model family"
+            theirs = family_label(event.family)
+            raise JobRefused(
+                f"ControlNet unit {index}: the {kind_label} {unit.model} is for {mine}; the loaded model is "
+                f"{theirs} — pick a {theirs} {kind_label}" + (f" ({problem})" if problem else ""),
+                field=FIELD,
+            )
+
+    def _union_index(self, index: int, unit: Any, loaded: Any) -> int:
+        from webui.control.preprocessors import get_module
+        from webui.control.units import UNION_CONTROL_TYPES
+
+        name = unit.union_control_type
+        if name == "Unknown":
+            name = get_module(unit.module).union_type
+        if name == "Unknown":
+            raise JobRefused(
+                f"ControlNet unit {index}: {unit.model} is a ControlNet-Union model; set union_control_type to one "
+                f"of {', '.join(UNION_CONTROL_TYPES)} (the preprocessor {unit.module} does not tell which)",
+                field=FIELD,
+            )
+        idx = UNION_CONTROL_TYPES.index(name)
+        count = int(getattr(loaded.model.config, "num_control_type", len(UNION_CONTROL_TYPES)))
+        if idx >= count:
+            raise JobRefused(
+                f"ControlNet unit {index}: {unit.model} knows {count} control types; {name} needs ControlNet-Union "
+                f"ProMax",
+                field=FIELD,
+            )
+        return idx
+
+    def _input_image(self, index: int, unit: Any, event: Any) -> tuple[Any, Any, str]:
+        """The unit's image and mask, or the img2img image and mask (A1111), and the resize mode to use."""
+        request = event.request
+        modes = ("Just Resize", "Crop and Resize", "Resize and Fill", "Just Resize")
+        image, mask, resize = unit.image, unit.mask, unit.resize_mode
+        if image is None and event.task in ("img2img", "inpaint") and request.init_image is not None:
+            image = request.init_image
+            resize = modes[int(getattr(request, "resize_mode", 0) or 0) % 4]
+            if mask is None and event.task == "inpaint":
+                mask = request.mask
+        if mask is None and event.task == "inpaint" and request.mask is not None:
+            mask = request.mask
+        if image is None:
+            raise JobRefused(
+                f"ControlNet unit {index} is enabled but has no image; give it an image (or disable it)",
+                field=FIELD,
+            )
+        return image, mask, resize
+
+    def _prepare_map(self, u: Any, event: Any) -> None:
+        from webui.control.preprocessors import PreprocessorError, pixel_perfect_resolution, run_preprocessor
+
+        unit = u.unit
+        image, mask, resize = self._input_image(u.index, unit, event)
+        request = event.request
+        width, height = int(request.width), int(request.height)
+        if event.task in ("img2img", "inpaint") and request.init_image is not None and not (width and height):
+            width, height = request.init_image.size
+        res = unit.processor_res
+        if unit.pixel_perfect:
+            res = pixel_perfect_resolution(image, width, height, resize)
+        try:
+            u.control_map = run_preprocessor(
+                unit.module,
+                image,
+                res,
+                unit.threshold_a,
+                unit.threshold_b,
+                self.models_dir,
+                mask=mask,
+                seed=int(getattr(request, "seed", 0) or 0) & 0xFFFFFFFF,
+            )
+        except PreprocessorError as exc:
+            raise JobRefused(f"ControlNet unit {u.index}: {exc}", field=FIELD) from None
+        u.resize_mode = resize
+
+    def _prepare_ip(self, u: Any, event: Any) -> None:
+        from webui.control.apply import encode_ip_image, ip_wants_hidden_states
+
+        unit = u.unit
+        if event.family in SD3_FAMILIES or getattr(event.pipeline, "unet", None) is None:
+            raise JobRefused(
+                f"ControlNet unit {u.index}: IP-Adapters run on SD 1.5 and SDXL checkpoints here, not "
+                f"{family_label(event.family)}",
+                field=FIELD,
+            )
+        image = unit.image
+        if image is None and event.task in ("img2img", "inpaint"):
+            image = event.request.init_image
+        if image is None:
+            raise JobRefused(f"ControlNet unit {u.index}: the IP-Adapter needs an image", field=FIELD)
+        state = u.model
+        u.encoder = self._encoder(u.index, unit, state, event)
+        u.embeds = encode_ip_image(image, u.encoder, ip_wants_hidden_states(state))
+
+    def _encoder(self, index: int, unit: Any, state: Any, event: Any) -> Any:
+        from webui.control.apply import ip_encoder_fits
+
+        entries = list(self.library.encoders())
+        hint = _encoder_hint(unit.module)
+        if hint:
+            entries.sort(key=lambda e: not any(h in self.library.encoder_name(e).lower() for h in hint))
+        tried = []
+        for entry in entries:
+            try:
+                encoder = self.library.load_encoder(entry, event.device, event.dtype)
+            except Exception as exc:  # noqa: BLE001 - try the next one, then say what went wrong
+                tried.append(f"{self.library.encoder_name(entry)} ({type(exc).__name__}: {exc})")
+                continue
+            if ip_encoder_fits(state, encoder):
+                return encoder
+            tried.append(f"{self.library.encoder_name(entry)} (other sizes)")
+        which = (
+            "ViT-bigG (CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors)"
+            if "bigg" in hint
+            else ("ViT-H (CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors)")
+        )
+        found = f"; found: {', '.join(tried)}" if tried else ""
+        raise JobRefused(
+            f"ControlNet unit {index}: the IP-Adapter {unit.model} needs its CLIP vision image encoder, usually "
+            f"{which}; put it in {self.library.encoder_folder()}{found}",
+            field=FIELD,
+        )
+
+    # --- the passes --------------------------------------------------------------------------------
+    def webui_stage_arguments(self, event: Any) -> Any:
+        job = self._jobs.get(event.job_id)
+        if job is None:
+            return None
+        if not job.patched:
+            raise JobRefused(
+                f"ControlNet could not be applied to the checkpoint: {job.patch_error or 'the patch did not run'}",
+                field=FIELD,
+            )
+        return job.begin_pass(event) or None
+
+    def webui_step_callbacks(self, event: Any) -> Any:
+        job = self._jobs.get(event.job_id)
+        if job is None or job.current is None or job.current.pipe is not event.pipeline:
+            return None
+
+        def follow(pipeline: Any, step_index: int, timestep: Any, tensors: Mapping[str, Any]) -> dict:
+            job.after_step(step_index)
+            return {}
+
+        follow.tensor_inputs = ["latents"]  # type: ignore[attr-defined]
+        return follow
+
+    # --- infotext ----------------------------------------------------------------------------------
+    def webui_before_save(self, event: Any) -> Any:
+        from webui.control.units import unit_infotext
+
+        try:
+            units = self._units(event.request)
+        except JobRefused:
+            return None
+        if not units:
+            return None
+        labels = self._labels.get(event.job_id) or []
+        return {
+            f"ControlNet {i}": unit_infotext(unit, labels[i] if i < len(labels) else unit.model)
+            for i, unit in enumerate(units)
+        }
+
+    def webui_infotext_pasted(self, text: str, fields: dict) -> None:
+        from webui.control.units import units_from_infotext
+
+        for i, unit in enumerate(units_from_infotext(fields)):
+            for key, value in unit.items():
+                fields.setdefault(f"ControlNet {i} {key}", value)
+
+
+def _same_family(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    groups = (("sd3", "sd35_medium"),)
+    return any(a in g and b in g for g in groups)
+
+
+def _shape_problem(loaded: Any, pipeline: Any) -> str:
+    """ "" when the control model's shapes fit the loaded denoiser, else what differs (the tiny models too)."""
+    model = loaded.model
+    unet = getattr(pipeline, "unet", None)
+    try:
+        if loaded.kind == "controlnet" and unet is not None:
+            mine = getattr(model.config, "cross_attention_dim", None)
+            theirs = unet.config.cross_attention_dim
+            if mine is not None and mine != theirs:
+                return f"its text width is {mine}, the checkpoint's {theirs}"
+            if tuple(model.config.block_out_channels) != tuple(unet.config.block_out_channels):
+                return "its blocks do not match the checkpoint's UNet"
+        elif loaded.kind == "controlnet":
+            transformer = pipeline.transformer
+            inner = model.config.num_attention_heads * model.config.attention_head_dim
+            theirs = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+            if inner != theirs:
+                return f"its width is {inner}, the checkpoint's {theirs}"
+        elif loaded.kind == "t2i_adapter":
+            if unet is None:
+                return "T2I-Adapters need a UNet checkpoint"
+            channels = tuple(model.config.channels) if hasattr(model, "config") else ()
+            blocks = tuple(unet.config.block_out_channels)
+            n = min(len(channels), len(blocks))
+            if channels and channels[:n] != blocks[:n]:
+                return "its channels do not match the checkpoint's UNet"
+        elif loaded.kind == "ip_adapter":
+            if unet is None:
+                return "IP-Adapters need a UNet checkpoint"
+            layer = model["ip_adapter"].get("1.to_k_ip.weight")
+            if layer is not None and int(layer.shape[1]) != int(unet.config.cross_attention_dim):
+                return f"its text width is {int(layer.shape[1])}, the checkpoint's {unet.config.cross_attention_dim}"
+    except (AttributeError, KeyError, TypeError):
+        return ""
+    return ""
+
+
+__all__: Sequence[str] = ("CatalogLibrary", "ControlExtension", "LoadedControl")
