@@ -1,7 +1,8 @@
 """The ControlNet section of the txt2img, img2img and inpaint tabs (A1111 sd-webui-controlnet's accordion).
 
 ``build_section(backend, task, fields, extra)`` runs inside the controls' left column (``build_controls``
-calls it through its ``sections``) and lays out ``UNIT_COUNT`` units, each in its own tab:
+calls it through its ``sections``) and lays out the ``control_net_unit_count`` setting's units (A1111: 3),
+each in its own tab:
 
     [control image] [processed image]     (mask, optional, folded away)
     [x] Enable  [x] Pixel Perfect
@@ -33,7 +34,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-UNIT_COUNT = 3
+UNIT_COUNT = 3  # A1111's default of ``control_net_unit_count``
+MAX_UNITS = 10
 NO_MODEL = "None"
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
@@ -125,12 +127,22 @@ def unit_record(values: Mapping[str, Any], index: int) -> Any:
     )
 
 
-def units_from_values(values: Mapping[str, Any], count: int = UNIT_COUNT) -> list[Any]:
-    """The enabled units (``ControlUnit``), in unit order; [] when none is enabled."""
+def _unit_count(values: Mapping[str, Any]) -> int:
+    """1 + the highest unit index with an ``enabled`` key in ``values`` (0 when there is none)."""
+    import re
+
+    found = [re.fullmatch(rf"{SCRIPT}_(\d+)_enabled", str(name)) for name in values]
+    return max((int(m.group(1)) + 1 for m in found if m), default=0)
+
+
+def units_from_values(values: Mapping[str, Any], count: int | None = None) -> list[Any]:
+    """The enabled units (``ControlUnit``), in unit order; [] when none is enabled. ``count``: how many
+    units the page has (default: as many as ``values`` has ``controlnet_<i>_enabled`` keys)."""
+    count = _unit_count(values) if count is None else count
     return [unit_record(values, i) for i in range(count) if values.get(key(i, "enabled"))]
 
 
-def with_units(to_request: Callable[[Mapping[str, Any]], Any], count: int = UNIT_COUNT) -> Callable[..., Any]:
+def with_units(to_request: Callable[[Mapping[str, Any]], Any], count: int | None = None) -> Callable[..., Any]:
     """``to_request`` that also puts the enabled units into ``alwayson_scripts["controlnet"]``."""
 
     def build(values: Mapping[str, Any]) -> Any:
@@ -450,13 +462,24 @@ def _build_unit(section: ControlSection, index: int, fields: dict[str, Any], ext
     refresh.click(refreshed, inputs=[c["model"]], outputs=[c["model"]], show_progress="hidden")
 
 
-def section_for(backend: Any, count: int = UNIT_COUNT) -> Callable[[str, dict, dict], Any]:
+def unit_count(backend: Any) -> int:
+    """The ``control_net_unit_count`` setting (A1111's; 1 to 10, default 3): read when the page is built."""
+    try:
+        value = int(backend.setting_values().get("control_net_unit_count", UNIT_COUNT))
+    except Exception:  # noqa: BLE001 - a backend without it: A1111's default
+        return UNIT_COUNT
+    return min(max(value, 1), MAX_UNITS)
+
+
+def section_for(backend: Any, count: int | None = None) -> Callable[[str, dict, dict], Any]:
     """The ``sections`` entry for ``build_controls``: the ControlNet section, or a line saying why it is
-    missing (the rest of the tab still works)."""
+    missing (the rest of the tab still works). ``count``: default the ``control_net_unit_count`` setting."""
 
     def section(task: str, fields: dict[str, Any], extra: dict[str, Any]) -> ControlSection | None:
         import gradio as gr
 
+        nonlocal count
+        count = unit_count(backend) if count is None else count
         try:
             return build_section(backend, task, fields, extra, count)
         except Exception as exc:  # noqa: BLE001 - one broken section must not take the tab down
