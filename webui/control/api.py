@@ -23,6 +23,7 @@ loads a checkpoint or a ControlNet.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -90,10 +91,15 @@ def legacy_hash(path: str | Path) -> str:
         return ""
 
 
+@functools.lru_cache(maxsize=1024)
+def _cached_hash(path: str, size: int, mtime_ns: int) -> str:
+    return legacy_hash(path)  # keyed by size and mtime too: a changed file is hashed again
+
+
 def model_title(info: Any) -> str:
     """``"stem [hash8]"`` as A1111's ControlNet lists a model (the stem alone when the file cannot be hashed)."""
     stem = Path(str(info.stem or info.name)).name
-    digest = legacy_hash(info.path)
+    digest = _cached_hash(str(info.path), int(info.size or 0), int(info.mtime_ns or 0))
     return f"{stem} [{digest}]" if digest else stem
 
 
