@@ -7,6 +7,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.browser.helpers import (
+    JOB_TIMEOUT_MS,
     choose,
     expect,
     open_tab,
@@ -85,13 +86,16 @@ def test_preview_shows_the_processed_control_image(page, control_image, screensh
 
 def test_generating_with_a_unit_names_controlnet_0_in_the_infotext(page, control_image, control_model):
     open_unit(page, "txt2img")
-    upload(page, "txt2img_controlnet_0_image", control_image)
-    expect(page.locator("#txt2img_controlnet_0_image img")).to_be_visible()
     page.locator("#txt2img_controlnet_0_enabled input").check()
     choose(page, "txt2img_controlnet_0_module", "canny")
     page.locator("#txt2img_controlnet_0_refresh").click()  # the model was added after the page was built
     choose(page, "txt2img_controlnet_0_model", control_model.rsplit(" [", 1)[0])
     small_job(page, "txt2img", "a house", seed=4242)
+    page.locator("#txt2img_generate").click()  # no control image yet: refused in words
+    expect(page.locator("#txt2img_error")).to_contain_text("no image", timeout=JOB_TIMEOUT_MS)
+    print("error box without a control image:", page.locator("#txt2img_error").inner_text())
+    upload(page, "txt2img_controlnet_0_image", control_image)
+    expect(page.locator("#txt2img_controlnet_0_image img")).to_be_visible()
     page.locator("#txt2img_generate").click()
     infotext = wait_for_result(page, "txt2img", 4242)
     assert "ControlNet 0" in infotext and "Module: canny" in infotext, infotext
