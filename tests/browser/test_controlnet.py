@@ -124,6 +124,8 @@ def test_png_info_send_to_txt2img_restores_the_unit(page, control_model, tmp_pat
     expect(page.locator("#txt2img_controlnet_0_threshold_a input[type=number]")).to_have_value("80")
     expect(page.locator("#txt2img_controlnet_0_guidance_end input[type=number]")).to_have_value("0.9")
     expect(page.locator("#txt2img_controlnet_0_resize_mode input[value='Just Resize']")).to_be_checked()
-    expect(page.locator("#txt2img_controlnet_0_control_mode input[value='My prompt is more important']")).to_be_checked()
+    expect(
+        page.locator("#txt2img_controlnet_0_control_mode input[value='My prompt is more important']")
+    ).to_be_checked()
     open_unit(page, "txt2img", 1)  # the units not in the infotext are off
     expect(page.locator("#txt2img_controlnet_1_enabled input")).not_to_be_checked()

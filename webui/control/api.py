@@ -69,7 +69,11 @@ def _weights_file(path: Path) -> Path | None:
     """The file A1111 would hash: the file itself, or a diffusers folder's weights."""
     if path.is_file():
         return path
-    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", "model.safetensors"):
+    for name in (
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.fp16.safetensors",
+        "model.safetensors",
+    ):
         if (path / name).is_file():
             return path / name
     found = sorted(path.glob("*.safetensors")) if path.is_dir() else []

@@ -256,7 +256,7 @@ class ControlSection:
 
         try:
             return model_list(self.backend)
-        except Exception:  # noqa: BLE001 - the page still pastes the rest
+        except Exception:
             log.exception("listing the control models failed")
             return []
 
@@ -355,7 +355,7 @@ def _build_unit(section: ControlSection, index: int, fields: dict[str, Any], ext
         preview = gr.Button("Run preprocessor", size="sm", elem_id=elem(task, index, "preview"), scale=1)
         try:
             titles = model_list(backend)
-        except Exception:  # noqa: BLE001 - the page builds; refresh tries again
+        except Exception:
             log.exception("listing the control models failed")
             titles = []
         c["model"] = gr.Dropdown(
@@ -378,15 +378,30 @@ def _build_unit(section: ControlSection, index: int, fields: dict[str, Any], ext
     res_spec, a_spec, b_spec = module_sliders("none")
     with gr.Row():
         c["processor_res"] = gr.Slider(
-            64, 2048, value=512, step=8, label="Preprocessor Resolution", visible=res_spec is not None,
+            64,
+            2048,
+            value=512,
+            step=8,
+            label="Preprocessor Resolution",
+            visible=res_spec is not None,
             elem_id=elem(task, index, "processor_res"),
         )
         c["threshold_a"] = gr.Slider(
-            1, 255, value=DEFAULTS["threshold_a"], step=1, label="Threshold A", visible=a_spec is not None,
+            1,
+            255,
+            value=DEFAULTS["threshold_a"],
+            step=1,
+            label="Threshold A",
+            visible=a_spec is not None,
             elem_id=elem(task, index, "threshold_a"),
         )
         c["threshold_b"] = gr.Slider(
-            1, 255, value=DEFAULTS["threshold_b"], step=1, label="Threshold B", visible=b_spec is not None,
+            1,
+            255,
+            value=DEFAULTS["threshold_b"],
+            step=1,
+            label="Threshold B",
+            visible=b_spec is not None,
             elem_id=elem(task, index, "threshold_b"),
         )
     c["control_mode"] = gr.Radio(
@@ -482,7 +497,7 @@ def section_for(backend: Any, count: int | None = None) -> Callable[[str, dict, 
         count = unit_count(backend) if count is None else count
         try:
             return build_section(backend, task, fields, extra, count)
-        except Exception as exc:  # noqa: BLE001 - one broken section must not take the tab down
+        except Exception as exc:
             log.exception("the ControlNet section of %s could not be built", task)
             for i in range(count):  # what a half-built section added would break Generate
                 for name in (*UNIT_FIELDS, *IMAGE_FIELDS):
