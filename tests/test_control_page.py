@@ -3,11 +3,12 @@ infotext's ``ControlNet <i>`` keys -> the units' values (what "Send to" and ↙ 
 
 from __future__ import annotations
 
+import pytest
 from PIL import Image
 
 from webui.control.ui import key, units_from_values, values_from_infotext, with_units
 from webui.control.units import ControlUnit, parse_units
-from webui.generation.requests import GenerationRequest
+from webui.generation.requests import GenerationRequest, RequestError
 from webui.ui.control_values import request_from_values
 
 MODELS = ["tiny_cn_sd15 [0123abcd]", "tiny_cn_sdxl [89abcdef]"]
@@ -63,3 +64,10 @@ def test_an_infotext_restores_the_units_and_names_what_it_cannot():
     assert values_from_infotext("just a prompt", MODELS, MODULES) == ({}, [])
     plain, _ = values_from_infotext("a cat\nSteps: 3, Sampler: Euler a, Seed: 1", MODELS, MODULES)
     assert plain == {key(i, "enabled"): False for i in range(3)}  # made without ControlNet: units off
+
+
+def test_a_unit_the_extension_would_refuse_is_refused_before_anything_is_queued():
+    values = {key(0, "enabled"): True, key(0, "guidance_start"): 0.8, key(0, "guidance_end"): 0.2}
+    with pytest.raises(RequestError) as refused:
+        with_units(lambda v: request_from_values("txt2img", v))(values)
+    assert refused.value.field == "alwayson_scripts" and "unit 0" in refused.value.message

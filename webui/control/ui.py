@@ -71,7 +71,6 @@ DEFAULTS: Mapping[str, Any] = {
     "pixel_perfect": False,
     "control_mode": "Balanced",
 }
-NUMBER_FIELDS = ("weight", "processor_res", "threshold_a", "threshold_b", "guidance_start", "guidance_end")
 RES_SLIDER = {"name": "Preprocessor Resolution", "value": 512, "min": 64, "max": 2048, "step": 8}
 THRESHOLD_SLIDER = {"name": "Threshold", "value": 64, "min": 0, "max": 256, "step": 1}
 
@@ -95,36 +94,19 @@ def unit_values(values: Mapping[str, Any], index: int) -> dict[str, Any]:
     return out
 
 
-def _number(name: str, index: int, value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"ControlNet unit {index}: {name.replace('_', ' ')} {value!r} is not a number") from None
-    return number
-
-
 def unit_record(values: Mapping[str, Any], index: int) -> Any:
-    """A ``ControlUnit`` for the unit ``index`` (the extension checks it with the rest of the request)."""
-    from webui.control.units import ControlUnit
+    """A checked ``ControlUnit`` for the unit ``index`` (the API's checks: ``units.parse_unit``); a unit it
+    refuses is a ``RequestError`` on ``alwayson_scripts``, shown next to Generate before anything is queued."""
+    from webui.control.units import parse_unit
+    from webui.generation.requests import RequestError
+    from webui.hooks import JobRefused
 
-    v = unit_values(values, index)
-    numbers = {name: _number(name, index, v[name]) for name in NUMBER_FIELDS}
-    return ControlUnit(
-        enabled=True,
-        module=str(v["module"] or "none"),
-        model=str(v["model"] or NO_MODEL),
-        weight=numbers["weight"],
-        image=v["image"],
-        mask=v["mask"],
-        resize_mode=str(v["resize_mode"] or DEFAULTS["resize_mode"]),
-        processor_res=int(numbers["processor_res"]),
-        threshold_a=numbers["threshold_a"],
-        threshold_b=numbers["threshold_b"],
-        guidance_start=numbers["guidance_start"],
-        guidance_end=numbers["guidance_end"],
-        control_mode=str(v["control_mode"] or DEFAULTS["control_mode"]),
-        pixel_perfect=bool(v["pixel_perfect"]),
-    )
+    sent = {name: value for name, value in unit_values(values, index).items() if value is not None}
+    sent["enabled"] = True
+    try:
+        return parse_unit(sent, index)
+    except JobRefused as exc:
+        raise RequestError("alwayson_scripts", str(exc)) from None
 
 
 def _unit_count(values: Mapping[str, Any]) -> int:
