@@ -7,6 +7,7 @@ and the page send them. Weights are random, so the tests compare images with eac
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,12 +15,20 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.app_services import tmp_services
+from tests.control_models import (
+    tiny_controlnet,
+    write_tiny_clip_vision,
+    write_tiny_controlnet,
+    write_tiny_ip_adapter,
+    write_tiny_t2i_adapter,
+)
 from tests.tolerance import PIXEL_MAX, PIXEL_MEAN, assert_close, assert_close_pixels, assert_far
 from webui.generation.requests import GenerationRequest
 from webui.generation.service import DONE, FAILED
 from webui.models.demo import demo_checkpoint_name, write_demo_models
 
 SD15, SDXL, SD3 = demo_checkpoint_name("sd15"), demo_checkpoint_name("sdxl"), demo_checkpoint_name("sd3")
+SD35L = demo_checkpoint_name("sd35_large")
 
 
 def control_image(size=(64, 64)) -> Image.Image:
@@ -31,17 +40,45 @@ def control_image(size=(64, 64)) -> Image.Image:
     return image
 
 
-# --- the tiny control models (one function: swapped for the real files' loader when they are written) ----
+def amplify(path: Path, prefixes: tuple[str, ...], factor: float) -> None:
+    """Scale some tensors of a written model file: the tiny random models react weakly to their control image,
+    and tests of small changes (a threshold, a resize mode, the last steps) need a model that visibly reacts."""
+    from safetensors.torch import load_file, save_file
 
-from tests.control_library import TinyLibrary
+    if path.is_dir():
+        path = path / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(path))
+    save_file({k: v * factor if k.startswith(prefixes) else v for k, v in state.items()}, str(path))
+
+
+def write_control_models(models: Path) -> None:
+    """The tiny control models in their real layouts, as users put them in models/ControlNet and models/clip_vision."""
+    folder = models / "ControlNet"
+    cn = write_tiny_controlnet(folder, "sd15", "original", name="cn_sd15")
+    # the hint embedding's last convolution starts at zero too: without this the map's content barely matters
+    amplify(cn, ("control_model.input_hint_block.14.",), 75.0)
+    amplify(cn, ("control_model.zero_convs.", "control_model.middle_block_out."), 3.0)
+    write_tiny_controlnet(folder, "sdxl", "diffusers", name="cn_sdxl")
+    write_tiny_controlnet(folder, "sdxl", "single", union=True, name="union_sdxl")
+    write_tiny_controlnet(folder, "sd3", "diffusers", name="cn_sd3")
+    write_tiny_controlnet(folder, "sd35_large", "original", name="cn_sd35_large")  # Stability's layout
+    amplify(write_tiny_t2i_adapter(folder, "sd15", "original", name="t2i_sd15"), ("conv_in.",), 4.0)
+    amplify(write_tiny_t2i_adapter(folder, "sdxl", "diffusers", name="t2i_sdxl"), ("adapter.conv_in.",), 4.0)
+    for family in ("sd15", "sdxl"):
+        write_tiny_ip_adapter(folder, family, name=f"ip_{family}")
+        write_tiny_ip_adapter(folder, family, plus=True, name=f"ip_plus_{family}")
+    write_tiny_clip_vision(models / "clip_vision", name="tiny-CLIP-ViT-H-14")
 
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
     root = tmp_path_factory.mktemp("control-apply")
-    write_demo_models(root / "models", ("sd15", "sdxl", "sd3"))
+    write_demo_models(root / "models", ("sd15", "sdxl", "sd3", "sd35_large"))
+    write_control_models(root / "models")
     services = tmp_services(root, preview_every=0)
-    TinyLibrary.install(services)
+    for name in ("cn_sd15", "cn_sdxl", "union_sdxl", "cn_sd3", "t2i_sd15", "t2i_sdxl", "ip_sd15", "ip_plus_sdxl"):
+        entry = services.manager.catalog.find(name, kind="control")
+        assert entry.usable, entry.error
     services.generation.start()
     yield services
     services.generation.stop()
@@ -93,6 +130,9 @@ def test_the_control_modes_differ(services):
     images = [image(run(services, [unit(control_mode=mode)])) for mode in range(3)]
     assert_far(images[1], images[0], PIXEL_MAX, PIXEL_MEAN)
     assert_far(images[2], images[1], PIXEL_MAX, PIXEL_MEAN)
+    # without CFG there is no unconditional half to keep free of control: modes 1 and 2 are the same
+    no_cfg = [image(run(services, [unit(control_mode=mode)], cfg_scale=1.0)) for mode in (1, 2)]
+    assert np.array_equal(no_cfg[0], no_cfg[1])
 
 
 def test_several_units_at_once(services):
@@ -123,8 +163,10 @@ def test_a_preprocessor_runs_with_its_thresholds(services):
         run(services, [unit(image=grid, module="canny", threshold_a=200, threshold_b=250, weight=2, processor_res=64)])
     )
     assert_far(low, high, PIXEL_MAX, PIXEL_MEAN)
-    perfect = run(services, [unit(module="canny", pixel_perfect=True, image=control_image((256, 256)))])
-    assert perfect.state == DONE, perfect.error
+    big = control_image((256, 256))
+    perfect = image(run(services, [unit(module="canny", pixel_perfect=True, image=big)]))  # canny at 64 px
+    assert_far(perfect, image(run(services, [unit(module="canny", image=big)])), PIXEL_MAX, PIXEL_MEAN)  # at 512
+    assert_close_pixels(perfect, image(run(services, [unit(module="canny", processor_res=64, image=big)])))
 
 
 def test_the_hook_is_removed_when_the_job_ends(services, plain):
@@ -164,7 +206,7 @@ def test_a_model_of_another_family_is_refused_with_its_message(services):
     job = run(services, [unit("cn_sdxl")])
     assert job.state == FAILED
     assert "the ControlNet cn_sdxl is for SDXL; the loaded model is SD 1.5" in job.error
-    assert "pick a SD 1.5 ControlNet" in job.error and job.error_field == "alwayson_scripts"
+    assert "pick a ControlNet made for SD 1.5" in job.error and job.error_field == "alwayson_scripts"
     job = run(services, [unit("ip_sd15", module="ip-adapter_clip_h")], sd_model_checkpoint=SDXL)
     assert job.state == FAILED and "is for SD 1.5; the loaded model is SDXL" in job.error
 
@@ -178,6 +220,24 @@ def test_unknown_models_and_missing_images_are_refused(services):
     assert job.state == FAILED and "no model is selected" in job.error
     job = run(services, [unit(module="depth_midas")])
     assert job.state == FAILED and "dpt_hybrid-midas-501f0c75.pt" in job.error
+
+
+def test_checked_units_are_plain_data(services):
+    from PIL import Image as PILImage
+
+    checked = services.backend.validate(
+        GenerationRequest(
+            prompt="x",
+            steps=3,
+            width=64,
+            height=64,
+            sd_model_checkpoint=SD15,
+            alwayson_scripts={"controlnet": [unit(module="canny")]},
+        )
+    )
+    (args,) = checked.alwayson_scripts["controlnet"]
+    assert type(args) is dict and args["module"] == "canny" and args["threshold_a"] == 100
+    assert all(isinstance(v, (str, int, float, bool, type(None), PILImage.Image)) for v in args.values())
 
 
 def test_bad_units_are_refused_before_the_job_runs(services):
@@ -199,7 +259,11 @@ def test_bad_units_are_refused_before_the_job_runs(services):
 
 
 def test_the_infotext_has_a1111s_unit_fields(services):
-    job = run(services, [unit(module="canny", weight=1), unit(enabled=False), unit(weight=0.5, guidance_end=0.5)])
+    named = "cn_sd15 [0c0ffee0]"  # A1111's model title: name [hash]
+    job = run(
+        services,
+        [unit(named, module="canny", weight=1), unit(enabled=False), unit(named, weight=0.5, guidance_end=0.5)],
+    )
     text = job.result.infotexts[0]
     assert (
         'ControlNet 0: "Module: canny, Model: cn_sd15 [0c0ffee0], Weight: 1.0, Resize Mode: Crop and Resize, '
@@ -208,7 +272,9 @@ def test_the_infotext_has_a1111s_unit_fields(services):
     ) in text
     assert 'ControlNet 1: "Module: none, Model: cn_sd15 [0c0ffee0], Weight: 0.5' in text
     assert "ControlNet 2" not in text
-    ext = TinyLibrary.extension(services)
+    from webui.control.extension import ControlExtension
+
+    ext = ControlExtension()
     fields = {"ControlNet 0": text.split('ControlNet 0: "', 1)[1].split('"', 1)[0]}
     ext.webui_infotext_pasted(text, fields)
     assert fields["ControlNet 0 module"] == "canny" and fields["ControlNet 0 weight"] == 1.0
@@ -240,6 +306,19 @@ def test_sd3_controlnet(services):
     assert np.array_equal(image(run(services, [unit("cn_sd3")], **sd3)), first)  # no global RNG involved
     assert_close_pixels(image(run(services, [unit("cn_sd3", weight=0)], **sd3)), plain3)
     assert_far(image(run(services, [unit("cn_sd3", guidance_end=0.5)], **sd3)), first, PIXEL_MAX, PIXEL_MEAN)
+
+
+def test_sd35_large_controlnet_uses_the_transformers_positional_embedding(services):
+    from webui.control.files import load_control
+
+    large = {"sd_model_checkpoint": SD35L, "sampler_name": "Euler", "cfg_scale": 4.0}
+    base = image(run(services, **large))
+    on = image(run(services, [unit("cn_sd35_large")], **large))
+    assert_far(on, base, PIXEL_MAX, PIXEL_MEAN)
+    assert_close_pixels(image(run(services, [unit("cn_sd35_large", weight=0)], **large)), base)
+    device = services.manager.device
+    cached = load_control(services.manager.catalog.find("cn_sd35_large", kind="control"), device.device, device.dtype)
+    assert cached.model.pos_embed is None  # the shared, cached model is not changed
 
 
 # --- T2I-Adapter ------------------------------------------------------------------------------------------
@@ -291,6 +370,30 @@ def test_ip_adapters(services, model, checkpoint, module):
     )
 
 
+def test_ip_adapter_with_attention_slicing_on(services, plain):
+    run(services)  # the SD 1.5 checkpoint loaded
+    pipe = services.manager.loaded.pipeline
+    before = dict(pipe.unet.attn_processors)
+    pipe.enable_attention_slicing(1)
+    try:
+        sliced = {name: type(p) for name, p in pipe.unet.attn_processors.items()}
+        job = run(services, [unit("ip_sd15", module="ip-adapter_clip_h")])
+        assert_far(image(job), plain, PIXEL_MAX, PIXEL_MEAN)
+        assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == sliced
+        assert "SlicedAttnProcessor" in {t.__name__ for t in sliced.values()}
+    finally:
+        pipe.unet.set_attn_processor(before)
+
+
+def test_a_batch_gets_the_units_on_every_image(services):
+    units = [unit(), unit("ip_sd15", module="ip-adapter_clip_h")]
+    single = image(run(services, units, seed=8))
+    job = run(services, units, seed=7, batch_size=2)
+    assert job.state == DONE, job.error
+    assert len(job.result.images) == 2
+    assert_close_pixels(np.asarray(job.result.images[1]), single)  # image 1 of the batch has seed 8
+
+
 def test_ip_adapter_with_a_controlnet(services, plain):
     both = image(run(services, [unit("ip_sd15", module="ip-adapter_clip_h"), unit()]))
     alone = image(run(services, [unit()]))
@@ -317,13 +420,12 @@ def test_the_hook_equals_diffusers_controlnet_pipeline_with_a1111s_window():
     import torch
     from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
-    from tests.control_library import tiny_models
     from webui.control.apply import JobControl, Unit
     from webui.control.units import parse_units
     from webui.models.demo import build_tiny_pipeline
 
     pipe = build_tiny_pipeline("sd15")
-    cn = tiny_models("sd15")["cn"]
+    cn = tiny_controlnet("sd15")
     cmap = control_image()
     steps = 4
 
@@ -368,3 +470,46 @@ def test_the_hook_equals_diffusers_controlnet_pipeline_with_a1111s_window():
     # diffusers' (step + 1)/N <= end at end 0.75
     assert_close(hooked(0.5), pipeline(0.75))
     assert_far(hooked(0.5), pipeline(0.5), 2e-3, 1e-4)
+
+
+# --- through the A1111 API ----------------------------------------------------------------------------------
+
+
+def _b64(image) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_the_api_runs_units_and_answers_422_for_a_wrong_family(services):
+    import json
+
+    import httpx
+
+    from tests.api_server import serve_api
+
+    body = {
+        "prompt": "a cube",
+        "seed": 7,
+        "steps": 3,
+        "width": 64,
+        "height": 64,
+        "sampler_name": "Euler",
+        "override_settings": {"sd_model_checkpoint": SD15},
+    }
+    cn_unit = {"enabled": True, "module": "canny", "model": "cn_sd15", "weight": 1, "image": _b64(control_image())}
+    with serve_api(services) as url, httpx.Client(base_url=url, timeout=300) as client:
+        ok = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"ControlNet": {"args": [cn_unit]}}})
+        assert ok.status_code == 200, ok.text
+        info = json.loads(ok.json()["info"])
+        assert 'ControlNet 0: "Module: canny, Model: cn_sd15, Weight: 1.0' in info["infotexts"][0]
+        wrong = {**cn_unit, "model": "cn_sdxl"}
+        r = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"ControlNet": {"args": [wrong]}}})
+        assert r.status_code == 422, r.text
+        assert "the ControlNet cn_sdxl is for SDXL; the loaded model is SD 1.5" in r.text
+        bad = {**cn_unit, "guidance_start": 0.9, "guidance_end": 0.1}
+        r = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"ControlNet": {"args": [bad]}}})
+        assert r.status_code == 422 and "must not be after guidance_end" in r.text, r.text

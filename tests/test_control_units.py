@@ -73,6 +73,7 @@ def test_aliases_ints_and_data_urls():
 def test_parsing_again_returns_the_same_units():
     units = parse_units([{"module": "canny", "image": b64(RED)}])
     assert parse_units(units) == units
+    assert parse_units([u.as_args() for u in units]) == units  # the plain form webui_script_args hands back
     assert parse_units({"args": [ControlUnit()]}) == (ControlUnit(),)
 
 

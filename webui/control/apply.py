@@ -133,6 +133,12 @@ class JobControl:
         dicts = [u.model for u in ips]
         for slot, u in enumerate(ips):
             u.ip_slot = slot
+        if not all(_constructible(p) for p in processors.values()):
+            # load_ip_adapter re-creates every self-attention processor with its class's no-argument constructor,
+            # which attention slicing's processor lacks: plain attention for this job (the undo puts them back)
+            from diffusers.models.attention_processor import AttnProcessor2_0
+
+            unet.set_attn_processor(AttnProcessor2_0())
         if len(dicts) == 1:
             pipeline.load_ip_adapter(dicts[0], subfolder="", weight_name="", image_encoder_folder=None)
         else:
@@ -380,6 +386,14 @@ class JobControl:
             total = [a + before[int(j / interval)] for j, a in enumerate(total)]
         kwargs["block_controlnet_hidden_states"] = total
         return args, kwargs
+
+
+def _constructible(processor: Any) -> bool:
+    try:
+        type(processor)()
+    except TypeError:
+        return False
+    return True
 
 
 def torch_cat(tensors: list) -> Any:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,7 @@ log = logging.getLogger(__name__)
 
 SCRIPT = "controlnet"
 FIELD = "alwayson_scripts"
-KIND_LABELS = {"controlnet": "ControlNet", "t2i_adapter": "T2I-Adapter", "ip_adapter": "IP-Adapter"}
 SD3_FAMILIES = ("sd3", "sd35_medium", "sd35_large")
-
-
-@dataclass(frozen=True)
-class LoadedControl:
-    """What a library's ``load`` gives (``webui.control.files.LoadedControl`` has the same fields)."""
-
-    kind: str  # controlnet | t2i_adapter | ip_adapter
-    family: str | None
-    variant: str
-    model: Any
 
 
 def family_label(family: str | None) -> str:
@@ -51,25 +39,21 @@ def family_label(family: str | None) -> str:
 
 
 class CatalogLibrary:
-    """Control models from the app's catalog (``models/ControlNet``, ``models/controlnet``, ...), loaded by
-    ``webui.control.files``; CLIP vision encoders from ``models/clip_vision``."""
-
-    control_kind = "control"
-    encoder_kind = "clip_vision"
+    """Control models from the app's catalog (kind ``control``: ``models/ControlNet``, ``models/controlnet``, ...),
+    loaded by ``webui.control.files``; CLIP vision encoders from ``models/clip_vision`` (kind ``clip_vision``)."""
 
     def __init__(self, catalog: Any, models_dir: Path) -> None:
         self.catalog = catalog
         self.models_dir = Path(models_dir)
 
-    def _kinds(self, kind: str) -> bool:
-        from webui.models.catalog import FOLDERS
-
-        return kind in FOLDERS
-
     def find(self, name: str) -> Any:
-        if self.catalog is None or not self._kinds(self.control_kind):
-            raise KeyError("this app has no ControlNet model folder yet (models/ControlNet)")
-        return self.catalog.find(name, kind=self.control_kind)
+        if self.catalog is None:
+            raise KeyError("no model catalog: ControlNet models cannot be looked up")
+        try:
+            return self.catalog.find(name, kind="control")
+        except KeyError:
+            self.catalog.refresh()  # a file put in models/ControlNet since the last scan
+            return self.catalog.find(name, kind="control")
 
     def label(self, entry: Any, name: str) -> str:
         return name if name.endswith("]") else entry.stem
@@ -79,21 +63,16 @@ class CatalogLibrary:
 
         return load_control(entry, device, dtype)
 
-    def encoders(self) -> list[Any]:
-        if self.catalog is None or not self._kinds(self.encoder_kind):
-            return []
-        return [e for e in self.catalog.entries(self.encoder_kind) if e.usable]
+    def image_encoder(self, entry: Any, loaded: Any, module: str, device: Any, dtype: Any) -> Any:
+        """The CLIP vision encoder the IP-Adapter ``entry`` reads (the module's ViT-H / bigG hint first)."""
+        from webui.control.files import find_image_encoder, load_image_encoder
 
-    def encoder_name(self, entry: Any) -> str:
-        return entry.name
-
-    def load_encoder(self, entry: Any, device: Any, dtype: Any) -> Any:
-        from webui.control.files import load_image_encoder
-
-        return load_image_encoder(entry, device, dtype)
-
-    def encoder_folder(self) -> Path:
-        return self.models_dir / "clip_vision"
+        encoders = [e for e in self.catalog.entries("clip_vision") if e.usable] if self.catalog is not None else []
+        hint = _encoder_hint(module)
+        if hint:
+            encoders.sort(key=lambda e: not any(h in e.name.lower() for h in hint))
+        chosen = find_image_encoder(entry, encoders)  # ModelLoadError naming the file and folder when none fits
+        return load_image_encoder(chosen, device, dtype)
 
 
 def _encoder_hint(module: str) -> tuple[str, ...]:
@@ -125,7 +104,7 @@ class ControlExtension:
             return None
         from webui.control.units import parse_units
 
-        return list(parse_units(args))
+        return [unit.as_args() for unit in parse_units(args)]  # plain data: it may cross the backend
 
     def webui_app_started(self, app: Any, webui: Any, options: Mapping[str, Any]) -> None:
         try:
@@ -210,9 +189,11 @@ class ControlExtension:
         self._check_family(index, unit, loaded, event)
         u = Unit(index, unit, kind, loaded.model, variant=self._variant(loaded, event))
         if kind == "ip_adapter":
-            self._prepare_ip(u, event)
+            self._prepare_ip(u, entry, loaded, event)
             return u
         self._prepare_map(u, event)
+        if u.variant == "sd3" and getattr(u.model.config, "use_pos_embed", True) is False:
+            u.model = _with_transformer_pos_embed(u.model, event.pipeline.transformer)
         if u.variant == "union":
             u.union_index = self._union_index(index, unit, loaded)
         return u
@@ -228,17 +209,16 @@ class ControlExtension:
 
     # family: the file's own family and the shapes against the loaded denoiser
     def _check_family(self, index: int, unit: Any, loaded: Any, event: Any) -> None:
-        kind_label = KIND_LABELS.get(loaded.kind, "control model")
-        problem = _shape_problem(loaded, event.pipeline)
-        wrong = problem or (loaded.family and not _same_family(loaded.family, event.family))
-        if wrong:
-            mine = family_label(loaded.family) if loaded.family else "another model family"
-            theirs = family_label(event.family)
-            raise JobRefused(
-                f"ControlNet unit {index}: the {kind_label} {unit.model} is for {mine}; the loaded model is "
-                f"{theirs} — pick a {theirs} {kind_label}" + (f" ({problem})" if problem else ""),
-                field=FIELD,
-            )
+        from webui.control.files import family_mismatch, shape_mismatch
+
+        problem = None
+        if loaded.family and not _same_family(loaded.family, event.family):
+            problem = family_mismatch(loaded, event.family)
+        if problem is None:
+            denoiser = getattr(event.pipeline, "unet", None) or event.pipeline.transformer
+            problem = shape_mismatch(loaded, denoiser)
+        if problem:
+            raise JobRefused(f"ControlNet unit {index}: {problem}", field=FIELD)
 
     def _union_index(self, index: int, unit: Any, loaded: Any) -> int:
         from webui.control.preprocessors import get_module
@@ -309,7 +289,7 @@ class ControlExtension:
             raise JobRefused(f"ControlNet unit {u.index}: {exc}", field=FIELD) from None
         u.resize_mode = resize
 
-    def _prepare_ip(self, u: Any, event: Any) -> None:
+    def _prepare_ip(self, u: Any, entry: Any, loaded: Any, event: Any) -> None:
         from webui.control.apply import encode_ip_image, ip_wants_hidden_states
 
         unit = u.unit
@@ -324,38 +304,16 @@ class ControlExtension:
             image = event.request.init_image
         if image is None:
             raise JobRefused(f"ControlNet unit {u.index}: the IP-Adapter needs an image", field=FIELD)
-        state = u.model
-        u.encoder = self._encoder(u.index, unit, state, event)
-        u.embeds = encode_ip_image(image, u.encoder, ip_wants_hidden_states(state))
+        u.encoder = self._encoder(u.index, unit, entry, loaded, event)
+        u.embeds = encode_ip_image(image, u.encoder, ip_wants_hidden_states(u.model))
 
-    def _encoder(self, index: int, unit: Any, state: Any, event: Any) -> Any:
-        from webui.control.apply import ip_encoder_fits
-
-        entries = list(self.library.encoders())
-        hint = _encoder_hint(unit.module)
-        if hint:
-            entries.sort(key=lambda e: not any(h in self.library.encoder_name(e).lower() for h in hint))
-        tried = []
-        for entry in entries:
-            try:
-                encoder = self.library.load_encoder(entry, event.device, event.dtype)
-            except Exception as exc:  # noqa: BLE001 - try the next one, then say what went wrong
-                tried.append(f"{self.library.encoder_name(entry)} ({type(exc).__name__}: {exc})")
-                continue
-            if ip_encoder_fits(state, encoder):
-                return encoder
-            tried.append(f"{self.library.encoder_name(entry)} (other sizes)")
-        which = (
-            "ViT-bigG (CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors)"
-            if "bigg" in hint
-            else ("ViT-H (CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors)")
-        )
-        found = f"; found: {', '.join(tried)}" if tried else ""
-        raise JobRefused(
-            f"ControlNet unit {index}: the IP-Adapter {unit.model} needs its CLIP vision image encoder, usually "
-            f"{which}; put it in {self.library.encoder_folder()}{found}",
-            field=FIELD,
-        )
+    def _encoder(self, index: int, unit: Any, entry: Any, loaded: Any, event: Any) -> Any:
+        try:
+            return self.library.image_encoder(entry, loaded, unit.module, event.device, event.dtype)
+        except JobRefused:
+            raise
+        except Exception as exc:  # noqa: BLE001 - ModelLoadError: which encoder to put where
+            raise JobRefused(f"ControlNet unit {index}: {exc}", field=FIELD) from None
 
     # --- the passes --------------------------------------------------------------------------------
     def webui_stage_arguments(self, event: Any) -> Any:
@@ -412,41 +370,15 @@ def _same_family(a: str, b: str) -> bool:
     return any(a in g and b in g for g in groups)
 
 
-def _shape_problem(loaded: Any, pipeline: Any) -> str:
-    """ "" when the control model's shapes fit the loaded denoiser, else what differs (the tiny models too)."""
-    model = loaded.model
-    unet = getattr(pipeline, "unet", None)
-    try:
-        if loaded.kind == "controlnet" and unet is not None:
-            mine = getattr(model.config, "cross_attention_dim", None)
-            theirs = unet.config.cross_attention_dim
-            if mine is not None and mine != theirs:
-                return f"its text width is {mine}, the checkpoint's {theirs}"
-            if tuple(model.config.block_out_channels) != tuple(unet.config.block_out_channels):
-                return "its blocks do not match the checkpoint's UNet"
-        elif loaded.kind == "controlnet":
-            transformer = pipeline.transformer
-            inner = model.config.num_attention_heads * model.config.attention_head_dim
-            theirs = transformer.config.num_attention_heads * transformer.config.attention_head_dim
-            if inner != theirs:
-                return f"its width is {inner}, the checkpoint's {theirs}"
-        elif loaded.kind == "t2i_adapter":
-            if unet is None:
-                return "T2I-Adapters need a UNet checkpoint"
-            channels = tuple(model.config.channels) if hasattr(model, "config") else ()
-            blocks = tuple(unet.config.block_out_channels)
-            n = min(len(channels), len(blocks))
-            if channels and channels[:n] != blocks[:n]:
-                return "its channels do not match the checkpoint's UNet"
-        elif loaded.kind == "ip_adapter":
-            if unet is None:
-                return "IP-Adapters need a UNet checkpoint"
-            layer = model["ip_adapter"].get("1.to_k_ip.weight")
-            if layer is not None and int(layer.shape[1]) != int(unet.config.cross_attention_dim):
-                return f"its text width is {int(layer.shape[1])}, the checkpoint's {unet.config.cross_attention_dim}"
-    except (AttributeError, KeyError, TypeError):
-        return ""
-    return ""
+def _with_transformer_pos_embed(model: Any, transformer: Any) -> Any:
+    """SD3.5 Large ControlNets share the transformer's positional embedding (the diffusers pipeline attaches it in
+    its constructor); the loaded model is shared by the cache, so a shallow copy gets it."""
+    import copy
+
+    twin = copy.copy(model)  # shares every weight; only the attribute below differs
+    twin._modules = dict(model._modules)
+    twin.pos_embed = model._get_pos_embed_from_transformer(transformer).to(model.device, model.dtype)
+    return twin
 
 
-__all__: Sequence[str] = ("CatalogLibrary", "ControlExtension", "LoadedControl")
+__all__: Sequence[str] = ("CatalogLibrary", "ControlExtension")

@@ -71,6 +71,11 @@ class ControlUnit:
     hr_option: str = "Both"
     save_detected_map: bool = True
 
+    def as_args(self) -> dict:
+        """The unit as plain data (field -> value; the images stay PIL images): what ``webui_script_args`` hands
+        back, and what ``parse_units`` takes again unchanged."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
     def plain(self) -> dict:
         """The unit as a dict without its images (for logs and the UI)."""
         data = asdict(self)
