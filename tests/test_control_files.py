@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from tests import control_models as CM
 from tests import headers as H
+from webui.control import demo as CM
 from webui.control import files
 from webui.models.catalog import ModelCatalog
 from webui.models.identify import identify
@@ -205,6 +205,7 @@ def test_ip_adapter_loads_into_the_tiny_pipeline(models_dir, cache, name):
     base = CM._pipe(family)
     pipe = type(base)(**base.components)  # a pipeline of its own over the same modules; the UNet is restored below
     processors = dict(pipe.unet.attn_processors)
+    before = {part: {k: v.clone() for k, v in tensors.items()} for part, tensors in loaded.model.items()}
     try:
         pipe.register_modules(image_encoder=encoder)
         pipe.load_ip_adapter(loaded.model, subfolder="", weight_name="", image_encoder_folder=None)
@@ -228,6 +229,9 @@ def test_ip_adapter_loads_into_the_tiny_pipeline(models_dir, cache, name):
     finally:
         pipe.unload_ip_adapter()
         pipe.unet.set_attn_processor(processors)
+    for part, tensors in before.items():  # the cached state dict is still as loaded: the next job can use it
+        assert tensors.keys() == loaded.model[part].keys()
+        assert all(torch.equal(v, loaded.model[part][k]) for k, v in tensors.items())
 
 
 def test_image_encoder_loads_from_file_and_folder_to_the_same_weights(models_dir, cache):
@@ -414,7 +418,22 @@ def test_pickles_are_listed_never_opened(tmp_path):
         assert not entry.usable and "pickle" in entry.error and ".safetensors" in entry.error
         with pytest.raises(ModelLoadError, match="pickle"):
             (files.load_image_encoder if entry.kind == "clip_vision" else files.load_control)(entry)
+    assert "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors" in cat.find("clip_h.pth", kind="clip_vision").error
     assert not canary.exists()
+
+
+def test_sharded_model_folder_is_listed_with_a_reason(tmp_path):
+    folder = tmp_path / "ControlNet" / "big"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"_class_name": "ControlNetModel"}')
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text("{}")
+    H.write_safetensors(
+        folder / "diffusion_pytorch_model-00001-of-00002.safetensors", {"conv_in.weight": (320, 4, 3, 3)}
+    )
+    cat = ModelCatalog(tmp_path)
+    cat.refresh()
+    (entry,) = cat.entries("control")
+    assert entry.name == "big" and "shards" in entry.error
 
 
 def test_checkpoint_listing_is_unchanged(tmp_path):
@@ -470,6 +489,18 @@ def test_loaded_models_are_cached_by_path_and_mtime(tmp_path, cache):
     _same_weights(again.model, first.model)
 
 
+def test_a_changed_model_folder_is_identified_again(tmp_path):
+    from webui.models.identify import is_current
+
+    folder = CM.write_tiny_controlnet(tmp_path / "ControlNet", "sd15", "diffusers", name="cn")
+    record = identify(folder, expect="control")
+    assert record.stamp is not None and is_current(record)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert not is_current(record)
+
+
 def test_cache_is_bounded_least_recently_used_first():
     cache = files.ControlCache(max_entries=2)
     for i in range(3):
@@ -485,7 +516,7 @@ def test_cache_is_bounded_least_recently_used_first():
 # --- does it fit the loaded model? -------------------------------------------------------------------
 
 
-def test_family_mismatch_in_words(models_dir):
+def test_family_mismatch_in_words(models_dir, catalog):
     record = identify(models_dir[1]["cn-sdxl-original"], expect="control")
     assert files.family_mismatch(record, "sdxl") is None
     assert files.family_mismatch(record, "sd15") == (
@@ -494,6 +525,8 @@ def test_family_mismatch_in_words(models_dir):
     )
     ip = identify(models_dir[1]["ip-sd15"], expect="control")
     assert "pick an IP-Adapter made for SDXL" in files.family_mismatch(ip, "sdxl")
+    entry = catalog.find("tiny-sd15-t2i-original", kind="control")
+    assert "the T2I-Adapter tiny-sd15-t2i-original.safetensors is for SD 1.5" in files.family_mismatch(entry, "sdxl")
 
 
 @pytest.mark.parametrize(
@@ -524,3 +557,206 @@ def test_shuffle_controlnet_pools_its_conditioning(tmp_path, cache):
     path = CM.write_tiny_controlnet(tmp_path / "ControlNet", "sd15", "original", name="control_v11e_sd15_shuffle")
     loaded = files.load_control(path, cache=cache)
     assert loaded.info["global_pool_conditions"] and loaded.model.config.global_pool_conditions
+
+
+# --- the released architectures (built on the meta device: shapes only) -------------------------------
+
+SD15_CN = {
+    "block_out_channels": [320, 640, 1280, 1280],
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "layers_per_block": 2,
+}
+SDXL_CN = {
+    "block_out_channels": [320, 640, 1280],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "cross_attention_dim": 2048,
+    "attention_head_dim": [5, 10, 20],
+    "transformer_layers_per_block": [1, 2, 10],
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
+
+
+def _meta(cls, **config):
+    with torch.device("meta"):
+        return cls(**config)
+
+
+@pytest.mark.parametrize("family, config", [("sd15", SD15_CN), ("sdxl", SDXL_CN)])
+def test_released_controlnet_configs_are_rebuilt_from_shapes(tmp_path, family, config):
+    from diffusers import ControlNetModel
+
+    model = _meta(ControlNetModel, **config)
+    for layout, shapes in (
+        ("single", {k: tuple(v.shape) for k, v in model.state_dict().items()}),
+        ("original", {k: tuple(v.shape) for k, v in CM.controlnet_to_original(model).items()}),
+    ):
+        path = H.write_safetensors(tmp_path / f"{family}-{layout}.safetensors", shapes)
+        record = identify(path, expect="control")
+        assert (record.kind, record.family, record.info["layout"]) == ("controlnet", family, layout), record.error
+        if layout == "original":
+            renamed = files.controlnet_from_original(shapes)
+            shapes = {k: tuple(v) for k, v in renamed.items()}
+        rebuilt = files.controlnet_config(shapes, files.default_families().get(family))
+        for key, value in model.config.items():
+            if key in rebuilt:
+                assert _norm(rebuilt[key]) == _norm(value), key
+
+
+def test_released_t2i_adapters_round_trip_through_the_original_names():
+    from diffusers import T2IAdapter
+
+    for downscale, kind in ((8, "full_adapter"), (16, "full_adapter_xl")):
+        model = _meta(
+            T2IAdapter,
+            in_channels=3,
+            channels=[320, 640, 1280, 1280],
+            num_res_blocks=2,
+            downscale_factor=downscale,
+            adapter_type=kind,
+        )
+        original = {k: tuple(v.shape) for k, v in CM.t2i_to_original(model).items()}
+        renamed = files.t2i_from_original(original)
+        assert set(renamed) == set(model.state_dict())
+        config = files.t2i_config(renamed)
+        assert config == {k: _norm(v) for k, v in model.config.items() if not k.startswith("_")}
+
+
+@pytest.mark.parametrize(
+    "family, config",
+    [
+        (  # InstantX/SD3-Controlnet-Canny
+            "sd3",
+            {
+                "num_layers": 6,
+                "num_attention_heads": 24,
+                "joint_attention_dim": 4096,
+                "caption_projection_dim": 1536,
+                "pooled_projection_dim": 2048,
+                "pos_embed_max_size": 192,
+            },
+        ),
+        (  # stabilityai sd3.5_large_controlnet_canny (diffusers' conversion script's config)
+            "sd35_large",
+            {
+                "num_layers": 19,
+                "num_attention_heads": 38,
+                "joint_attention_dim": None,
+                "caption_projection_dim": 2048,
+                "pooled_projection_dim": 2048,
+                "pos_embed_max_size": None,
+                "pos_embed_type": None,
+                "use_pos_embed": False,
+                "force_zeros_for_pooled_projection": False,
+            },
+        ),
+    ],
+)
+def test_released_sd3_controlnet_configs_are_rebuilt_from_shapes(tmp_path, family, config):
+    from diffusers import SD3ControlNetModel
+
+    model = _meta(SD3ControlNetModel, **config)
+    state = model.state_dict() if model.config.use_pos_embed else CM.sd3_controlnet_to_original(model)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    record = identify(H.write_safetensors(tmp_path / "x.safetensors", shapes), expect="control")
+    assert (record.kind, record.family) == ("controlnet", family), record.error
+    if record.info["layout"] == "original":
+        state = files.sd3_controlnet_from_original(state)
+        assert set(state) == set(model.state_dict())
+    rebuilt = files.sd3_controlnet_config({k: tuple(v.shape) for k, v in state.items()}, None)
+    unused = () if config["joint_attention_dim"] else ("caption_projection_dim",)  # no context embedder to size
+    for key, value in model.config.items():
+        if key in rebuilt and key not in unused:
+            assert _norm(rebuilt[key]) == _norm(value), key
+
+
+def _rand(*shape, seed=0):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", ["cn-sdxl-original", "union-sdxl-single", "t2i-sd15-original", "t2i-sdxl-original"])
+def test_tiny_unet_control_models_change_the_tiny_unet_output(models_dir, cache, name):
+    """What the APPLY side relies on: each tiny model's residuals fit its tiny UNet and change its output."""
+    kind, family = MODELS[name][2][:2]
+    unet = CM._pipe(family).unet
+    model = files.load_control(models_dir[1][name], cache=cache).model
+    latents = _rand(1, 4, 8, 8) - 0.5
+    context = _rand(1, 77, unet.config.cross_attention_dim, seed=1)
+    extra = {}
+    if unet.config.addition_embed_type == "text_time":
+        time_ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]])
+        pooled = _rand(1, unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim)
+        extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+    hint = _rand(1, 3, 64, 64, seed=2)
+    with torch.no_grad():
+        base = unet(latents, 10, context, **extra).sample
+        if kind == "t2i_adapter":
+            features = model(hint)
+            out = unet(latents, 10, context, down_intrablock_additional_residuals=features, **extra).sample
+        else:
+            args = {"conditioning_scale": 1.0, "return_dict": False, **extra}
+            if MODELS[name][2][2] == "union":
+                types = torch.zeros(1, model.config.num_control_type)
+                types[0, 3] = 1
+                args.update(control_type=types, control_type_idx=[3])
+                hint = [hint]
+            down, mid = model(latents, 10, context, hint, **args)
+            out = unet(
+                latents, 10, context, down_block_additional_residuals=down, mid_block_additional_residual=mid, **extra
+            ).sample
+    assert out.shape == base.shape and (out - base).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["cn-sd3-single", "cn-sd35-original"])
+def test_tiny_sd3_controlnets_change_the_tiny_transformer_output(models_dir, cache, name):
+    family = MODELS[name][2][1]
+    transformer = CM._pipe(family).transformer
+    model = files.load_control(models_dir[1][name], cache=cache).model
+    config = transformer.config
+    latents = _rand(1, config.in_channels, 8, 8) - 0.5
+    context = _rand(1, 16, config.joint_attention_dim, seed=1)
+    pooled = _rand(1, config.pooled_projection_dim, seed=2)
+    cond = _rand(1, config.in_channels, 8, 8, seed=3)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        base = transformer(latents, context, pooled, t, return_dict=False)[0]
+        kwargs = {} if model.config.joint_attention_dim else {"encoder_hidden_states": None}
+        if not model.config.use_pos_embed:  # SD3.5 Large ControlNets borrow the transformer's positional embedding
+            model = copy_with_pos_embed(model, transformer)
+            blocks = model(latents, cond, 1.0, pooled_projections=pooled, timestep=t, return_dict=False, **kwargs)[0]
+        else:
+            blocks = model(latents, cond, 1.0, context, pooled, t, return_dict=False)[0]
+        out = transformer(latents, context, pooled, t, block_controlnet_hidden_states=blocks, return_dict=False)[0]
+    assert out.shape == base.shape and (out - base).abs().max() > 1e-3
+
+
+def copy_with_pos_embed(model, transformer):
+    """What StableDiffusion3ControlNetPipeline does for a ControlNet without its own pos_embed, on a copy (the cached
+    model is shared)."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    clone.pos_embed = copy.deepcopy(transformer.pos_embed)
+    return clone
+
+
+# last: it frees the tiny pipelines the other tests share
+def test_demo_control_models(tmp_path):
+    paths = CM.write_demo_control_models(tmp_path)
+    cat = ModelCatalog(tmp_path)
+    cat.refresh()
+    entries = cat.entries("control") + cat.entries("clip_vision")
+    assert sorted(e.path for e in entries) == sorted(paths)
+    assert all(e.usable and e.demo for e in entries)
+    assert {(e.record.kind, e.family) for e in cat.entries("control")} == {
+        (kind, family) for kind in ("controlnet", "t2i_adapter", "ip_adapter") for family in ("sd15", "sdxl")
+    }
+    for entry in cat.entries("control"):
+        if entry.record.kind == "ip_adapter":
+            assert files.find_image_encoder(entry, cat.entries("clip_vision")).name == "demo-clip-vision.safetensors"
+    stamp = paths[0].stat().st_mtime_ns
+    CM.write_demo_control_models(tmp_path)  # kept
+    assert paths[0].stat().st_mtime_ns == stamp

@@ -321,6 +321,10 @@ def identify_control_folder(folder: Path, expect: str | None = None, families: A
     config = _folder_config(folder)
     weights = folder_weights(folder)
     if weights is None:
+        if any(folder.glob("*.safetensors.index.json")):
+            raise UnsupportedModelError(
+                folder, "a model folder with its weights in several shards is not supported yet; use a single file"
+            )
         if any(folder.glob("*.bin")):
             raise UnsupportedModelError(folder, PICKLE_REFUSED.format(suffix=".bin"))
         raise UnsupportedModelError(folder, f"no {' or '.join(FOLDER_WEIGHTS[:2])} in this model folder")
@@ -337,7 +341,9 @@ def identify_control_folder(folder: Path, expect: str | None = None, families: A
 
 def is_model_folder(folder: Path) -> bool:
     """A folder holding one model in the diffusers/transformers layout (config.json + weights)."""
-    return (folder / "config.json").is_file() and (folder_weights(folder) is not None or any(folder.glob("*.bin")))
+    return (folder / "config.json").is_file() and (
+        folder_weights(folder) is not None or any(folder.glob("*.bin")) or any(folder.glob("*.safetensors.index.json"))
+    )
 
 
 def folder_weights(folder: Path) -> Path | None:
@@ -359,6 +365,8 @@ def _folder_config(folder: Path) -> dict:
 def pickle_record(path: Path, expect: str) -> ModelRecord:
     """A pickle file in a control folder: listed, never opened."""
     reason = PICKLE_REFUSED.format(suffix=path.suffix.lower())
+    if expect == "clip_vision":  # A1111's clip_h.pth / clip_g.pth
+        reason += f", e.g. {_CLIP_VISION_FILES['vit-h']}"
     return ModelRecord(path, expect, "ckpt", error=str(ModelFileError(path, reason)))
 
 
@@ -399,6 +407,7 @@ def family_mismatch(record: Any, family: Any, families: Any = None) -> str | Non
     """Why a control model (entry, record or ``LoadedControl``) cannot be used with a model of ``family`` (an adapter
     or id), in words; None when the families agree."""
     registry = families if families is not None else default_families()
+    record = getattr(record, "record", record)  # a catalog entry: its record (whose kind is the model's)
     wanted = family if isinstance(family, str) else family.id
     have = record.family
     if have is None or have == wanted:
@@ -815,7 +824,7 @@ def _build_controlnet(record: ModelRecord, state: dict, config: dict | None) -> 
 
 def sd3_controlnet_from_original(state: Mapping[str, Any]) -> dict:
     """Stability's SD3.5 Large ControlNet keys (``attn.qkv``, ``mlp.fc1``, ``adaLN_modulation.1``) under diffusers
-    names (the inverse of what diffusers' ``convert_sd3_controlnet_to_diffusers.py`` undoes)."""
+    names, as diffusers' ``scripts/convert_sd3_controlnet_to_diffusers.py`` maps them (q/k/v split from qkv)."""
     out: dict = {}
     rename = {
         "attn.proj.": "attn.to_out.0.",
@@ -977,9 +986,8 @@ def _load_clip_vision(record: ModelRecord, weights: Path, device: Any, dtype: An
 
 
 def stamp(path: Path) -> tuple[int, int] | None:
-    """(size, mtime_ns) of a control file, or of a model folder's weights."""
-    weights = folder_weights(path) if path.is_dir() else path
-    return stamp_of(weights) if weights is not None else None
+    """(size, mtime_ns) of a control file, or of a model folder's weights (``identify.stamp_of``)."""
+    return stamp_of(path)
 
 
 __all__ = [

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from webui.control.files import CATALOG_KINDS as CONTROL_RECORD_KINDS
+from webui.control.files import folder_weights, is_model_folder, label
 from webui.models.identify import PICKLE_SUFFIXES, ModelRecord, identify, with_error
 
 log = logging.getLogger(__name__)
@@ -33,19 +35,9 @@ FOLDERS: Mapping[str, tuple[str, ...]] = {
     "clip_vision": ("clip_vision",),
 }
 # Catalog kind -> the ModelRecord kinds listed under it (default: the kind itself).
-RECORD_KINDS: Mapping[str, tuple[str, ...]] = {
-    "control": ("controlnet", "t2i_adapter", "ip_adapter"),
-    "clip_vision": ("clip_vision",),
-}
+RECORD_KINDS: Mapping[str, tuple[str, ...]] = CONTROL_RECORD_KINDS
 # Kinds whose folders hold one-model folders (config.json + weights) listed as one entry.
-MODEL_FOLDER_KINDS = ("control", "clip_vision")
-_LABELS = {
-    "controlnet": "ControlNet",
-    "t2i_adapter": "T2I-Adapter",
-    "ip_adapter": "IP-Adapter",
-    "control": "ControlNet / T2I-Adapter / IP-Adapter",
-    "clip_vision": "CLIP vision encoder",
-}
+MODEL_FOLDER_KINDS = tuple(CONTROL_RECORD_KINDS)
 SAFE_SUFFIXES = (".safetensors",)
 
 
@@ -103,8 +95,6 @@ def _stat_key(path: Path) -> tuple[int, int]:
 def _folder_stat(path: Path) -> tuple[int, int]:
     index = path / "model_index.json"
     if not index.is_file():  # a one-model folder of a control kind: its weights
-        from webui.control.files import folder_weights
-
         index = folder_weights(path) or path / "config.json"
     st = index.stat()
     return st.st_size, st.st_mtime_ns
@@ -115,7 +105,7 @@ def _catalog_kind(record_kind: str) -> str:
 
 
 def _label(kind: str) -> str:
-    return _LABELS.get(kind, kind.replace("_", " "))
+    return label(kind)
 
 
 def _a(noun: str) -> str:
@@ -211,8 +201,6 @@ class ModelCatalog:
 def _walk(root: Path, model_folders: bool = False) -> Iterable[tuple[Path, str]]:
     """Model files and diffusers folders below root (a diffusers folder is not descended into); with
     ``model_folders``, also one-model folders (config.json + weights: a diffusers ControlNet, a CLIP vision model)."""
-    if model_folders:
-        from webui.control.files import is_model_folder
     stack = [root]
     while stack:
         folder = stack.pop()

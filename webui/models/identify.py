@@ -98,7 +98,12 @@ def _format(path: Path) -> str:
 
 
 def stamp_of(path: Path) -> tuple[int, int] | None:
-    """(size, mtime_ns) of a file, or of a folder's model_index.json; None when there is none."""
+    """(size, mtime_ns) of a file, or of a folder's model_index.json (a one-model folder in a control model folder:
+    of its weights); None when there is none."""
+    if path.is_dir() and not (path / "model_index.json").is_file():
+        from webui.control.files import folder_weights
+
+        path = folder_weights(path) or path / "model_index.json"
     try:
         st = (path / "model_index.json").stat() if path.is_dir() else path.stat()
     except OSError:
