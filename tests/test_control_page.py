@@ -39,14 +39,16 @@ def test_enabled_units_go_into_alwayson_scripts_as_control_units():
     build = with_units(lambda v: request_from_values("txt2img", v))
     request = build(values)
     assert isinstance(request, GenerationRequest) and request.prompt == "a house"
-    (unit,) = request.alwayson_scripts["controlnet"]
+    (sent,) = request.alwayson_scripts["controlnet"]
+    assert isinstance(sent, dict) and sent["image"] is image  # plain data: it crosses the backend
+    (unit,) = parse_units([sent])  # what the extension makes of it
     assert isinstance(unit, ControlUnit) and unit.enabled and unit.image is image
     assert (unit.module, unit.model, unit.processor_res) == ("canny", MODELS[0], 256)
     assert isinstance(unit.weight, float) and unit.weight == 1.0 and unit.threshold_a == 90.0
     assert unit.control_mode == "My prompt is more important" and unit.resize_mode == "Crop and Resize"
-    assert parse_units(request.alwayson_scripts["controlnet"]) == (unit,)  # the extension takes it as is
+    assert unit.as_args() == sent
     assert build({"prompt": "x"}).alwayson_scripts == {}  # no unit enabled: no script
-    assert units_from_values({key(2, "enabled"): True})[0].module == "none"
+    assert units_from_values({key(2, "enabled"): True})[0]["module"] == "none"
 
 
 def test_an_infotext_restores_the_units_and_names_what_it_cannot():

@@ -14,8 +14,8 @@ each in its own tab:
 The unit settings join the controls' ``fields`` under ``controlnet_<i>_<field>`` (so "Send to" and the ↙
 paste restore them from the infotext's ``ControlNet <i>`` keys); the two images join ``extra``.
 ``with_units(to_request)`` wraps a tab's request builder: the enabled units go into the request as
-``alwayson_scripts["controlnet"]`` (``ControlUnit`` records), which the built-in extension checks and
-applies. The preview button runs the preprocessor as ``POST /controlnet/detect`` does
+``alwayson_scripts["controlnet"]`` (checked units as plain dicts, PIL images inside), which the built-in
+extension checks again and applies. The preview button runs the preprocessor as ``POST /controlnet/detect`` does
 (``webui.control.api.detect_images``); model lists come from the backend (``models("control")``).
 Uploads are images only: Gradio's uploads pass the app's upload guard.
 
@@ -94,9 +94,10 @@ def unit_values(values: Mapping[str, Any], index: int) -> dict[str, Any]:
     return out
 
 
-def unit_record(values: Mapping[str, Any], index: int) -> Any:
-    """A checked ``ControlUnit`` for the unit ``index`` (the API's checks: ``units.parse_unit``); a unit it
-    refuses is a ``RequestError`` on ``alwayson_scripts``, shown next to Generate before anything is queued."""
+def unit_record(values: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """The unit ``index`` checked as the API's are (``units.parse_unit``), as plain data (``as_args``: field ->
+    value, PIL images): what the request carries to the backend. A unit it refuses is a ``RequestError`` on
+    ``alwayson_scripts``, shown next to Generate before anything is queued."""
     from webui.control.units import parse_unit
     from webui.generation.requests import RequestError
     from webui.hooks import JobRefused
@@ -104,7 +105,7 @@ def unit_record(values: Mapping[str, Any], index: int) -> Any:
     sent = {name: value for name, value in unit_values(values, index).items() if value is not None}
     sent["enabled"] = True
     try:
-        return parse_unit(sent, index)
+        return parse_unit(sent, index).as_args()
     except JobRefused as exc:
         raise RequestError("alwayson_scripts", str(exc)) from None
 
@@ -118,8 +119,8 @@ def _unit_count(values: Mapping[str, Any]) -> int:
 
 
 def units_from_values(values: Mapping[str, Any], count: int | None = None) -> list[Any]:
-    """The enabled units (``ControlUnit``), in unit order; [] when none is enabled. ``count``: how many
-    units the page has (default: as many as ``values`` has ``controlnet_<i>_enabled`` keys)."""
+    """The enabled units (plain dicts of ``ControlUnit``'s fields), in unit order; [] when none is enabled.
+    ``count``: how many units the page has (default: as many as ``values`` has ``controlnet_<i>_enabled`` keys)."""
     count = _unit_count(values) if count is None else count
     return [unit_record(values, i) for i in range(count) if values.get(key(i, "enabled"))]
 
