@@ -36,6 +36,7 @@ def _write_control_models(models: Path) -> dict[str, str]:
         "sdxl": write_tiny_controlnet(folder, "sdxl").stem,
         "sd15 diffusers": write_tiny_controlnet(folder, "sd15", layout="diffusers").name,
         "t2i sd15": write_tiny_t2i_adapter(folder, "sd15").stem,
+        "canny": write_tiny_controlnet(folder, "sd15", name="control_tiny_sd15_canny").stem,
     }
 
 
@@ -108,6 +109,18 @@ def test_module_list_names_labels_and_sliders(client):
     assert "invert (from white bg & black line)" in labels["module_list"]
     assert "invert" not in labels["module_list"]
     assert set(labels["module_detail"]) == set(labels["module_list"])
+
+
+def test_control_types_group_modules_and_models_by_name(app):
+    client, stems = app
+    types = client.get("/controlnet/control_types").json()["control_types"]
+    assert {"All", "Canny", "Depth", "IP-Adapter"} <= set(types)
+    canny = types["Canny"]
+    assert canny["module_list"] == ["none", "canny"] and canny["default_option"] == "canny"
+    assert canny["model_list"][0] == "None" and canny["default_model"].startswith(stems["canny"] + " [")
+    assert [m.rsplit(" [", 1)[0] for m in canny["model_list"][1:]] == [stems["canny"]]
+    assert len(types["All"]["model_list"]) == len(stems) + 1 and types["All"]["default_model"] == "None"
+    assert types["Depth"]["model_list"] == ["None"] and types["Depth"]["default_option"] == "depth"
 
 
 def test_detect_runs_canny(client):

@@ -7,6 +7,8 @@ Routes (added by the built-in ``controlnet`` extension from ``webui_app_started`
   every ControlNet, T2I-Adapter and IP-Adapter file (``update`` rescans the models folder first); the
   name is the file stem (a diffusers folder: its name) and A1111's 8-hex legacy hash;
 * ``GET /controlnet/module_list?alias_names=false`` -> ``{"module_list": [...], "module_detail": {...}}``;
+* ``GET /controlnet/control_types`` -> ``{"control_types": {"Canny": {"module_list", "model_list", "default_option",
+  "default_model"}, ...}}`` (A1111's tabs; modules and models matched by name, as A1111 does);
 * ``GET /controlnet/settings`` -> ``{"control_net_unit_count": 3}``;
 * ``POST /controlnet/detect`` with ``controlnet_module``, ``controlnet_input_images`` (base64, also
   ``controlnet_images``, which webuiapi sends), ``controlnet_processor_res``, ``controlnet_threshold_a``,
@@ -37,6 +39,7 @@ API_VERSION = 3
 UNIT_COUNT = 3  # A1111's default ``control_net_unit_count``
 CONTROL_KIND = "control"
 MAX_DETECT_IMAGES = 8
+NO_MODEL = "None"
 
 
 class DetectRequest(BaseModel):
@@ -169,6 +172,54 @@ def resolve_module(module: str) -> str:
     )
 
 
+# --- control types -------------------------------------------------------------------------------
+
+# A1111's control-type tabs: (tag, keywords a module's name/label or a model's name contains, preferred module).
+CONTROL_TYPES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("All", (), "none"),
+    ("Canny", ("canny",), "canny"),
+    ("Depth", ("depth",), "depth"),
+    ("NormalMap", ("normal",), "normal_bae"),
+    ("OpenPose", ("openpose", "pose"), "openpose_full"),
+    ("MLSD", ("mlsd",), "mlsd"),
+    ("Lineart", ("lineart",), "lineart"),
+    ("SoftEdge", ("softedge", "hed", "pidi"), "pidinet"),
+    ("Segmentation", ("seg",), "segmentation"),
+    ("Shuffle", ("shuffle",), "shuffle"),
+    ("Tile/Blur", ("tile", "blur"), "tile_resample"),
+    ("Inpaint", ("inpaint",), "inpaint_only"),
+    ("T2I-Adapter", ("t2i", "t2ia", "adapter"), "none"),
+    ("IP-Adapter", ("ip-adapter", "ip_adapter", "ipadapter"), "ip-adapter-auto"),
+)
+
+
+def _matches(text: str, keywords: Sequence[str]) -> bool:
+    lowered = text.lower()
+    return not keywords or any(word in lowered for word in keywords)
+
+
+def control_types(backend: Any) -> dict[str, Any]:
+    """A1111's ``/controlnet/control_types``: per tag the modules and models it offers and the defaults."""
+    modules = list(_preprocessors().module_names())
+    models = model_list(backend)
+    out: dict[str, Any] = {}
+    for tag, keywords, preferred in CONTROL_TYPES:
+        mine = [m for m in modules if m != "none" and (_matches(m, keywords) or _matches(module_label(m), keywords))]
+        if tag == "IP-Adapter":  # an IP-Adapter file is named ip-adapter_*, its modules ip-adapter_clip_*
+            mine = [m for m in modules if m.startswith("ip-adapter")]
+        listed = [m for m in models if _matches(m.rsplit(" [", 1)[0], keywords)]
+        if tag == "T2I-Adapter":
+            listed = [m for m in listed if "ip-adapter" not in m.lower() and "ip_adapter" not in m.lower()]
+        default = preferred if preferred in mine or preferred == "none" else (mine[0] if mine else "none")
+        out[tag] = {
+            "module_list": ["none", *mine],
+            "model_list": [NO_MODEL, *listed],
+            "default_option": default,
+            "default_model": listed[0] if listed and tag != "All" else NO_MODEL,
+        }
+    return {"control_types": out}
+
+
 # --- detect ------------------------------------------------------------------------------------
 
 
@@ -250,6 +301,9 @@ class ControlNetApi:
     def module_list(self, alias_names: bool = False) -> dict[str, Any]:
         return module_list(alias_names)
 
+    def control_types(self) -> dict[str, Any]:
+        return control_types(self.backend)
+
     def settings(self) -> dict[str, int]:
         return {"control_net_unit_count": int(self.unit_count())}
 
@@ -289,6 +343,7 @@ def build_router(backend: Any, unit_count: Callable[[], int] | None = None) -> A
     router.add_api_route("/version", api.version, methods=["GET"])
     router.add_api_route("/model_list", api.model_list, methods=["GET"])
     router.add_api_route("/module_list", api.module_list, methods=["GET"])
+    router.add_api_route("/control_types", api.control_types, methods=["GET"])
     router.add_api_route("/settings", api.settings, methods=["GET"])
     router.add_api_route("/detect", api.detect, methods=["POST"], responses=error_responses(400, 413, 422))
     return router
