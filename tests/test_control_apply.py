@@ -191,6 +191,27 @@ def test_img2img_and_inpaint_take_the_units(services):
     )
 
 
+def test_inpaint_only_masked_gives_the_unit_the_cropped_region(services):
+    init = control_image((96, 64))
+    mask = Image.new("L", (96, 64), 0)
+    ImageDraw.Draw(mask).rectangle((8, 8, 40, 40), fill=255)
+    fields = {
+        "task": "inpaint",
+        "init_image": init,
+        "mask": mask,
+        "denoising_strength": 0.9,
+        "steps": 4,
+        "inpaint_full_res": True,
+        "width": 64,
+        "height": 64,
+    }
+    without = image(run(services, **fields))
+    with_unit = run(services, [unit(image=None, module="inpaint_only")], **fields)
+    assert_far(image(with_unit), without, PIXEL_MAX, PIXEL_MEAN)
+    canny = run(services, [unit(image=None, module="canny", processor_res=64)], **fields)
+    assert_far(image(canny), image(with_unit), PIXEL_MAX, PIXEL_MEAN)
+
+
 def test_hires_fix_passes_get_the_control_image_at_their_size(services):
     hires = {"enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.8, "steps": 5}
     job = run(services, [unit()], **hires)

@@ -63,6 +63,9 @@ class Unit:
     encoder: Any = None  # IP-Adapter: CLIP vision encoder
     embeds: Any = None  # IP-Adapter: (negative, positive) encoder outputs, batch 1
     ip_slot: int = -1  # IP-Adapter: its position among the loaded adapters
+    # img2img / inpaint units without their own image: preprocess (image, mask) -> map, run on the first pass's
+    # own image and mask (already resized, cropped for "only masked", the mask inverted as asked), as A1111 does
+    remap: Any = None
 
 
 @dataclass
@@ -172,6 +175,11 @@ class JobControl:
             option = getattr(u.unit, "hr_option", "Both")
             enabled = not ((hires and option == "Low res only") or (not hires and option == "High res only"))
             pu = PassUnit(u, enabled=enabled)
+            if u.remap is not None and not hires and u.kind in ("controlnet", "t2i_adapter"):
+                first = _first_image(event.arguments.get("image"))
+                if first is not None:
+                    u.control_map = u.remap(first, _first_image(event.arguments.get("mask_image")))
+                    u.resize_mode = "Just Resize"
             if u.kind in ("controlnet", "t2i_adapter") and enabled:
                 fitted = resize_control(u.control_map, event.width, event.height, u.resize_mode)
                 pu.cond = self._cond_tensor(fitted)
@@ -386,6 +394,13 @@ class JobControl:
             total = [a + before[int(j / interval)] for j, a in enumerate(total)]
         kwargs["block_controlnet_hidden_states"] = total
         return args, kwargs
+
+
+def _first_image(value: Any) -> Any:
+    """The first PIL image of a pipeline image argument (a list of them, or one), else None (latents, tensors)."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return value if hasattr(value, "mode") and hasattr(value, "size") else None
 
 
 def _constructible(processor: Any) -> bool:

@@ -274,20 +274,32 @@ class ControlExtension:
         res = unit.processor_res
         if unit.pixel_perfect:
             res = pixel_perfect_resolution(image, width, height, resize)
-        try:
-            u.control_map = run_preprocessor(
-                unit.module,
-                image,
-                res,
-                unit.threshold_a,
-                unit.threshold_b,
-                self.models_dir,
-                mask=mask,
-                seed=int(getattr(request, "seed", 0) or 0) & 0xFFFFFFFF,
-            )
-        except PreprocessorError as exc:
-            raise JobRefused(f"ControlNet unit {u.index}: {exc}", field=FIELD) from None
+        seed = int(getattr(request, "seed", 0) or 0) & 0xFFFFFFFF
+
+        def preprocess(picture: Any, region: Any, resolution: int = res) -> Any:
+            try:
+                return run_preprocessor(
+                    unit.module,
+                    picture,
+                    resolution,
+                    unit.threshold_a,
+                    unit.threshold_b,
+                    self.models_dir,
+                    mask=region,
+                    seed=seed,
+                )
+            except PreprocessorError as exc:
+                raise JobRefused(f"ControlNet unit {u.index}: {exc}", field=FIELD) from None
+
+        u.control_map = preprocess(image, mask)  # now: a preprocessor that cannot run refuses the job at once
         u.resize_mode = resize
+        if unit.image is None and event.task in ("img2img", "inpaint"):
+
+            def remap(picture: Any, region: Any) -> Any:
+                resolution = pixel_perfect_resolution(picture, *picture.size) if unit.pixel_perfect else res
+                return preprocess(picture, region if region is not None else mask, resolution)
+
+            u.remap = remap
 
     def _prepare_ip(self, u: Any, entry: Any, loaded: Any, event: Any) -> None:
         from webui.control.apply import encode_ip_image, ip_wants_hidden_states
