@@ -7,7 +7,7 @@ from typing import Any
 
 from webui.backend import Backend, FamilyInfo
 from webui.ui import choices as C
-from webui.ui.control_values import has_parameters, token_counter_text, values_from_infotext
+from webui.ui.control_values import has_parameters, token_counter_text
 
 
 def count_text(backend: Backend, text: str) -> str:
@@ -74,8 +74,9 @@ def paste_updates(backend: Backend, c: Any, text: str, current_sampler: str | No
     if not has_parameters(text):
         gr.Info("Paste an image's parameters (the text under a generated image) into the prompt box, then press ↙.")
         return [gr.update() for _ in c.fields] + [gr.update()]
-    updates, notes = c.paste_values(values_from_infotext(text), backend, current_sampler)
-    note = " ".join(notes)
+    values, said = c.infotext_values(text)
+    updates, notes = c.paste_values(values, backend, current_sampler)
+    note = " ".join([*said, *notes])
     if note:
         gr.Info(note)
     return updates + [note]

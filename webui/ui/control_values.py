@@ -99,6 +99,7 @@ FIELD_LABELS: Mapping[str, str] = {
     "inpaint_full_res": "Inpaint area",
     "use_t5": "Use T5",
     "rng": "Random number source",
+    "alwayson_scripts": "ControlNet",  # the one always-on script the page sends
 }
 
 

@@ -11,7 +11,9 @@
 ``inputs_slot()`` (img2img's image, inpaint's editor) is called at the top of the left column and
 returns ``{key: component}``; its values reach the request builder under those keys (a key that is
 a request field, e.g. ``init_image`` with ``gr.Image(type="pil")``, needs no conversion).
-Which sections exist follows ``task``: hires fix only for txt2img (its denoising strength sits in
+``sections`` add their own parts below the built-in ones (the ControlNet units: ``webui.control.ui``);
+what they put in ``fields`` is restored by a paste, their ``read_infotext`` says how. Which sections exist
+follows ``task``: hires fix only for txt2img (its denoising strength sits in
 it); denoising strength and resize mode for img2img/inpaint; mask blur, mask mode, masked content,
 inpaint area and padding for inpaint. Wire Generate with ``webui.ui.runner.attach_runner``.
 
@@ -75,7 +77,7 @@ class Controls:
     """The components of one tab's generation controls."""
 
     task: str
-    fields: dict[str, Any]  # request field name -> component, in input order
+    fields: dict[str, Any]  # request field name (or a section's key, e.g. controlnet_0_weight) -> component
     extra: dict[str, Any]  # inputs_slot() components
     generate: Any
     interrupt: Any
@@ -86,6 +88,16 @@ class Controls:
     size_preset: Any = None
     sd3_options: Any = None
     widgets: dict[str, Any] = field(default_factory=dict)  # other buttons/labels by name
+    sections: list[Any] = field(default_factory=list)  # built ``sections`` (e.g. ControlNet): read_infotext(text)
+
+    def infotext_values(self, text: str) -> tuple[dict[str, Any], list[str]]:
+        """(values to paste, notes) from an infotext: the request fields, then each section's own keys."""
+        values, notes = dict(values_from_infotext(text or "")), []
+        for section in self.sections:
+            extra, said = section.read_infotext(text or "")
+            values.update(extra)
+            notes.extend(said)
+        return values, notes
 
     def field_components(self) -> list[Any]:
         return list(self.fields.values())
@@ -122,6 +134,8 @@ class Controls:
         for name in self.fields:
             if name not in usable:
                 updates.append(gr.update())
+            elif _is_update(usable[name]):  # a section's own update (a slider's range with its value)
+                updates.append(usable[name])
             elif name == "scheduler":
                 sampler = usable.get("sampler_name") or current_sampler
                 names = C.schedules_for(backend, family, sampler)
@@ -132,6 +146,10 @@ class Controls:
                     notes.append(f"{FIELD_LABELS.get(name, name)} {usable[name]} is outside the slider: {value}.")
                 updates.append(gr.update(value=value))
         return updates, notes
+
+
+def _is_update(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("__type__") == "update"
 
 
 def _slider(task: str, name: str, **overrides: Any) -> Any:
@@ -290,8 +308,18 @@ def _inpaint_options(task: str, f: dict[str, Any]) -> None:
             f["inpaint_full_res_padding"] = _slider(task, "inpaint_full_res_padding")
 
 
+# A section below the built-in ones in the left column: ``section(task, fields, extra) -> built`` adds its
+# components to ``fields`` (pasted from the infotext) and ``extra`` (read only); ``built.read_infotext(text)``
+# gives ``(values, notes)`` for its fields (``webui.control.ui.build_section`` is one).
+Section = Callable[[str, dict[str, Any], dict[str, Any]], Any]
+
+
 def build_controls(
-    backend: Backend, page: Any, task: str, inputs_slot: Callable[[], Mapping[str, Any]] | None = None
+    backend: Backend,
+    page: Any,
+    task: str,
+    inputs_slot: Callable[[], Mapping[str, Any]] | None = None,
+    sections: Sequence[Section] = (),
 ) -> Controls:
     """Build the controls and the results column for ``task``; wire everything but Generate."""
     import gradio as gr
@@ -312,6 +340,7 @@ def build_controls(
             if task == "inpaint":
                 _inpaint_options(task, f)
             _refiner_and_sd3(backend, task, f, w)
+            built = [section(task, f, extra) for section in sections]
         with gr.Column(scale=1):
             results = build_results(task)
     controls = Controls(
@@ -327,6 +356,7 @@ def build_controls(
         size_preset=w["size_preset"],
         sd3_options=w["sd3_options"],
         widgets=w,
+        sections=[b for b in built if b is not None],
     )
     _wire(backend, page, controls)
     return controls

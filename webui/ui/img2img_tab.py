@@ -14,7 +14,8 @@ from webui.backend import Backend
 def build(backend: Backend, page: Any) -> None:
     import gradio as gr
 
-    from webui.ui.controls import build_controls
+    from webui.control.ui import section_for, with_units
+    from webui.ui.controls import build_controls, request_from_values
     from webui.ui.page import PasteTarget
     from webui.ui.runner import attach_runner
 
@@ -29,6 +30,6 @@ def build(backend: Backend, page: Any) -> None:
         )
         return {"init_image": image}
 
-    controls = build_controls(backend, page, "img2img", inputs_slot=image_input)
-    attach_runner(backend, page, controls)
+    controls = build_controls(backend, page, "img2img", inputs_slot=image_input, sections=[section_for(backend)])
+    attach_runner(backend, page, controls, to_request=with_units(lambda values: request_from_values("img2img", values)))
     page.register_paste_target(PasteTarget("img2img", controls, image=controls.extra["init_image"]))

@@ -112,12 +112,13 @@ def _inputs() -> dict[str, Any]:
 
 
 def build(backend: Backend, page: Any) -> None:
+    from webui.control.ui import section_for, with_units
     from webui.ui.controls import build_controls
     from webui.ui.page import PasteTarget
     from webui.ui.runner import attach_runner
 
-    controls = build_controls(backend, page, "inpaint", inputs_slot=_inputs)
-    attach_runner(backend, page, controls, to_request=request_from_inpaint_values)
+    controls = build_controls(backend, page, "inpaint", inputs_slot=_inputs, sections=[section_for(backend)])
+    attach_runner(backend, page, controls, to_request=with_units(request_from_inpaint_values))
     page.register_paste_target(
         PasteTarget("inpaint", controls, image=controls.extra[EDITOR_KEY], image_value=editor_value)
     )

@@ -213,9 +213,9 @@ class PageContext:
         """(``paste_updates``, a note for each pasted value the target cannot use as it is)."""
         import gradio as gr
 
-        from webui.ui.controls import values_from_infotext
-
-        updates, notes = target.controls.paste_values(values_from_infotext(text or ""), self.backend, current_sampler)
+        values, said = target.controls.infotext_values(text or "")
+        updates, notes = target.controls.paste_values(values, self.backend, current_sampler)
+        notes = [*said, *notes]
         if target.image is not None:
             if image is None:
                 updates.append(gr.update())

@@ -8,10 +8,11 @@ from webui.backend import Backend
 
 
 def build(backend: Backend, page: Any) -> None:
-    from webui.ui.controls import build_controls
+    from webui.control.ui import section_for, with_units
+    from webui.ui.controls import build_controls, request_from_values
     from webui.ui.page import PasteTarget
     from webui.ui.runner import attach_runner
 
-    controls = build_controls(backend, page, "txt2img")
-    attach_runner(backend, page, controls)
+    controls = build_controls(backend, page, "txt2img", sections=[section_for(backend)])
+    attach_runner(backend, page, controls, to_request=with_units(lambda values: request_from_values("txt2img", values)))
     page.register_paste_target(PasteTarget("txt2img", controls))
