@@ -56,7 +56,10 @@ class CatalogLibrary:
             return self.catalog.find(name, kind="control")
 
     def label(self, entry: Any, name: str) -> str:
-        return name if name.endswith("]") else entry.stem
+        """The model as the infotext names it: ``"stem [hash8]"``, as ``/controlnet/model_list`` lists it."""
+        from webui.control.api import model_title
+
+        return name if name.endswith("]") else model_title(entry)
 
     def load(self, entry: Any, device: Any, dtype: Any) -> Any:
         from webui.control.files import load_control
