@@ -127,30 +127,32 @@ def model_list(backend: Any, update: bool = False) -> list[str]:
 # --- modules -----------------------------------------------------------------------------------
 
 
-def _preprocessors() -> Any:
+def preprocessor_module() -> Any:
+    """The preprocessors module (imported when first asked: numpy and scipy)."""
     from webui.control import preprocessors
 
     return preprocessors
 
 
 def module_label(name: str) -> str:
-    detail = _detail(name)
+    detail = module_sliders(name)
     return str(detail.get("label") or name)
 
 
-def _detail(name: str) -> dict[str, Any]:
+def module_sliders(name: str) -> dict[str, Any]:
+    """A module's detail (label, sliders) as module_list shows it; {} for an unknown module."""
     try:
-        return dict(_preprocessors().module_detail(name) or {})
+        return dict(preprocessor_module().module_detail(name) or {})
     except (KeyError, ValueError):
         return {}
 
 
 def module_list(alias_names: bool = False) -> dict[str, Any]:
     """A1111's ``module_list`` answer: names (or labels), and per module ``model_free`` and its sliders."""
-    names = list(_preprocessors().module_names())
+    names = list(preprocessor_module().module_names())
     listed, detail = [], {}
     for name in names:
-        info = _detail(name)
+        info = module_sliders(name)
         key = str(info.get("label") or name) if alias_names else name
         listed.append(key)
         detail[key] = {"model_free": bool(info.get("model_free", False)), "sliders": list(info.get("sliders", []))}
@@ -159,7 +161,7 @@ def module_list(alias_names: bool = False) -> dict[str, Any]:
 
 def resolve_module(module: str) -> str:
     """A module name from a name or label (A1111 accepts both); ``DetectError`` for an unknown one."""
-    names = list(_preprocessors().module_names())
+    names = list(preprocessor_module().module_names())
     wanted = (module or "none").strip()
     if wanted in names:
         return wanted
@@ -200,7 +202,7 @@ def _matches(text: str, keywords: Sequence[str]) -> bool:
 
 def control_types(backend: Any) -> dict[str, Any]:
     """A1111's ``/controlnet/control_types``: per tag the modules and models it offers and the defaults."""
-    modules = list(_preprocessors().module_names())
+    modules = list(preprocessor_module().module_names())
     models = model_list(backend)
     out: dict[str, Any] = {}
     for tag, keywords, preferred in CONTROL_TYPES:
@@ -241,7 +243,7 @@ def detect_images(
 ) -> list[Any]:
     """Run the preprocessor ``module`` on each PIL image (with the mask of the same index, if any);
     ``DetectError`` in words for what cannot run."""
-    pre = _preprocessors()
+    pre = preprocessor_module()
     name = resolve_module(module)
     if not images:
         raise DetectError("controlnet_input_images", "No image selected: send at least one base64 image")

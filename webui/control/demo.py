@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from webui.families.base import CONTROL_MODEL_KINDS, ControlFacts
 from webui.families.registry import BUILTIN, default_families
 from webui.models.demo import DEMO_METADATA_KEY, build_tiny_pipeline
-from webui.models.ldm_export import _unet_key
+from webui.models.ldm_export import unet_key
 
 _JOINT_FACTS = ControlFacts("controlnet", "mmdit", joint=True)
 JITTER = 0.02
@@ -138,7 +138,7 @@ def controlnet_to_original(model) -> dict[str, torch.Tensor]:
         elif key.startswith("controlnet_mid_block."):
             name = "middle_block_out.0." + key.split(".", 1)[1]
         else:
-            name = _unet_key(key, per_block, {})
+            name = unet_key(key, per_block, {})
         out["control_model." + name] = value.detach().contiguous()
     return out
 

@@ -211,9 +211,9 @@ def values_from_infotext(
 
 def module_sliders(module: str) -> tuple[dict | None, dict | None, dict | None]:
     """(resolution, threshold A, threshold B) slider specs of a preprocessor; None where it has none."""
-    from webui.control.api import _detail
+    from webui.control.api import module_sliders
 
-    sliders = list(_detail(module).get("sliders") or [])
+    sliders = list(module_sliders(module).get("sliders") or [])
     res = None
     if sliders and "resolution" in str(sliders[0].get("name", "")).lower():
         res = sliders.pop(0)
@@ -245,10 +245,10 @@ class ControlSection:
 
     def read_infotext(self, text: str) -> tuple[dict[str, Any], list[str]]:
         """Values for the paste flow: a pasted preprocessor brings its sliders (label, range, shown)."""
-        from webui.control.api import _preprocessors
+        from webui.control.api import preprocessor_module
 
         values, notes = values_from_infotext(
-            text, self.model_titles(), list(_preprocessors().module_names()), self.count
+            text, self.model_titles(), list(preprocessor_module().module_names()), self.count
         )
         for i in range(self.count):
             module = values.get(key(i, "module"))
@@ -268,15 +268,15 @@ class ControlSection:
 
 def _modules() -> list[tuple[str, str]]:
     """(label, name) choices of the preprocessor dropdown."""
-    from webui.control.api import _preprocessors, module_label
+    from webui.control.api import module_label, preprocessor_module
 
-    return [(module_label(name), name) for name in _preprocessors().module_names()]
+    return [(module_label(name), name) for name in preprocessor_module().module_names()]
 
 
 def _pixel_perfect(image: Any, width: int, height: int, resize_mode: str) -> int:
-    from webui.control.api import _preprocessors
+    from webui.control.api import preprocessor_module
 
-    return int(_preprocessors().pixel_perfect_resolution(image, width, height, resize_mode or "Crop and Resize"))
+    return int(preprocessor_module().pixel_perfect_resolution(image, width, height, resize_mode or "Crop and Resize"))
 
 
 def _slider_update(spec: dict | None, fallback: dict) -> Any:

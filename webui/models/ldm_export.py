@@ -61,7 +61,7 @@ def _split(key: str, n: int) -> tuple[list[str], str]:
     return parts[:n], ".".join(parts[n:])
 
 
-def _unet_key(key: str, per_block: int, up_has_attn: Mapping[int, bool]) -> str:
+def unet_key(key: str, per_block: int, up_has_attn: Mapping[int, bool]) -> str:
     for old, new in _UNET_TOP.items():
         if key.startswith(old + "."):
             return new + key[len(old) :]
@@ -102,7 +102,7 @@ def unet_to_original(unet) -> dict[str, torch.Tensor]:
             raise ExportError(f"the LDM layout needs the same layers_per_block for every block, got {per_block}")
         per_block = per_block[0]
     up_has_attn = {i: hasattr(blk, "attentions") for i, blk in enumerate(unet.up_blocks)}
-    return {_unet_key(k, per_block, up_has_attn): v for k, v in unet.state_dict().items()}
+    return {unet_key(k, per_block, up_has_attn): v for k, v in unet.state_dict().items()}
 
 
 # --- VAE -----------------------------------------------------------------------------------------
