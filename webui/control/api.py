@@ -135,11 +135,11 @@ def preprocessor_module() -> Any:
 
 
 def module_label(name: str) -> str:
-    detail = module_sliders(name)
+    detail = module_info(name)
     return str(detail.get("label") or name)
 
 
-def module_sliders(name: str) -> dict[str, Any]:
+def module_info(name: str) -> dict[str, Any]:
     """A module's detail (label, sliders) as module_list shows it; {} for an unknown module."""
     try:
         return dict(preprocessor_module().module_detail(name) or {})
@@ -152,7 +152,7 @@ def module_list(alias_names: bool = False) -> dict[str, Any]:
     names = list(preprocessor_module().module_names())
     listed, detail = [], {}
     for name in names:
-        info = module_sliders(name)
+        info = module_info(name)
         key = str(info.get("label") or name) if alias_names else name
         listed.append(key)
         detail[key] = {"model_free": bool(info.get("model_free", False)), "sliders": list(info.get("sliders", []))}

@@ -32,30 +32,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from webui.control.units import CONTROL_MODES, INFOTEXT_FIELDS, RESIZE_MODES
+
 log = logging.getLogger(__name__)
 
 UNIT_COUNT = 3  # A1111's default of ``control_net_unit_count``
 MAX_UNITS = 10
 NO_MODEL = "None"
-CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
-RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
 SCRIPT = "controlnet"
 
-# The unit settings the page shows (the ControlUnit field names), in A1111's infotext order + enabled.
-UNIT_FIELDS = (
-    "enabled",
-    "module",
-    "model",
-    "weight",
-    "resize_mode",
-    "processor_res",
-    "threshold_a",
-    "threshold_b",
-    "guidance_start",
-    "guidance_end",
-    "pixel_perfect",
-    "control_mode",
-)
+# The unit settings the page shows (the ControlUnit field names): enabled, then A1111's infotext order.
+UNIT_FIELDS = ("enabled", *INFOTEXT_FIELDS)
 IMAGE_FIELDS = ("image", "mask")
 DEFAULTS: Mapping[str, Any] = {
     "enabled": False,
@@ -211,9 +198,9 @@ def values_from_infotext(
 
 def module_sliders(module: str) -> tuple[dict | None, dict | None, dict | None]:
     """(resolution, threshold A, threshold B) slider specs of a preprocessor; None where it has none."""
-    from webui.control.api import module_sliders
+    from webui.control.api import module_info
 
-    sliders = list(module_sliders(module).get("sliders") or [])
+    sliders = list(module_info(module).get("sliders") or [])
     res = None
     if sliders and "resolution" in str(sliders[0].get("name", "")).lower():
         res = sliders.pop(0)
