@@ -344,7 +344,7 @@ def test_sd3_controlnet(services):
 
 
 def test_sd35_large_controlnet_uses_the_transformers_positional_embedding(services):
-    from webui.control.files import load_control
+    from webui.control.loading import load_control
 
     large = {"sd_model_checkpoint": SD35L, "sampler_name": "Euler", "cfg_scale": 4.0}
     base = image(run(services, **large))

@@ -10,7 +10,7 @@ import torch
 
 from tests import headers as H
 from webui.control import demo as CM
-from webui.control import files
+from webui.control import files, loading
 from webui.models.catalog import ModelCatalog
 from webui.models.identify import identify
 from webui.models.loader import ModelLoadError
@@ -96,7 +96,7 @@ def catalog(models_dir):
 
 @pytest.fixture()
 def cache():
-    return files.ControlCache()
+    return loading.ControlCache()
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -129,7 +129,7 @@ def test_each_tiny_model_loads_offline(models_dir, cache, name):
     assert os.environ.get("HF_HUB_OFFLINE") == "1"  # tests/conftest.py: the Hub is never asked
     kind, family, variant, _ = MODELS[name][2]
     record = identify(models_dir[1][name], expect="control")
-    loaded = files.load_control(record, "cpu", torch.float32, cache=cache)
+    loaded = loading.load_control(record, "cpu", torch.float32, cache=cache)
     assert (loaded.kind, loaded.family, loaded.variant) == (kind, family, variant)
     expected = "SD3ControlNetModel" if family.startswith("sd3") else CLASSES[kind][variant]
     assert type(loaded.model).__name__ == expected
@@ -159,8 +159,8 @@ def _same_weights(a, b):
 )
 def test_single_file_loads_to_the_diffusers_folder_weights(models_dir, cache, original, folder):
     paths = models_dir[1]
-    a = files.load_control(paths[original], cache=cache).model
-    b = files.load_control(paths[folder], cache=cache).model
+    a = loading.load_control(paths[original], cache=cache).model
+    b = loading.load_control(paths[folder], cache=cache).model
     _same_weights(a, b)
     config_a = {k: v for k, v in a.config.items() if not k.startswith("_")}
     config_b = {k: v for k, v in b.config.items() if not k.startswith("_")}
@@ -175,7 +175,7 @@ def _norm(value):
 def test_controlnet_from_header_shapes_runs_on_the_tiny_unet(models_dir, cache):
     """The rebuilt SD 1.5 ControlNet's residuals fit the tiny UNet (what the pipeline adds them to)."""
     pipe = CM._pipe("sd15")
-    model = files.load_control(models_dir[1]["cn-sd15-original"], cache=cache).model
+    model = loading.load_control(models_dir[1]["cn-sd15-original"], cache=cache).model
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     context = torch.randn(1, 77, pipe.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
     hint = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
@@ -193,14 +193,14 @@ def test_ip_adapter_loads_into_the_tiny_pipeline(models_dir, cache, name):
 
     family = MODELS[name][2][1]
     root, paths = models_dir
-    loaded = files.load_control(paths[name], cache=cache)
+    loaded = loading.load_control(paths[name], cache=cache)
     assert set(loaded.model) == {"image_proj", "ip_adapter"}
     catalog = ModelCatalog(root)
     catalog.refresh()
     encoder_entry = files.find_image_encoder(
         catalog.find(paths[name].name, kind="control"), catalog.entries("clip_vision")
     )
-    encoder = files.load_image_encoder(encoder_entry, cache=cache)
+    encoder = loading.load_image_encoder(encoder_entry, cache=cache)
     assert type(encoder).__name__ == "CLIPVisionModelWithProjection"
     base = CM._pipe(family)
     pipe = type(base)(**base.components)  # a pipeline of its own over the same modules; the UNet is restored below
@@ -236,8 +236,8 @@ def test_ip_adapter_loads_into_the_tiny_pipeline(models_dir, cache, name):
 
 def test_image_encoder_loads_from_file_and_folder_to_the_same_weights(models_dir, cache):
     paths = models_dir[1]
-    a = files.load_image_encoder(paths["clip-single"], cache=cache)
-    b = files.load_image_encoder(paths["clip-folder"], cache=cache)
+    a = loading.load_image_encoder(paths["clip-single"], cache=cache)
+    b = loading.load_image_encoder(paths["clip-folder"], cache=cache)
     _same_weights(a, b)
     image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -350,7 +350,7 @@ def test_released_clip_vision_h_is_identified(tmp_path):
     }
     record = identify(H.write_safetensors(tmp_path / "clip_vision" / "h.safetensors", shapes), expect="clip_vision")
     assert (record.kind, record.variant, record.info["projection_dim"]) == ("clip_vision", "vit-h", 1024)
-    config = files.clip_vision_config({k: v for k, v in shapes.items()})
+    config = loading.clip_vision_config({k: v for k, v in shapes.items()})
     assert (config["num_hidden_layers"], config["image_size"], config["num_attention_heads"]) == (32, 224, 16)
 
 
@@ -392,7 +392,7 @@ def test_bad_files_in_the_controlnet_folder_get_clear_reasons(tmp_path):
         "CLIP vision encoder" in errors["encoder.safetensors"] and "models/clip_vision" in errors["encoder.safetensors"]
     )
     with pytest.raises(ModelLoadError, match="checkpoint"):
-        files.load_control(cat.find("checkpoint", kind="control"))
+        loading.load_control(cat.find("checkpoint", kind="control"))
 
 
 def test_pickles_are_listed_never_opened(tmp_path):
@@ -417,7 +417,7 @@ def test_pickles_are_listed_never_opened(tmp_path):
     for entry in entries:
         assert not entry.usable and "pickle" in entry.error and ".safetensors" in entry.error
         with pytest.raises(ModelLoadError, match="pickle"):
-            (files.load_image_encoder if entry.kind == "clip_vision" else files.load_control)(entry)
+            (loading.load_image_encoder if entry.kind == "clip_vision" else loading.load_control)(entry)
     assert "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors" in cat.find("clip_h.pth", kind="clip_vision").error
     assert not canary.exists()
 
@@ -479,12 +479,12 @@ def test_comfyui_folders(tmp_path):
 
 def test_loaded_models_are_cached_by_path_and_mtime(tmp_path, cache):
     path = CM.write_tiny_controlnet(tmp_path / "ControlNet", "sd15", "original", name="cn")
-    first = files.load_control(path, cache=cache)
-    assert files.load_control(path, cache=cache) is first
-    assert files.load_control(path, "cpu", torch.float16, cache=cache) is not first  # another dtype, another entry
+    first = loading.load_control(path, cache=cache)
+    assert loading.load_control(path, cache=cache) is first
+    assert loading.load_control(path, "cpu", torch.float16, cache=cache) is not first  # another dtype, another entry
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    again = files.load_control(path, cache=cache)
+    again = loading.load_control(path, cache=cache)
     assert again is not first
     _same_weights(again.model, first.model)
 
@@ -502,7 +502,7 @@ def test_a_changed_model_folder_is_identified_again(tmp_path):
 
 
 def test_cache_is_bounded_least_recently_used_first():
-    cache = files.ControlCache(max_entries=2)
+    cache = loading.ControlCache(max_entries=2)
     for i in range(3):
         cache.put((f"p{i}", 1, "cpu", "None"), object())
     assert len(cache) == 2 and cache.get(("p0", 1, "cpu", "None")) is None
@@ -541,7 +541,7 @@ def test_family_mismatch_in_words(models_dir, catalog):
     ],
 )
 def test_shape_mismatch_against_the_loaded_denoiser(models_dir, cache, name, fits, other):
-    loaded = files.load_control(models_dir[1][name], cache=cache)
+    loaded = loading.load_control(models_dir[1][name], cache=cache)
 
     def denoiser(family):
         pipe = CM._pipe(family)
@@ -555,7 +555,7 @@ def test_shape_mismatch_against_the_loaded_denoiser(models_dir, cache, name, fit
 def test_shuffle_controlnet_pools_its_conditioning(tmp_path, cache):
     """control_v11e_sd15_shuffle's global pooling is not in the shapes; A1111 and diffusers go by the name."""
     path = CM.write_tiny_controlnet(tmp_path / "ControlNet", "sd15", "original", name="control_v11e_sd15_shuffle")
-    loaded = files.load_control(path, cache=cache)
+    loaded = loading.load_control(path, cache=cache)
     assert loaded.info["global_pool_conditions"] and loaded.model.config.global_pool_conditions
 
 
@@ -598,9 +598,9 @@ def test_released_controlnet_configs_are_rebuilt_from_shapes(tmp_path, family, c
         record = identify(path, expect="control")
         assert (record.kind, record.family, record.info["layout"]) == ("controlnet", family, layout), record.error
         if layout == "original":
-            renamed = files.controlnet_from_original(shapes)
+            renamed = loading.controlnet_from_original(shapes)
             shapes = {k: tuple(v) for k, v in renamed.items()}
-        rebuilt = files.controlnet_config(shapes, files.default_families().get(family))
+        rebuilt = loading.controlnet_config(shapes, files.default_families().get(family))
         for key, value in model.config.items():
             if key in rebuilt:
                 assert _norm(rebuilt[key]) == _norm(value), key
@@ -619,9 +619,9 @@ def test_released_t2i_adapters_round_trip_through_the_original_names():
             adapter_type=kind,
         )
         original = {k: tuple(v.shape) for k, v in CM.t2i_to_original(model).items()}
-        renamed = files.t2i_from_original(original)
+        renamed = loading.t2i_from_original(original)
         assert set(renamed) == set(model.state_dict())
-        config = files.t2i_config(renamed)
+        config = loading.t2i_config(renamed)
         assert config == {k: _norm(v) for k, v in model.config.items() if not k.startswith("_")}
 
 
@@ -664,9 +664,9 @@ def test_released_sd3_controlnet_configs_are_rebuilt_from_shapes(tmp_path, famil
     record = identify(H.write_safetensors(tmp_path / "x.safetensors", shapes), expect="control")
     assert (record.kind, record.family) == ("controlnet", family), record.error
     if record.info["layout"] == "original":
-        state = files.sd3_controlnet_from_original(state)
+        state = loading.sd3_controlnet_from_original(state)
         assert set(state) == set(model.state_dict())
-    rebuilt = files.sd3_controlnet_config({k: tuple(v.shape) for k, v in state.items()}, None)
+    rebuilt = loading.sd3_controlnet_config({k: tuple(v.shape) for k, v in state.items()}, None)
     unused = () if config["joint_attention_dim"] else ("caption_projection_dim",)  # no context embedder to size
     for key, value in model.config.items():
         if key in rebuilt and key not in unused:
@@ -682,7 +682,7 @@ def test_tiny_unet_control_models_change_the_tiny_unet_output(models_dir, cache,
     """What the APPLY side relies on: each tiny model's residuals fit its tiny UNet and change its output."""
     kind, family = MODELS[name][2][:2]
     unet = CM._pipe(family).unet
-    model = files.load_control(models_dir[1][name], cache=cache).model
+    model = loading.load_control(models_dir[1][name], cache=cache).model
     latents = _rand(1, 4, 8, 8) - 0.5
     context = _rand(1, 77, unet.config.cross_attention_dim, seed=1)
     extra = {}
@@ -714,7 +714,7 @@ def test_tiny_unet_control_models_change_the_tiny_unet_output(models_dir, cache,
 def test_tiny_sd3_controlnets_change_the_tiny_transformer_output(models_dir, cache, name):
     family = MODELS[name][2][1]
     transformer = CM._pipe(family).transformer
-    model = files.load_control(models_dir[1][name], cache=cache).model
+    model = loading.load_control(models_dir[1][name], cache=cache).model
     config = transformer.config
     latents = _rand(1, config.in_channels, 8, 8) - 0.5
     context = _rand(1, 16, config.joint_attention_dim, seed=1)

@@ -62,13 +62,14 @@ class CatalogLibrary:
         return name if name.endswith("]") else model_title(entry)
 
     def load(self, entry: Any, device: Any, dtype: Any) -> Any:
-        from webui.control.files import load_control
+        from webui.control.loading import load_control
 
         return load_control(entry, device, dtype)
 
     def image_encoder(self, entry: Any, loaded: Any, module: str, device: Any, dtype: Any) -> Any:
         """The CLIP vision encoder the IP-Adapter ``entry`` reads (the module's ViT-H / bigG hint first)."""
-        from webui.control.files import find_image_encoder, load_image_encoder
+        from webui.control.files import find_image_encoder
+        from webui.control.loading import load_image_encoder
 
         encoders = [e for e in self.catalog.entries("clip_vision") if e.usable] if self.catalog is not None else []
         hint = _encoder_hint(module)
