@@ -25,7 +25,6 @@ loads a checkpoint or a ControlNet.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -98,15 +97,10 @@ def legacy_hash(path: str | Path) -> str:
         return ""
 
 
-@functools.lru_cache(maxsize=1024)
-def _cached_hash(path: str, size: int, mtime_ns: int) -> str:
-    return legacy_hash(path)  # keyed by size and mtime too: a changed file is hashed again
-
-
 def model_title(info: Any) -> str:
     """``"stem [hash8]"`` as A1111's ControlNet lists a model (the stem alone when the file cannot be hashed)."""
     stem = Path(str(info.stem or info.name)).name
-    digest = _cached_hash(str(info.path), int(info.size or 0), int(info.mtime_ns or 0))
+    digest = legacy_hash(info.path)  # 64 KiB read per file: cheap enough to read each time, never stale
     return f"{stem} [{digest}]" if digest else stem
 
 

@@ -43,8 +43,11 @@ class CatalogLibrary:
     loaded by ``webui.control.files``; CLIP vision encoders from ``models/clip_vision`` (kind ``clip_vision``)."""
 
     def __init__(self, catalog: Any, models_dir: Path) -> None:
+        from webui.control.loading import ControlCache
+
         self.catalog = catalog
         self.models_dir = Path(models_dir)
+        self.cache = ControlCache()  # the loaded control models and image encoders (bounded, least recent out)
 
     def find(self, name: str) -> Any:
         if self.catalog is None:
@@ -64,7 +67,7 @@ class CatalogLibrary:
     def load(self, entry: Any, device: Any, dtype: Any) -> Any:
         from webui.control.loading import load_control
 
-        return load_control(entry, device, dtype)
+        return load_control(entry, device, dtype, cache=self.cache)
 
     def image_encoder(self, entry: Any, loaded: Any, module: str, device: Any, dtype: Any) -> Any:
         """The CLIP vision encoder the IP-Adapter ``entry`` reads (the module's ViT-H / bigG hint first)."""
@@ -76,7 +79,7 @@ class CatalogLibrary:
         if hint:
             encoders.sort(key=lambda e: not any(h in e.name.lower() for h in hint))
         chosen = find_image_encoder(entry, encoders)  # ModelLoadError naming the file and folder when none fits
-        return load_image_encoder(chosen, device, dtype)
+        return load_image_encoder(chosen, device, dtype, cache=self.cache)
 
 
 def _encoder_hint(module: str) -> tuple[str, ...]:

@@ -93,8 +93,6 @@ class ControlCache:
         return len(self._items)
 
 
-_DEFAULT_CACHE = ControlCache()
-
 
 def _current_record(entry: Any, expect: str) -> ModelRecord:
     from webui.models.identify import identify, is_current
@@ -118,7 +116,8 @@ def load_control(
     entry: Any, device: Any = "cpu", dtype: Any = None, *, cache: ControlCache | None = None
 ) -> LoadedControl:
     """Load a ControlNet / T2I-Adapter / IP-Adapter (``entry``: a catalog entry, its ``ModelRecord`` or a path) on
-    ``device`` in ``dtype`` (None: as stored, float32 for fp32 files). Offline; ``ModelLoadError`` says why not."""
+    ``device`` in ``dtype`` (None: as stored, float32 for fp32 files). Offline; ``ModelLoadError`` says why not.
+    ``cache``: where loaded models are kept and found again (the extension owns one); None loads every time."""
     record = _current_record(entry, "control")
     if record.kind not in CATALOG_KINDS["control"] and record.usable:
         from webui.models.loader import ModelLoadError
@@ -144,18 +143,18 @@ def _cached(record: ModelRecord, device: Any, dtype: Any, cache: ControlCache | 
 
     if record.error:
         raise ModelLoadError(record.path, record.reason)
-    cache = _DEFAULT_CACHE if cache is None else cache
     weights = _weights_path(record)
     try:
         mtime = weights.stat().st_mtime_ns
     except OSError as exc:
         raise ModelLoadError(record.path, f"cannot be read ({exc.strerror or exc})") from None
     key = (str(record.path.resolve()), mtime, str(device), str(dtype))
-    hit = cache.get(key)
+    hit = cache.get(key) if cache is not None else None
     if hit is not None:
         return hit
     loaded = guard(record.path, lambda: load(record, weights, device, dtype), f"loading the {label(record.kind)}")
-    cache.put(key, loaded)
+    if cache is not None:
+        cache.put(key, loaded)
     return loaded
 
 
