@@ -57,22 +57,46 @@ def _liven(model) -> None:
                 param.fill_(0.05)
 
 
-def write_tiny_dpt(folder: Path) -> Path:
-    from transformers import DPTConfig, DPTForDepthEstimation
+def write_tiny_dpt(folder: Path, hybrid: bool = True) -> Path:
+    """DPT-hybrid (a BiT backbone: Intel/dpt-hybrid-midas, A1111's depth_midas) or plain ViT DPT (Intel/dpt-large)."""
+    from transformers import BitConfig, DPTConfig, DPTForDepthEstimation
 
-    config = DPTConfig(
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        image_size=32,
-        patch_size=8,
-        backbone_out_indices=[0, 1],
-        neck_hidden_sizes=[8, 8],
-        fusion_hidden_size=8,
-        reassemble_factors=[1, 1],
-        readout_type="project",
-    )
+    common = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32}
+    common["image_size"] = 32
+    if hybrid:
+        bit = BitConfig(
+            embedding_size=8,
+            hidden_sizes=[8, 16, 32],
+            depths=[1, 1, 1],
+            out_features=["stage1", "stage2", "stage3"],
+            layer_type="bottleneck",
+            global_padding="same",
+            embedding_dynamic_padding=True,
+            num_groups=2,
+        )
+        config = DPTConfig(
+            **common,
+            is_hybrid=True,
+            backbone_config=bit,
+            backbone_featmap_shape=[1, 32, 2, 2],
+            patch_size=16,
+            backbone_out_indices=[0, 0, 0, 1],
+            neck_hidden_sizes=[8, 16, 16, 16],
+            reassemble_factors=[1, 1, 1, 0.5],
+            neck_ignore_stages=[0, 1],
+            fusion_hidden_size=8,
+            readout_type="project",
+        )
+    else:
+        config = DPTConfig(
+            **common,
+            patch_size=8,
+            backbone_out_indices=[0, 1],
+            neck_hidden_sizes=[8, 8],
+            fusion_hidden_size=8,
+            reassemble_factors=[1, 1],
+            readout_type="project",
+        )
     model = DPTForDepthEstimation(config).eval()
     _liven(model)
     model.save_pretrained(folder, safe_serialization=True)
@@ -141,6 +165,12 @@ def test_a_depth_map_from_the_model_in_models(models, module):
     other = np.asarray(run_preprocessor(module, scene(box=(50, 4, 92, 30)), 64, models_dir=models, cache=cache))
     assert np.abs(other.astype(int) - arr.astype(int)).mean() > 1  # the map follows the image
     assert len(cache) == 1  # one model, loaded once for the three maps
+
+
+def test_dpt_large_serves_depth_midas_when_the_hybrid_is_not_there(tmp_path):
+    write_tiny_dpt(tmp_path / PREPROCESSOR_FOLDER / "Intel" / "dpt-large", hybrid=False)
+    out = np.asarray(run_preprocessor("depth_midas", scene(), 64, models_dir=tmp_path))
+    assert out.shape == (64, 96, 3) and out.min() == 0 and out.max() == 255
 
 
 def test_the_cache_is_bounded_and_reloads_a_changed_folder(models, tmp_path):
