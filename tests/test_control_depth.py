@@ -100,7 +100,12 @@ def write_tiny_dpt(folder: Path, hybrid: bool = True) -> Path:
     model = DPTForDepthEstimation(config).eval()
     _liven(model)
     model.save_pretrained(folder, safe_serialization=True)
-    _processor_config(folder, 32, 8, [0.5] * 3, [0.5] * 3, keep=False)
+    if hybrid:  # Intel/dpt-hybrid-midas has the old feature-extractor form of the config
+        old = {"feature_extractor_type": "DPTFeatureExtractor", "size": 32, "resample": 2, "do_resize": True}
+        old.update({"do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3})
+        (folder / "preprocessor_config.json").write_text(json.dumps(old), encoding="utf-8")
+    else:
+        _processor_config(folder, 32, 8, [0.5] * 3, [0.5] * 3, keep=False)
     return folder
 
 
