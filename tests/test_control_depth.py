@@ -272,3 +272,17 @@ def test_detect_returns_the_depth_map(models):
         missing = client.post("/controlnet/detect", json={**body, "controlnet_module": "depth_anything"})
         assert missing.status_code == 422 and "LiheYoung/depth-anything" in missing.json()["detail"]
         assert missing.json()["field"] == "controlnet_module"
+
+
+def test_a_job_unit_gets_the_depth_map_from_the_extensions_models_folder(models):
+    """The job's path: the extension preprocesses the unit's image with its own models folder."""
+    from webui.control.apply import Unit
+    from webui.control.extension import ControlExtension
+    from webui.control.units import ControlUnit
+
+    unit = ControlUnit(module="depth_anything_v2", model="m", image=scene(), processor_res=64, pixel_perfect=True)
+    state = Unit(index=0, unit=unit, kind="controlnet", model=None)
+    request = SimpleNamespace(width=192, height=128, seed=1, init_image=None, mask=None)
+    ControlExtension(models_dir=models)._prepare_map(state, SimpleNamespace(task="txt2img", request=request))
+    arr = np.asarray(state.control_map)
+    assert state.control_map.size == (192, 128) and arr.min() == 0 and arr.max() == 255  # pixel perfect: 128
