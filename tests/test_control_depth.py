@@ -206,6 +206,14 @@ def test_normal_midas_from_the_depth_gradients(models):
     assert normals[..., 2].min() >= 128 and len(np.unique(normals[..., 0])) > 2  # tilted where the depth changes
 
 
+def test_the_module_detail_names_the_folders():
+    from webui.control.preprocessors import module_detail
+
+    assert module_detail("depth_anything_v2")["needs_weights"][-1] == ANYTHING_V2
+    assert module_detail("normal_midas")["needs_weights"][0] == MIDAS
+    assert module_detail("openpose")["needs_weights"] == ["openpose/body_pose_model.pth"]
+
+
 def test_without_the_folder_the_message_names_it(tmp_path):
     with pytest.raises(PreprocessorError) as caught:
         run_preprocessor("depth_anything_v2", scene(), models_dir=tmp_path)

@@ -211,7 +211,10 @@ def get_module(name: str) -> Module:
 
 
 def module_detail(name: str) -> dict:
-    """A1111's ``module_detail`` entry (``model_free``, ``sliders``) plus this app's own keys."""
+    """A1111's ``module_detail`` entry (``model_free``, ``sliders``) plus this app's own keys (``needs_weights``:
+    the files under models/ControlNetPreprocessor, for the depth ones the transformers folders, any one will do)."""
+    from webui.control import depth
+
     m = get_module(name)
     sliders = [s.as_dict() for s in (m.resolution, m.a, m.b) if s is not None]
     return {
@@ -220,7 +223,7 @@ def module_detail(name: str) -> dict:
         "name": m.name,
         "label": m.display,
         "needs_mask": m.needs_mask,
-        "needs_weights": list(m.weights),
+        "needs_weights": list(depth.FOLDERS[m.name][0]) if depth.runs_here(m.name) else list(m.weights),
         "kind": m.kind,
         "union_control_type": m.union_type,
     }
