@@ -219,7 +219,7 @@ def test_without_the_folder_the_message_names_it(tmp_path):
         run_preprocessor("depth_anything_v2", scene(), models_dir=tmp_path)
     text = str(caught.value)
     pre = tmp_path / PREPROCESSOR_FOLDER
-    assert str(pre / "depth-anything" / "Depth-Anything-V2-Small-hf") in text and ANYTHING_V2 in text
+    assert str(pre / "depth-anything" / "Depth-Anything-V2-Large-hf") in text and ANYTHING_V2 in text
     assert "model.safetensors" in text and "depth_anything_v2_vitl.safetensors" in text  # and A1111's file
     with pytest.raises(PreprocessorError) as midas:
         run_preprocessor("depth_midas", scene(), models_dir=tmp_path)

@@ -99,18 +99,18 @@ def wanted_message(module: str, label: str, preprocessor_dir: Path, a1111_files:
     """What to download and where, when no usable folder is there."""
     _, notes = find_folder(module, preprocessor_dir)
     names = FOLDERS[module][0]
-    folders = " or ".join(f"{Path(preprocessor_dir, *n.split('/'))}/" for n in names)
-    found = [f for f in a1111_files if (preprocessor_dir / f).is_file()]
+    example = Path(preprocessor_dir, *names[0].split("/"))
     text = (
-        f"the preprocessor {label} needs a transformers depth model: download {' or '.join(names)} from "
-        f"huggingface.co ({', '.join(NEEDED)}) into {folders}"
+        f"the preprocessor {label} needs a transformers depth model from huggingface.co, one of {', '.join(names)}: "
+        f"its {', '.join(NEEDED)} in {preprocessor_dir}/<owner>/<name>/ (e.g. {example}/)"
     )
     theirs = ", ".join(str(preprocessor_dir / f) for f in a1111_files)
+    found = [f for f in a1111_files if (preprocessor_dir / f).is_file()]
     if found:
         pickle = any(f.lower().endswith(_PICKLES) for f in found)
-        text += f" ({theirs} is A1111's file{', a pickle' if pickle else ''}, in a layout this app does not read)"
+        text += f"; {theirs} is A1111's file{', a pickle,' if pickle else ''} in a layout this app does not read"
     else:
-        text += f" (A1111 reads {theirs} instead, in a layout this app does not read)"
+        text += f"; A1111's {theirs} is not read here (another layout)"
     if notes:
         text += f"; {notes}"
     return text + "; or pick the preprocessor 'none' and send a ready-made depth map"
