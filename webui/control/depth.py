@@ -243,10 +243,19 @@ def normal_image(depth: Any, background: float) -> Any:
 
 def run(module: str, rgb: Any, resolution: int, threshold_a: float, folder: Path, cache: Any = None) -> Any:
     """The map (HWC uint8 RGB) at the processor resolution (short side = ``resolution``)."""
+    from webui.control.preprocessors import PreprocessorError
+
     h, w = rgb.shape[:2]
     k = resolution / min(h, w)
     size = (max(1, round(h * k)), max(1, round(w * k)))
-    depth = predict(load_depth(module, folder, cache), rgb, size)
+    loaded = load_depth(module, folder, cache)
+    try:
+        depth = predict(loaded, rgb, size)
+    except MemoryError:
+        raise PreprocessorError(f"not enough memory to run the depth model in {folder}") from None
+    except Exception as exc:  # noqa: BLE001 - the boundary where library errors become a message
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise PreprocessorError(f"the depth model in {folder} failed on this image ({w}x{h}): {line}") from None
     if module == "normal_map":
         return normal_image(depth, threshold_a)
     return depth_image(depth)
