@@ -139,12 +139,60 @@ def write_tiny_depth_anything(folder: Path) -> Path:
     return folder
 
 
+def write_tiny_zoedepth(folder: Path) -> Path:
+    """ZoeDepth (a BEiT backbone, one NYU bin head) as Intel/zoedepth-nyu; its processor pads the image."""
+    from transformers import BeitConfig, ZoeDepthConfig, ZoeDepthForDepthEstimation
+
+    backbone = BeitConfig(
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=32,
+        patch_size=8,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+        reshape_hidden_states=False,
+        use_relative_position_bias=True,
+        add_fpn=False,
+    )
+    config = ZoeDepthConfig(
+        backbone_config=backbone,
+        neck_hidden_sizes=[8, 8, 8, 8],
+        fusion_hidden_size=8,
+        num_relative_features=8,
+        bottleneck_features=8,
+        num_attractors=[4, 4, 2, 1],
+        bin_embedding_dim=8,
+        bin_configurations=[{"n_bins": 8, "min_depth": 1e-3, "max_depth": 10.0, "name": "nyu"}],
+    )
+    model = ZoeDepthForDepthEstimation(config).eval()
+    _liven(model)
+    model.save_pretrained(folder, safe_serialization=True)
+    processor = {
+        "image_processor_type": "ZoeDepthImageProcessor",
+        "do_resize": True,
+        "size": {"height": 32, "width": 32},
+        "keep_aspect_ratio": True,
+        "ensure_multiple_of": 8,
+        "do_pad": True,
+        "resample": 2,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5] * 3,
+        "image_std": [0.5] * 3,
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor), encoding="utf-8")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("depth") / "models"
     pre = root / PREPROCESSOR_FOLDER
     write_tiny_dpt(pre / "Intel" / "dpt-hybrid-midas")
     write_tiny_depth_anything(pre / "depth-anything" / "Depth-Anything-V2-Small-hf")
+    write_tiny_zoedepth(pre / "Intel" / "zoedepth-nyu")
     return root
 
 
@@ -156,7 +204,7 @@ def scene(size=(96, 64), box=(24, 16, 72, 48)) -> Image.Image:
     return image
 
 
-@pytest.mark.parametrize("module", ["depth_midas", "depth_anything_v2"])
+@pytest.mark.parametrize("module", ["depth_midas", "depth_anything_v2", "depth_zoe"])
 def test_a_depth_map_from_the_model_in_models(models, module):
     from webui.control.loading import ControlCache
 
@@ -294,3 +342,29 @@ def test_a_job_unit_gets_the_depth_map_from_the_extensions_models_folder(models)
     ControlExtension(models_dir=models)._prepare_map(state, SimpleNamespace(task="txt2img", request=request))
     arr = np.asarray(state.control_map)
     assert state.control_map.size == (192, 128) and arr.min() == 0 and arr.max() == 255  # pixel perfect: 128
+
+
+def test_zoedepths_padding_is_cut_off(models):
+    """With a "model" that predicts the processed image itself, the map is the input again: the reflect padding
+    ZoeDepth's processor adds is cut off and the rest fills the map."""
+    import threading
+
+    from transformers import AutoImageProcessor
+
+    from webui.control.depth import DepthModel, predict
+
+    folder = models / PREPROCESSOR_FOLDER / "Intel" / "zoedepth-nyu"
+    processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    assert processor.do_pad
+
+    def itself(pixel_values):
+        return SimpleNamespace(predicted_depth=pixel_values[:, 0])
+
+    image = Image.new("RGB", (96, 64), "black")
+    ImageDraw.Draw(image).rectangle((0, 0, 23, 63), fill="white")  # the left quarter white
+    loaded = DepthModel(itself, processor, folder, "zoedepth", threading.Lock())
+    depth = predict(loaded, np.asarray(image), (64, 96))
+    assert depth.shape == (64, 96)
+    assert depth[:, 2:20].mean() - depth[:, 30:94].mean() > 1.5  # about +1 and -1 after the normalisation
+    edge = int(np.argmin(np.diff(depth[32])))
+    assert 21 <= edge <= 26  # where the image has it (with the padding left in, the white would reach ~31)

@@ -1,5 +1,5 @@
-"""The depth preprocessors (``depth_midas``, ``depth_anything``, ``depth_anything_v2``, ``normal_midas``) with
-transformers' depth-estimation models, offline, on the CPU in float32.
+"""The depth preprocessors (``depth_midas``, ``depth_zoe``, ``depth_anything``, ``depth_anything_v2``,
+``normal_midas``) with transformers' depth-estimation models, offline, on the CPU in float32.
 
 A1111 reads the original checkpoints (``midas/dpt_hybrid-midas-501f0c75.pt``, a pickle; ``depth_anything_v2_vitl
 .safetensors`` in the original layout). This app runs the transformers copies of the same networks instead, as they
@@ -11,7 +11,8 @@ that is there is used. Only ``.safetensors`` weights are read; a folder with onl
 refused before anything is opened.
 
 The map is A1111's: the predicted relative inverse depth (near = large) scaled to the processor resolution
-(short side), normalised to 0..255 per image (near = white), RGB. ``normal_midas`` turns the same prediction into
+(short side), normalised to 0..255 per image (near = white), RGB; ZoeDepth predicts metres (far = large): its
+2nd percentile is white, its 85th and farther black, as A1111's ``depth_zoe``. ``normal_midas`` turns the same prediction into
 a normal map from its Sobel gradients (z = 2 pi; where the normalised depth is under ``threshold_a`` the
 background is flat), as lllyasviel's ControlNet 1.0 annotator does.
 
@@ -33,6 +34,7 @@ _MIDAS = ("Intel/dpt-hybrid-midas", "Intel/dpt-large")
 FOLDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "depth": (_MIDAS, ("dpt",)),
     "normal_map": (_MIDAS, ("dpt",)),
+    "depth_zoe": (("Intel/zoedepth-nyu", "Intel/zoedepth-nyu-kitti", "Intel/zoedepth-kitti"), ("zoedepth",)),
     "depth_anything": (
         (
             "LiheYoung/depth-anything-large-hf",
@@ -126,6 +128,7 @@ class DepthModel:
     model: Any
     processor: Any
     path: Path
+    model_type: str  # dpt | depth_anything: relative inverse depth (near = large); zoedepth: metres (far = large)
     lock: Any  # one prediction at a time per model (the page and the API may ask at once)
 
 
@@ -189,22 +192,32 @@ def _load(module: str, folder: Path) -> DepthModel:
         line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise PreprocessorError(f"the depth model in {folder} cannot be loaded: {line}") from None
     model.to("cpu").eval().requires_grad_(False)
-    return DepthModel(model, processor, folder, threading.Lock())
+    return DepthModel(model, processor, folder, model_type, threading.Lock())
 
 
 # --- the maps ----------------------------------------------------------------------------------------
 
 
 def predict(loaded: DepthModel, rgb: Any, size: tuple[int, int]) -> Any:
-    """The raw prediction (float64 HxW, near = large) for the HWC uint8 ``rgb``, resized to ``size`` = (h, w)."""
+    """The raw prediction (float64 HxW) for the HWC uint8 ``rgb``, resized to ``size`` = (h, w): inverse depth
+    (near = large), or for ZoeDepth metric depth (far = large)."""
     import numpy as np
     import torch
     from PIL import Image
 
     inputs = loaded.processor(images=Image.fromarray(rgb), return_tensors="pt")
     with loaded.lock, torch.inference_mode():
-        out = loaded.model(pixel_values=inputs["pixel_values"].to(torch.float32)).predicted_depth
-    depth = torch.nn.functional.interpolate(out[:, None].float(), size=size, mode="bicubic", align_corners=False)
+        outputs = loaded.model(pixel_values=inputs["pixel_values"].to(torch.float32))
+    out = outputs.predicted_depth[:, None].float()
+    if loaded.model_type == "zoedepth" and getattr(loaded.processor, "do_pad", False):
+        # ZoeDepth's processor pads the image by int(sqrt(side / 2) * 3) on each side before resizing it (against
+        # edge artefacts): back to the padded image's size, and the padding cut off (its post-processing needs
+        # torchvision)
+        h, w = rgb.shape[:2]
+        ph, pw = int(np.sqrt(h / 2) * 3), int(np.sqrt(w / 2) * 3)
+        out = torch.nn.functional.interpolate(out, size=(h + 2 * ph, w + 2 * pw), mode="bicubic", align_corners=False)
+        out = out[:, :, ph : ph + h, pw : pw + w]
+    depth = torch.nn.functional.interpolate(out, size=size, mode="bicubic", align_corners=False)
     return depth[0, 0].numpy().astype(np.float64)
 
 
@@ -222,6 +235,16 @@ def depth_image(depth: Any) -> Any:
     import numpy as np
 
     grey = np.clip(np.rint(normalised(depth) * 255.0), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def metric_depth_image(depth: Any) -> Any:
+    """ZoeDepth's metres as A1111 shows them: the 2nd percentile white, the 85th and farther black."""
+    import numpy as np
+
+    near, far = np.percentile(depth, 2), np.percentile(depth, 85)
+    scaled = 1.0 - (depth - near) / max(float(far - near), 1e-6)
+    grey = np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=2)
 
 
@@ -258,4 +281,6 @@ def run(module: str, rgb: Any, resolution: int, threshold_a: float, folder: Path
         raise PreprocessorError(f"the depth model in {folder} failed on this image ({w}x{h}): {line}") from None
     if module == "normal_map":
         return normal_image(depth, threshold_a)
+    if loaded.model_type == "zoedepth":
+        return metric_depth_image(depth)
     return depth_image(depth)

@@ -7,9 +7,9 @@ not bit-identical to OpenCV), ``invert``, ``threshold``, ``blur_gaussian``, ``ti
 ``inpaint`` / ``inpaint_only`` (the map is RGBA: alpha 0 where the mask says "repaint") and the IP-Adapter
 CLIP modules (the image itself: the CLIP vision encoder runs when the unit is applied).
 
-The depth ones (``depth_midas``, ``depth_anything``, ``depth_anything_v2``, ``normal_midas``) run transformers'
-depth models from ``models/ControlNetPreprocessor/<owner>/<name>/`` (``webui.control.depth``). The other
-model-based ones (``openpose``, ``depth_zoe``, ...) are listed, with A1111's names, labels and sliders, but this
+The depth ones (``depth_midas``, ``depth_zoe``, ``depth_anything``, ``depth_anything_v2``, ``normal_midas``) run
+transformers' depth models from ``models/ControlNetPreprocessor/<owner>/<name>/`` (``webui.control.depth``). The
+other model-based ones (``openpose``, ``depth_leres``, ...) are listed, with A1111's names, labels and sliders, but this
 app does not run their networks: ``run_preprocessor`` raises ``PreprocessorError`` naming the weights file A1111
 uses and the folder it would go in, so a user can pick ``none`` and send a ready map.
 
