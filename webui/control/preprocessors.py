@@ -7,9 +7,11 @@ not bit-identical to OpenCV), ``invert``, ``threshold``, ``blur_gaussian``, ``ti
 ``inpaint`` / ``inpaint_only`` (the map is RGBA: alpha 0 where the mask says "repaint") and the IP-Adapter
 CLIP modules (the image itself: the CLIP vision encoder runs when the unit is applied).
 
-The model-based ones (``depth_midas``, ``openpose``, ...) are listed, with A1111's names, labels and sliders,
-but this app does not run their networks: ``run_preprocessor`` raises ``PreprocessorError`` naming the
-weights file A1111 uses and the folder it would go in, so a user can pick ``none`` and send a ready map.
+The depth ones (``depth_midas``, ``depth_zoe``, ``depth_anything``, ``depth_anything_v2``, ``normal_midas``) run
+transformers' depth models from ``models/ControlNetPreprocessor/<owner>/<name>/`` (``webui.control.depth``). The
+other model-based ones (``openpose``, ``depth_leres``, ...) are listed, with A1111's names, labels and sliders, but this
+app does not run their networks: ``run_preprocessor`` raises ``PreprocessorError`` naming the weights file A1111
+uses and the folder it would go in, so a user can pick ``none`` and send a ready map.
 
 * ``module_names()``: A1111 names, in A1111's order of kinds;
 * ``module_detail(name)``: the ``/controlnet/module_list`` detail (``model_free``, ``sliders``) + ours;
@@ -107,6 +109,13 @@ MODULES: tuple[Module, ...] = (
         b=Slider("Remove Background %", 0, 0, 100, 0.1),
     ),
     _model(
+        "depth_anything",
+        "depth_anything",
+        ["depth_anything/depth_anything_vitl14.pth"],
+        "LiheYoung/Depth-Anything",
+        "Depth",
+    ),
+    _model(
         "depth_anything_v2",
         "depth_anything_v2",
         ["depth_anything_v2/depth_anything_v2_vitl.safetensors"],
@@ -202,7 +211,10 @@ def get_module(name: str) -> Module:
 
 
 def module_detail(name: str) -> dict:
-    """A1111's ``module_detail`` entry (``model_free``, ``sliders``) plus this app's own keys."""
+    """A1111's ``module_detail`` entry (``model_free``, ``sliders``) plus this app's own keys (``needs_weights``:
+    the files under models/ControlNetPreprocessor, for the depth ones the transformers folders, any one will do)."""
+    from webui.control import depth
+
     m = get_module(name)
     sliders = [s.as_dict() for s in (m.resolution, m.a, m.b) if s is not None]
     return {
@@ -211,7 +223,7 @@ def module_detail(name: str) -> dict:
         "name": m.name,
         "label": m.display,
         "needs_mask": m.needs_mask,
-        "needs_weights": list(m.weights),
+        "needs_weights": list(depth.FOLDERS[m.name][0]) if depth.runs_here(m.name) else list(m.weights),
         "kind": m.kind,
         "union_control_type": m.union_type,
     }
@@ -350,11 +362,17 @@ def _mask_array(mask: Any, size):
 
 
 def weights_problem(name: str, models_dir: str | Path | None) -> str:
-    """ "" when a model-based preprocessor's files are present, else the message naming them."""
+    """ "" when a model-based preprocessor's files are present, else the message naming them (for the depth
+    ones, ``webui.control.depth``: the transformers folders this app runs, and A1111's file names)."""
+    from webui.control import depth
+
     m = get_module(name)
     if m.kind != "model":
         return ""
     folder = Path(models_dir or "models") / PREPROCESSOR_FOLDER
+    if depth.runs_here(m.name):
+        found, _ = depth.find_folder(m.name, folder)
+        return "" if found is not None else depth.wanted_message(m.name, m.display, folder, m.weights)
     missing = [f for f in m.weights if not (folder / f).is_file()]
     if missing:
         where = ", ".join(str(folder / f) for f in missing)
@@ -376,12 +394,14 @@ def run_preprocessor(
     *,
     mask: Any = None,
     seed: int | None = None,
+    cache: Any = None,
 ) -> Any:
     """The control map (a PIL image) for ``image``; ``PreprocessorError`` says why not.
 
     The map comes back at the processor resolution (short side = ``resolution``) for the modules with a
     resolution slider, at the image's size otherwise; ``resize_control`` fits it to the pass. Inpaint maps
-    are RGBA with alpha 0 where ``mask`` (white = repaint) says repaint.
+    are RGBA with alpha 0 where ``mask`` (white = repaint) says repaint. The depth ones load their model from
+    ``models_dir`` (``webui.control.depth``) into ``cache`` (a ``ControlCache``; None: the process-wide one).
     """
     import numpy as np
     from PIL import Image
@@ -391,7 +411,13 @@ def run_preprocessor(
         raise PreprocessorError(f"the preprocessor {m.display} needs an input image")
     res, a, b = slider_defaults(m.name, resolution, threshold_a, threshold_b)
     if m.kind == "model":
+        from webui.control import depth
+
         problem = weights_problem(m.name, models_dir)
+        if not problem and depth.runs_here(m.name):
+            folder, _ = depth.find_folder(m.name, Path(models_dir or "models") / PREPROCESSOR_FOLDER)
+            out = depth.run(m.name, _rgb_array(image), res, float(a if a is not None else 0.4), folder, cache)
+            return Image.fromarray(out)
         raise PreprocessorError(
             problem
             or f"the preprocessor {m.display} is not available in this app yet (its weights are found, but its "
