@@ -20,7 +20,8 @@ same body guard (size, NaN, bad text): the routes use its ``ApiRoute``. Images a
 runs, so both answer the same way.
 
 Everything goes through the backend (``models("control")``, ``refresh_models``, ``folders``): nothing here
-loads a checkpoint or a ControlNet.
+loads a checkpoint or a ControlNet. The model-based preprocessors (depth) load their model in this process on
+first use and keep it in the routes' own cache (``ControlNetApi.cache``).
 """
 
 from __future__ import annotations
@@ -234,9 +235,10 @@ def detect_images(
     threshold_a: float = -1,
     threshold_b: float = -1,
     masks: Sequence[Any] | None = None,
+    cache: Any = None,
 ) -> list[Any]:
     """Run the preprocessor ``module`` on each PIL image (with the mask of the same index, if any);
-    ``DetectError`` in words for what cannot run."""
+    ``DetectError`` in words for what cannot run. ``cache``: where model-based preprocessors keep their model."""
     pre = preprocessor_module()
     name = resolve_module(module)
     if not images:
@@ -255,6 +257,7 @@ def detect_images(
                     threshold_a=threshold_a,
                     threshold_b=threshold_b,
                     models_dir=_models_dir(backend),
+                    cache=cache,
                     **extra,
                 )
             )
@@ -285,8 +288,12 @@ class ControlNetApi:
     """The route handlers over one backend (plain data in and out)."""
 
     def __init__(self, backend: Any, unit_count: Callable[[], int] | None = None) -> None:
+        from webui.control.depth import CACHE_ENTRIES
+        from webui.control.loading import ControlCache
+
         self.backend = backend
         self.unit_count = unit_count or (lambda: UNIT_COUNT)
+        self.cache = ControlCache(CACHE_ENTRIES)  # the depth models /controlnet/detect loaded
 
     def version(self) -> dict[str, int]:
         return {"version": API_VERSION}
@@ -320,6 +327,7 @@ class ControlNetApi:
                 body.controlnet_threshold_a,
                 body.controlnet_threshold_b,
                 masks=masks,
+                cache=self.cache,
             )
         except DetectError as exc:
             raise ApiError(422, "RequestError", exc.message, exc.field, exc.valid) from None

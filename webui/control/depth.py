@@ -17,7 +17,7 @@ a normal map from its Sobel gradients (z = 2 pi; where the normalised depth is u
 background is flat), as lllyasviel's ControlNet 1.0 annotator does.
 
 Loaded models are cached by (folder, mtime_ns of the weights and configs) in a ``ControlCache`` of
-``CACHE_ENTRIES`` entries (``webui.control.loading``'s cache): one process-wide by default, or the one passed in.
+``CACHE_ENTRIES`` entries (``webui.control.loading``'s cache), in the cache its caller owns (none: loaded per call).
 """
 
 from __future__ import annotations
@@ -132,36 +132,23 @@ class DepthModel:
     lock: Any  # one prediction at a time per model (the page and the API may ask at once)
 
 
-_DEFAULT_CACHE = None
-_DEFAULT_LOCK = threading.Lock()
-
-
-def default_cache() -> Any:
-    global _DEFAULT_CACHE
-    with _DEFAULT_LOCK:
-        if _DEFAULT_CACHE is None:
-            from webui.control.loading import ControlCache
-
-            _DEFAULT_CACHE = ControlCache(CACHE_ENTRIES)
-        return _DEFAULT_CACHE
-
-
 def load_depth(module: str, folder: Path, cache: Any = None) -> DepthModel:
-    """The model in ``folder`` (checked by ``find_folder``), from ``cache`` when the files have not changed."""
+    """The model in ``folder`` (checked by ``find_folder``), from ``cache`` when the files have not changed
+    (``cache`` None: loaded for this call only)."""
     from webui.control.preprocessors import PreprocessorError
 
-    cache = default_cache() if cache is None else cache
     files = [folder / "config.json", folder / "preprocessor_config.json", *_safetensors(folder)]
     try:
         stamp = max(f.stat().st_mtime_ns for f in files)
     except OSError as exc:
         raise PreprocessorError(f"{folder} cannot be read ({exc.strerror or exc})") from None
     key = (str(folder.resolve()), stamp, "cpu", "float32")
-    hit = cache.get(key)
+    hit = cache.get(key) if cache is not None else None
     if hit is not None:
         return hit
     loaded = _load(module, folder)
-    cache.put(key, loaded)
+    if cache is not None:
+        cache.put(key, loaded)
     return loaded
 
 

@@ -94,8 +94,12 @@ class ControlExtension:
     """The hook implementations (registered with ``host.register_builtin("controlnet", ...)``)."""
 
     def __init__(self, models_dir: str | Path | None = None, catalog: Any = None, library: Any = None) -> None:
+        from webui.control.depth import CACHE_ENTRIES
+        from webui.control.loading import ControlCache
+
         self.models_dir = Path(models_dir or "models")
         self.library = library if library is not None else CatalogLibrary(catalog, self.models_dir)
+        self.preprocessor_cache = ControlCache(CACHE_ENTRIES)  # the depth models of the model-based preprocessors
         self._jobs: dict[str, Any] = {}  # job id -> JobControl (until the job's models are undone)
         self._labels: OrderedDict[str, list[str]] = OrderedDict()  # job id -> model label per enabled unit
 
@@ -308,6 +312,7 @@ class ControlExtension:
                     self.models_dir,
                     mask=region,
                     seed=seed,
+                    cache=self.preprocessor_cache,
                 )
             except PreprocessorError as exc:
                 raise JobRefused(f"ControlNet unit {u.index}: {exc}", field=FIELD) from None

@@ -401,7 +401,7 @@ def run_preprocessor(
     The map comes back at the processor resolution (short side = ``resolution``) for the modules with a
     resolution slider, at the image's size otherwise; ``resize_control`` fits it to the pass. Inpaint maps
     are RGBA with alpha 0 where ``mask`` (white = repaint) says repaint. The depth ones load their model from
-    ``models_dir`` (``webui.control.depth``) into ``cache`` (a ``ControlCache``; None: the process-wide one).
+    ``models_dir`` (``webui.control.depth``) into ``cache`` (a ``ControlCache`` its caller owns; None: loaded for this call only).
     """
     import numpy as np
     from PIL import Image

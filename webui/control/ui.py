@@ -220,6 +220,7 @@ class ControlSection:
     backend: Any
     count: int
     components: dict[str, Any] = field(default_factory=dict)
+    cache: Any = None  # the depth models the preview loaded (a ControlCache)
 
     def model_titles(self) -> list[str]:
         from webui.control.api import model_list
@@ -417,7 +418,8 @@ def _build_unit(section: ControlSection, index: int, fields: dict[str, Any], ext
         if pixel_perfect and width and height:  # the resolution that matches the pass's size (A1111)
             res = _pixel_perfect(image, int(width), int(height), resize_mode)
         try:
-            out = detect_images(backend, module or "none", [image], res, a, b, masks=[mask] if mask else None)
+            masks = [mask] if mask else None
+            out = detect_images(backend, module or "none", [image], res, a, b, masks=masks, cache=section.cache)
         except DetectError as exc:
             return gr.update(), f"**Preprocessor:** {exc.message}"
         return out[0], ""
@@ -486,7 +488,10 @@ def build_section(
     ``fields`` (unit settings) and ``extra`` (the images)."""
     import gradio as gr
 
-    section = ControlSection(task, backend, count)
+    from webui.control.depth import CACHE_ENTRIES
+    from webui.control.loading import ControlCache
+
+    section = ControlSection(task, backend, count, cache=ControlCache(CACHE_ENTRIES))
     with gr.Accordion("ControlNet", open=False, elem_id=f"{task}_{SCRIPT}"), gr.Tabs():
         for i in range(count):
             with gr.Tab(f"ControlNet Unit {i}", elem_id=f"{task}_{SCRIPT}_unit_{i}"):
