@@ -617,6 +617,10 @@ class ModelManager:
         """(estimate, available bytes) for loading ``entry``; ``NotEnoughMemoryError`` if it cannot fit even
         with the RAM cache emptied and ``leaving`` (the model it replaces) released. Changes nothing."""
         estimate = self._estimate(entry)
+        if self.device.device == "cuda" and "offload" not in (self.memory_modes or ""):
+            # the weights go to VRAM (the memory planner's business); RAM only passes them through.
+            # "auto" may still pick an offload: then the RAM cache's budget is the bound that holds.
+            return estimate, 1 << 62
         available = int(self._memory.available_bytes())
         leaving_ram = leaving.nbytes if leaving is not None and self._in_ram(leaving) else 0
         reachable = available + self._cache_bytes() + leaving_ram
