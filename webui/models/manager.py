@@ -384,6 +384,7 @@ class ModelManager:
         del slot
         self._collect()
         fresh = _Slot(entry, self._load_fresh(entry, new))
+        fresh.nbytes = measured_bytes(fresh.loaded.pipeline)
         self._current = fresh
         return list(fresh.loaded.notes)
 
