@@ -98,9 +98,7 @@ def test_bf16_estimate_is_half_of_fp32(models_dir, tmp_path):
     assert 0.45 <= bf16 / fp32 <= 0.55
 
 
-def test_cycling_keeps_the_cache_within_its_budget_and_evicts_least_recent_first(
-    models_dir, tmp_path, sizes, caplog
-):
+def test_cycling_keeps_the_cache_within_its_budget_and_evicts_least_recent_first(models_dir, tmp_path, sizes, caplog):
     measured = {f: m for f, (_e, m) in sizes.items()}
     # room for either sd15 or sdxl, never both: the GiB bound, not the count (3), decides
     budget = max(measured["sd15"], measured["sdxl"]) + min(measured["sd15"], measured["sdxl"]) // 2

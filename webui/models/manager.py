@@ -626,9 +626,7 @@ class ModelManager:
         leaving_ram = leaving.nbytes if leaving is not None and self._in_ram(leaving) else 0
         reachable = available + self._cache_bytes() + leaving_ram
         if estimate + SAFETY_MARGIN_BYTES > reachable:
-            log.warning(
-                "refused to load %s: needs %s, %s can be had", entry.name, gib(estimate), gib(reachable)
-            )
+            log.warning("refused to load %s: needs %s, %s can be had", entry.name, gib(estimate), gib(reachable))
             raise NotEnoughMemoryError(
                 refusal_message(entry.name, estimate + SAFETY_MARGIN_BYTES, reachable, self._ram_budget)
             )

@@ -10,8 +10,9 @@ tests (and other platforms) can give their own.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def budget_bytes(gib: float, probe: MemoryProbe | None = None) -> int:
     return int(gib * GIB)
 
 
-def gib(n: int | float) -> str:
+def gib(n: float) -> str:
     return f"{n / GIB:.2f} GiB"
 
 
