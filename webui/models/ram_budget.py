@@ -69,7 +69,7 @@ def budget_bytes(gib: float, probe: MemoryProbe | None = None) -> int:
 
 
 def gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB"
+    return f"{n / GIB:.2f} GiB" if abs(n) >= GIB / 10 else f"{n / GIB:.4f} GiB"  # small models still say something
 
 
 def dtype_bytes(dtype: Any) -> int:
