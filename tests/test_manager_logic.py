@@ -110,3 +110,29 @@ def test_unusable_entry_is_refused_with_its_reason(setup, tmp_path):
     manager.catalog.refresh()
     with pytest.raises(ValueError, match="too small"):
         manager.load("bad")
+
+
+class _NoMemory:
+    def available_bytes(self) -> int:
+        return 0
+
+    def total_bytes(self) -> int:
+        return 16 * 1024**3
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_load_that_cannot_fit_in_ram_is_refused_before_the_loader_runs(setup, tmp_path, device):
+    from webui.models.ram_budget import NotEnoughMemoryError
+
+    make, calls = setup
+    base = make(device=device)
+    manager = ModelManager(
+        base.catalog, base.device, tmp_path / "cache", base.families, 1, loader=base._loader, memory=_NoMemory()
+    )
+    if device == "cuda":  # weights go to VRAM; RAM is not the bound (the memory planner's business)
+        manager.load("b")
+        assert calls == ["b.safetensors"]
+        return
+    with pytest.raises(NotEnoughMemoryError, match=r"load b\.safetensors: it needs about .* GiB"):
+        manager.load("b")
+    assert calls == [] and manager.current_entry is None

@@ -48,6 +48,8 @@ def config_on_disk(services) -> dict:
         ("filename_pattern", "sub/[seed]", "remove /"),
         ("max_image_size", 100, "multiple of 8"),
         ("ram_cache_models", -2, "0 or more"),
+        ("ram_cache_gib", -2, "-1 (auto"),
+        ("ram_cache_gib", "lots", "must be a float"),
         ("default_model", "missing.safetensors", "pick one from the list"),
         ("job_timeout", -1, "0 (no limit) or more"),
         ("filename_pattern", "[seed]\x00", "NUL byte"),
@@ -440,3 +442,13 @@ def test_png_info_says_a_file_is_not_an_image_without_a_path_or_an_exception_nam
     assert (text, rows, note) == ("", [], NOT_AN_IMAGE)
     assert "not an image" in note and str(tmp_path) not in note and "Error" not in note
     assert open_image(str(path)) is None  # "Send to img2img" sends the parameters only
+
+
+def test_ram_cache_gib_applies_live_from_the_page_and_the_backend_options(services):
+    result = save_settings(services, {"ram_cache_gib": 0.25, "ram_cache_models": 2})
+    assert result.ok and not result.after_restart and {"ram_cache_gib", "ram_cache_models"} <= set(result.applied)
+    usage = services.manager.ram_cache_usage()
+    assert (usage["budget_bytes"], usage["max_models"]) == (1024**3 // 4, 2)
+    assert config_on_disk(services)["ram_cache_gib"] == 0.25
+    services.backend.set_options({"ram_cache_gib": 1.5})
+    assert services.manager.ram_cache_usage()["budget_bytes"] == 3 * 1024**3 // 2

@@ -153,6 +153,7 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
         cache_dir=paths.cache,
         families=families,
         ram_cache_models=settings.ram_cache_models,
+        ram_cache_gib=settings.ram_cache_gib,
         t5_tokenizer_dir=paths.t5_tokenizer_dir(settings),
         on_loaded=on_loaded,
         memory_registry=memory_registry,

@@ -62,6 +62,9 @@ class Settings:
     prompt_cache_size: int = 16
     # How many recently used checkpoints stay loaded in RAM besides the active one.
     ram_cache_models: int = 0
+    # The RAM those cached checkpoints may take, in GiB (both bounds hold). -1 = derived from the machine's
+    # RAM: half of it minus 4 GiB (24 GiB -> 8 GiB; 8 GiB or less -> 0); 0 = keep nothing.
+    ram_cache_gib: float = -1.0
     # Checkpoint to load on the first generation ("" = the first one found).
     default_model: str = ""
     # Where the T5 tokenizer for SD3 is looked for (spiece.model or tokenizer.json),
@@ -144,6 +147,10 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError(value)
             return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
         return str(value)
     except (TypeError, ValueError):
         raise SettingsError(f"setting {name!r} must be a {kind}, got {value!r}") from None
@@ -162,6 +169,9 @@ FIELD_CHECKS: dict[str, Any] = {
     "prompt_cache_size": not_negative("prompt_cache_size", "0 (off) or more"),
     "port": check_port,
     "ram_cache_models": not_negative("ram_cache_models", "0 or more"),
+    "ram_cache_gib": lambda value: ""
+    if (value == -1 or value >= 0) and value < 1e6
+    else f"ram_cache_gib must be -1 (auto: half the RAM minus 4 GiB), 0 (keep nothing) or more GiB, got {value}",
     "preview_every": not_negative("preview_every", "0 (off) or more"),
     "max_image_size": check_max_image_size,
     "max_steps": lambda value: "" if value >= 1 else f"max_steps must be 1 or more, got {value}",
@@ -249,6 +259,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--prompt-cache-size", type=int, help="encoded prompts kept for reuse, 0 = off (default 16)")
     p.add_argument("--ram-cache-models", type=int, help="checkpoints kept in RAM for fast switching (default 0)")
+    p.add_argument(
+        "--ram-cache-gib",
+        type=float,
+        help="RAM those checkpoints may take, in GiB (default -1: half the machine's RAM minus 4 GiB; 0 = none)",
+    )
     p.add_argument("--default-model", help="checkpoint loaded for the first generation")
     p.add_argument(
         "--memory-modes",
@@ -329,6 +344,7 @@ _CLI_TO_FIELD = {
     "compile": "compile",
     "prompt_cache_size": "prompt_cache_size",
     "ram_cache_models": "ram_cache_models",
+    "ram_cache_gib": "ram_cache_gib",
     "default_model": "default_model",
     "memory_modes": "memory_modes",
     "preview_every": "preview_every",

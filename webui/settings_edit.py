@@ -81,6 +81,13 @@ SPECS: tuple[SettingSpec, ...] = (
         "besides the active one; each costs the model's size in RAM",
     ),
     SettingSpec(
+        "ram_cache_gib",
+        "RAM the cached checkpoints may take (GiB)",
+        SECTION_MODELS,
+        True,
+        "both limits hold; -1: half the machine's RAM minus 4 GiB; 0: keep none. Older models leave first",
+    ),
+    SettingSpec(
         "default_rng",
         "Random number generator source",
         SECTION_SAMPLING,

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CLIP_PAD = "<|endoftext|>"
-LIVE_OPTIONS = ("preview_every", "ram_cache_models")  # what ``set_options`` changes
+LIVE_OPTIONS = ("preview_every", "ram_cache_models", "ram_cache_gib")  # what ``set_options`` changes
 
 
 def refusal_of(job: Any) -> Refusal | None:
@@ -378,6 +378,8 @@ class LocalBackend:
             raise RequestError(unknown[0], f"is not a live option; these are: {', '.join(LIVE_OPTIONS)}", LIVE_OPTIONS)
         if "ram_cache_models" in changes:
             self._services.manager.set_ram_cache_models(int(changes["ram_cache_models"]))
+        if "ram_cache_gib" in changes:
+            self._services.manager.set_ram_cache_gib(float(changes["ram_cache_gib"]))
         if "preview_every" in changes:
             self._generation.preview_every = max(0, int(changes["preview_every"]))
         return self.options()

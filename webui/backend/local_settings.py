@@ -66,6 +66,7 @@ def _apply_preview(services: Services, settings: Settings, base: Path) -> None:
 
 def _apply_ram_cache(services: Services, settings: Settings, base: Path) -> None:
     services.manager.set_ram_cache_models(settings.ram_cache_models)
+    services.manager.set_ram_cache_gib(settings.ram_cache_gib)
 
 
 def _apply_default_model(services: Services, settings: Settings, base: Path) -> None:
@@ -138,6 +139,7 @@ LIVE_APPLIERS: dict[str, Callable[[Services, Settings, Path], None]] = {
     "preview_every": _apply_preview,
     "default_model": _apply_default_model,
     "ram_cache_models": _apply_ram_cache,
+    "ram_cache_gib": _apply_ram_cache,
     "default_rng": _read_at_request_time,
     "max_image_size": _apply_limits,
     "max_steps": _apply_limits,

@@ -329,7 +329,7 @@ class ControlResult:
 class RuntimeOptions:
     """What the running app uses now and the API's options change (not saved to the config file).
 
-    ``set_options`` takes ``preview_every`` and ``ram_cache_models`` (checkpoints kept in RAM
+    ``set_options`` takes ``preview_every``, ``ram_cache_models`` and ``ram_cache_gib`` (checkpoints kept in RAM
     besides the active one; write-only here, the Settings page shows the saved value).
     """
 

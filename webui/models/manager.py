@@ -23,6 +23,17 @@ from typing import Any, Callable
 from webui.models.catalog import CatalogEntry, ModelCatalog
 from webui.models.devices import DeviceChoice
 from webui.models.families import FamilySpec, TASKS
+from webui.models.ram_budget import (
+    SAFETY_MARGIN_BYTES,
+    MemoryProbe,
+    NotEnoughMemoryError,
+    SystemMemory,
+    budget_bytes,
+    checkpoint_estimate,
+    gib,
+    measured_bytes,
+    refusal_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +55,7 @@ class _Slot:
     # scheduler a previous job replaced.
     scheduler_config: dict = field(default_factory=dict)
     plan: Any = None  # webui.memory.planner.MemoryPlan the model was loaded with
+    nbytes: int = 0  # parameter + buffer bytes as measured after the load (the RAM cache's accounting)
 
     def __post_init__(self) -> None:
         if self.plan is None:
@@ -117,6 +129,8 @@ class ModelManager:
         memory_registry: Any = None,
         memory_modes: str = "none",
         speed: Any = None,
+        ram_cache_gib: float | None = None,
+        memory: MemoryProbe | None = None,
     ) -> None:
         self.catalog = catalog
         self.device = device
@@ -124,6 +138,10 @@ class ModelManager:
         self.families = families
         self.t5_tokenizer_dir = t5_tokenizer_dir
         self._ram_cache_models = ram_cache_models
+        # The machine's memory (available / total bytes); the RAM cache's budget in bytes (None or a
+        # negative number of GiB: derived from the machine's RAM, see webui.models.ram_budget).
+        self._memory = memory if memory is not None else SystemMemory()
+        self._ram_budget = budget_bytes(-1 if ram_cache_gib is None else ram_cache_gib, self._memory)
         self._loader = loader
         self._on_loaded = on_loaded
         self._lock = threading.RLock()
@@ -160,8 +178,40 @@ class ModelManager:
     def set_ram_cache_models(self, n: int) -> None:
         with self._lock:
             self._ram_cache_models = max(0, int(n))
-            self._trim_ram_cache()
+            self._trim_ram_cache("the model count went down")
         self._collect()
+
+    def set_ram_cache_gib(self, value: float) -> None:
+        """The RAM cache's budget in GiB from now on (negative: derived from the machine's RAM; 0: keep none)."""
+        with self._lock:
+            self._ram_budget = budget_bytes(float(value), self._memory)
+            self._trim_ram_cache("the budget went down")
+        self._collect()
+
+    def ram_cache_usage(self) -> dict[str, Any]:
+        """What the RAM cache holds: its models (name, bytes, least recently used first) and its bounds."""
+        with self._lock:
+            models = [(s.entry.name, s.nbytes) for s in self._ram.values()]
+            return {
+                "models": models,
+                "bytes": sum(n for _, n in models),
+                "budget_bytes": self._ram_budget,
+                "max_models": self._ram_cache_models,
+                "active_bytes": self._current.nbytes if self._current else 0,
+                "secondary_bytes": self._secondary.nbytes if self._secondary else 0,
+            }
+
+    def estimate_bytes(self, name_or_entry: str | CatalogEntry) -> int:
+        """The bytes a checkpoint will take once loaded in this manager's precision (from its file header)."""
+        entry = name_or_entry if isinstance(name_or_entry, CatalogEntry) else self.catalog.find(name_or_entry)
+        return self._estimate(entry)
+
+    def _estimate(self, entry: CatalogEntry) -> int:
+        from webui.models.config_folder import t5_tokenizer_files
+
+        # the loader leaves T5 out without a tokenizer or under "Drop T5" (auto may drop it too: over, not under)
+        with_t5 = bool(t5_tokenizer_files(self.t5_tokenizer_dir)) and "drop_t5" not in (self.memory_modes or "")
+        return checkpoint_estimate(entry, self.device.dtype, self._text_encoder_files(), with_t5=with_t5)
 
     # -- loading ---------------------------------------------------------------
     def load(self, name_or_entry: str | CatalogEntry) -> LoadReport:
@@ -175,23 +225,40 @@ class ModelManager:
             if self._current is not None and self._current.key == key:
                 return self._report(self._current, 0.0, True)
             cached = self._ram.pop(key, None)
-            self._park_current()
+            estimate = available = 0
+            if cached is None:  # refused here, before anything changes, when it cannot fit
+                estimate, available = self._check_room(entry, leaving=self._current)
+            leaving = self._current
+            leaving_ram = leaving.nbytes if leaving is not None and self._in_ram(leaving) else 0
+            parked = self._park_current()
             if cached is not None:
                 self._to_device(cached, self.device.device)
                 slot, from_cache = cached, True
             else:
+                if parked and not leaving_ram:  # moved off the device into RAM
+                    available -= leaving.nbytes
+                freed = 0 if parked else leaving_ram
+                del leaving
+                self._evict_for(entry, estimate, available + freed)
                 self._collect()  # free the old model before reading the new one
                 loaded = self._load_fresh(entry)
                 slot, from_cache = _Slot(entry, loaded), False
+                slot.nbytes = measured_bytes(loaded.pipeline)
             slot.load_seconds = time.perf_counter() - start
             self._current = slot
             report = self._report(slot, slot.load_seconds, from_cache)
+        usage = self.ram_cache_usage()
         log.info(
-            "loaded %s (%s) in %.2f s%s",
+            "loaded %s (%s) in %.2f s%s: %s%s; RAM cache %d model(s), %s of %s",
             entry.name,
             report.family,
             report.seconds,
             " from RAM cache" if from_cache else "",
+            gib(slot.nbytes),
+            "" if from_cache else f" (estimated {gib(estimate)} before reading)",
+            len(usage["models"]),
+            gib(usage["bytes"]),
+            gib(usage["budget_bytes"]),
         )
         if self._on_loaded:
             self._on_loaded(report)
@@ -223,13 +290,23 @@ class ModelManager:
         with self._lock:
             slot = self._secondary
             if slot is None or slot.key != (entry.path, entry.mtime_ns):
-                self._secondary = None
+                estimate, available = self._check_room(entry, leaving=slot)
+                freed = slot.nbytes if slot is not None and self._in_ram(slot) else 0
+                self._secondary = slot = None
+                self._evict_for(entry, estimate, available + freed)
                 self._collect()
                 start = time.perf_counter()
                 slot = _Slot(entry, self._load_fresh(entry))
                 slot.load_seconds = time.perf_counter() - start
+                slot.nbytes = measured_bytes(slot.loaded.pipeline)
                 self._secondary = slot
-                log.info("loaded %s as secondary model in %.2f s", entry.name, slot.load_seconds)
+                log.info(
+                    "loaded %s as secondary model in %.2f s: %s (estimated %s before reading)",
+                    entry.name,
+                    slot.load_seconds,
+                    gib(slot.nbytes),
+                    gib(estimate),
+                )
             pipe = slot.tasks.get(task)
             if pipe is None:
                 pipe = derive_pipeline(slot.loaded.pipeline, slot.loaded.family.pipelines[task])
@@ -307,6 +384,7 @@ class ModelManager:
         del slot
         self._collect()
         fresh = _Slot(entry, self._load_fresh(entry, new))
+        fresh.nbytes = measured_bytes(fresh.loaded.pipeline)
         self._current = fresh
         return list(fresh.loaded.notes)
 
@@ -470,15 +548,19 @@ class ModelManager:
         if plan is None or not plan.manages_placement:  # offloaded weights are never moved by hand
             apply_layout(pipe, False)
 
-    def _load_weights(self, entry: CatalogEntry, memory_plan: Any) -> Any:
-        loader = self._loader
-        if loader is None:
-            from webui.models.loader import load_checkpoint as loader
-        te_files = {}
+    def _text_encoder_files(self) -> dict[str, Path]:
+        te_files: dict[str, Path] = {}
         for te in self.catalog.usable("text_encoder"):
             slot = te.info.get("slot")
             if slot and slot not in te_files:
                 te_files[slot] = te.path
+        return te_files
+
+    def _load_weights(self, entry: CatalogEntry, memory_plan: Any) -> Any:
+        loader = self._loader
+        if loader is None:
+            from webui.models.loader import load_checkpoint as loader
+        te_files = self._text_encoder_files()
         extra = {"load_kwargs": memory_plan.load_kwargs} if memory_plan.load_kwargs else {}
         # The catalog's record goes with the path: the loader identifies nothing again.
         return loader(
@@ -493,19 +575,67 @@ class ModelManager:
             **extra,
         )
 
-    def _park_current(self) -> None:
+    def _park_current(self) -> bool:
+        """Move the active model into the RAM cache if both bounds allow; True when it was parked."""
         slot, self._current = self._current, None
-        if slot is None:
-            return
-        if self._ram_cache_models > 0:
-            if self.device.device != "cpu":
-                self._to_device(slot, "cpu")
-            self._ram[slot.key] = slot
-            self._trim_ram_cache()
+        if slot is None or self._ram_cache_models <= 0 or self._ram_budget <= 0:
+            return False
+        if slot.nbytes > self._ram_budget:
+            log.info(
+                "%s not kept in the RAM cache: %s is more than its whole budget of %s",
+                slot.entry.name,
+                gib(slot.nbytes),
+                gib(self._ram_budget),
+            )
+            return False
+        # older models leave first, so that the parked one's RAM is within the budget before it moves there
+        self._trim_ram_cache("room for " + slot.entry.name, incoming=slot.nbytes, incoming_count=1)
+        if self.device.device != "cpu":
+            self._to_device(slot, "cpu")
+        self._ram[slot.key] = slot
+        return True
 
-    def _trim_ram_cache(self) -> None:
-        while len(self._ram) > self._ram_cache_models:
-            self._ram.popitem(last=False)
+    def _cache_bytes(self) -> int:
+        return sum(s.nbytes for s in self._ram.values())
+
+    def _trim_ram_cache(self, reason: str, incoming: int = 0, incoming_count: int = 0) -> None:
+        while self._ram and (
+            len(self._ram) + incoming_count > self._ram_cache_models
+            or self._cache_bytes() + incoming > self._ram_budget
+        ):
+            self._evict_oldest(reason)
+
+    def _evict_oldest(self, reason: str) -> int:
+        _key, slot = self._ram.popitem(last=False)
+        log.info("evicted %s (%s) from the RAM cache: %s", slot.entry.name, gib(slot.nbytes), reason)
+        return slot.nbytes
+
+    def _in_ram(self, slot: _Slot) -> bool:
+        """Whether a slot's weights live in RAM (on the CPU, or held there by an offload mode)."""
+        return self.device.device == "cpu" or bool(slot.plan is not None and slot.plan.manages_placement)
+
+    def _check_room(self, entry: CatalogEntry, leaving: _Slot | None) -> tuple[int, int]:
+        """(estimate, available bytes) for loading ``entry``; ``NotEnoughMemoryError`` if it cannot fit even
+        with the RAM cache emptied and ``leaving`` (the model it replaces) released. Changes nothing."""
+        estimate = self._estimate(entry)
+        if self.device.device == "cuda" and "offload" not in (self.memory_modes or ""):
+            # the weights go to VRAM (the memory planner's business); RAM only passes them through.
+            # "auto" may still pick an offload: then the RAM cache's budget is the bound that holds.
+            return estimate, 1 << 62
+        available = int(self._memory.available_bytes())
+        leaving_ram = leaving.nbytes if leaving is not None and self._in_ram(leaving) else 0
+        reachable = available + self._cache_bytes() + leaving_ram
+        if estimate + SAFETY_MARGIN_BYTES > reachable:
+            log.warning("refused to load %s: needs %s, %s can be had", entry.name, gib(estimate), gib(reachable))
+            raise NotEnoughMemoryError(
+                refusal_message(entry.name, estimate + SAFETY_MARGIN_BYTES, reachable, self._ram_budget)
+            )
+        return estimate, available
+
+    def _evict_for(self, entry: CatalogEntry, estimate: int, available: int) -> None:
+        """Evict cached models, least recently used first, until ``estimate`` fits in what is available."""
+        while self._ram and available < estimate + SAFETY_MARGIN_BYTES:
+            available += self._evict_oldest(f"{entry.name} needs {gib(estimate)}")
 
     @staticmethod
     def _to_device(slot: _Slot, device: str) -> None:

@@ -41,6 +41,8 @@ def _control(spec: SettingSpec, value: Any, backend: Backend) -> Any:
         return gr.Checkbox(**common)
     if kind == "int":
         return gr.Number(precision=0, **common)
+    if kind == "float":
+        return gr.Number(**common)
     return gr.Textbox(max_lines=1, **common)
 
 
