@@ -211,7 +211,9 @@ class ModelManager:
 
         # the loader leaves T5 out without a tokenizer or under "Drop T5" (auto may drop it too: over, not under)
         with_t5 = bool(t5_tokenizer_files(self.t5_tokenizer_dir)) and "drop_t5" not in (self.memory_modes or "")
-        return checkpoint_estimate(entry, self.device.dtype, self._text_encoder_files(), with_t5=with_t5)
+        return checkpoint_estimate(
+            entry, self.device.dtype, self._text_encoder_files(), with_t5=with_t5, families=self.families
+        )
 
     # -- loading ---------------------------------------------------------------
     def load(self, name_or_entry: str | CatalogEntry) -> LoadReport:

@@ -30,7 +30,7 @@ _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 # safetensors dtypes that are not weights cast to the compute dtype (kept as they are)
 _KEEP_DTYPES = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 _SKIP_PREFIXES = ("model_ema.",)  # EMA copies in original checkpoints are not loaded
-_T5_PREFIXES = ("text_encoders.t5xxl.",)  # SD3 single files: left out without a tokenizer or by "Drop T5"
+T5_SLOT = "t5xxl"  # the text encoder slot left out without a tokenizer or by "Drop T5"
 
 
 class MemoryProbe(Protocol):
@@ -118,17 +118,18 @@ def folder_estimate(root: Path, compute_bytes: int) -> int:
 
 
 def checkpoint_estimate(
-    entry: Any, dtype: Any, text_encoder_files: Mapping[str, Path] = {}, with_t5: bool = True
+    entry: Any, dtype: Any, text_encoder_files: Mapping[str, Path] = {}, with_t5: bool = True, families: Any = None
 ) -> int:
     """Bytes ``entry`` (a catalog entry) will take loaded in ``dtype``, text encoders loaded beside it included.
 
     ``text_encoder_files``: slot -> file for the encoders the checkpoint lacks (the loader reads those).
-    ``with_t5``: False when the loader will leave T5 out (no tokenizer, the "Drop T5" mode).
+    ``with_t5``: False when the loader will leave T5 out (no tokenizer, the "Drop T5" mode); where T5 sits in
+    a single file is asked of the family adapter (``families``: the registry; None: the built-in families).
     """
     per = dtype_bytes(dtype)
-    skip = _SKIP_PREFIXES if with_t5 else _SKIP_PREFIXES + _T5_PREFIXES
+    skip = _SKIP_PREFIXES if with_t5 else _SKIP_PREFIXES + _slot_prefixes(entry, T5_SLOT, families)
     if not with_t5:
-        text_encoder_files = {k: v for k, v in text_encoder_files.items() if k != "t5xxl"}
+        text_encoder_files = {k: v for k, v in text_encoder_files.items() if k != T5_SLOT}
     try:
         total = file_estimate(entry.path, per, entry.size if entry.format == "ckpt" else None, skip)
     except OSError:
@@ -142,6 +143,22 @@ def checkpoint_estimate(
         except OSError:
             pass
     return total
+
+
+def _slot_prefixes(entry: Any, slot: str, families: Any) -> tuple[str, ...]:
+    """The key prefix of text encoder ``slot`` in ``entry``'s single file, from its family adapter (() if none)."""
+    family_id = getattr(getattr(entry, "record", None), "family", None)
+    if not family_id:
+        return ()
+    if families is None:
+        from webui.families.registry import default_families
+
+        families = default_families()
+    try:
+        part = families.get(family_id).file_parts.get(slot)
+    except KeyError:
+        return ()
+    return (part.prefix,) if part is not None else ()
 
 
 def _unique_tensors(modules: Iterable[Any]) -> Iterable[Any]:
