@@ -68,32 +68,18 @@ class DetectError(ValueError):
 # --- model list --------------------------------------------------------------------------------
 
 
-def _weights_file(path: Path) -> Path | None:
-    """The file A1111 would hash: the file itself, or a diffusers folder's weights."""
-    if path.is_file():
-        return path
-    for name in (
-        "diffusion_pytorch_model.safetensors",
-        "diffusion_pytorch_model.fp16.safetensors",
-        "model.safetensors",
-    ):
-        if (path / name).is_file():
-            return path / name
-    found = sorted(path.glob("*.safetensors")) if path.is_dir() else []
-    return found[0] if found else None
-
-
 def legacy_hash(path: str | Path) -> str:
-    """A1111's 8-hex ``model_hash`` (sha256 of 64 KiB at 1 MiB), "" when the file cannot be read."""
-    import hashlib
+    """A1111's 8-hex ``model_hash`` of a control model: of the file, or of a model folder's weights (the file
+    that loads, ``files.folder_weights``); "" when there is none or it cannot be read."""
+    from webui.control.files import folder_weights
+    from webui.models.hashes import legacy_model_hash
 
-    target = _weights_file(Path(path))
+    path = Path(path)
+    target = path if path.is_file() else folder_weights(path) if path.is_dir() else None
     if target is None:
         return ""
     try:
-        with open(target, "rb") as stream:
-            stream.seek(0x100000)
-            return hashlib.sha256(stream.read(0x10000)).hexdigest()[:8]
+        return legacy_model_hash(target)
     except OSError:
         return ""
 
