@@ -429,9 +429,8 @@ def _refuse_nonfinite(pipe: Any, source: Path, device: str) -> None:
 
     Cheap on a GPU and for fp32 on the CPU (0.04 s per 100 M parameters); half precision on the
     CPU costs ~8x that (10 s for SDXL), so there the decode's NaN guard catches it instead.
+    Through a load map it runs once per file and precision (the map remembers a pass).
     """
-    import torch
-
     from webui.security.weights import nonfinite_message, nonfinite_weights
 
     if not _checks_finite(pipe, device):
