@@ -38,6 +38,9 @@ MAP_DIR = "loadmaps"
 # Weights the conversion computes are kept in the side file; if they are more than this share of the
 # file, the map does not pay (an unusual layout the conversion copies wholesale) and is not used.
 MAX_EXTRA_SHARE = 0.05
+# A weight that is cast is read in pieces of this many elements: below torch's parallel grain size
+# (32768), so each piece is one core's work, and small enough to stay in its L2 cache.
+PIECE_ELEMENTS = 32768
 
 TORCH_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
@@ -110,19 +113,26 @@ class MappedFile:
 
         self.path = Path(path)
         self.header = header
-        with self.path.open("rb") as f:
-            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        self._file = self.path.open("rb", buffering=0)
+        try:
+            self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
+        except BaseException:
+            self._file.close()
+            raise
         self.bytes = torch.frombuffer(self._mm, dtype=torch.uint8)
 
     def advise_sequential(self) -> None:
         """Ask the kernel to read ahead: a cold file streams at disk speed while the weights are cast."""
-        for advice in ("MADV_SEQUENTIAL", "MADV_WILLNEED"):
-            flag = getattr(mmap, advice, None)
-            if flag is not None:
-                try:
-                    self._mm.madvise(flag)
-                except OSError:  # advice only
-                    pass
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is not None:
+            try:
+                advise(self._file.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            except OSError:  # advice only
+                pass
+
+    def reader(self) -> SpanReader:
+        """A reader with its own file handle and buffers: one per thread."""
+        return SpanReader(self)
 
     def tensor(self, name: str) -> Any:
         """The header's tensor ``name`` as a view of the map (no bytes read yet)."""
@@ -145,10 +155,68 @@ class MappedFile:
 
     def close(self) -> None:
         self.bytes = None
+        self._file.close()
         try:
             self._mm.close()
         except BufferError:  # views still alive somewhere: the map goes when they do
             pass
+
+
+class SpanReader:
+    """Reads spans of one mapped file into tensors, casting on the way; not shared between threads.
+
+    A contiguous span is read with ``readinto``: straight into the target when the dtypes match, else
+    through a small buffer that stays in the CPU cache while it is cast, in pieces below torch's
+    parallel grain size (one core per reader: no thread-pool wake-ups per piece). fp16 <-> bf16 goes
+    through fp32 (torch's direct conversion is scalar: 4-5x slower, measured). Measured 2-3x faster
+    than casting from the memory map, whose page faults and cold cache lines cost more than the copy.
+    Strided spans are copied from the map.
+    """
+
+    def __init__(self, mapped: MappedFile) -> None:
+        import torch
+
+        self.mapped = mapped
+        self._file = mapped.path.open("rb", buffering=0)
+        self._bounce = torch.empty(PIECE_ELEMENTS * 8, dtype=torch.uint8)
+        self._view = memoryview(self._bounce.numpy())
+        self._scratch = torch.empty(PIECE_ELEMENTS, dtype=torch.float32)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def read_into(self, span: Span, target: Any) -> None:
+        import torch
+
+        dtype = getattr(torch, span.dtype)
+        if tuple(span.stride) != _contiguous_stride(span.shape) or not target.is_contiguous():
+            target.copy_(self.mapped.span(span))
+            return
+        if target.dtype == dtype:
+            _read_full(self._file, memoryview(target.view(-1).view(torch.uint8).numpy()), span.offset)
+            return
+        via_fp32 = dtype.itemsize == 2 and target.dtype.itemsize == 2 and dtype.is_floating_point
+        flat = target.view(-1)
+        count = flat.numel()
+        for first in range(0, count, PIECE_ELEMENTS):
+            n = min(PIECE_ELEMENTS, count - first)
+            raw = self._view[: n * dtype.itemsize]
+            _read_full(self._file, raw, span.offset + first * dtype.itemsize)
+            source = self._bounce[: n * dtype.itemsize].view(dtype)
+            if via_fp32:
+                source = self._scratch[:n].copy_(source)
+            flat[first : first + n].copy_(source)
+
+
+def _read_full(file: Any, buffer: memoryview, offset: int) -> None:
+    """Fill ``buffer`` from ``offset``; a file that ends early (cut while in use) is an error, not zeros."""
+    done, size = 0, len(buffer)
+    file.seek(offset)
+    while done < size:
+        n = file.readinto(buffer[done:])
+        if n <= 0:
+            raise OSError(f"the file ended {size - done} bytes early at offset {offset + done}: was it changed?")
+        done += n
 
 
 def _extent(span: Span) -> int:

@@ -52,10 +52,11 @@ def empty_model(library: str, cls: str, folder: Path, name: str) -> Any:
 
 
 def _target_dtype(weight: str, source: Any, dtype: Any, keep_fp32: tuple[str, ...]) -> Any:
+    """The dtype weight ``weight`` is kept in, from its stored dtype ``source``: floats in ``dtype``."""
     import torch
 
-    if not source.is_floating_point():
-        return source.dtype
+    if not source.is_floating_point:
+        return source
     if keep_fp32 and any(m in weight.split(".") for m in keep_fp32):
         return torch.float32
     return dtype
@@ -72,19 +73,88 @@ def _keep_fp32(module: Any, dtype: Any) -> tuple[str, ...]:
 
 
 def read_weights(
-    mapped: MappedFile, spans: Mapping[str, Span], extras: Any, prefix: str, dtype: Any, keep_fp32: tuple[str, ...]
+    mapped: MappedFile,
+    spans: Mapping[str, Span],
+    extras: Any,
+    prefix: str,
+    dtype: Any,
+    keep_fp32: tuple[str, ...],
+    threads: int = 1,
 ) -> dict[str, Any]:
-    """Each weight of one component, read from the map (or the side file) into a new tensor of its final dtype."""
+    """Each weight of one component, read from the file (or the side file) into a new tensor of its final
+    dtype. ``threads`` readers share the weights, each a contiguous stretch of the file."""
     import torch
 
-    out = {}
+    out, jobs = {}, []
     with torch.no_grad():
         for weight, span in spans.items():
-            source = extras.get_tensor(f"{prefix}/{weight}") if span.extra else mapped.span(span)
-            target = torch.empty(span.shape, dtype=_target_dtype(weight, source, dtype, keep_fp32))
-            target.copy_(source)
+            if span.extra:
+                source = extras.get_tensor(f"{prefix}/{weight}")
+                target = torch.empty(span.shape, dtype=_target_dtype(weight, source.dtype, dtype, keep_fp32))
+                target.copy_(source)
+            else:
+                stored = getattr(torch, span.dtype)
+                target = torch.empty(span.shape, dtype=_target_dtype(weight, stored, dtype, keep_fp32))
+                jobs.append((span, target))
             out[weight] = target
+        jobs.sort(key=lambda job: job[0].offset)
+        _run_readers(mapped, _stretches(jobs, threads))
     return out
+
+
+def _stretches(jobs: list, parts: int) -> list[list]:
+    """``jobs`` (in file order) cut into ``parts`` runs of about equal bytes."""
+    total = sum(t.numel() * t.element_size() for _, t in jobs)
+    runs: list[list] = [[]]
+    done = 0
+    for job in jobs:
+        if done >= total * len(runs) / max(parts, 1) and len(runs) < parts:
+            runs.append([])
+        runs[-1].append(job)
+        done += job[1].numel() * job[1].element_size()
+    return [r for r in runs if r]
+
+
+def _run_readers(mapped: MappedFile, runs: list[list]) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+
+    def work(run: list) -> None:
+        reader = mapped.reader()
+        try:
+            with _no_grad():
+                for span, target in run:
+                    reader.read_into(span, target)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+        finally:
+            reader.close()
+
+    if len(runs) <= 1:
+        for run in runs:
+            work(run)
+    else:
+        workers = [threading.Thread(target=work, args=(run,), name="weights-reader") for run in runs]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    if errors:
+        raise errors[0]
+
+
+def _no_grad() -> Any:
+    import torch
+
+    return torch.no_grad()
+
+
+def reader_threads() -> int:
+    """One reader per core torch computes with (they read and cast in parallel), at most 8."""
+    import torch
+
+    return max(1, min(8, torch.get_num_threads()))
 
 
 def build_models(
@@ -116,7 +186,9 @@ def build_models(
             module = empty_model(library, cls, folder, name)
             times.add("build", time.perf_counter() - start)
             start = time.perf_counter()
-            weights = read_weights(mapped, loadmap.components[name], extras, name, dtype, _keep_fp32(module, dtype))
+            weights = read_weights(
+                mapped, loadmap.components[name], extras, name, dtype, _keep_fp32(module, dtype), reader_threads()
+            )
             times.add("read+cast", time.perf_counter() - start)
             start = time.perf_counter()
             missing, unexpected = module.load_state_dict(weights, strict=False, assign=True)
