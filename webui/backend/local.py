@@ -32,6 +32,7 @@ from webui.backend.records import (
     LoadReport,
     LoraInfo,
     ModelInfo,
+    NotEnoughMemory,
     NotFound,
     QueueFull,
     QueueState,
@@ -73,6 +74,13 @@ def refusal_of(job: Any) -> Refusal | None:
         valid = listed_choices(exc)
         return Refusal("sampler_name", str(exc), list(valid) if valid else None)
     return None
+
+
+def _is_memory_refusal(exc: BaseException | None) -> bool:
+    """A load refused because the model cannot fit in RAM or on the GPU (webui.models.ram_budget / device_budget)."""
+    from webui.models.ram_budget import NotEnoughMemoryError
+
+    return isinstance(exc, NotEnoughMemoryError)
 
 
 def _outcome(result: Any) -> JobOutcome:
@@ -140,6 +148,7 @@ class LocalBackend:
             error_field=job.error_field if finished else "",
             stop_reason=job.stop_reason,
             refusal=refusal_of(job) if finished and state == "failed" else None,
+            memory_refusal=finished and state == "failed" and _is_memory_refusal(job.exception),
             interrupt_requested=job.interrupt_event.is_set(),
             skip_requested=job.skip_event.is_set(),
             n_iter=request.n_iter if request is not None else 1,
@@ -269,6 +278,9 @@ class LocalBackend:
         except TimeoutError as exc:
             raise Busy(str(exc)) from None
         except Exception as exc:
+            if _is_memory_refusal(exc):  # a refusal, not a failure: the message says what to free
+                log.warning("%s refused: %s", source, exc)
+                raise NotEnoughMemory(str(exc), type(exc).__name__) from None
             log.warning("%s failed: %s: %s", source, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             raise TaskFailed(str(exc), type(exc).__name__) from None
 

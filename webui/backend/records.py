@@ -32,6 +32,7 @@ __all__ = [
     "LoadedModel",
     "LoraInfo",
     "ModelInfo",
+    "NotEnoughMemory",
     "NotFound",
     "QueueFull",
     "QueueState",
@@ -94,6 +95,11 @@ class TaskFailed(BackendError):
     def __init__(self, message: str, kind: str = "") -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class NotEnoughMemory(TaskFailed):
+    """A model load refused before it started: the model cannot fit in RAM or on the GPU. The message says how
+    much it needs, how much is free and what to free; the server and the model loaded before are unaffected."""
 
 
 class Refused(BackendError):
@@ -297,6 +303,8 @@ class JobSnapshot:
     error_field: str = ""  # the request field at fault ("" when none)
     stop_reason: str = ""  # why the app stopped it itself (the time budget)
     refusal: Refusal | None = None
+    # failed because its model could not fit in memory (the load was refused; ``error`` says what to free)
+    memory_refusal: bool = False
     interrupt_requested: bool = False
     skip_requested: bool = False
     n_iter: int = 1
