@@ -31,6 +31,7 @@ from webui.backend.records import (
     LoadedModel,
     LoadReport,
     LoraInfo,
+    MemoryUsage,
     ModelInfo,
     NotEnoughMemory,
     NotFound,
@@ -378,6 +379,26 @@ class LocalBackend:
     def device_description(self) -> str:
         device = self._services.device
         return device.describe() if device is not None else ""
+
+    def memory_usage(self) -> MemoryUsage:
+        manager = self._services.manager
+        ram = manager.ram_cache_usage()
+        gpu = manager.device_usage()
+        current = manager.current_entry
+        return MemoryUsage(
+            cached=tuple((name, int(n)) for name, n in ram["models"]),
+            cache_bytes=int(ram["bytes"]),
+            cache_budget_bytes=int(ram["budget_bytes"]),
+            cache_max_models=int(ram["max_models"]),
+            active=current.name if current is not None else "",
+            active_bytes=int(ram["active_bytes"]),
+            secondary_bytes=int(ram["secondary_bytes"]),
+            on_gpu=tuple((name, int(n)) for name, n in gpu["models"]) if gpu is not None else None,
+            gpu_bytes=int(gpu["bytes"]) if gpu is not None else 0,
+            gpu_needed_bytes=int(gpu["needed_bytes"]) if gpu is not None else 0,
+            gpu_free_bytes=int(gpu["free_bytes"]) if gpu is not None else 0,
+            gpu_total_bytes=int(gpu["total_bytes"]) if gpu is not None else 0,
+        )
 
     def options(self) -> RuntimeOptions:
         services = self._services

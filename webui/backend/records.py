@@ -31,6 +31,7 @@ __all__ = [
     "LoadReport",
     "LoadedModel",
     "LoraInfo",
+    "MemoryUsage",
     "ModelInfo",
     "NotEnoughMemory",
     "NotFound",
@@ -343,6 +344,25 @@ class RuntimeOptions:
 
     preview_every: int
     outputs_dir: str  # read-only
+
+
+@dataclass(frozen=True)
+class MemoryUsage:
+    """What the models take: the RAM cache (models parked there, least recently used first) against its budget,
+    the active and secondary models, and on a GPU what this app holds there against what the device has."""
+
+    cached: tuple[tuple[str, int], ...] = ()  # (checkpoint name, bytes) in the RAM cache
+    cache_bytes: int = 0
+    cache_budget_bytes: int = 0
+    cache_max_models: int = 0
+    active: str = ""  # the active checkpoint ("" when none)
+    active_bytes: int = 0
+    secondary_bytes: int = 0
+    on_gpu: tuple[tuple[str, int], ...] | None = None  # (name, bytes between jobs); None: no GPU budgeted
+    gpu_bytes: int = 0
+    gpu_needed_bytes: int = 0  # the active model while it generates: its weights there + working memory
+    gpu_free_bytes: int = 0
+    gpu_total_bytes: int = 0
 
 
 @dataclass(frozen=True)
