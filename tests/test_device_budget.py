@@ -271,3 +271,14 @@ def test_auto_plans_for_the_memory_the_switch_will_free(models_dir, tmp_path):
     device.free = 2 * GIB  # tiny weights, 2 GiB free: still roomy for auto
     manager.load(name("sdxl"))
     assert manager.memory_plan.auto and manager.memory_plan.names == ()
+
+
+def test_a_memory_mode_change_updates_what_the_model_holds_on_the_gpu(models_dir, tmp_path):
+    device = FakeDevice()
+    manager, _loader = _manager(models_dir, tmp_path, device)
+    manager.load(name("sdxl"))
+    all_weights = manager.device_usage()["bytes"]
+    manager.set_memory_modes("model_cpu_offload")  # in place: the weights go back to RAM between jobs
+    assert manager.device_usage()["bytes"] == 0 < all_weights
+    offloaded = manager.estimate_device(name("sdxl"))  # under the plan in use now
+    assert manager.device_usage()["needed_bytes"] == offloaded.needed and offloaded.resident < all_weights

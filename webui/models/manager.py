@@ -422,6 +422,7 @@ class ModelManager:
                 slot.loaded.pipeline, old, new, self.device.device, dtype=self.device.dtype, family=slot.loaded.family
             )
             slot.plan = new
+            slot.device_footprint = self._footprint_on_device(slot.entry, new)
             slot.tasks.clear()
             self._tune(slot.loaded.pipeline, slot.loaded.family, new)
             return notes
@@ -431,6 +432,7 @@ class ModelManager:
         self._collect()
         fresh = _Slot(entry, self._load_fresh(entry, new))
         fresh.nbytes = measured_bytes(fresh.loaded.pipeline)
+        fresh.device_footprint = self._footprint_on_device(entry, new)
         self._current = fresh
         return list(fresh.loaded.notes)
 
@@ -697,6 +699,10 @@ class ModelManager:
         sizes = component_bytes(entry, self.device.dtype, family, self._text_encoder_files(), skip)
         placement = [m.name for m in plan.modes if m.phase == "placement"]
         return footprint(sizes, names, self.device.dtype, placement)
+
+    def _footprint_on_device(self, entry: CatalogEntry, plan: Any) -> DeviceFootprint | None:
+        """``entry``'s GPU footprint under ``plan`` (None: no GPU budgeted here)."""
+        return self._footprint(entry, plan) if self._device_free() is not None else None
 
     def _device_room(
         self, entry: CatalogEntry, cached: _Slot | None, leaving: _Slot | None, leaving_parks: bool = True
