@@ -129,7 +129,7 @@ def name(family: str) -> str:
     return demo_checkpoint_name(family)
 
 
-def _manager(models_dir, tmp_path, device, *, modes="none", ram_models=2):
+def _manager(models_dir, tmp_path, device, *, modes="none", ram_models=2, precision="fp16"):
     catalog = ModelCatalog(models_dir)
     catalog.refresh()
     registry = MemoryModeRegistry()
@@ -137,7 +137,7 @@ def _manager(models_dir, tmp_path, device, *, modes="none", ram_models=2):
     loader = FakeLoader()
     manager = ModelManager(
         catalog,
-        DeviceChoice("cuda", "fp16", "test"),
+        DeviceChoice("cuda", precision, "test"),
         tmp_path / "cache",
         default_families(),
         ram_cache_models=ram_models,
@@ -181,16 +181,24 @@ def test_a_load_that_cannot_fit_on_the_gpu_is_refused_before_anything_moves(mode
         "is free on the GPU",
         "Settings > Memory",
         "Model CPU offload would need about",
+        "fp8 weight storage would need about",
         "Sequential CPU offload would need about",
         "smaller model",
         "close other programs",
         "active model stays loaded",
     ):
         assert phrase in message, message
+    assert "--precision" not in message  # already half precision: nothing lower to suggest
     # nothing changed: no read, the active model still on the device
     assert loader.calls == [name("sd15")]
     assert manager.current_entry.name == name("sd15") and manager.loaded.pipeline is active
     assert active.device == "cuda"
+
+
+def test_an_fp32_refusal_suggests_a_lower_precision(models_dir, tmp_path):
+    manager, _loader = _manager(models_dir, tmp_path, FakeDevice(free=0), precision="fp32")
+    with pytest.raises(NotEnoughDeviceMemoryError, match=r"fp32 weights.*--precision fp16 or bf16"):
+        manager.load(name("sd15"))
 
 
 def test_the_active_model_moves_off_the_gpu_to_make_room(models_dir, tmp_path):

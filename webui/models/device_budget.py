@@ -53,8 +53,8 @@ RESIDENCY: Mapping[str, tuple[str, str]] = {
 }
 _ALL = ("all", "all")
 _UNKNOWN_PLACEMENT = ("largest", "none")
-# lower-memory placements the refusal suggests, weakest first
-SUGGESTED = ("model_cpu_offload", "sequential_cpu_offload")
+# lower-memory modes the refusal suggests (each alone, beside the plan's), in this order
+SUGGESTED = ("model_cpu_offload", "fp8_weights", "sequential_cpu_offload")
 
 
 class DeviceMemoryProbe(Protocol):
@@ -207,12 +207,12 @@ def refusal_message(
     )
     modes = ", ".join(f"{label} would need about {gib(n)}" for label, n in suggestions.items())
     lower = f"turn on a lower-memory mode in Settings > Memory ({modes}), " if modes else ""
+    lower_precision = " or a lower precision (--precision fp16 or bf16)" if precision == "fp32" else ""
     return (
         f"not enough GPU memory to load {name}: it needs about {gib(need.needed)} on the device"
         f" ({gib(need.resident)} of {precision} weights, {need.how}, with {plan_label}, + {gib(need.working)}"
         f" working memory) and only {have}; nothing was moved or evicted and the active model stays loaded."
-        f" To load it, {lower}use a smaller model or a lower precision (--precision fp16),"
-        " or close other programs using the GPU"
+        f" To load it, {lower}use a smaller model{lower_precision}, or close other programs using the GPU"
     )
 
 
