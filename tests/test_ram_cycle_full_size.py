@@ -9,7 +9,11 @@ makes every weight resident, where an fp16 load would stay a view of the mapped 
 
 The cycle runs in a fresh process (tests/ram_cycle_child.py) so that its peak (``ru_maxrss``) is the manager's
 alone. Allowed: the budget, the model being loaded, and while it loads its file's mapped pages (the reader maps
-the file and the cast reads it) plus a stated margin for allocator slack.
+the file and the cast reads it) plus a stated margin for allocator slack: 0.42 + 2.5 + 1.99 + 1.99 + 0.5 = 7.4 GiB
+here, where the peak measured 6.42 GiB. A cache bounded by a count alone (3) would have held two models when the
+third loads: 0.42 + 3.97 + 1.99 + 1.99 = 8.4 GiB, over the bound.
+
+    .venv/bin/python -m pytest tests/test_ram_cycle_full_size.py -q -s   # -s prints the figures
 """
 
 from __future__ import annotations
@@ -36,7 +40,15 @@ def test_full_size_models_cycle_through_a_smaller_budget_without_growing_past_it
         write_shaped_checkpoint(path, shapes)
         files[name] = path.stat().st_size
     proc = subprocess.run(
-        [sys.executable, str(CHILD), str(tmp_path / "models"), str(tmp_path / "cache"), str(BUDGET_GIB), "bf16", *CYCLE],
+        [
+            sys.executable,
+            str(CHILD),
+            str(tmp_path / "models"),
+            str(tmp_path / "cache"),
+            str(BUDGET_GIB),
+            "bf16",
+            *CYCLE,
+        ],
         capture_output=True,
         text=True,
         timeout=300,
