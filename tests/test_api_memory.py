@@ -7,6 +7,8 @@ The machine's RAM is read through a fake probe (``tmp_services(memory=...)``): n
 
 from __future__ import annotations
 
+import shutil
+
 import httpx
 import pytest
 
@@ -17,6 +19,7 @@ from webui.models.ram_budget import GIB
 
 SD15 = demo_checkpoint_name("sd15")
 SDXL = demo_checkpoint_name("sdxl")
+REFINER = "refiner-copy.safetensors"  # another SDXL file: A1111 lets a base model refine too
 REQUEST = {"prompt": "a house", "steps": 1, "width": 64, "height": 64, "seed": 1}
 
 
@@ -35,6 +38,8 @@ class FakeMemory:
 def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
     write_demo_models(root / "models", ("sd15", "sdxl"))
+    checkpoints = root / "models" / "Stable-diffusion"
+    shutil.copy(checkpoints / SDXL, checkpoints / REFINER)
     memory = FakeMemory()
     services = tmp_services(root, memory=memory, ram_cache_models=2, ram_cache_gib=8.0)
     services.generation.start()
@@ -45,12 +50,12 @@ def app(tmp_path_factory):
         services.generation.stop()
 
 
-def _assert_refusal(r: httpx.Response) -> None:
+def _assert_refusal(r: httpx.Response, model: str = SDXL, field: str = "sd_model_checkpoint") -> None:
     assert r.status_code == 507, r.text
     body = r.json()
-    assert body["error"] == "NotEnoughMemory" and body["field"] == "sd_model_checkpoint"
+    assert body["error"] == "NotEnoughMemory" and body["field"] == field
     detail = body["detail"]
-    assert detail.startswith(f"not enough memory to load {SDXL}"), detail
+    assert detail.startswith(f"not enough memory to load {model}"), detail
     for phrase in ("needs about", "GiB", "Close other programs", "--ram-cache-gib", "the active model stays loaded"):
         assert phrase in detail, detail
     assert "Traceback" not in detail and "NotEnoughMemoryError" not in detail
@@ -84,6 +89,17 @@ def test_a_generation_on_a_model_that_cannot_fit_is_a_507(app):
     memory.available = 64 * GIB
     r = client.post("/sdapi/v1/txt2img", json={**REQUEST, "override_settings": {"sd_model_checkpoint": SDXL}})
     assert r.status_code == 200, r.text
+
+
+def test_a_refiner_that_cannot_fit_is_a_507_naming_the_refiner(app):
+    client, memory, services = app
+    memory.available = 64 * GIB
+    assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": SDXL}).status_code == 200
+    memory.available = 0
+    body = {**REQUEST, "refiner_checkpoint": REFINER, "refiner_switch_at": 0.5}
+    _assert_refusal(client.post("/sdapi/v1/txt2img", json=body), REFINER, "refiner_checkpoint")
+    assert services.manager.current_entry.name == SDXL
+    assert client.post("/sdapi/v1/txt2img", json=REQUEST).status_code == 200
 
 
 def test_the_openapi_document_lists_the_507(app):

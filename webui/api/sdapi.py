@@ -259,8 +259,8 @@ def _failure(job: JobSnapshot) -> ApiError:
     """A failed job as an answer: 422 for a request field at fault, else 500 with the job's message."""
     if job.refusal is not None:
         return ApiError(422, "RequestError", job.refusal.message, job.refusal.field, job.refusal.valid)
-    if job.memory_refusal:  # its model could not be loaded: not enough RAM or GPU memory
-        return not_enough_memory(job.error)
+    if job.memory_refusal:  # its model (or refiner) could not be loaded: not enough RAM or GPU memory
+        return not_enough_memory(job.error, job.memory_refusal)
     return ApiError(500, "GenerationFailed", job.error or "the job failed; see the server log")
 
 

@@ -84,6 +84,12 @@ def _is_memory_refusal(exc: BaseException | None) -> bool:
     return isinstance(exc, NotEnoughMemoryError)
 
 
+def _memory_refusal_field(job: Any) -> str:
+    """The request field whose model a failed job could not load for memory ("" when it failed otherwise)."""
+    exc = job.exception
+    return str(getattr(exc, "field", "") or "sd_model_checkpoint") if _is_memory_refusal(exc) else ""
+
+
 def _outcome(result: Any) -> JobOutcome:
     return JobOutcome(
         images=list(result.images),
@@ -149,7 +155,7 @@ class LocalBackend:
             error_field=job.error_field if finished else "",
             stop_reason=job.stop_reason,
             refusal=refusal_of(job) if finished and state == "failed" else None,
-            memory_refusal=finished and state == "failed" and _is_memory_refusal(job.exception),
+            memory_refusal=_memory_refusal_field(job) if finished and state == "failed" else "",
             interrupt_requested=job.interrupt_event.is_set(),
             skip_requested=job.skip_event.is_set(),
             n_iter=request.n_iter if request is not None else 1,

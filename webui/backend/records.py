@@ -304,8 +304,9 @@ class JobSnapshot:
     error_field: str = ""  # the request field at fault ("" when none)
     stop_reason: str = ""  # why the app stopped it itself (the time budget)
     refusal: Refusal | None = None
-    # failed because its model could not fit in memory (the load was refused; ``error`` says what to free)
-    memory_refusal: bool = False
+    # the request field whose model could not fit in memory ("" when none): the load was refused before it
+    # started, ``error`` says what it needs and what to free
+    memory_refusal: str = ""
     interrupt_requested: bool = False
     skip_requested: bool = False
     n_iter: int = 1

@@ -54,7 +54,13 @@ class SystemMemory:
 
 
 class NotEnoughMemoryError(ValueError):
-    """A load refused before reading: the message says what it needs, what there is, and what to do."""
+    """A load refused before reading: the message says what it needs, what there is, and what to do.
+
+    ``field``: the request field that named the model (the API's answer names it; a refiner load says so)."""
+
+    def __init__(self, message: str, field: str = "sd_model_checkpoint") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def default_budget_bytes(total_bytes: int) -> int:
