@@ -19,6 +19,7 @@ from webui.models.catalog import ModelCatalog
 from webui.models.demo import demo_checkpoint_name, write_demo_models
 from webui.models.device_budget import (
     MIN_WORKING_BYTES,
+    RESIDENCY,
     STREAM_BYTES,
     NotEnoughDeviceMemoryError,
     component_bytes,
@@ -41,6 +42,7 @@ TOTAL = sum(SDXL_FP16.values())
         (("model_cpu_offload",), (), SDXL_FP16["unet"], 0),
         (("group_offload",), (), STREAM_BYTES + SDXL_FP16["vae"], SDXL_FP16["vae"]),
         (("sequential_cpu_offload",), (), STREAM_BYTES, 0),
+        (("group_offload", "sequential_cpu_offload"), (), STREAM_BYTES, 0),  # a suggestion replaces the plan's
         (
             ("fp8_weights",),
             (),
@@ -290,3 +292,20 @@ def test_a_memory_mode_change_updates_what_the_model_holds_on_the_gpu(models_dir
     assert manager.device_usage()["bytes"] == 0 < all_weights
     offloaded = manager.estimate_device(name("sdxl"))  # under the plan in use now
     assert manager.device_usage()["needed_bytes"] == offloaded.needed and offloaded.resident < all_weights
+
+
+def test_the_refusal_suggests_only_modes_that_need_less_than_the_plan_in_use(models_dir, tmp_path):
+    manager, _loader = _manager(models_dir, tmp_path, FakeDevice(free=0), modes="group_offload")
+    with pytest.raises(NotEnoughDeviceMemoryError) as info:
+        manager.load(name("sdxl"))
+    message = str(info.value)
+    assert "with Group offload" in message and "layers streamed, the VAE kept on the device" in message
+    assert "Sequential CPU offload would need about" in message  # streams the VAE too: less
+    assert "Group offload would need" not in message  # the plan in use is no suggestion
+
+
+def test_for_full_size_sdxl_the_offloads_order_by_what_they_keep_on_the_device():
+    import torch
+
+    need = {m: footprint(SDXL_FP16, (m,), torch.float16).needed for m in ("", *RESIDENCY)}
+    assert need[""] > need["model_cpu_offload"] > need["group_offload"] > need["sequential_cpu_offload"]

@@ -169,7 +169,8 @@ def footprint(
         sizes = {c: (n // per if c in FP8_COMPONENTS else n) for c, n in sizes.items()}
     largest_name, largest = max(sizes.items(), key=lambda kv: kv[1], default=("", 0))
     working = int(min(MAX_WORKING_BYTES, max(MIN_WORKING_BYTES, WORKING_SHARE * largest)))
-    rule = next((RESIDENCY[n] for n in names if n in RESIDENCY), None)
+    # the last placement named decides: a plan has one, and a suggestion appended after it replaces it
+    rule = next((RESIDENCY[n] for n in reversed(names) if n in RESIDENCY), None)
     if rule is None:
         rule = _UNKNOWN_PLACEMENT if any(n in names for n in placement) else _ALL
     run, rest = rule
