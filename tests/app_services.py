@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 
-def tmp_services(root: Path, **overrides: Any) -> Any:
-    """``build_services`` with every folder under ``root`` (models in ``root/models``)."""
+def tmp_services(root: Path, memory: Any = None, device_memory: Any = None, **overrides: Any) -> Any:
+    """``build_services`` with every folder under ``root`` (models in ``root/models``); ``memory`` /
+    ``device_memory``: fake probes of the RAM and the GPU (None: the machine's)."""
     from webui.app import build_services
     from webui.config import Settings
 
@@ -23,4 +24,4 @@ def tmp_services(root: Path, **overrides: Any) -> Any:
         "channels_last": "off",
     }
     values.update(overrides)
-    return build_services(Settings(**values), base=root)
+    return build_services(Settings(**values), base=root, memory=memory, device_memory=device_memory)

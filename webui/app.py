@@ -115,7 +115,9 @@ def quiet_libraries() -> None:
         modeling.addFilter(_empty_fp32_modules_warning)
 
 
-def build_services(settings: Settings, base: Path = ROOT) -> Services:
+def build_services(settings: Settings, base: Path = ROOT, memory: Any = None, device_memory: Any = None) -> Services:
+    """Every service of the app. ``memory`` / ``device_memory``: how the RAM and the GPU are read (None: psutil and
+    torch.cuda; tests pass fakes, see webui.models.ram_budget.MemoryProbe and device_budget.DeviceMemoryProbe)."""
     from webui.models.catalog import ModelCatalog
     from webui.models.devices import resolve_device
     from webui.models.families import default_families
@@ -154,6 +156,8 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
         families=families,
         ram_cache_models=settings.ram_cache_models,
         ram_cache_gib=settings.ram_cache_gib,
+        memory=memory,
+        device_memory=device_memory,
         t5_tokenizer_dir=paths.t5_tokenizer_dir(settings),
         on_loaded=on_loaded,
         memory_registry=memory_registry,

@@ -120,3 +120,21 @@ def test_a_reload_shows_the_saved_settings_and_apply_saves_only_what_was_changed
     assert (saved["preview_every"], saved["samples_format"], saved["filename_pattern"]) == (3, "webp", "[seed]-[steps]")
     assert app.services.settings.samples_format == "webp"
     expect(page.locator("#setting_samples_format input[value=webp]")).to_be_checked()  # the page shows it now
+
+
+def test_the_memory_line_shows_the_ram_cache_as_it_is_now(page, app, restore_settings):
+    memory = page.locator("#settings_memory")
+    open_tab(page, "Settings")
+    set_number(page, "setting_ram_cache_models", 2)
+    set_number(page, "setting_ram_cache_gib", 6)
+    apply(page)
+    expect(memory).to_contain_text("of at most 2 model(s)")  # Apply refreshes it: the new bounds apply at once
+    expect(memory).to_contain_text("of 6.00 GiB")
+    manager = app.services.manager
+    manager.load("demo-sdxl-noise.safetensors")
+    manager.load("demo-sd15-noise.safetensors")  # sdxl parked in the RAM cache
+    page.reload()
+    open_tab(page, "Settings")
+    expect(memory).to_contain_text("active: demo-sd15-noise.safetensors (")
+    expect(memory).to_contain_text("1 of at most 2 model(s)")
+    expect(memory).to_contain_text("demo-sdxl-noise.safetensors (")

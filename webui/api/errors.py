@@ -77,6 +77,20 @@ def not_found(field: str, exc: KeyError, valid: list[str] | None = None) -> ApiE
     return ApiError(404, "NotFound", str(message), field, valid)
 
 
+# A model that cannot fit in RAM or on the GPU (the load was refused before it started). 507 Insufficient
+# Storage: the server cannot hold what the request needs. A 5xx, because the request is well formed and the
+# limit is the server's (a 4xx tells clients their JSON is wrong); not 500, because nothing crashed and the
+# server and its loaded model are unaffected; not 503, which this API answers for "queue full, try later" and
+# which common retry recipes (urllib3 Retry's status_forcelist 500/502/503/504) repeat on their own: retrying
+# cannot succeed until someone frees memory or picks another model. A1111 clients read ``detail``.
+NOT_ENOUGH_MEMORY = 507
+
+
+def not_enough_memory(message: str, field: str | None = "sd_model_checkpoint") -> ApiError:
+    """The refusal of a load that cannot fit: what it needs, what is free, what to free (the manager's words)."""
+    return ApiError(NOT_ENOUGH_MEMORY, "NotEnoughMemory", message, field)
+
+
 def _field_of(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path")]
     return ".".join(parts) or "body"
@@ -172,5 +186,6 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         422: "a field has a value the app cannot use (the answer names it)",
         500: "the job failed (the answer has its message)",
         503: "the queue is full; try again later",
+        507: "the model cannot fit in RAM or on the GPU; the answer says how much it needs and what to free",
     }
     return {code: {"model": ErrorResponse, "description": text[code]} for code in codes}

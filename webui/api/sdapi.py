@@ -30,7 +30,7 @@ from fastapi import APIRouter, Body, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from webui.api import convert, views
-from webui.api.errors import ApiError, ApiRoute, SafeJSONResponse, error_responses
+from webui.api.errors import ApiError, ApiRoute, SafeJSONResponse, error_responses, not_enough_memory
 from webui.api.schemas import (
     ControlResponse,
     GenerationResponse,
@@ -259,6 +259,8 @@ def _failure(job: JobSnapshot) -> ApiError:
     """A failed job as an answer: 422 for a request field at fault, else 500 with the job's message."""
     if job.refusal is not None:
         return ApiError(422, "RequestError", job.refusal.message, job.refusal.field, job.refusal.valid)
+    if job.memory_refusal:  # its model (or refiner) could not be loaded: not enough RAM or GPU memory
+        return not_enough_memory(job.error, job.memory_refusal)
     return ApiError(500, "GenerationFailed", job.error or "the job failed; see the server log")
 
 
@@ -268,7 +270,7 @@ def build_sdapi_router(backend: Backend) -> APIRouter:
     router = APIRouter(
         prefix="/sdapi/v1", tags=["sdapi"], route_class=ApiRoute, default_response_class=SafeJSONResponse
     )
-    gen_errors = error_responses(400, 404, 413, 422, 500, 503)
+    gen_errors = error_responses(400, 404, 413, 422, 500, 503, 507)
     router.add_api_route(
         "/txt2img", api.txt2img, methods=["POST"], response_model=GenerationResponse, responses=gen_errors
     )
@@ -284,7 +286,7 @@ def build_sdapi_router(backend: Backend) -> APIRouter:
         api.set_options,
         methods=["POST"],
         response_model=OptionsUpdateResponse,
-        responses=error_responses(400, 404, 413, 422, 500),
+        responses=error_responses(400, 404, 413, 422, 500, 507),
     )
     lists = [
         ("/sd-models", api.sd_models, list[SdModelItem]),

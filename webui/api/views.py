@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from webui.api.convert import ApiDefaults
-from webui.api.errors import ApiError
+from webui.api.errors import ApiError, not_enough_memory
 from webui.api.schemas import WRITABLE_OPTIONS
-from webui.backend import VAE_NONE, Backend, Busy, ModelInfo, NotFound, TaskFailed
+from webui.backend import VAE_NONE, Backend, Busy, ModelInfo, NotEnoughMemory, NotFound, TaskFailed
 from webui.generation.requests import HR_UPSCALERS, RNG_SOURCES, RequestError
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ def set_options(backend: Backend, state: ApiState, values: Mapping[str, Any]) ->
     if "sd_model_checkpoint" in checked:
         entry = checked["sd_model_checkpoint"]
         what = f"loading {entry.name}"
-        on_worker(what, lambda: backend.load_model(entry.name, MODEL_LOAD_TIMEOUT, source=what))
+        on_worker(what, lambda: backend.load_model(entry.name, MODEL_LOAD_TIMEOUT, source=what), "sd_model_checkpoint")
     defaults = state.defaults
     for key, value in checked.items():
         if key == "sd_vae":
@@ -253,12 +253,15 @@ def set_options(backend: Backend, state: ApiState, values: Mapping[str, Any]) ->
     return {"applied": list(checked), "ignored": ignored}
 
 
-def on_worker(what: str, action: Callable[[], Any]) -> Any:
-    """A backend call that runs on the generation worker (it owns the device); a failure is a 500 with its message."""
+def on_worker(what: str, action: Callable[[], Any], field: str | None = None) -> Any:
+    """A backend call that runs on the generation worker (it owns the device); a failure is a 500 with its message,
+    a model that cannot fit in memory a 507 (``errors.NOT_ENOUGH_MEMORY``) naming ``field``."""
     try:
         return action()
     except Busy as exc:
         raise ApiError(503, "Busy", f"{what} did not start in time: {exc}") from None
+    except NotEnoughMemory as exc:
+        raise not_enough_memory(str(exc), field) from None
     except TaskFailed as exc:
         log.error("%s failed: %s: %s", what, exc.kind, exc)
         raise ApiError(500, "ServerError", f"{what} failed: {exc.kind}: {exc}") from None

@@ -31,7 +31,9 @@ from webui.backend.records import (
     LoadedModel,
     LoadReport,
     LoraInfo,
+    MemoryUsage,
     ModelInfo,
+    NotEnoughMemory,
     NotFound,
     QueueFull,
     QueueState,
@@ -73,6 +75,19 @@ def refusal_of(job: Any) -> Refusal | None:
         valid = listed_choices(exc)
         return Refusal("sampler_name", str(exc), list(valid) if valid else None)
     return None
+
+
+def _is_memory_refusal(exc: BaseException | None) -> bool:
+    """A load refused because the model cannot fit in RAM or on the GPU (webui.models.ram_budget / device_budget)."""
+    from webui.models.ram_budget import NotEnoughMemoryError
+
+    return isinstance(exc, NotEnoughMemoryError)
+
+
+def _memory_refusal_field(job: Any) -> str:
+    """The request field whose model a failed job could not load for memory ("" when it failed otherwise)."""
+    exc = job.exception
+    return str(getattr(exc, "field", "") or "sd_model_checkpoint") if _is_memory_refusal(exc) else ""
 
 
 def _outcome(result: Any) -> JobOutcome:
@@ -140,6 +155,7 @@ class LocalBackend:
             error_field=job.error_field if finished else "",
             stop_reason=job.stop_reason,
             refusal=refusal_of(job) if finished and state == "failed" else None,
+            memory_refusal=_memory_refusal_field(job) if finished and state == "failed" else "",
             interrupt_requested=job.interrupt_event.is_set(),
             skip_requested=job.skip_event.is_set(),
             n_iter=request.n_iter if request is not None else 1,
@@ -269,6 +285,9 @@ class LocalBackend:
         except TimeoutError as exc:
             raise Busy(str(exc)) from None
         except Exception as exc:
+            if _is_memory_refusal(exc):  # a refusal, not a failure: the message says what to free
+                log.warning("%s refused: %s", source, exc)
+                raise NotEnoughMemory(str(exc), type(exc).__name__) from None
             log.warning("%s failed: %s: %s", source, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             raise TaskFailed(str(exc), type(exc).__name__) from None
 
@@ -366,6 +385,26 @@ class LocalBackend:
     def device_description(self) -> str:
         device = self._services.device
         return device.describe() if device is not None else ""
+
+    def memory_usage(self) -> MemoryUsage:
+        manager = self._services.manager
+        ram = manager.ram_cache_usage()
+        gpu = manager.device_usage()
+        current = manager.current_entry
+        return MemoryUsage(
+            cached=tuple((name, int(n)) for name, n in ram["models"]),
+            cache_bytes=int(ram["bytes"]),
+            cache_budget_bytes=int(ram["budget_bytes"]),
+            cache_max_models=int(ram["max_models"]),
+            active=current.name if current is not None else "",
+            active_bytes=int(ram["active_bytes"]),
+            secondary_bytes=int(ram["secondary_bytes"]),
+            on_gpu=tuple((name, int(n)) for name, n in gpu["models"]) if gpu is not None else None,
+            gpu_bytes=int(gpu["bytes"]) if gpu is not None else 0,
+            gpu_needed_bytes=int(gpu["needed_bytes"]) if gpu is not None else 0,
+            gpu_free_bytes=int(gpu["free_bytes"]) if gpu is not None else 0,
+            gpu_total_bytes=int(gpu["total_bytes"]) if gpu is not None else 0,
+        )
 
     def options(self) -> RuntimeOptions:
         services = self._services

@@ -26,6 +26,7 @@ from webui.backend.records import (
     LoadedModel,
     LoadReport,
     LoraInfo,
+    MemoryUsage,
     ModelInfo,
     QueueState,
     RuntimeOptions,
@@ -167,6 +168,10 @@ class Backend(Protocol):
 
     def device_description(self) -> str:
         """What the app computes with and why (``--precision auto``'s choice)."""
+        ...
+
+    def memory_usage(self) -> MemoryUsage:
+        """What the RAM cache and the GPU hold now, against their budgets."""
         ...
 
     def options(self) -> RuntimeOptions: ...

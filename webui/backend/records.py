@@ -31,7 +31,9 @@ __all__ = [
     "LoadReport",
     "LoadedModel",
     "LoraInfo",
+    "MemoryUsage",
     "ModelInfo",
+    "NotEnoughMemory",
     "NotFound",
     "QueueFull",
     "QueueState",
@@ -94,6 +96,11 @@ class TaskFailed(BackendError):
     def __init__(self, message: str, kind: str = "") -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class NotEnoughMemory(TaskFailed):
+    """A model load refused before it started: the model cannot fit in RAM or on the GPU. The message says how
+    much it needs, how much is free and what to free; the server and the model loaded before are unaffected."""
 
 
 class Refused(BackendError):
@@ -297,6 +304,9 @@ class JobSnapshot:
     error_field: str = ""  # the request field at fault ("" when none)
     stop_reason: str = ""  # why the app stopped it itself (the time budget)
     refusal: Refusal | None = None
+    # the request field whose model could not fit in memory ("" when none): the load was refused before it
+    # started, ``error`` says what it needs and what to free
+    memory_refusal: str = ""
     interrupt_requested: bool = False
     skip_requested: bool = False
     n_iter: int = 1
@@ -335,6 +345,25 @@ class RuntimeOptions:
 
     preview_every: int
     outputs_dir: str  # read-only
+
+
+@dataclass(frozen=True)
+class MemoryUsage:
+    """What the models take: the RAM cache (models parked there, least recently used first) against its budget,
+    the active and secondary models, and on a GPU what this app holds there against what the device has."""
+
+    cached: tuple[tuple[str, int], ...] = ()  # (checkpoint name, bytes) in the RAM cache
+    cache_bytes: int = 0
+    cache_budget_bytes: int = 0
+    cache_max_models: int = 0
+    active: str = ""  # the active checkpoint ("" when none)
+    active_bytes: int = 0
+    secondary_bytes: int = 0
+    on_gpu: tuple[tuple[str, int], ...] | None = None  # (name, bytes between jobs); None: no GPU budgeted
+    gpu_bytes: int = 0
+    gpu_needed_bytes: int = 0  # the active model while it generates: its weights there + working memory
+    gpu_free_bytes: int = 0
+    gpu_total_bytes: int = 0
 
 
 @dataclass(frozen=True)

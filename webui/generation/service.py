@@ -211,6 +211,10 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
         return str(exc), exc.field
     if isinstance(exc, JobFailed):
         return str(exc), ""
+    from webui.models.ram_budget import NotEnoughMemoryError
+
+    if isinstance(exc, NotEnoughMemoryError):  # a load refused before it started: the message says what to free
+        return str(exc), ""
     name = type(exc).__name__
     if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
         hint = "Try a smaller size or batch size, or a memory-saving mode (model CPU offload, VAE tiling)"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import ctypes
 import gc
 import inspect
-import sys
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from webui.models.catalog import CatalogEntry, ModelCatalog
+from webui.models.device_budget import DeviceFootprint, DeviceMemoryProbe
 from webui.models.devices import DeviceChoice
-from webui.models.families import FamilySpec, TASKS
+from webui.models.families import TASKS, FamilySpec
 from webui.models.ram_budget import (
     SAFETY_MARGIN_BYTES,
     MemoryProbe,
@@ -56,6 +57,7 @@ class _Slot:
     scheduler_config: dict = field(default_factory=dict)
     plan: Any = None  # webui.memory.planner.MemoryPlan the model was loaded with
     nbytes: int = 0  # parameter + buffer bytes as measured after the load (the RAM cache's accounting)
+    device_footprint: DeviceFootprint | None = None  # what it holds on the GPU (None: not on a GPU)
 
     def __post_init__(self) -> None:
         if self.plan is None:
@@ -67,6 +69,16 @@ class _Slot:
     @property
     def key(self) -> tuple[Path, int]:
         return (self.entry.path, self.entry.mtime_ns)
+
+
+@dataclass(frozen=True)
+class _DeviceRoom:
+    """A load that fits on the device: its plan and footprint, and what must leave the device first."""
+
+    plan: Any  # the memory plan the load uses
+    footprint: DeviceFootprint
+    evict: tuple[tuple[Path, int], ...] = ()  # RAM-cache keys whose weights still sit on the device
+    drop_secondary: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,13 @@ def _return_freed_memory_to_os() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (musl, ...): nothing to do
         pass
+
+
+def _residue(slot: _Slot) -> int:
+    """Bytes a parked model still holds on the GPU: what its offload mode keeps there (moved-off models: 0)."""
+    fp = slot.device_footprint
+    placed = slot.plan is not None and slot.plan.manages_placement
+    return fp.at_rest if fp is not None and placed else 0
 
 
 def derive_pipeline(pipe: Any, class_name: str, extra: dict[str, Any] | None = None) -> Any:
@@ -131,6 +150,7 @@ class ModelManager:
         speed: Any = None,
         ram_cache_gib: float | None = None,
         memory: MemoryProbe | None = None,
+        device_memory: DeviceMemoryProbe | None = None,
     ) -> None:
         self.catalog = catalog
         self.device = device
@@ -142,6 +162,12 @@ class ModelManager:
         # negative number of GiB: derived from the machine's RAM, see webui.models.ram_budget).
         self._memory = memory if memory is not None else SystemMemory()
         self._ram_budget = budget_bytes(-1 if ram_cache_gib is None else ram_cache_gib, self._memory)
+        # The GPU's memory (free / total bytes), read before a load moves weights there (None: not a CUDA device).
+        self._device_memory = device_memory
+        if device_memory is None and device.device == "cuda":
+            from webui.models.device_budget import CudaMemory
+
+            self._device_memory = CudaMemory()
         self._loader = loader
         self._on_loaded = on_loaded
         self._lock = threading.RLock()
@@ -206,6 +232,11 @@ class ModelManager:
         entry = name_or_entry if isinstance(name_or_entry, CatalogEntry) else self.catalog.find(name_or_entry)
         return self._estimate(entry)
 
+    def estimate_device(self, name_or_entry: str | CatalogEntry) -> DeviceFootprint:
+        """What a checkpoint will hold on the GPU under the current memory plan (from its file header)."""
+        entry = name_or_entry if isinstance(name_or_entry, CatalogEntry) else self.catalog.find(name_or_entry)
+        return self._footprint(entry, self._plan_for(entry))
+
     def _estimate(self, entry: CatalogEntry) -> int:
         from webui.models.config_folder import t5_tokenizer_files
 
@@ -228,11 +259,18 @@ class ModelManager:
                 return self._report(self._current, 0.0, True)
             cached = self._ram.pop(key, None)
             estimate = available = 0
-            if cached is None:  # refused here, before anything changes, when it cannot fit
-                estimate, available = self._check_room(entry, leaving=self._current)
+            try:  # refused here, before anything changes, when it cannot fit in RAM or on the GPU
+                if cached is None:
+                    estimate, available = self._check_room(entry, leaving=self._current)
+                room = self._device_room(entry, cached, leaving=self._current)
+            except NotEnoughMemoryError:
+                if cached is not None:
+                    self._ram[key] = cached  # still cached (now as the most recently asked for)
+                raise
             leaving = self._current
             leaving_ram = leaving.nbytes if leaving is not None and self._in_ram(leaving) else 0
             parked = self._park_current()
+            self._make_device_room(room)
             if cached is not None:
                 self._to_device(cached, self.device.device)
                 slot, from_cache = cached, True
@@ -245,17 +283,19 @@ class ModelManager:
                 freeing = time.perf_counter()
                 self._collect()  # free the old model before reading the new one
                 freeing = time.perf_counter() - freeing
-                loaded = self._load_fresh(entry)
+                loaded = self._load_fresh(entry, room.plan if room is not None else None)
                 if getattr(loaded, "times", None) is not None and freeing >= 0.005:
                     loaded.times.parts = {"free the last model": freeing, **loaded.times.parts}
                 slot, from_cache = _Slot(entry, loaded), False
                 slot.nbytes = measured_bytes(loaded.pipeline)
+                slot.device_footprint = room.footprint if room is not None else None
             slot.load_seconds = time.perf_counter() - start
             self._current = slot
             report = self._report(slot, slot.load_seconds, from_cache)
         usage = self.ram_cache_usage()
+        on_device = slot.device_footprint
         log.info(
-            "loaded %s (%s) in %.2f s%s: %s%s; RAM cache %d model(s), %s of %s",
+            "loaded %s (%s) in %.2f s%s: %s%s; RAM cache %d model(s), %s of %s%s",
             entry.name,
             report.family,
             report.seconds,
@@ -265,6 +305,7 @@ class ModelManager:
             len(usage["models"]),
             gib(usage["bytes"]),
             gib(usage["budget_bytes"]),
+            f"; GPU: needs about {gib(on_device.needed)} ({on_device.how})" if on_device is not None else "",
         )
         if self._on_loaded:
             self._on_loaded(report)
@@ -297,14 +338,17 @@ class ModelManager:
             slot = self._secondary
             if slot is None or slot.key != (entry.path, entry.mtime_ns):
                 estimate, available = self._check_room(entry, leaving=slot)
+                room = self._device_room(entry, None, leaving=slot, leaving_parks=False)
                 freed = slot.nbytes if slot is not None and self._in_ram(slot) else 0
                 self._secondary = slot = None
                 self._evict_for(entry, estimate, available + freed)
+                self._make_device_room(room)
                 self._collect()
                 start = time.perf_counter()
-                slot = _Slot(entry, self._load_fresh(entry))
+                slot = _Slot(entry, self._load_fresh(entry, room.plan if room is not None else None))
                 slot.load_seconds = time.perf_counter() - start
                 slot.nbytes = measured_bytes(slot.loaded.pipeline)
+                slot.device_footprint = room.footprint if room is not None else None
                 self._secondary = slot
                 log.info(
                     "loaded %s as secondary model in %.2f s: %s (estimated %s before reading)",
@@ -382,6 +426,7 @@ class ModelManager:
                 slot.loaded.pipeline, old, new, self.device.device, dtype=self.device.dtype, family=slot.loaded.family
             )
             slot.plan = new
+            slot.device_footprint = self._footprint_on_device(slot.entry, new)
             slot.tasks.clear()
             self._tune(slot.loaded.pipeline, slot.loaded.family, new)
             return notes
@@ -391,6 +436,7 @@ class ModelManager:
         self._collect()
         fresh = _Slot(entry, self._load_fresh(entry, new))
         fresh.nbytes = measured_bytes(fresh.loaded.pipeline)
+        fresh.device_footprint = self._footprint_on_device(entry, new)
         self._current = fresh
         return list(fresh.loaded.notes)
 
@@ -475,8 +521,10 @@ class ModelManager:
             slot.loaded.pipeline, slot.plan, self.device.device, dtype=self.device.dtype, family=slot.loaded.family
         )
 
-    def _plan_for(self, entry: CatalogEntry) -> Any:
-        """The memory plan for loading ``entry`` under the current choice (``PlanError`` if it cannot be)."""
+    def _plan_for(self, entry: CatalogEntry, free_vram: int | None = None) -> Any:
+        """The memory plan for loading ``entry`` under the current choice (``PlanError`` if it cannot be).
+
+        ``free_vram``: the device memory "auto" plans for (None: what the device has free now)."""
         from webui.memory.planner import NO_PLAN, T5_XXL_PARAMS, auto_plan, plan
 
         if self.memory_registry is None:
@@ -488,13 +536,13 @@ class ModelManager:
             return NO_PLAN
         if choice.lower() != "auto":
             return plan(choice, self.memory_registry, family, device)
-        from webui.memory.apply import free_vram_bytes
-
         scale = 2 if str(self.device.dtype).endswith("float32") else 1  # file sizes are fp16
         has_t5 = "t5xxl" in entry.record.components
         t5 = T5_XXL_PARAMS * 2 * scale if has_t5 else 0
+        if free_vram is None:
+            free_vram = self._device_free()
         return auto_plan(
-            free_vram_bytes(device),
+            free_vram,
             entry.size * scale,
             family,
             device,
@@ -649,6 +697,122 @@ class ModelManager:
         """Evict cached models, least recently used first, until ``estimate`` fits in what is available."""
         while self._ram and available < estimate + SAFETY_MARGIN_BYTES:
             available += self._evict_oldest(f"{entry.name} needs {gib(estimate)}")
+
+    # -- the GPU budget (webui.models.device_budget) ------------------------------------------
+    def _footprint(self, entry: CatalogEntry, plan: Any, extra_modes: tuple[str, ...] = ()) -> DeviceFootprint:
+        from webui.models.config_folder import t5_tokenizer_files
+        from webui.models.device_budget import component_bytes, footprint
+
+        family = self.families.get(entry.family) if entry.family in self.families else None
+        names = (*plan.names, *extra_modes)
+        with_t5 = bool(t5_tokenizer_files(self.t5_tokenizer_dir)) and "drop_t5" not in names
+        skip = () if with_t5 else ("text_encoder_3",)
+        sizes = component_bytes(entry, self.device.dtype, family, self._text_encoder_files(), skip)
+        placement = [m.name for m in plan.modes if m.phase == "placement"]
+        return footprint(sizes, names, self.device.dtype, placement)
+
+    def _footprint_on_device(self, entry: CatalogEntry, plan: Any) -> DeviceFootprint | None:
+        """``entry``'s GPU footprint under ``plan`` (None: no GPU budgeted here)."""
+        return self._footprint(entry, plan) if self._device_free() is not None else None
+
+    def _device_room(
+        self, entry: CatalogEntry, cached: _Slot | None, leaving: _Slot | None, leaving_parks: bool = True
+    ) -> _DeviceRoom | None:
+        """How ``entry`` fits on the GPU once the models this app holds there make room (the one it replaces first,
+        then parked models whose weights an offload mode left there, least recently used first, then the
+        secondary model); ``NotEnoughMemoryError`` before anything changes when it cannot. None: no GPU."""
+        free = self._device_free()
+        if free is None:
+            return None
+        holders = [(k, _residue(s)) for k, s in self._ram.items() if _residue(s)]
+        moved_off = 0
+        if leaving is not None and leaving.device_footprint is not None:
+            if leaving_parks and _residue(leaving):  # parked with its offload hooks: it stays there unless evicted
+                holders.append((leaving.key, _residue(leaving)))
+            else:
+                moved_off = leaving.device_footprint.at_rest
+        second = self._secondary if leaving_parks else None  # a secondary load replaces only the secondary
+        second_bytes = second.device_footprint.at_rest if second is not None and second.device_footprint else 0
+        reachable = free + moved_off + sum(b for _, b in holders) + second_bytes
+        if cached is not None:
+            plan = cached.plan if cached.plan is not None else self.memory_plan
+            need = cached.device_footprint or self._footprint(entry, plan)
+        else:
+            plan = self._plan_for(entry, free_vram=reachable)
+            need = self._footprint(entry, plan)
+        if need.needed > reachable:
+            self._refuse_device(entry, plan, need, free, reachable)
+        have, evict = free + moved_off, []
+        for key, nbytes in holders:
+            if have >= need.needed:
+                break
+            evict.append(key)
+            have += nbytes
+        return _DeviceRoom(plan, need, tuple(evict), drop_secondary=second is not None and have < need.needed)
+
+    def _refuse_device(self, entry: CatalogEntry, plan: Any, need: DeviceFootprint, free: int, reachable: int) -> None:
+        from webui.models.device_budget import SUGGESTED, NotEnoughDeviceMemoryError, refusal_message
+
+        suggestions = {}
+        registry = self.memory_registry
+        for name in SUGGESTED:
+            if registry is None or name not in registry or plan.has(name):
+                continue
+            under = self._footprint(entry, plan, (name,)).needed
+            if under < need.needed:
+                suggestions[registry.get(name).label] = under
+        log.warning(
+            "refused to load %s: needs %s on the GPU, %s can be had", entry.name, gib(need.needed), gib(reachable)
+        )
+        message = refusal_message(
+            entry.name, need, free, reachable, self.device.precision, plan.describe(), suggestions
+        )
+        raise NotEnoughDeviceMemoryError(message)
+
+    def _make_device_room(self, room: _DeviceRoom | None) -> None:
+        if room is None:
+            return
+        for key in room.evict:
+            slot = self._ram.pop(key, None)
+            if slot is not None:
+                log.info(
+                    "evicted %s from the RAM cache: its offloaded weights held %s on the GPU",
+                    slot.entry.name,
+                    gib(_residue(slot)),
+                )
+        if room.drop_secondary and self._secondary is not None:
+            log.info("released the secondary model %s to make room on the GPU", self._secondary.entry.name)
+            self._secondary = None
+        if room.evict or room.drop_secondary:
+            self._collect()
+
+    def device_usage(self) -> dict[str, Any] | None:
+        """What this app holds on the GPU (name, bytes between jobs) and what the device has; None without a GPU."""
+        free = self._device_free()
+        if free is None:
+            return None
+        with self._lock:
+            held = [
+                (s.entry.name, s.device_footprint.at_rest)
+                for s in (self._current, self._secondary)
+                if s is not None and s.device_footprint is not None
+            ]
+            held += [(s.entry.name, _residue(s)) for s in self._ram.values() if _residue(s)]
+            active = self._current.device_footprint if self._current is not None else None
+        return {
+            "models": held,
+            "bytes": sum(n for _, n in held),
+            "needed_bytes": active.needed if active is not None else 0,
+            "free_bytes": free,
+            "total_bytes": int(self._device_memory.total_bytes() or 0),
+        }
+
+    def _device_free(self) -> int | None:
+        """Free bytes on the GPU now (None: no GPU to budget, or its memory cannot be read)."""
+        if self._device_memory is None or self.device.device != "cuda":
+            return None
+        free = self._device_memory.free_bytes()
+        return None if free is None else int(free)
 
     @staticmethod
     def _to_device(slot: _Slot, device: str) -> None:

@@ -29,7 +29,7 @@ AUTO = -1.0  # the setting's value for "derived from the machine's RAM"
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 # safetensors dtypes that are not weights cast to the compute dtype (kept as they are)
 _KEEP_DTYPES = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-_SKIP_PREFIXES = ("model_ema.",)  # EMA copies in original checkpoints are not loaded
+SKIP_PREFIXES = ("model_ema.",)  # EMA copies in original checkpoints are not loaded
 T5_SLOT = "t5xxl"  # the text encoder slot left out without a tokenizer or by "Drop T5"
 
 
@@ -54,7 +54,13 @@ class SystemMemory:
 
 
 class NotEnoughMemoryError(ValueError):
-    """A load refused before reading: the message says what it needs, what there is, and what to do."""
+    """A load refused before reading: the message says what it needs, what there is, and what to do.
+
+    ``field``: the request field that named the model (the API's answer names it; a refiner load says so)."""
+
+    def __init__(self, message: str, field: str = "sd_model_checkpoint") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def default_budget_bytes(total_bytes: int) -> int:
@@ -77,19 +83,24 @@ def dtype_bytes(dtype: Any) -> int:
     return _DTYPE_BYTES.get(name, 4)
 
 
-def _header_bytes(path: Path, compute_bytes: int, skip: tuple[str, ...] = _SKIP_PREFIXES) -> int:
+def tensor_bytes(info: Any, compute_bytes: int) -> int:
+    """Bytes of one header tensor once loaded: weights in the compute dtype, integer tensors as stored."""
+    return info.numel * _KEEP_DTYPES.get(info.dtype, compute_bytes)
+
+
+def _header_bytes(path: Path, compute_bytes: int, skip: tuple[str, ...] = SKIP_PREFIXES) -> int:
     from webui.models.safetensors_header import read_header
 
     total = 0
     for key, info in read_header(path).tensors.items():
         if key.startswith(skip):
             continue
-        total += info.numel * _KEEP_DTYPES.get(info.dtype, compute_bytes)
+        total += tensor_bytes(info, compute_bytes)
     return total
 
 
 def file_estimate(
-    path: Path, compute_bytes: int, size: int | None = None, skip: tuple[str, ...] = _SKIP_PREFIXES
+    path: Path, compute_bytes: int, size: int | None = None, skip: tuple[str, ...] = SKIP_PREFIXES
 ) -> int:
     """Bytes one weights file takes once loaded in a dtype of ``compute_bytes`` per value.
 
@@ -127,7 +138,7 @@ def checkpoint_estimate(
     a single file is asked of the family adapter (``families``: the registry; None: the built-in families).
     """
     per = dtype_bytes(dtype)
-    skip = _SKIP_PREFIXES if with_t5 else _SKIP_PREFIXES + _slot_prefixes(entry, T5_SLOT, families)
+    skip = SKIP_PREFIXES if with_t5 else SKIP_PREFIXES + _slot_prefixes(entry, T5_SLOT, families)
     if not with_t5:
         text_encoder_files = {k: v for k, v in text_encoder_files.items() if k != T5_SLOT}
     try:

@@ -33,6 +33,40 @@ def device_summary(backend: Backend) -> str:
     )
 
 
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.2f} GiB"
+
+
+def memory_summary(backend: Backend) -> str:
+    """What the models take now: the RAM cache's models and GiB against its budget, and on a GPU what the app
+    holds there against what the device has (Markdown, for the top of the page)."""
+    u = backend.memory_usage()
+    active = f"active: {u.active} ({_gib(u.active_bytes)})" if u.active else "no model loaded"
+    if u.secondary_bytes:
+        active += f", secondary {_gib(u.secondary_bytes)}"
+    if u.cache_budget_bytes <= 0 or u.cache_max_models <= 0:
+        cache = "off (*Checkpoints kept in RAM* or *RAM cache size* is 0)"
+    else:
+        held = ", ".join(f"{name} ({_gib(n)})" for name, n in u.cached) or "empty"
+        cache = (
+            f"{len(u.cached)} of at most {u.cache_max_models} model(s), {_gib(u.cache_bytes)} of"
+            f" {_gib(u.cache_budget_bytes)}: {held}"
+        )
+    lines = [f"**Memory:** {active}. **RAM cache:** {cache}."]
+    if u.on_gpu is not None:
+        held = ", ".join(f"{name} ({_gib(n)})" for name, n in u.on_gpu) or "nothing"
+        need = (
+            f"; the active model needs about {_gib(u.gpu_needed_bytes)} while it generates"
+            if u.gpu_needed_bytes
+            else ""
+        )
+        lines.append(
+            f"**GPU:** this app holds {_gib(u.gpu_bytes)} ({held}){need};"
+            f" {_gib(u.gpu_free_bytes)} free of {_gib(u.gpu_total_bytes)}."
+        )
+    return "  \n".join(lines)
+
+
 def checkpoint_names(backend: Backend) -> list[str]:
     return [m.name for m in backend.models("checkpoint")]
 

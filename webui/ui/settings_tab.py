@@ -130,6 +130,7 @@ def build(backend: Backend, page: Any) -> None:
         reset = gr.Button("Reset to defaults", elem_id="settings_reset")
     result = gr.Markdown(elem_id="settings_result")
     gr.Markdown(settings_apply.device_summary(backend), elem_id="settings_device")
+    memory = gr.Markdown(settings_apply.memory_summary(backend), elem_id="settings_memory")
     built = _build_controls(backend)
     names = list(built)
     controls = [built[name][0] for name in names]
@@ -166,11 +167,19 @@ def build(backend: Backend, page: Any) -> None:
         updates, values = current()
         return [*updates, *error_updates(names, outcome.errors), message, values]
 
+    def memory_now() -> str:
+        return settings_apply.memory_summary(backend)
+
     outputs = [*controls, *errors, result, shown]
-    submit.click(apply, inputs=[shown, *controls], outputs=outputs, concurrency_limit=None)
-    reset.click(reset_all, outputs=outputs, concurrency_limit=None)
+    submit.click(apply, inputs=[shown, *controls], outputs=outputs, concurrency_limit=None).then(
+        memory_now, outputs=memory, concurrency_limit=None  # a new RAM cache size applies at once
+    )
+    reset.click(reset_all, outputs=outputs, concurrency_limit=None).then(
+        memory_now, outputs=memory, concurrency_limit=None
+    )
     if page.blocks is not None:  # built inside the page: every load shows the settings as they are now
         page.on_load(refresh, outputs=outputs)
+        page.on_load(memory_now, outputs=[memory])
 
 
 def now_values(backend: Backend, names: list[str]) -> dict[str, Any]:

@@ -24,10 +24,14 @@ def load_refiner(job: Job) -> Any:
         raise RequestError(
             "refiner_checkpoint", f"the refiner hand-off needs an SDXL base model, not {job.family.label}"
         )
+    from webui.models.ram_budget import NotEnoughMemoryError
+
     try:
         refiner = job.model.refiner(job.checked.refiner, "img2img")
     except KeyError as exc:
         raise RequestError("refiner_checkpoint", str(exc).strip("'\"")) from None
+    except NotEnoughMemoryError as exc:  # the refiner's load was refused: the answer names its field
+        raise type(exc)(str(exc), field="refiner_checkpoint") from None
     if not job.family.accepts_refiner(refiner.family):
         raise RequestError(
             "refiner_checkpoint",
