@@ -41,6 +41,8 @@ MAX_EXTRA_SHARE = 0.05
 # A weight that is cast is read in pieces of this many elements: below torch's parallel grain size
 # (32768), so each piece is one core's work, and small enough to stay in its L2 cache.
 PIECE_ELEMENTS = 32768
+# How far ahead of its reads a reader asks the kernel for the file (a cold read overlaps the cast).
+READ_AHEAD_BYTES = 128 << 20
 
 TORCH_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
@@ -181,14 +183,33 @@ class SpanReader:
         self._bounce = torch.empty(PIECE_ELEMENTS * 8, dtype=torch.uint8)
         self._view = memoryview(self._bounce.numpy())
         self._scratch = torch.empty(PIECE_ELEMENTS, dtype=torch.float32)
+        self._ahead = -1  # the file is asked for up to here, ahead of the reads
 
     def close(self) -> None:
         self._file.close()
+
+    def _read_ahead(self, offset: int, nbytes: int) -> None:
+        """Keep READ_AHEAD_BYTES asked for beyond what is being read, so that a cold file streams from
+        the disk while the pieces before are cast (the kernel reads it in the background)."""
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is None:
+            return
+        if self._ahead < offset:
+            self._ahead = offset
+        want = offset + nbytes + READ_AHEAD_BYTES
+        if want <= self._ahead + READ_AHEAD_BYTES // 2:
+            return
+        try:
+            advise(self._file.fileno(), self._ahead, want - self._ahead, os.POSIX_FADV_WILLNEED)
+        except OSError:  # advice only
+            return
+        self._ahead = want
 
     def read_into(self, span: Span, target: Any) -> None:
         import torch
 
         dtype = getattr(torch, span.dtype)
+        self._read_ahead(span.offset, target.numel() * dtype.itemsize)
         if tuple(span.stride) != _contiguous_stride(span.shape) or not target.is_contiguous():
             target.copy_(self.mapped.span(span))
             return
