@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Model loading benchmark: cold load vs raw read, warm switch from the RAM cache, memory over swaps.
+"""Model loading benchmark: a switch against reading the file (cold: its pages dropped from the page cache;
+cached: in the page cache, plus the cast to the weights' precision), warm switch from the RAM cache,
+memory over swaps. The manager's log line of each load (printed, indented) says where its time went.
 
 Builds full-size random-weight checkpoints from the real configs (same tensors, same bytes as the
 released fp16 files, so the same load cost), writes them in the original single-file layout, then
 loads them through the app's own catalog and manager, exactly as a user's files are loaded.
 
-    python scripts/bench_models.py                       # SD1.5, SDXL, SD3 medium (no T5), 20 swaps
-    python scripts/bench_models.py --families sd15 --swaps 6 --precision fp32
+    python scripts/bench_models.py                       # SD1.5, SDXL, SD3 medium (no T5)
+    python scripts/bench_models.py --families sd15 --precision fp32 --standard
 """
 
 from __future__ import annotations
@@ -108,6 +110,38 @@ def raw_read_seconds(path: Path) -> float:
     return time.perf_counter() - start
 
 
+def drop_from_page_cache(path: Path) -> bool:
+    """Evict the file's pages (no root needed: only this file's clean pages); True when the kernel confirms."""
+    import subprocess
+
+    os.sync()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    try:  # fincore (util-linux) says how much is still resident
+        out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", str(path)], capture_output=True, text=True, timeout=30)
+        return int(out.stdout.split()[0]) < path.stat().st_size * 0.02
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return True
+
+
+def cast_seconds(path: Path, dtype) -> float:
+    """The cast alone: every tensor of the file, already in memory, to ``dtype`` (fresh memory, as a load)."""
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    start = time.perf_counter()
+    out = [t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t.clone() for t in tensors.values()]
+    seconds = time.perf_counter() - start
+    del out, tensors
+    gc.collect()
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return seconds
+
+
 def rss_gib() -> float:
     import psutil
 
@@ -118,21 +152,27 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", default="sd15,sdxl,sd3")
     p.add_argument("--work-dir", default="/tmp/webui-bench-models")
-    p.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "fp16"))
-    p.add_argument("--swaps", type=int, default=20)
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--swaps", type=int, default=6)
+    p.add_argument("--repeats", type=int, default=2, help="cold and cached switches per family (best kept)")
+    p.add_argument("--standard", action="store_true", help="also time diffusers' from_single_file, page-cached")
     args = p.parse_args(argv)
     families = args.families.split(",")
 
     import torch
 
+    from webui.app import quiet_libraries
+    from webui.families.registry import default_families
     from webui.models.catalog import ModelCatalog
     from webui.models.devices import resolve_device
-    from webui.families.registry import default_families
+    from webui.models.loader import load_checkpoint
     from webui.models.manager import ModelManager
 
-    from webui.app import quiet_libraries
-
     quiet_libraries()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="    %(message)s")
+    logging.getLogger("webui.models.manager").setLevel(logging.INFO)  # each load's line: where the time went
     work = Path(args.work_dir)
     ckpts = work / "models" / "Stable-diffusion"
     for fam in families:
@@ -142,30 +182,53 @@ def main(argv: list[str]) -> int:
     device = resolve_device("cpu", args.precision)
 
     def manager(ram):
-        return ModelManager(catalog, device, work / "cache", default_families(), ram_cache_models=ram)
+        # ram_cache_gib=0: every switch reads the file (what is timed); the warm switch gets a budget
+        return ModelManager(catalog, device, work / "cache", default_families(), ram_cache_gib=ram)
 
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, weights in {args.precision} on CPU\n")
-    print(f"{'model':<8}{'file GiB':>9}{'raw read s':>12}{'cold load s':>13}{'load/read':>11}")
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, weights in {device.precision} on CPU"
+          f" ({device.reason})")
+    print("switch = ModelManager.load, what POST /sdapi/v1/options {sd_model_checkpoint} runs; best of"
+          f" {args.repeats}; cold = the file's pages dropped from the page cache first\n")
+    head = (f"{'model':<7}{'GiB':>6}{'cold read':>11}{'cold switch':>13}{'ratio':>7}{'cached read':>13}{'cast':>7}"
+            f"{'cached switch':>15}{'/(read+cast)':>14}")
+    print(head + ("   from_single_file" if args.standard else ""))
     m = manager(0)
     for fam in families:
         entry = catalog.find(f"bench-{fam}")
-        m.load(entry)  # first load writes the config folder cache; not what we time
+        m.load(entry)  # the first load writes the config folder and traces the load map: not what we time
         m.unload()
-        read = min(raw_read_seconds(entry.path) for _ in range(2))
-        cold = m.load(entry).seconds
-        m.unload()
-        print(f"{fam:<8}{entry.size / 2**30:>9.2f}{read:>12.2f}{cold:>13.2f}{cold / read:>10.1f}x")
+        cast = cast_seconds(entry.path, device.dtype)
+        cold_read = cold = cached_read = cached = float("inf")
+        dropped = True
+        for _ in range(args.repeats):
+            dropped &= drop_from_page_cache(entry.path)
+            cold_read = min(cold_read, raw_read_seconds(entry.path))
+            dropped &= drop_from_page_cache(entry.path)
+            cold = min(cold, m.load(entry).seconds)
+            m.unload()
+            cached_read = min(cached_read, raw_read_seconds(entry.path))
+            cached = min(cached, m.load(entry).seconds)
+            m.unload()
+        line = (f"{fam:<7}{entry.size / 2**30:>6.2f}{cold_read:>10.2f}s{cold:>12.2f}s{cold / cold_read:>7.2f}"
+                f"{cached_read:>12.2f}s{cast:>6.2f}s{cached:>14.2f}s{cached / (cached_read + cast):>14.2f}")
+        if args.standard:
+            start = time.perf_counter()
+            load_checkpoint(entry.path, device="cpu", dtype=device.dtype, cache_dir=work / "cache", mapped=False)
+            line += f"{time.perf_counter() - start:>18.2f}s"
+            gc.collect()
+        print(line + ("" if dropped else "  (page cache not dropped: cold = cached)"), flush=True)
+    gc.collect()
 
     if len(families) >= 2:
         a, b = catalog.find(f"bench-{families[0]}"), catalog.find(f"bench-{families[1]}")
-        cached = manager(1)
-        cached.load(a)
-        cached.load(b)
-        warm = cached.load(a)
-        assert warm.from_cache
-        print(f"\nwarm switch {families[1]} -> {families[0]} from the RAM cache: {warm.seconds:.3f} s")
-        cached.unload()
-        del cached
+        cached_m = manager(-1)
+        cached_m.load(a)
+        cached_m.load(b)
+        warm = cached_m.load(a)
+        print(f"\nwarm switch {families[1]} -> {families[0]} from the RAM cache: {warm.seconds:.3f} s"
+              f" (from cache: {warm.from_cache})")
+        cached_m.unload()
+        del cached_m
         gc.collect()
 
     m = manager(0)

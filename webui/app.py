@@ -162,7 +162,7 @@ def build_services(settings: Settings, base: Path = ROOT, memory: Any = None, de
         on_loaded=on_loaded,
         memory_registry=memory_registry,
         memory_modes=settings.memory_modes,
-        speed=build_speed_tuner(settings, device),
+        speed=build_speed_tuner(settings, device, paths.cache),
     )
     services = Services(settings, paths, families, catalog, hashes, manager, device, extensions=extensions)
     build_generation(services)
@@ -200,11 +200,16 @@ def build_page(services: Services, facade: ExtensionFacade | None = None) -> Blo
     return build_ui(services.backend, tabs, host.run_guarded if host is not None else None)
 
 
-def build_speed_tuner(settings: Settings, device: DeviceChoice) -> SpeedTuner:
-    """What the manager applies to every model it loads: VAE precision, layout, attention, compile."""
+def build_speed_tuner(settings: Settings, device: DeviceChoice, cache_dir: Path | None = None) -> SpeedTuner:
+    """What the manager applies to every model it loads: VAE precision, layout, attention, compile.
+    ``cache_dir``: where layout measurements are kept between loads and starts (None: measured each time)."""
+    from webui.speed.layout import time_resnet
+    from webui.speed.measure_cache import MeasureCache, machine_key
     from webui.speed.optimize import SpeedTuner, options_from_settings
 
-    return SpeedTuner(device, options_from_settings(settings))
+    stored = cache_dir / "layout_measurements.json" if cache_dir is not None else None
+    measures = MeasureCache(stored, machine_key(device.hardware))
+    return SpeedTuner(device, options_from_settings(settings), measure_layout=measures.wrap(time_resnet))
 
 
 def build_extensions(settings: Settings, paths: AppPaths, catalog: Any = None) -> ExtensionHost:

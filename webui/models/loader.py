@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 import types
 import zipfile
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from webui.families.registry import default_families
 from webui.models.config_folder import t5_tokenizer_files, write_config_folder
 from webui.models.identify import PICKLE_SUFFIXES, ModelRecord, identify, identify_checkpoint, is_current
 from webui.models.ldm_config import ConfigInferenceError, text_encoder_config
+from webui.models.mapped_load import LoadTimes
+from webui.models.mapped_pipeline import mapped_pipeline, remember_finite
 from webui.models.safetensors_header import ModelFileError, SafetensorsHeader, TensorInfo, read_header
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,7 @@ class LoadedModel:
     source: Path
     # user-facing remarks, e.g. that T5 was left out
     notes: list[str] = field(default_factory=list)
+    times: LoadTimes = field(default_factory=LoadTimes)  # where the load's time went
 
     @property
     def detection(self) -> ModelRecord:
@@ -61,6 +65,7 @@ def load_checkpoint(
     families: Any = None,
     load_kwargs: Mapping[str, Any] = _NO_FILES,
     record: ModelRecord | None = None,
+    mapped: bool = True,
 ) -> LoadedModel:
     """Load ``path`` (``.safetensors``, ``.ckpt``/``.pt``, or a diffusers folder) onto ``device``.
 
@@ -70,12 +75,13 @@ def load_checkpoint(
     runs without T5. ``load_kwargs`` come from the memory plan (``text_encoder_3=None`` drops T5).
     ``record``: what the catalog identified ``path`` as (``webui.models.identify``); the loader trusts it
     and identifies nothing again (unless the file changed since). Without one, ``path`` is identified
-    here. Raises ``ModelLoadError``.
+    here. ``mapped``: a single file is read through its cached load map (``webui.models.load_map``);
+    False takes diffusers' ``from_single_file`` every time. Raises ``ModelLoadError``.
     """
     path = Path(path)
     families = default_families() if families is None else families
     ctx = _Context(
-        device, dtype, Path(cache_dir), dict(text_encoder_files), t5_tokenizer_dir, families, dict(load_kwargs)
+        device, dtype, Path(cache_dir), dict(text_encoder_files), t5_tokenizer_dir, families, dict(load_kwargs), mapped
     )
     if not path.is_dir() and not path.is_file():
         raise ModelLoadError(path, "file not found")
@@ -110,6 +116,7 @@ class _Context:
     t5_tokenizer_dir: Path | None
     families: Any
     load_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    mapped: bool = True  # single files through their cached load map (webui.models.load_map)
 
     @property
     def drop_t5(self) -> bool:
@@ -148,13 +155,26 @@ def _load_single_file(
     kwargs = dict(parts.modules)
     if "safety_checker" in cls._optional_components:
         kwargs.update(safety_checker=None, feature_extractor=None)
+    times = LoadTimes()
+    mapped = None
+    if ctx.mapped and not extra:
+        mapped = guard(source, lambda: mapped_pipeline(file, header, folder, cls, kwargs, ctx, times))
+    if mapped is not None:
+        pipe, loadmap = mapped
+        finite = loadmap.finite.get(str(ctx.dtype))
+        loaded = finish(pipe, family, record, source, parts.notes, ctx.device, times=times, check_finite=not finite)
+        if not finite and _checks_finite(pipe, ctx.device):
+            remember_finite(ctx.cache_dir, loadmap, str(ctx.dtype))
+        return loaded
+    start = time.perf_counter()
     pipe = guard(
         source,
         lambda: cls.from_single_file(
             str(file), config=str(folder), local_files_only=True, dtype=ctx.dtype, **kwargs, **extra
         ),
     )
-    return finish(pipe, family, record, source, parts.notes, ctx.device)
+    times.add("read+convert+cast", time.perf_counter() - start)
+    return finish(pipe, family, record, source, parts.notes, ctx.device, times=times)
 
 
 def family_of(source: Path, record: ModelRecord, families: Any) -> FamilyAdapter:
@@ -356,10 +376,22 @@ def _for_safetensors(state: Mapping[str, Any], dtype: Any) -> dict:
 
 
 def finish(
-    pipe: Any, family: FamilyAdapter, record: ModelRecord, source: Path, notes: list[str], device: str
+    pipe: Any,
+    family: FamilyAdapter,
+    record: ModelRecord,
+    source: Path,
+    notes: list[str],
+    device: str,
+    *,
+    times: LoadTimes | None = None,
+    check_finite: bool = True,
 ) -> LoadedModel:
-    """Eval mode, completeness check, move to ``device``."""
+    """Eval mode, completeness check, move to ``device``, the NaN/inf check (``check_finite``: not known
+    to pass already for these bytes at this precision)."""
     import torch
+
+    times = LoadTimes() if times is None else times
+    start = time.perf_counter()
 
     for name, module in pipe.components.items():
         if isinstance(module, torch.nn.Module):
@@ -374,9 +406,22 @@ def finish(
     absent = [n for n in required_components(family) if getattr(pipe, n, None) is None]
     if absent:
         raise ModelLoadError(source, f"the loaded pipeline lacks {', '.join(absent)}; the file is incomplete")
+    times.add("check", time.perf_counter() - start)
+    start = time.perf_counter()
     guard(source, lambda: pipe.to(device), doing=f"moving the model to {device}")
-    _refuse_nonfinite(pipe, source, device)
-    return LoadedModel(pipeline=pipe, family=family, record=record, source=source, notes=list(notes))
+    times.add("move", time.perf_counter() - start)
+    start = time.perf_counter()
+    if check_finite:
+        _refuse_nonfinite(pipe, source, device)
+    times.add("finite check", time.perf_counter() - start)
+    return LoadedModel(pipeline=pipe, family=family, record=record, source=source, notes=list(notes), times=times)
+
+
+def _checks_finite(pipe: Any, device: str) -> bool:
+    """Whether ``_refuse_nonfinite`` looks at this pipeline (it skips half precision on the CPU)."""
+    import torch
+
+    return not (device == "cpu" and getattr(pipe, "dtype", torch.float32) != torch.float32)
 
 
 def _refuse_nonfinite(pipe: Any, source: Path, device: str) -> None:
@@ -384,12 +429,11 @@ def _refuse_nonfinite(pipe: Any, source: Path, device: str) -> None:
 
     Cheap on a GPU and for fp32 on the CPU (0.04 s per 100 M parameters); half precision on the
     CPU costs ~8x that (10 s for SDXL), so there the decode's NaN guard catches it instead.
+    Through a load map it runs once per file and precision (the map remembers a pass).
     """
-    import torch
-
     from webui.security.weights import nonfinite_message, nonfinite_weights
 
-    if device == "cpu" and getattr(pipe, "dtype", torch.float32) != torch.float32:
+    if not _checks_finite(pipe, device):
         return
     bad = nonfinite_weights(pipe.components)
     if bad:
