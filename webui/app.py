@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from webui.config import Settings, SettingsError, check_exposure, exposure_warning, load_settings
+from webui.deferred import Deferred
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from webui.generation.service import GenerationService
     from webui.memory.modes import MemoryModeRegistry
     from webui.models.catalog import CatalogEntry, ModelCatalog
+    from webui.models.deferred_device import DeferredDevice
     from webui.models.devices import DeviceChoice
     from webui.models.families import FamilySpec
     from webui.models.hashes import HashCache
@@ -77,13 +79,15 @@ class Services:
     catalog: ModelCatalog
     hashes: HashCache
     manager: ModelManager
-    device: DeviceChoice
+    device: DeviceChoice | DeferredDevice  # build_services: deferred, chosen by ``warm_up`` (torch is imported there)
     samplers: SamplerTable | None = None
     writer: OutputWriter | None = None
     engine: Engine | None = None
     generation: GenerationService | None = None  # the worker starts in main (generation.start)
     extensions: ExtensionHost | None = None
     backend: LocalBackend | None = None
+    # Imports torch and diffusers and chooses the device on a thread; serve starts it after the first answer.
+    warm_up: Deferred[DeviceChoice] | None = None
 
 
 def prepare_environment(settings: Settings) -> None:
@@ -115,9 +119,28 @@ def quiet_libraries() -> None:
         modeling.addFilter(_empty_fp32_modules_warning)
 
 
-def build_services(settings: Settings, base: Path = ROOT) -> Services:
-    from webui.models.catalog import ModelCatalog
+def choose_device(settings: Settings, paths: AppPaths) -> DeviceChoice:
+    """Import torch and diffusers and choose the device: the start-up work the first page does not wait for.
+
+    Runs on the ``warm_up`` thread after the server listens (or on the first read of ``services.device``).
+    """
     from webui.models.devices import resolve_device
+
+    device = resolve_device(
+        settings.device,
+        settings.precision,
+        vae_precision=settings.vae_precision,
+        probe_cache=paths.cache / "precision_probe.json",  # the CPU bf16 measurement, once per machine
+    )
+    quiet_libraries()
+    log.info("device: %s", device.describe())
+    return device
+
+
+def build_services(settings: Settings, base: Path = ROOT) -> Services:
+    """Every part of the app, without importing torch or diffusers (``warm_up`` does, when started)."""
+    from webui.models.catalog import ModelCatalog
+    from webui.models.deferred_device import DeferredDevice
     from webui.models.families import default_families
     from webui.models.hashes import HashCache
     from webui.models.manager import ModelManager
@@ -129,12 +152,8 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
     catalog = ModelCatalog(paths.models, hash_of=lambda p: hashes.get(p, compute=False))
     catalog.ensure_folders()
     catalog.refresh()
-    device = resolve_device(
-        settings.device,
-        settings.precision,
-        vae_precision=settings.vae_precision,
-        probe_cache=paths.cache / "precision_probe.json",  # the CPU bf16 measurement, once per machine
-    )
+    warm_up = Deferred(lambda: choose_device(settings, paths), name="warm-up")
+    device = DeferredDevice(warm_up)
     families = default_families()
 
     extensions = build_extensions(settings, paths, catalog)
@@ -160,7 +179,9 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
         memory_modes=settings.memory_modes,
         speed=build_speed_tuner(settings, device),
     )
-    services = Services(settings, paths, families, catalog, hashes, manager, device, extensions=extensions)
+    services = Services(
+        settings, paths, families, catalog, hashes, manager, device, extensions=extensions, warm_up=warm_up
+    )
     build_generation(services)
     build_backend(services)
     return services
@@ -295,12 +316,31 @@ def build_server(services: Services) -> Any:
     return mount_ui(api, blocks, services, ROOT)
 
 
-def serve(app: Any, host: str, port: int, started: float) -> int:
+def warm_up_failure(error: BaseException) -> int:
+    """Say why the app cannot run after ``warm_up`` failed; the exit code (2: a device that is not there)."""
+    from webui.models.devices import DeviceError
+
+    if isinstance(error, DeviceError):
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    log.error("start-up failed while importing torch/diffusers", exc_info=error)
+    return 1
+
+
+# Without a request, the warm-up (torch, diffusers, the device) starts this long after the server listens.
+WARM_UP_AFTER_S = 2.0
+
+
+def serve(app: Any, host: str, port: int, started: float, warm_up: Deferred[Any] | None = None) -> int:
+    """Serve until stopped. ``warm_up`` starts after the first answer (or ``WARM_UP_AFTER_S`` without one),
+    so that its imports do not slow the first page; if it fails, the server stops with its exit code."""
     import uvicorn
 
+    from webui.first_answer import FirstAnswer
     from webui.security.connections import server_config
 
-    server = uvicorn.Server(server_config(app, host, port))  # slow clients are dropped, connections bounded
+    asgi = FirstAnswer(app, warm_up.start) if warm_up is not None else app
+    server = uvicorn.Server(server_config(asgi, host, port))  # slow clients are dropped, connections bounded
     thread = threading.Thread(target=server.run, name="http", daemon=True)
     thread.start()
     while not server.started and thread.is_alive():
@@ -311,11 +351,27 @@ def serve(app: Any, host: str, port: int, started: float) -> int:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"Running on http://{shown}:{port}  (started in {time.time() - started:.1f} s)", flush=True)
     try:
-        while thread.is_alive():
-            thread.join(0.5)
+        return _watch(server, thread, warm_up)
     except KeyboardInterrupt:
         server.should_exit = True
         thread.join(5)
+        return 0
+
+
+def _watch(server: Any, thread: threading.Thread, warm_up: Deferred[Any] | None) -> int:
+    """Wait for the server thread to end; start ``warm_up`` when due, stop the server if it fails."""
+    listening = time.monotonic()
+    while thread.is_alive():
+        thread.join(0.5)
+        if warm_up is None:
+            continue
+        if time.monotonic() - listening >= WARM_UP_AFTER_S:
+            warm_up.start()
+        error = warm_up.error()
+        if error is not None:
+            server.should_exit = True
+            thread.join(5)
+            return warm_up_failure(error)
     return 0
 
 
@@ -333,7 +389,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SettingsError(problem)
         prepare_environment(settings)
         services = build_services(settings)
-        quiet_libraries()
         app = build_server(services)  # a bad --auth-file is a SettingsError too
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -341,8 +396,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     warning = exposure_warning(settings)
     if warning:
         log.warning("%s", warning)
-    device = services.device
-    log.info("device: %s", device.describe())
     found = services.catalog.entries("checkpoint")
     log.info("models: %d checkpoint(s) in %s; none is loaded until needed", len(found), services.paths.models)
     for entry in found:
@@ -352,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert generation is not None
     generation.start()
     try:
-        return serve(app, settings.host, settings.port, started)
+        return serve(app, settings.host, settings.port, started, services.warm_up)
     finally:
         generation.stop()
 
