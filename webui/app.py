@@ -119,10 +119,12 @@ def quiet_libraries() -> None:
         modeling.addFilter(_empty_fp32_modules_warning)
 
 
-def choose_device(settings: Settings, paths: AppPaths) -> DeviceChoice:
-    """Import torch and diffusers and choose the device: the start-up work the first page does not wait for.
+def warm_up_work(settings: Settings, paths: AppPaths) -> DeviceChoice:
+    """The start-up work the first page does not wait for: import torch, choose the device, import diffusers.
 
-    Runs on the ``warm_up`` thread after the server listens (or on the first read of ``services.device``).
+    Runs on the ``warm_up`` thread after the first answer (or on the first read of ``services.device``).
+    Besides torch (the device needs it) it imports diffusers' pipeline machinery, which every model load
+    needs (about 2 CPU seconds), so that the first load after an idle start does not wait for it.
     """
     from webui.models.devices import resolve_device
 
@@ -132,8 +134,10 @@ def choose_device(settings: Settings, paths: AppPaths) -> DeviceChoice:
         vae_precision=settings.vae_precision,
         probe_cache=paths.cache / "precision_probe.json",  # the CPU bf16 measurement, once per machine
     )
-    quiet_libraries()
     log.info("device: %s", device.describe())
+    quiet_libraries()
+    from diffusers import DiffusionPipeline  # noqa: F401  (imported here, not on the first load)
+
     return device
 
 
@@ -152,7 +156,7 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
     catalog = ModelCatalog(paths.models, hash_of=lambda p: hashes.get(p, compute=False))
     catalog.ensure_folders()
     catalog.refresh()
-    warm_up = Deferred(lambda: choose_device(settings, paths), name="warm-up")
+    warm_up = Deferred(lambda: warm_up_work(settings, paths), name="warm-up")
     device = DeferredDevice(warm_up)
     families = default_families()
 
