@@ -148,12 +148,14 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
     from webui.models.families import default_families
     from webui.models.hashes import HashCache
     from webui.models.manager import ModelManager
+    from webui.models.record_store import RecordStore
 
     paths = AppPaths.from_settings(settings, base)
     for folder in (paths.models, paths.outputs, paths.extensions, paths.cache):
         folder.mkdir(parents=True, exist_ok=True)
     hashes = HashCache(paths.cache / "hashes.json")
-    catalog = ModelCatalog(paths.models, hash_of=lambda p: hashes.get(p, compute=False))
+    records = RecordStore(paths.cache / "model_records.json")  # files identified at an earlier start
+    catalog = ModelCatalog(paths.models, hash_of=lambda p: hashes.get(p, compute=False), records=records)
     catalog.ensure_folders()
     catalog.refresh()
     warm_up = Deferred(lambda: warm_up_work(settings, paths), name="warm-up")
