@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from webui.config import Settings, SettingsError, check_exposure, exposure_warning, load_settings
+from webui.deferred import Deferred
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from webui.generation.service import GenerationService
     from webui.memory.modes import MemoryModeRegistry
     from webui.models.catalog import CatalogEntry, ModelCatalog
+    from webui.models.deferred_device import DeferredDevice
     from webui.models.devices import DeviceChoice
     from webui.models.families import FamilySpec
     from webui.models.hashes import HashCache
@@ -77,13 +79,15 @@ class Services:
     catalog: ModelCatalog
     hashes: HashCache
     manager: ModelManager
-    device: DeviceChoice
+    device: DeviceChoice | DeferredDevice  # build_services: deferred, chosen by ``warm_up`` (torch is imported there)
     samplers: SamplerTable | None = None
     writer: OutputWriter | None = None
     engine: Engine | None = None
     generation: GenerationService | None = None  # the worker starts in main (generation.start)
     extensions: ExtensionHost | None = None
     backend: LocalBackend | None = None
+    # Imports torch and diffusers and chooses the device on a thread; serve starts it after the first answer.
+    warm_up: Deferred[DeviceChoice] | None = None
 
 
 def prepare_environment(settings: Settings) -> None:
@@ -115,28 +119,49 @@ def quiet_libraries() -> None:
         modeling.addFilter(_empty_fp32_modules_warning)
 
 
-def build_services(settings: Settings, base: Path = ROOT, memory: Any = None, device_memory: Any = None) -> Services:
-    """Every service of the app. ``memory`` / ``device_memory``: how the RAM and the GPU are read (None: psutil and
-    torch.cuda; tests pass fakes, see webui.models.ram_budget.MemoryProbe and device_budget.DeviceMemoryProbe)."""
-    from webui.models.catalog import ModelCatalog
-    from webui.models.devices import resolve_device
-    from webui.models.families import default_families
-    from webui.models.hashes import HashCache
-    from webui.models.manager import ModelManager
+def warm_up_work(settings: Settings, paths: AppPaths) -> DeviceChoice:
+    """The start-up work the first page does not wait for: import torch, choose the device, import diffusers.
 
-    paths = AppPaths.from_settings(settings, base)
-    for folder in (paths.models, paths.outputs, paths.extensions, paths.cache):
-        folder.mkdir(parents=True, exist_ok=True)
-    hashes = HashCache(paths.cache / "hashes.json")
-    catalog = ModelCatalog(paths.models, hash_of=lambda p: hashes.get(p, compute=False))
-    catalog.ensure_folders()
-    catalog.refresh()
+    Runs on the ``warm_up`` thread after the first answer (or on the first read of ``services.device``).
+    Besides torch (the device needs it) it imports diffusers' pipeline machinery, which every model load
+    needs (about 2 CPU seconds), so that the first load after an idle start does not wait for it.
+    """
+    from webui.models.devices import resolve_device
+
     device = resolve_device(
         settings.device,
         settings.precision,
         vae_precision=settings.vae_precision,
         probe_cache=paths.cache / "precision_probe.json",  # the CPU bf16 measurement, once per machine
     )
+    log.info("device: %s", device.describe())
+    quiet_libraries()
+    from diffusers import DiffusionPipeline  # noqa: F401  (imported here, not on the first load)
+
+    return device
+
+
+def build_services(settings: Settings, base: Path = ROOT, memory: Any = None, device_memory: Any = None) -> Services:
+    """Every part of the app, without importing torch or diffusers (``warm_up`` does, when started).
+    ``memory`` / ``device_memory``: how the RAM and the GPU are read (None: psutil and torch.cuda; tests pass
+    fakes, see webui.models.ram_budget.MemoryProbe and device_budget.DeviceMemoryProbe)."""
+    from webui.models.catalog import ModelCatalog
+    from webui.models.deferred_device import DeferredDevice
+    from webui.models.families import default_families
+    from webui.models.hashes import HashCache
+    from webui.models.manager import ModelManager
+    from webui.models.record_store import RecordStore
+
+    paths = AppPaths.from_settings(settings, base)
+    for folder in (paths.models, paths.outputs, paths.extensions, paths.cache):
+        folder.mkdir(parents=True, exist_ok=True)
+    hashes = HashCache(paths.cache / "hashes.json")
+    records = RecordStore(paths.cache / "model_records.json")  # files identified at an earlier start
+    catalog = ModelCatalog(paths.models, hash_of=lambda p: hashes.get(p, compute=False), records=records)
+    catalog.ensure_folders()
+    catalog.refresh()
+    warm_up = Deferred(lambda: warm_up_work(settings, paths), name="warm-up")
+    device = DeferredDevice(warm_up)
     families = default_families()
 
     extensions = build_extensions(settings, paths, catalog)
@@ -164,7 +189,9 @@ def build_services(settings: Settings, base: Path = ROOT, memory: Any = None, de
         memory_modes=settings.memory_modes,
         speed=build_speed_tuner(settings, device, paths.cache),
     )
-    services = Services(settings, paths, families, catalog, hashes, manager, device, extensions=extensions)
+    services = Services(
+        settings, paths, families, catalog, hashes, manager, device, extensions=extensions, warm_up=warm_up
+    )
     build_generation(services)
     build_backend(services)
     return services
@@ -208,7 +235,7 @@ def build_speed_tuner(settings: Settings, device: DeviceChoice, cache_dir: Path 
     from webui.speed.optimize import SpeedTuner, options_from_settings
 
     stored = cache_dir / "layout_measurements.json" if cache_dir is not None else None
-    measures = MeasureCache(stored, machine_key(device.hardware))
+    measures = MeasureCache(stored, lambda: machine_key(device.hardware))  # asked at the first measurement
     return SpeedTuner(device, options_from_settings(settings), measure_layout=measures.wrap(time_resnet))
 
 
@@ -304,12 +331,31 @@ def build_server(services: Services) -> Any:
     return mount_ui(api, blocks, services, ROOT)
 
 
-def serve(app: Any, host: str, port: int, started: float) -> int:
+def warm_up_failure(error: BaseException) -> int:
+    """Say why the app cannot run after ``warm_up`` failed; the exit code (2: a device that is not there)."""
+    from webui.models.devices import DeviceError
+
+    if isinstance(error, DeviceError):
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    log.error("start-up failed while importing torch/diffusers", exc_info=error)
+    return 1
+
+
+# Without a request, the warm-up (torch, diffusers, the device) starts this long after the server listens.
+WARM_UP_AFTER_S = 2.0
+
+
+def serve(app: Any, host: str, port: int, started: float, warm_up: Deferred[Any] | None = None) -> int:
+    """Serve until stopped. ``warm_up`` starts after the first answer (or ``WARM_UP_AFTER_S`` without one),
+    so that its imports do not slow the first page; if it fails, the server stops with its exit code."""
     import uvicorn
 
+    from webui.first_answer import FirstAnswer
     from webui.security.connections import server_config
 
-    server = uvicorn.Server(server_config(app, host, port))  # slow clients are dropped, connections bounded
+    asgi = FirstAnswer(app, warm_up.start) if warm_up is not None else app
+    server = uvicorn.Server(server_config(asgi, host, port))  # slow clients are dropped, connections bounded
     thread = threading.Thread(target=server.run, name="http", daemon=True)
     thread.start()
     while not server.started and thread.is_alive():
@@ -320,11 +366,27 @@ def serve(app: Any, host: str, port: int, started: float) -> int:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"Running on http://{shown}:{port}  (started in {time.time() - started:.1f} s)", flush=True)
     try:
-        while thread.is_alive():
-            thread.join(0.5)
+        return _watch(server, thread, warm_up)
     except KeyboardInterrupt:
         server.should_exit = True
         thread.join(5)
+        return 0
+
+
+def _watch(server: Any, thread: threading.Thread, warm_up: Deferred[Any] | None) -> int:
+    """Wait for the server thread to end; start ``warm_up`` when due, stop the server if it fails."""
+    listening = time.monotonic()
+    while thread.is_alive():
+        thread.join(0.5)
+        if warm_up is None:
+            continue
+        if time.monotonic() - listening >= WARM_UP_AFTER_S:
+            warm_up.start()
+        error = warm_up.error()
+        if error is not None:
+            server.should_exit = True
+            thread.join(5)
+            return warm_up_failure(error)
     return 0
 
 
@@ -342,7 +404,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SettingsError(problem)
         prepare_environment(settings)
         services = build_services(settings)
-        quiet_libraries()
         app = build_server(services)  # a bad --auth-file is a SettingsError too
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -350,8 +411,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     warning = exposure_warning(settings)
     if warning:
         log.warning("%s", warning)
-    device = services.device
-    log.info("device: %s", device.describe())
     found = services.catalog.entries("checkpoint")
     log.info("models: %d checkpoint(s) in %s; none is loaded until needed", len(found), services.paths.models)
     for entry in found:
@@ -361,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert generation is not None
     generation.start()
     try:
-        return serve(app, settings.host, settings.port, started)
+        return serve(app, settings.host, settings.port, started, services.warm_up)
     finally:
         generation.stop()
 

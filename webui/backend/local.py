@@ -382,9 +382,14 @@ class LocalBackend:
         paths = self._services.paths
         return Folders(str(paths.models), str(paths.outputs), str(paths.extensions), str(paths.config_file))
 
-    def device_description(self) -> str:
+    def device_description(self, wait: bool = True) -> str | None:
         device = self._services.device
-        return device.describe() if device is not None else ""
+        if device is None:
+            return ""
+        ready = getattr(device, "ready", None)  # a DeferredDevice while torch is imported
+        if not wait and ready is not None and not ready():
+            return None
+        return device.describe()
 
     def memory_usage(self) -> MemoryUsage:
         manager = self._services.manager

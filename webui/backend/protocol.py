@@ -166,8 +166,12 @@ class Backend(Protocol):
 
     def folders(self) -> Folders: ...
 
-    def device_description(self) -> str:
-        """What the app computes with and why (``--precision auto``'s choice)."""
+    def device_description(self, wait: bool = True) -> str | None:
+        """What the app computes with and why (``--precision auto``'s choice).
+
+        The device is chosen in the background while the app starts (it needs torch): ``wait=False``
+        answers None instead of waiting while it is still being chosen.
+        """
         ...
 
     def memory_usage(self) -> MemoryUsage:

@@ -16,11 +16,14 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from webui.control.files import CATALOG_KINDS as CONTROL_RECORD_KINDS
 from webui.control.files import folder_weights, is_model_folder, label
 from webui.models.identify import PICKLE_SUFFIXES, ModelRecord, identify, with_error
+
+if TYPE_CHECKING:
+    from webui.models.record_store import RecordStore
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +119,16 @@ class ModelCatalog:
     """Scans ``models_dir``; ``refresh()`` picks up new, changed and removed files."""
 
     def __init__(
-        self, models_dir: Path, hash_of: Callable[[Path], str | None] | None = None, families: Any = None
+        self,
+        models_dir: Path,
+        hash_of: Callable[[Path], str | None] | None = None,
+        families: Any = None,
+        records: RecordStore | None = None,
     ) -> None:
         self.models_dir = Path(models_dir)
         self._hash_of = hash_of
         self.families = families  # the family registry the detector asks (None: the built-in families)
+        self._records = records  # records kept between starts (cache/model_records.json); None: identify each start
         self._lock = threading.Lock()
         self._entries: dict[str, list[CatalogEntry]] = {kind: [] for kind in FOLDERS}
         self._seen: dict[tuple[str, Path], tuple[tuple[int, int], CatalogEntry]] = {}
@@ -155,6 +163,8 @@ class ModelCatalog:
         with self._lock:
             self._entries = found
             self._seen = seen
+        if self._records is not None:
+            self._records.save(seen)
 
     def _entry(self, kind, root, item, fmt, seen) -> CatalogEntry | None:
         try:
@@ -165,7 +175,10 @@ class ModelCatalog:
         if cached and cached[0] == key:
             entry = cached[1]
         else:
-            entry = _describe(kind, root, item, fmt, key, self.families)
+            kept = self._records.get(kind, item, key) if self._records is not None else None
+            entry = _describe(kind, root, item, fmt, key, self.families, kept)
+            if kept is None and self._records is not None:
+                self._records.put(kind, item, key, entry.record)
             if entry.error:
                 log.warning("%s", entry.error)
         seen[(kind, item)] = (key, entry)
@@ -222,8 +235,13 @@ def _walk(root: Path, model_folders: bool = False) -> Iterable[tuple[Path, str]]
                 yield child, "ckpt"
 
 
-def _describe(kind: str, root: Path, item: Path, fmt: str, key: tuple[int, int], families: Any) -> CatalogEntry:
+def _describe(
+    kind: str, root: Path, item: Path, fmt: str, key: tuple[int, int], families: Any, record: ModelRecord | None = None
+) -> CatalogEntry:
+    """The entry of one file or folder; ``record``: kept from an earlier start (else it is identified now)."""
     name = item.relative_to(root).as_posix()
+    if record is not None:
+        return CatalogEntry(name=name, path=item, kind=kind, format=fmt, size=key[0], mtime_ns=key[1], record=record)
     if fmt == "diffusers" and kind != "checkpoint" and (item / "model_index.json").is_file():
         record = with_error(
             ModelRecord(item, kind, fmt), f"a diffusers pipeline folder belongs in {FOLDERS['checkpoint'][0]}"

@@ -808,7 +808,11 @@ class ModelManager:
         }
 
     def _device_free(self) -> int | None:
-        """Free bytes on the GPU now (None: no GPU to budget, or its memory cannot be read)."""
+        """Free bytes on the GPU now (None: no GPU to budget, its memory cannot be read, or the device is still
+        being chosen at start: the page asks before torch is imported, and must not wait for it)."""
+        ready = getattr(self.device, "ready", None)
+        if callable(ready) and not ready():
+            return None
         if self._device_memory is None or self.device.device != "cuda":
             return None
         free = self._device_memory.free_bytes()

@@ -37,9 +37,17 @@ def machine_key(hardware: str) -> str:
 class MeasureCache:
     """``wrap(measure)`` gives a ``measure(block, size=, batch=)`` that reads a stored result first."""
 
-    def __init__(self, path: Path | None, machine: str) -> None:
+    def __init__(self, path: Path | None, machine: str | Callable[[], str]) -> None:
+        """``machine``: what the results depend on besides the block (or a callable asked when first needed:
+        the device may not be chosen yet when the tuner is built)."""
         self.path = Path(path) if path is not None else None
-        self.machine = machine
+        self._machine = machine
+
+    @property
+    def machine(self) -> str:
+        if callable(self._machine):
+            self._machine = self._machine()
+        return self._machine
 
     def wrap(self, measure: Callable[..., tuple[float, float]]) -> Callable[..., tuple[float, float]]:
         def cached(block: Any, size: int = 32, batch: int = 2, **kwargs: Any) -> tuple[float, float]:

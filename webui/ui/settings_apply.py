@@ -21,10 +21,20 @@ from webui.settings_edit import (  # noqa: F401  (re-exported: the tab and its t
     label,
 )
 
+DEVICE_PENDING = "**Computing on** ... the device is being chosen while torch loads; this line fills in when it is."
 
-def device_summary(backend: Backend) -> str:
-    """What the app computes with and why (``--precision auto``'s choice), for the top of the page."""
-    described = backend.device_description()
+
+def device_summary(backend: Backend, wait: bool = True) -> str:
+    """What the app computes with and why (``--precision auto``'s choice), for the top of the page.
+
+    ``wait=False`` (the page, built before torch is imported) says the device is being chosen instead of waiting.
+    """
+    try:
+        described = backend.device_description(wait=wait)
+    except Exception as exc:  # the device asked for is not there: the app stops, the page says why meanwhile
+        return f"**The device could not be chosen:** {exc}"
+    if described is None:
+        return DEVICE_PENDING
     if not described:
         return ""
     return (

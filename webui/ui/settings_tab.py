@@ -129,7 +129,7 @@ def build(backend: Backend, page: Any) -> None:
         submit = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
         reset = gr.Button("Reset to defaults", elem_id="settings_reset")
     result = gr.Markdown(elem_id="settings_result")
-    gr.Markdown(settings_apply.device_summary(backend), elem_id="settings_device")
+    device_line = gr.Markdown(settings_apply.device_summary(backend, wait=False), elem_id="settings_device")
     memory = gr.Markdown(settings_apply.memory_summary(backend), elem_id="settings_memory")
     built = _build_controls(backend)
     names = list(built)
@@ -180,6 +180,13 @@ def build(backend: Backend, page: Any) -> None:
     if page.blocks is not None:  # built inside the page: every load shows the settings as they are now
         page.on_load(refresh, outputs=outputs)
         page.on_load(memory_now, outputs=[memory])
+        # The page is built before torch is imported: each load fills the device line in once it is chosen
+        # (queued, as it may wait a few seconds for the import).
+        page.after_build(
+            lambda: page.blocks.load(
+                lambda: settings_apply.device_summary(backend), outputs=device_line, show_progress="hidden"
+            )
+        )
 
 
 def now_values(backend: Backend, names: list[str]) -> dict[str, Any]:
