@@ -162,12 +162,9 @@ class ModelManager:
         # negative number of GiB: derived from the machine's RAM, see webui.models.ram_budget).
         self._memory = memory if memory is not None else SystemMemory()
         self._ram_budget = budget_bytes(-1 if ram_cache_gib is None else ram_cache_gib, self._memory)
-        # The GPU's memory (free / total bytes), read before a load moves weights there (None: not a CUDA device).
+        # The GPU's memory (free / total bytes), read before a load moves weights there (None: torch.cuda's,
+        # made when first needed on a CUDA device: the device may still be being chosen now).
         self._device_memory = device_memory
-        if device_memory is None and device.device == "cuda":
-            from webui.models.device_budget import CudaMemory
-
-            self._device_memory = CudaMemory()
         self._loader = loader
         self._on_loaded = on_loaded
         self._lock = threading.RLock()
@@ -787,7 +784,11 @@ class ModelManager:
             self._collect()
 
     def device_usage(self) -> dict[str, Any] | None:
-        """What this app holds on the GPU (name, bytes between jobs) and what the device has; None without a GPU."""
+        """What this app holds on the GPU (name, bytes between jobs) and what the device has; None without a GPU,
+        or while the device is still being chosen at start (the page asks before torch is imported: no waiting)."""
+        ready = getattr(self.device, "ready", None)
+        if callable(ready) and not ready():
+            return None
         free = self._device_free()
         if free is None:
             return None
@@ -808,13 +809,13 @@ class ModelManager:
         }
 
     def _device_free(self) -> int | None:
-        """Free bytes on the GPU now (None: no GPU to budget, its memory cannot be read, or the device is still
-        being chosen at start: the page asks before torch is imported, and must not wait for it)."""
-        ready = getattr(self.device, "ready", None)
-        if callable(ready) and not ready():
+        """Free bytes on the GPU now (None: no GPU to budget, or its memory cannot be read)."""
+        if self.device.device != "cuda":
             return None
-        if self._device_memory is None or self.device.device != "cuda":
-            return None
+        if self._device_memory is None:
+            from webui.models.device_budget import CudaMemory
+
+            self._device_memory = CudaMemory()
         free = self._device_memory.free_bytes()
         return None if free is None else int(free)
 
