@@ -158,7 +158,7 @@ def build_services(settings: Settings, base: Path = ROOT) -> Services:
         on_loaded=on_loaded,
         memory_registry=memory_registry,
         memory_modes=settings.memory_modes,
-        speed=build_speed_tuner(settings, device),
+        speed=build_speed_tuner(settings, device, paths.cache),
     )
     services = Services(settings, paths, families, catalog, hashes, manager, device, extensions=extensions)
     build_generation(services)
@@ -196,11 +196,12 @@ def build_page(services: Services, facade: ExtensionFacade | None = None) -> Blo
     return build_ui(services.backend, tabs, host.run_guarded if host is not None else None)
 
 
-def build_speed_tuner(settings: Settings, device: DeviceChoice) -> SpeedTuner:
-    """What the manager applies to every model it loads: VAE precision, layout, attention, compile."""
+def build_speed_tuner(settings: Settings, device: DeviceChoice, cache_dir: Path | None = None) -> SpeedTuner:
+    """What the manager applies to every model it loads: VAE precision, layout, attention, CPU engine, compile.
+    ``cache_dir``: where OpenVINO's converted models are kept (without one the UNet stays in torch)."""
     from webui.speed.optimize import SpeedTuner, options_from_settings
 
-    return SpeedTuner(device, options_from_settings(settings))
+    return SpeedTuner(device, options_from_settings(settings), cache_dir=cache_dir)
 
 
 def build_extensions(settings: Settings, paths: AppPaths, catalog: Any = None) -> ExtensionHost:
