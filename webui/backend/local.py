@@ -364,8 +364,13 @@ class LocalBackend:
         return Folders(str(paths.models), str(paths.outputs), str(paths.extensions), str(paths.config_file))
 
     def device_description(self) -> str:
+        """The device and precision choice and, with a model loaded, what runs its denoiser (the CPU engine)."""
+        from webui.speed.engine_setup import engine_line
+
         device = self._services.device
-        return device.describe() if device is not None else ""
+        text = device.describe() if device is not None else ""
+        engine = engine_line(self._services.manager)
+        return f"{text}; {engine}" if text and engine else text
 
     def options(self) -> RuntimeOptions:
         services = self._services
