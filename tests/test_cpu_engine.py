@@ -335,3 +335,27 @@ def test_openvino_gives_torch_s_result_on_a_tiny_unet_and_reuses_the_conversion(
         assert (out - expected).abs().max() < 1e-4
         assert small.shape == (1, 4, 8, 8)
         assert ("stored IR found" in caplog.text) == (round_ == "stored")
+
+
+def test_the_sdxl_export_takes_its_added_conditioning():
+    pipe = build_tiny_pipeline("sdxl")
+    spec, why = ov_unet.unet_spec(pipe.unet)
+    assert not why and spec.inputs[3:] == ("text_embeds", "time_ids")
+    example = ov_unet.example_inputs(pipe.unet, spec, side=8)
+    assert ov_unet.dynamic_shapes(spec, example)["time_ids"] == [-1, -1]  # the refiner passes 5 time ids
+    traced = ov_unet.TracedUNet.build(pipe.unet, spec)
+    with torch.no_grad():
+        out = traced(*example.values())
+        added = {"text_embeds": example["text_embeds"], "time_ids": example["time_ids"]}
+        expected = pipe.unet(
+            example["sample"], example["timestep"], example["encoder_hidden_states"], added_cond_kwargs=added
+        ).sample
+    assert torch.equal(out, expected)
+
+
+def test_the_weights_fingerprint_reads_large_tensors_and_sees_changes():
+    big = torch.nn.Linear(5431, 5431, bias=False)  # 29.5M values: float index arithmetic would overrun
+    before = ov_unet.weights_fingerprint(big)
+    with torch.no_grad():
+        big.weight[-1, -1] += 1  # the last value is one of those sampled
+    assert ov_unet.weights_fingerprint(big) != before

@@ -154,7 +154,11 @@ class OpenVinoDenoiser:
             if why:
                 self._fell_back(why)
             return self.eager(*args, **kwargs)
-        out = self._run(tensors).to(tensors[0].dtype)
+        try:
+            out = self._run(tensors).to(tensors[0].dtype)
+        except Exception as exc:  # noqa: BLE001 - an input the compiled model refuses: torch for good
+            self._give_up(f"OpenVINO could not run a call ({type(exc).__name__}: {str(exc)[:300]})", warn=True)
+            return self.eager(*args, **kwargs)
         self.state.openvino_calls += 1
         if bound.get("return_dict", True):
             from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput

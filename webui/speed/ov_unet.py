@@ -64,7 +64,8 @@ def unet_spec(module: Any) -> tuple[UNetSpec | None, str]:
     if not isinstance(cross, int):
         return None, "this UNet has per-block cross-attention sizes, which the OpenVINO export does not cover"
     factor = 2 ** (len(config["block_out_channels"]) - 1)
-    spec = UNetSpec(("sample", "timestep", "encoder_hidden_states", *extras), factor, config["in_channels"], cross)
+    inputs = ("sample", "timestep", "encoder_hidden_states", *extras)
+    spec = UNetSpec(inputs, factor, config["in_channels"], cross, extras)
     return spec, ""
 
 
@@ -87,14 +88,15 @@ def example_inputs(module: Any, spec: UNetSpec, side: int = 16) -> dict[str, Any
 
 
 def dynamic_shapes(spec: UNetSpec, example: Mapping[str, Any]) -> dict[str, list[int]]:
-    """Batch, latent height/width and prompt length dynamic; channels fixed."""
+    """Batch, latent height/width and prompt length dynamic; channels fixed. SDXL's two added inputs are
+    concatenated before one linear layer, so their widths are dynamic too (the refiner passes 5 time ids)."""
     shapes = {
         "sample": [-1, spec.in_channels, -1, -1],
         "timestep": [-1],
         "encoder_hidden_states": [-1, -1, spec.cross_dim],
     }
     for name in spec.extras:
-        shapes[name] = [-1, int(example[name].shape[1])]
+        shapes[name] = [-1, -1]
     return shapes
 
 
@@ -183,7 +185,8 @@ def weights_fingerprint(module: Any, samples: int = 16) -> str:
             h.update(str(tuple(tensor.shape)).encode())
             flat = tensor.reshape(-1)
             if flat.numel() and flat.is_floating_point():
-                idx = torch.linspace(0, flat.numel() - 1, min(samples, flat.numel())).long()
+                n = min(samples, flat.numel())
+                idx = torch.arange(n) * (flat.numel() - 1) // max(n - 1, 1)  # integers: exact for any size
                 h.update(flat[idx].to(torch.float32).cpu().numpy().tobytes())
     return h.hexdigest()[:24]
 
