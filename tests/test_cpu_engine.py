@@ -12,7 +12,7 @@ import torch
 
 from tests.app_services import tmp_services
 from webui.config import SettingsError, load_settings
-from webui.models.demo import build_tiny_pipeline, demo_checkpoint_name, write_demo_models
+from webui.models.demo import demo_checkpoint_name, write_demo_models
 from webui.models.devices import DeviceChoice
 from webui.speed import ov_unet
 from webui.speed.engine_choice import choose_engine
@@ -60,8 +60,8 @@ class FakeOpenVino:
 
 
 @pytest.fixture
-def pipe():
-    return build_tiny_pipeline("sd15")
+def pipe(fresh_tiny_pipe):
+    return fresh_tiny_pipe("sd15")
 
 
 def _unet_inputs(unet, side=8):
@@ -242,7 +242,7 @@ def test_a_failed_conversion_falls_back_to_torch_for_good(pipe, tmp_path, caplog
 
 def test_auto_measures_once_and_keeps_torch_when_openvino_is_not_faster(pipe, tmp_path):
     unet = pipe.unet
-    slow = FakeOpenVino(unet, delay=0.05)
+    slow = FakeOpenVino(unet, delay=0.3)  # far slower than a tiny UNet call, even on a busy machine
     state = _attach(unet, slow, tmp_path, engine="measure", reason="auto: not measured")
     x, t, context = _unet_inputs(unet)
     with torch.no_grad():
@@ -337,8 +337,8 @@ def test_openvino_gives_torch_s_result_on_a_tiny_unet_and_reuses_the_conversion(
         assert ("stored IR found" in caplog.text) == (round_ == "stored")
 
 
-def test_the_sdxl_export_takes_its_added_conditioning():
-    pipe = build_tiny_pipeline("sdxl")
+def test_the_sdxl_export_takes_its_added_conditioning(fresh_tiny_pipe):
+    pipe = fresh_tiny_pipe("sdxl")
     spec, why = ov_unet.unet_spec(pipe.unet)
     assert not why and spec.inputs[3:] == ("text_embeds", "time_ids")
     example = ov_unet.example_inputs(pipe.unet, spec, side=8)

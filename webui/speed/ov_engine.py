@@ -147,7 +147,10 @@ class OpenVinoDenoiser:
 
     # -- the call ---------------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        bound = self._signature.bind(self.module, *args, **kwargs).arguments
+        try:
+            bound = self._signature.bind(self.module, *args, **kwargs).arguments
+        except TypeError:  # arguments this UNet does not take: torch raises the error that says which
+            return self.eager(*args, **kwargs)
         tensors, why = ov_unet.call_inputs(self.spec, bound)
         why = why or self._model_changed()
         if why or not self._ready(tensors):
