@@ -50,7 +50,8 @@ def export_ir(
 
     inputs = [(name, list(dynamic_shapes[name]), ov.Type.f32) for name in example]
     with torch.no_grad():
-        model = ov.convert_model(module, example_input=tuple(example.values()), input=inputs)
+        # share_weights=False: OpenVINO copies the weights; shared ones crashed saving a full-size bf16 UNet
+        model = ov.convert_model(module, example_input=tuple(example.values()), input=inputs, share_weights=False)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
