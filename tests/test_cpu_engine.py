@@ -359,3 +359,11 @@ def test_the_weights_fingerprint_reads_large_tensors_and_sees_changes():
     with torch.no_grad():
         big.weight[-1, -1] += 1  # the last value is one of those sampled
     assert ov_unet.weights_fingerprint(big) != before
+
+
+def test_the_model_signature_ignores_diffusers_bookkeeping(pipe):
+    before = ov_unet.model_signature(pipe.unet)
+    pipe.unet.register_to_config(_name_or_path="/elsewhere", _use_default_values=["b", "a"])
+    assert ov_unet.model_signature(pipe.unet) == before
+    pipe.unet.to(torch.bfloat16)
+    assert ov_unet.model_signature(pipe.unet) != before  # the dtype is part of it

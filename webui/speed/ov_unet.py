@@ -193,7 +193,9 @@ def weights_fingerprint(module: Any, samples: int = 16) -> str:
 
 def model_signature(module: Any) -> str:
     """The model's architecture and dtype (what its speed depends on), not its weights."""
-    config = json.dumps(dict(module.config), sort_keys=True, default=str)
+    # diffusers' own keys ("_use_default_values", "_name_or_path"...) vary between loads of one file: left out
+    values = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}
+    config = json.dumps(values, sort_keys=True, default=str)
     dtype = str(next(module.parameters()).dtype)
     digest = hashlib.sha256(f"{type(module).__name__}|{config}|{dtype}".encode()).hexdigest()[:16]
     return f"{type(module).__name__}-{digest}"
