@@ -367,3 +367,15 @@ def test_the_model_signature_ignores_diffusers_bookkeeping(pipe):
     assert ov_unet.model_signature(pipe.unet) == before
     pipe.unet.to(torch.bfloat16)
     assert ov_unet.model_signature(pipe.unet) != before  # the dtype is part of it
+
+
+def test_the_store_keeps_the_most_recent_models_and_clears_crashed_conversions(tmp_path):
+    import os
+
+    store = IRStore(tmp_path, keep=2)
+    for age, name in enumerate(["newest", "middle", "oldest", "crashed.tmp-123"]):
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (time.time() - 7200 * age, time.time() - 7200 * age))
+    (tmp_path / "blobs").mkdir()
+    assert store.trim() == ["oldest"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["middle", "newest"]

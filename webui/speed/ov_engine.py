@@ -102,7 +102,11 @@ class IRStore:
         return None
 
     def trim(self) -> list[str]:
-        """Remove the least recently used models beyond ``keep`` (the blob cache goes with them); returns keys."""
+        """Remove the least recently used models beyond ``keep`` (the blob cache goes with them) and conversions
+        a crashed process left over an hour ago; returns the keys of the models removed."""
+        for stale in self.root.glob("*.tmp-*"):
+            if time.time() - stale.stat().st_mtime > 3600:
+                shutil.rmtree(stale, ignore_errors=True)
         models = [p for p in self.root.iterdir() if p.is_dir() and p.name != "blobs" and ".tmp-" not in p.name]
         models.sort(key=lambda p: p.stat().st_mtime, reverse=True)
         removed = [p.name for p in models[self.keep :]]
