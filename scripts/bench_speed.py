@@ -13,11 +13,18 @@ run interleaved, repeat after repeat, so that other load on the machine hits all
 table keeps each variant's best repeat. The speed-up is paired: the median over repeats of the bare
 row's time over the variant's in the same repeat (this shared VM's speed drifts by 25% over minutes,
 which a ratio of bests can mistake for a speed-up or a slow-down). Quality: pixel difference (0-255)
-to the bare fp32 image.
+to the bare fp32 image, and the guard it must hold: mean <= 0.1 and p99 <= 2 for rows that compute in fp32
+(other kernels, same maths), mean <= 3 and p99 <= 12 for rows that compute in bf16 anywhere (tests/test_speed.py's).
+
+CPU engine: the "app auto" row runs what ``--cpu-engine auto`` picks (OpenVINO or torch, and why, printed
+after the warm-up, which converts the UNet once and measures the engines once per model type; both kept in
+``<work-dir>/cache``); "app fp32 + openvino" forces OpenVINO, computing in fp32 (the engine computes in the
+precision the app chose: bf16 where ``--precision auto`` picks bf16).
 
     python scripts/bench_speed.py                          # 10 steps, 3 repeats, all variants
     python scripts/bench_speed.py --steps 4 --repeats 1    # quick look while developing
     python scripts/bench_speed.py --compile                # adds torch.compile rows (minutes of compiling)
+    python scripts/bench_speed.py --only "app fp32,app fp32 + openvino"   # the bare, auto and these rows
     python scripts/bench_speed.py --family sdxl --device cuda --compile
     python scripts/bench_speed.py --family sd3 --device cuda
 """
@@ -49,6 +56,7 @@ class Variant:
     channels_last: bool | None = False  # None: the tuner decides (auto)
     app: bool = True  # False: bare diffusers call
     compile: bool = False
+    engine: object = None  # SpeedOptions for the CPU engine of this row (None: not set up per row)
     seconds: list[float] = field(default_factory=list)
     cpu_seconds: list[float] = field(default_factory=list)
     steps: list[float] = field(default_factory=list)
@@ -61,6 +69,8 @@ class Variant:
         slower here (same strides, same values), which would bias whichever rows come after."""
         if self.precision == "auto":
             return "auto"  # + compile shares it: compiling only wraps forwards
+        if self.engine is not None:
+            return self.precision  # the engine only wraps the UNet's forward, set per row (unset for the others)
         return f"{self.precision}+cl" if self.channels_last else self.precision
 
 
@@ -127,15 +137,50 @@ def _setup(v: Variant, pipe, tuner, family_id: str) -> None:
         apply_layout(pipe, True)
 
 
-def _prepare(v: Variant, pipes) -> object:
-    from webui.speed.compile import compile_denoiser, uncompile_denoiser
+def _prepare(v: Variant, pipes, engine_setup) -> object:
+    from webui.speed.compile import compile_denoiser, denoiser, uncompile_denoiser
 
     pipe = pipes[v.pipe_key()]
     if v.compile:
         compile_denoiser(pipe)
     else:
         uncompile_denoiser(pipe)
+    from webui.speed.ov_engine import detach_engine
+
+    detach_engine(denoiser(pipe))  # rows sharing a pipeline: only this row's engine runs
+    gc.collect()  # the compiled model of the row before
+    if v.engine is not None:  # this row's engine, compiled now (from the stored IR after the first time), untimed
+        engine_setup(pipe, v)
+        runner = getattr(denoiser(pipe), "_webui_engine", None)
+        if runner is not None:
+            runner.prepare()
     return pipe
+
+
+def _guard(v: Variant, mean: float, p99: float) -> str:
+    """The quality guard the row must hold (see the module's docstring), and whether it does."""
+    bf16 = "bf16" in v.name or "bf16" in v.note
+    limit_mean, limit_p99 = (3.0, 12.0) if bf16 else (0.1, 2.0)
+    ok = mean <= limit_mean and p99 <= limit_p99
+    return f"{'holds' if ok else 'FAILS'} ({'bf16' if bf16 else 'fp32'}: <= {limit_mean:g} / {limit_p99:g})"
+
+
+def _engine_note(v: Variant, pipe, seconds: float) -> None:
+    """After the row's warm-up: which engine runs its UNet and why (the auto row's name says it too)."""
+    from webui.speed.compile import denoiser
+    from webui.speed.ov_engine import engine_state
+
+    state = engine_state(denoiser(pipe))
+    if state is None:
+        return
+    line = state.describe()
+    v.note = "; ".join(x for x in (v.note, line) if x)
+    if v.precision == "auto":
+        engine = "OpenVINO" if state.engine == "openvino" else "torch"
+        computes = f" {state.precision}" if state.engine == "openvino" and state.precision else ""
+        v.name = v.name[:-1] + f", UNet: {engine}{computes})"
+        print(f"--cpu-engine auto -> {line}", flush=True)
+    print(f"{v.name}: warm-up with the engine's first use {seconds:.1f} s", flush=True)
 
 
 def _paired(base: Variant, v: Variant) -> float:
@@ -211,10 +256,21 @@ def _variants(device: str, auto, compile_rows: bool, family: str) -> list[Varian
         ]
         if unet:
             rows.append(Variant("app bf16 + channels_last", "bf16", True))
-    rows.append(Variant(f"app auto ({auto.precision})", "auto", None))
+    rows.append(Variant(f"app auto ({auto.precision})", "auto", None, engine=_engine_options(auto)))
+    if device == "cpu":
+        from webui.speed.optimize import SpeedOptions
+
+        rows.append(Variant("app fp32 + openvino", "fp32", False, engine=SpeedOptions("off", cpu_engine="openvino")))
     if compile_rows:
         rows.append(Variant(f"app auto ({auto.precision}) + compile", "auto", None, compile=True))
     return rows
+
+
+def _engine_options(auto):
+    """The speed options of the app's default path for this device choice (``--precision auto``)."""
+    from webui.speed.optimize import SpeedOptions
+
+    return SpeedOptions()
 
 
 def _peak_line(device: str, precision: str) -> tuple[float | None, str]:
@@ -269,12 +325,20 @@ def main(argv: list[str]) -> int:
     print(f"load average at start: {os.getloadavg()[0]:.2f}\n", flush=True)
 
     variants = _variants(device, auto, args.compile, args.family)
+    from webui.speed.engine_setup import set_up_engine
+
+    cache_dir = work / "cache"
+
+    def engine_setup(pipe, v):
+        choice = auto if v.precision == "auto" else resolve_device(device, v.precision)
+        return set_up_engine(pipe, choice, v.engine, cache_dir)
+
     if args.only:
         keep = {n.strip() for n in args.only.split(",")}
         variants = [v for v in variants if not v.app or (v.precision == "auto" and not v.compile) or v.name in keep]
     precisions = sorted({auto.precision if v.precision == "auto" else v.precision for v in variants})
     pipes = {}
-    tuner = SpeedTuner(auto)
+    tuner = SpeedTuner(auto, _engine_options(auto), cache_dir=cache_dir)
     for v in variants:
         key = v.pipe_key()
         if key not in pipes:
@@ -283,15 +347,17 @@ def main(argv: list[str]) -> int:
     cache = PromptCache()
     flops = step_flops(args.family, size)
 
-    for v in variants:  # warm-up: oneDNN / cuDNN primitives, the prompt cache, torch.compile
-        pipe = _prepare(v, pipes)
+    for v in variants:  # warm-up: oneDNN / cuDNN primitives, the prompt cache, torch.compile, the CPU engine
         start = time.perf_counter()
+        pipe = _prepare(v, pipes, engine_setup)
         _run(v, pipe, family, cache, 2, size)
         if v.compile:
             print(f"{v.name}: first run with compilation {time.perf_counter() - start:.1f} s", flush=True)
+        if v.engine is not None:
+            _engine_note(v, pipe, time.perf_counter() - start)
     for r in range(args.repeats):
         for v in variants:
-            pipe = _prepare(v, pipes)
+            pipe = _prepare(v, pipes, engine_setup)
             image, seconds, cpu, per_step = _run(v, pipe, family, cache, steps, size)
             v.seconds.append(seconds)
             v.cpu_seconds.append(cpu)
@@ -312,9 +378,9 @@ def main(argv: list[str]) -> int:
     peaks = {prec: _peak_line(device, prec) for prec in precisions}
     print(
         "| variant | s/image | s/step | speed-up vs bare | CPU s/image | TFLOP/s in steps | share of peak"
-        " | mean diff | p99 diff |"
+        " | mean diff | p99 diff | quality guard |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for v in variants:
         mean, p99 = _diff(v.image, base.image)
         wall, cpu, step = min(v.seconds), min(v.cpu_seconds), min(v.steps)
@@ -323,7 +389,7 @@ def main(argv: list[str]) -> int:
         share = f"{100 * achieved / peak:.0f}%" if peak else "-"
         print(
             f"| {v.name} | {wall:.2f} | {step:.3f} | {_paired(base, v):.2f}x | {cpu:.1f}"
-            f" | {achieved / 1e12:.3f} | {share} | {mean:.2f} | {p99:.1f} |"
+            f" | {achieved / 1e12:.3f} | {share} | {mean:.2f} | {p99:.1f} | {_guard(v, mean, p99)} |"
         )
     print("\npeaks:")
     for prec, (peak, how) in peaks.items():

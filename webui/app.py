@@ -228,15 +228,18 @@ def build_page(services: Services, facade: ExtensionFacade | None = None) -> Blo
 
 
 def build_speed_tuner(settings: Settings, device: DeviceChoice, cache_dir: Path | None = None) -> SpeedTuner:
-    """What the manager applies to every model it loads: VAE precision, layout, attention, compile.
-    ``cache_dir``: where layout measurements are kept between loads and starts (None: measured each time)."""
+    """What the manager applies to every model it loads: VAE precision, layout, attention, CPU engine, compile.
+    ``cache_dir``: where layout measurements and OpenVINO's converted models are kept between loads and starts
+    (None: layouts measured each time, the UNet stays in torch)."""
     from webui.speed.layout import time_resnet
     from webui.speed.measure_cache import MeasureCache, machine_key
     from webui.speed.optimize import SpeedTuner, options_from_settings
 
     stored = cache_dir / "layout_measurements.json" if cache_dir is not None else None
     measures = MeasureCache(stored, lambda: machine_key(device.hardware))  # asked at the first measurement
-    return SpeedTuner(device, options_from_settings(settings), measure_layout=measures.wrap(time_resnet))
+    return SpeedTuner(
+        device, options_from_settings(settings), measure_layout=measures.wrap(time_resnet), cache_dir=cache_dir
+    )
 
 
 def build_extensions(settings: Settings, paths: AppPaths, catalog: Any = None) -> ExtensionHost:

@@ -15,6 +15,7 @@ from typing import Any
 
 from webui.config import (
     CHANNELS_LAST,
+    CPU_ENGINES,
     PRECISIONS,
     RNG_SOURCES,
     SAMPLES_FORMATS,
@@ -136,6 +137,15 @@ SPECS: tuple[SettingSpec, ...] = (
         SECTION_SPEED,
         True,
         "the first image of each size waits for the compiler; falls back to normal speed if compiling fails",
+    ),
+    SettingSpec(
+        "cpu_engine",
+        "What runs the UNet on a CPU",
+        SECTION_SPEED,
+        True,
+        "auto: OpenVINO where a short measurement finds it faster for the model on this CPU, else torch;"
+        " LoRA, ControlNet and offload modes run in torch (the Computing on line says what runs)",
+        CPU_ENGINES,
     ),
     SettingSpec("prompt_cache_size", "Encoded prompts kept for reuse", SECTION_SPEED, True, "0 turns the cache off"),
     SettingSpec("device", "Compute device", SECTION_SERVER, False, choices=("auto", "cpu", "cuda", "mps")),

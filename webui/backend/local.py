@@ -383,13 +383,19 @@ class LocalBackend:
         return Folders(str(paths.models), str(paths.outputs), str(paths.extensions), str(paths.config_file))
 
     def device_description(self, wait: bool = True) -> str | None:
+        """The device and precision choice and, with a model loaded, what runs its denoiser (the CPU engine);
+        None when ``wait`` is False and the device is still being chosen (torch is being imported)."""
+        from webui.speed.engine_setup import engine_line
+
         device = self._services.device
         if device is None:
             return ""
         ready = getattr(device, "ready", None)  # a DeferredDevice while torch is imported
         if not wait and ready is not None and not ready():
             return None
-        return device.describe()
+        text = device.describe()
+        engine = engine_line(self._services.manager)
+        return f"{text}; {engine}" if text and engine else text
 
     def memory_usage(self) -> MemoryUsage:
         manager = self._services.manager

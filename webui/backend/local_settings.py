@@ -107,7 +107,7 @@ def _apply_memory(services: Services, settings: Settings, base: Path) -> None:
 
 
 def _apply_speed(services: Services, settings: Settings, base: Path) -> None:
-    """Layout and compile: the loaded model is re-tuned on the worker; the prompt cache is resized."""
+    """Layout, compile and the CPU engine: the loaded model is re-tuned on the worker; the prompt cache is resized."""
     from webui.speed.optimize import options_from_settings
 
     assert services.generation is not None
@@ -148,6 +148,7 @@ LIVE_APPLIERS: dict[str, Callable[[Services, Settings, Path], None]] = {
     "memory_oom_retry": _apply_memory,
     "channels_last": _apply_speed,
     "compile": _apply_speed,
+    "cpu_engine": _apply_speed,
     "prompt_cache_size": _apply_speed,
 }
 

@@ -599,10 +599,12 @@ class ModelManager:
         """Back to eager forwards and the contiguous layout, so that a change starts from the loaded model."""
         if self.speed is None:
             return
-        from webui.speed.compile import uncompile_denoiser
+        from webui.speed.compile import denoiser, uncompile_denoiser
         from webui.speed.layout import apply_layout
+        from webui.speed.ov_engine import detach_engine
 
         uncompile_denoiser(pipe)
+        detach_engine(denoiser(pipe))  # the OpenVINO engine's forward must not be under an offload hook
         if plan is None or not plan.manages_placement:  # offloaded weights are never moved by hand
             apply_layout(pipe, False)
 

@@ -1,7 +1,8 @@
 """Apply the device choice and the speed settings to a freshly loaded pipeline, in one call.
 
 The model manager owns one ``SpeedTuner`` and calls ``tuner.apply(pipe, family_id)`` after every
-load (after the memory modes): VAE decode precision, channels_last, attention kernels, optional compile.
+load (after the memory modes): VAE decode precision, channels_last, attention kernels, the CPU engine
+(torch or OpenVINO, ``webui.speed.engine_choice``), optional compile.
 Measurements (layout) are remembered per family, device and precision for the tuner's lifetime.
 """
 
@@ -10,8 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from webui.speed.engine_choice import ENGINE_CHOICES
 from webui.speed.layout import (
     CHANNELS_LAST_CHOICES,
     LayoutDecision,
@@ -32,17 +35,24 @@ class SpeedOptions:
     channels_last: str = "auto"  # auto (measured) / on / off
     compile: bool = False  # torch.compile of the denoiser's repeated blocks (opt-in)
     attention: str = "auto"  # auto: SDPA, or xformers on CUDA when installed and faster; sdpa: always SDPA
+    cpu_engine: str = "auto"  # auto (measured per model type) / torch / openvino: what runs the UNet on a CPU
 
     def __post_init__(self) -> None:
         if self.channels_last not in CHANNELS_LAST_CHOICES:
             raise ValueError(f"channels_last must be one of {', '.join(CHANNELS_LAST_CHOICES)}")
         if self.attention not in ATTENTION_CHOICES:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}")
+        if self.cpu_engine not in ENGINE_CHOICES:
+            raise ValueError(f"cpu_engine must be one of {', '.join(ENGINE_CHOICES)}")
 
 
 def options_from_settings(settings: Any) -> SpeedOptions:
     """The speed options a ``webui.config.Settings`` asks for."""
-    return SpeedOptions(channels_last=settings.channels_last, compile=bool(settings.compile))
+    return SpeedOptions(
+        channels_last=settings.channels_last,
+        compile=bool(settings.compile),
+        cpu_engine=getattr(settings, "cpu_engine", "auto"),
+    )
 
 
 @dataclass
@@ -52,11 +62,12 @@ class TuneReport:
     vae: str = ""
     layout: str = ""
     attention: str = ""
+    engine: str = ""
     compiled: str = ""
     notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        return [x for x in (self.vae, self.layout, self.attention, self.compiled, *self.notes) if x]
+        return [x for x in (self.vae, self.layout, self.attention, self.engine, self.compiled, *self.notes) if x]
 
 
 class SpeedTuner:
@@ -68,12 +79,18 @@ class SpeedTuner:
         measure_layout: Callable[..., tuple[float, float]] = time_resnet,
         compile_fn: Callable[..., Any] | None = None,
         choose_attention: Callable[..., str] | None = None,
+        cache_dir: Path | None = None,
+        openvino: Any = None,  # webui.speed.ov_engine.Runtime (tests pass fakes); None: the installed OpenVINO
     ) -> None:
+        """``cache_dir``: where OpenVINO's converted models and the engine measurement are kept; without
+        one the denoiser always runs in torch."""
         self.choice = choice
         self.options = options
         self._measure_layout = measure_layout
         self._compile_fn = compile_fn
         self._choose_attention = choose_attention
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._openvino = openvino
         self._layouts: dict[tuple[str, str, str], dict[str, LayoutDecision]] = {}
 
     def apply(
@@ -85,6 +102,7 @@ class SpeedTuner:
         report.layout = self._layout(pipe, family_id, manages_placement)
         if not manages_attention and self.options.attention == "auto":
             report.attention = self._attention(pipe)
+        report.engine = self._engine(pipe, manages_placement, manages_attention)
         if self.options.compile:
             report.compiled = self._compile(pipe)
         for line in report.lines():
@@ -130,8 +148,29 @@ class SpeedTuner:
             from webui.speed.attention import choose_attention as choose
         return choose(pipe, self.choice.device, self.choice.dtype)
 
+    def _engine(self, pipe: Any, manages_placement: bool, manages_attention: bool) -> str:
+        if self._cache_dir is None:
+            return ""
+        from webui.speed.engine_setup import set_up_engine
+
+        state = set_up_engine(
+            pipe,
+            self.choice,
+            self.options,
+            self._cache_dir,
+            runtime=self._openvino,
+            manages_placement=manages_placement,
+            manages_attention=manages_attention,
+        )
+        return state.describe() if state is not None else ""
+
     def _compile(self, pipe: Any) -> str:
-        from webui.speed.compile import compile_denoiser
+        from webui.speed.compile import compile_denoiser, denoiser
+        from webui.speed.ov_engine import engine_state
+
+        state = engine_state(denoiser(pipe))
+        if state is not None and state.engine != "torch":
+            return "torch.compile not used: the UNet runs through OpenVINO (--cpu-engine openvino)"
 
         state = compile_denoiser(pipe, compile_fn=self._compile_fn)
         if state.failed:
