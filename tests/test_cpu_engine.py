@@ -379,3 +379,20 @@ def test_the_store_keeps_the_most_recent_models_and_clears_crashed_conversions(t
     (tmp_path / "blobs").mkdir()
     assert store.trim() == ["oldest"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["middle", "newest"]
+
+
+def test_a_released_compiled_model_is_compiled_again_from_the_stored_conversion_on_the_next_call(pipe, tmp_path):
+    from webui.speed.ov_engine import release_compiled
+
+    unet = pipe.unet
+    x, t, context = _unet_inputs(unet)
+    fake = FakeOpenVino(unet)
+    _attach(unet, fake, tmp_path)
+    assert not release_compiled(unet)  # nothing compiled yet
+    with torch.no_grad():
+        unet(x, t, encoder_hidden_states=context)
+    assert (fake.exports, fake.compiles) == (1, 1)
+    assert release_compiled(unet)  # parked in the RAM cache: the compiled copy goes
+    with torch.no_grad():
+        unet(x, t, encoder_hidden_states=context)
+    assert (fake.exports, fake.compiles, fake.calls) == (1, 2, 2)  # compiled again, not converted again

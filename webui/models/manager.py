@@ -608,6 +608,16 @@ class ModelManager:
         if plan is None or not plan.manages_placement:  # offloaded weights are never moved by hand
             apply_layout(pipe, False)
 
+    def _release_engine(self, slot: _Slot) -> None:
+        """A parked model keeps no OpenVINO compiled copy of its weights (the budget counts torch's only)."""
+        if self.speed is None:
+            return
+        from webui.speed.compile import denoiser
+        from webui.speed.ov_engine import release_compiled
+
+        if release_compiled(denoiser(slot.loaded.pipeline)):
+            log.info("%s: its OpenVINO compiled UNet is dropped while it waits in the RAM cache", slot.entry.name)
+
     def _text_encoder_files(self) -> dict[str, Path]:
         te_files: dict[str, Path] = {}
         for te in self.catalog.usable("text_encoder"):
@@ -650,6 +660,7 @@ class ModelManager:
             return False
         # older models leave first, so that the parked one's RAM is within the budget before it moves there
         self._trim_ram_cache("room for " + slot.entry.name, incoming=slot.nbytes, incoming_count=1)
+        self._release_engine(slot)
         if self.device.device != "cpu":
             self._to_device(slot, "cpu")
         self._ram[slot.key] = slot

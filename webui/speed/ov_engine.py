@@ -321,5 +321,16 @@ def detach_engine(module: Any) -> None:
     module.__dict__.pop("_webui_engine_state", None)
 
 
+def release_compiled(module: Any) -> bool:
+    """Drop the compiled OpenVINO model (its own copy of the weights) but keep the engine: the next call
+    compiles it again from the stored conversion (under a second). For a model parked in the RAM cache,
+    whose budget counts only torch's weights. True when there was one to drop."""
+    engine = module.__dict__.get("_webui_engine") if module is not None else None
+    if engine is None or engine._run is None:
+        return False
+    engine._run = None
+    return True
+
+
 def engine_state(module: Any) -> EngineState | None:
     return getattr(module, "_webui_engine_state", None) if module is not None else None
