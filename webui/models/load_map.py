@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from webui.models.identify import stamp_of
 from webui.models.safetensors_header import SafetensorsHeader
 
 log = logging.getLogger(__name__)
@@ -92,11 +93,6 @@ def file_dtype(header: SafetensorsHeader) -> str | None:
     if len(floats) != 1:
         return None
     return TORCH_DTYPES.get(next(iter(floats)))
-
-
-def stamp(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
 
 
 def _paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
@@ -295,7 +291,7 @@ def trace(
     base = mapped.bytes.untyped_storage().data_ptr()
     lo, hi = header.data_start, header.file_size
     dtype = getattr(torch, dtype_name)
-    loadmap = LoadMap(key=header_key(header), file_dtype=dtype_name, stamp=stamp(mapped.path))
+    loadmap = LoadMap(key=header_key(header), file_dtype=dtype_name, stamp=stamp_of(mapped.path) or (0, 0))
     extras: dict[str, Any] = {}
     modules = {}
     for name, (library, cls) in names.items():
@@ -399,7 +395,7 @@ def load(cache_dir: Path, header: SafetensorsHeader, path: Path) -> LoadMap | No
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if loadmap.stamp != stamp(path):
+    if loadmap.stamp != stamp_of(path):
         return None  # the values may differ: the side file is stale
     if loadmap.extra_bytes and not extra_path.is_file():
         return None
