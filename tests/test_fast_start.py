@@ -116,6 +116,24 @@ def test_deferred_work_runs_once_on_its_thread_and_raises_in_the_caller():
     assert isinstance(failing.error(), ZeroDivisionError)
 
 
+def _run(coro) -> None:
+    """``asyncio.run`` on a thread of its own: an earlier test (Playwright's sync API) may leave an event loop
+    running on the main thread, where ``asyncio.run`` refuses to start."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coro)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=target)
+    worker.start()
+    worker.join(60)
+    if errors:
+        raise errors[0]
+
+
 def test_first_answer_calls_once_after_the_first_complete_response():
     calls: list[str] = []
     sent: list[str] = []
@@ -134,10 +152,10 @@ def test_first_answer_calls_once_after_the_first_complete_response():
         return {"type": "http.request"}
 
     wrapped = FirstAnswer(app, lambda: calls.append("warm-up"))
-    asyncio.run(wrapped({"type": "lifespan"}, receive, send))  # not an answer
+    _run(wrapped({"type": "lifespan"}, receive, send))  # not an answer
     assert calls == []
-    asyncio.run(wrapped({"type": "http"}, receive, send))
-    asyncio.run(wrapped({"type": "http"}, receive, send))
+    _run(wrapped({"type": "http"}, receive, send))
+    _run(wrapped({"type": "http"}, receive, send))
     assert mid_response[0] == []  # not before the first response is complete
     assert calls == ["warm-up"] and sent.count("http.response.body") == 6
 

@@ -95,6 +95,16 @@ def file_dtype(header: SafetensorsHeader) -> str | None:
     return TORCH_DTYPES.get(next(iter(floats)))
 
 
+def aligned(header: SafetensorsHeader) -> bool:
+    """Every tensor starts at a multiple of its element size in the file (safetensors does not require it;
+    the tools that write them do it): only then can each be a view of the map."""
+    from webui.models.safetensors_header import DTYPE_SIZES
+
+    return all(
+        (header.data_start + t.start) % max(1, int(DTYPE_SIZES.get(t.dtype, 1))) == 0 for t in header.tensors.values()
+    )
+
+
 def _paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
     folder = Path(cache_dir) / MAP_DIR
     return folder / f"{key}.json", folder / f"{key}.extra.safetensors"

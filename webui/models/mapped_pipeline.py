@@ -33,8 +33,15 @@ def mapped_pipeline(
     try:
         loadmap = load_map.load(ctx.cache_dir, header, file)
         if loadmap is None or not loadmap.covers(set(names)):
+            if not load_map.aligned(header):
+                log.info("%s has tensors at unaligned offsets: loading it the standard way", file.name)
+                return None
             start = time.perf_counter()
-            loadmap, extras, traced = load_map.trace(mapped, folder, names, dtype_name)
+            try:
+                loadmap, extras, traced = load_map.trace(mapped, folder, names, dtype_name)
+            except Exception:  # noqa: BLE001 - the standard load gives this file's error in words
+                log.info("%s: the conversion failed on its mapped tensors; loading it the standard way", file.name)
+                return None
             del traced
             times.add("convert (first load)", time.perf_counter() - start)
             if not load_map.pays(loadmap, header.file_size):
