@@ -221,7 +221,7 @@ def main(argv: list[str]) -> int:
 
     if len(families) >= 2:
         a, b = catalog.find(f"bench-{families[0]}"), catalog.find(f"bench-{families[1]}")
-        cached_m = manager(-1)
+        cached_m = manager(10)  # room for both (the default, half the RAM minus 4 GiB, may hold only one)
         cached_m.load(a)
         cached_m.load(b)
         warm = cached_m.load(a)
