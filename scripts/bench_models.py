@@ -183,7 +183,9 @@ def main(argv: list[str]) -> int:
 
     def manager(ram):
         # ram_cache_gib=0: every switch reads the file (what is timed); the warm switch gets a budget
-        return ModelManager(catalog, device, work / "cache", default_families(), ram_cache_gib=ram)
+        return ModelManager(
+            catalog, device, work / "cache", default_families(), ram_cache_gib=ram, ram_cache_models=4 if ram else 0
+        )
 
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, weights in {device.precision} on CPU"
           f" ({device.reason})")
