@@ -41,8 +41,9 @@ MAP_DIR = "loadmaps"
 MAX_EXTRA_SHARE = 0.05
 # A weight that is cast is read in pieces of this many elements: large enough that Python's per-piece work
 # is small and torch's thread pool casts each piece on every core, small enough to stay in the CPU's cache.
-# Full-size SD 1.5 to bf16, page-cached, on a quiet 2-core EPYC: 0.44 s (1 M elements, one reader), 0.74 s
-# (256 K), 2.38 s (32 K); two readers did not help (1.36 s at 32 K, 0.45 s at 1 M).
+# Full-size SD 1.5 to bf16, page-cached, into memory the process had already touched, on a quiet 2-core EPYC:
+# 0.44 s (1 M elements, one reader), 0.74 s (256 K), 1.36 s (32 K, two readers). Into fresh memory the same
+# read takes 2-4 s: on this VM first-touch page faults, not the read or the cast, bound a load.
 PIECE_ELEMENTS = 1 << 20
 # How far ahead of its reads a reader asks the kernel for the file (a cold read overlaps the cast).
 READ_AHEAD_BYTES = 128 << 20
