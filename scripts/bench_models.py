@@ -156,6 +156,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--swaps", type=int, default=6)
     p.add_argument("--repeats", type=int, default=2, help="cold and cached switches per family (best kept)")
     p.add_argument("--standard", action="store_true", help="also time diffusers' from_single_file, page-cached")
+    p.add_argument(
+        "--converted-cache-gib",
+        type=float,
+        default=-1.0,
+        help="disk for the converted copies, as the app's flag (default -1: half the free space; 0: every load casts)",
+    )
     args = p.parse_args(argv)
     families = args.families.split(",")
 
@@ -164,6 +170,7 @@ def main(argv: list[str]) -> int:
     from webui.app import quiet_libraries
     from webui.families.registry import default_families
     from webui.models.catalog import ModelCatalog
+    from webui.models.converted_copy import budget_bytes as copy_budget
     from webui.models.devices import resolve_device
     from webui.models.loader import load_checkpoint
     from webui.models.manager import ModelManager
@@ -184,20 +191,29 @@ def main(argv: list[str]) -> int:
     def manager(ram):
         # ram_cache_gib=0: every switch reads the file (what is timed); the warm switch gets a budget
         return ModelManager(
-            catalog, device, work / "cache", default_families(), ram_cache_gib=ram, ram_cache_models=4 if ram else 0
+            catalog,
+            device,
+            work / "cache",
+            default_families(),
+            ram_cache_gib=ram,
+            ram_cache_models=4 if ram else 0,
+            converted_cache_gib=args.converted_cache_gib,
         )
 
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, weights in {device.precision} on CPU"
           f" ({device.reason})")
     print("switch = ModelManager.load, what POST /sdapi/v1/options {sd_model_checkpoint} runs; best of"
-          f" {args.repeats}; cold = the file's pages dropped from the page cache first\n")
+          f" {args.repeats}; cold = the file's pages dropped from the page cache first (and the converted copy's)")
+    budget = copy_budget(args.converted_cache_gib, work / "cache")
+    print(f"converted copies (cache/converted/): budget {budget / 2**30:.1f} GiB"
+          f" (--converted-cache-gib {args.converted_cache_gib:g})\n")
     head = (f"{'model':<7}{'GiB':>6}{'cold read':>11}{'cold switch':>13}{'ratio':>7}{'cached read':>13}{'cast':>7}"
             f"{'cached switch':>15}{'/(read+cast)':>14}")
     print(head + ("   from_single_file" if args.standard else ""))
     m = manager(0)
     for fam in families:
         entry = catalog.find(f"bench-{fam}")
-        m.load(entry)  # the first load writes the config folder and traces the load map: not what we time
+        m.load(entry)  # the first load writes the config folder, traces the load map, writes the converted copy
         m.unload()
         cast = cast_seconds(entry.path, device.dtype)
         cold_read = cold = cached_read = cached = float("inf")
@@ -206,6 +222,8 @@ def main(argv: list[str]) -> int:
             dropped &= drop_from_page_cache(entry.path)
             cold_read = min(cold_read, raw_read_seconds(entry.path))
             dropped &= drop_from_page_cache(entry.path)
+            for copy in (work / "cache" / "converted").glob("*.safetensors"):
+                dropped &= drop_from_page_cache(copy)
             cold = min(cold, m.load(entry).seconds)
             m.unload()
             cached_read = min(cached_read, raw_read_seconds(entry.path))

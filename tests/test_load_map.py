@@ -14,31 +14,14 @@ import os
 import pytest
 import torch
 
+from tests.pipeline_weights import assert_same_weights as _assert_same
+from tests.pipeline_weights import load_cpu as _load
 from webui.models import load_map
 from webui.models.ldm_export import pipeline_to_original, save_state_dict
-from webui.models.loader import ModelLoadError, load_checkpoint
+from webui.models.loader import ModelLoadError
 
 FAMILIES = ["sd15", "sdxl", "sdxl_refiner", "sd3", "sd35_large"]
 FIRST = "convert (first load)"
-
-
-def _load(path, cache_dir, dtype=torch.float32, **kwargs):
-    return load_checkpoint(path, device="cpu", dtype=dtype, cache_dir=cache_dir, **kwargs)
-
-
-def _weights(pipe) -> dict[str, dict[str, torch.Tensor]]:
-    return {n: m.state_dict() for n, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
-
-
-def _assert_same(a, b) -> None:
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        assert wa[name].keys() == wb[name].keys(), name
-        for key, t in wa[name].items():
-            other = wb[name][key]
-            assert t.dtype == other.dtype and t.shape == other.shape, (name, key)
-            assert torch.equal(t, other), (name, key)
 
 
 def _maps(cache_dir):

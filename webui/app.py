@@ -181,6 +181,7 @@ def build_services(settings: Settings, base: Path = ROOT, memory: Any = None, de
         families=families,
         ram_cache_models=settings.ram_cache_models,
         ram_cache_gib=settings.ram_cache_gib,
+        converted_cache_gib=settings.converted_cache_gib,
         memory=memory,
         device_memory=device_memory,
         t5_tokenizer_dir=paths.t5_tokenizer_dir(settings),

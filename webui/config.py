@@ -69,6 +69,10 @@ class Settings:
     # The RAM those cached checkpoints may take, in GiB (both bounds hold). -1 = derived from the machine's
     # RAM: half of it minus 4 GiB (24 GiB -> 8 GiB; 8 GiB or less -> 0); 0 = keep nothing.
     ram_cache_gib: float = -1.0
+    # The disk that converted copies of checkpoints may take (cache/converted/: the weights a load casts to
+    # the compute precision, mapped by later loads instead of cast again), in GiB. -1 = half the disk's free
+    # space; 0 = none (every load casts).
+    converted_cache_gib: float = -1.0
     # Checkpoint to load on the first generation ("" = the first one found).
     default_model: str = ""
     # Where the T5 tokenizer for SD3 is looked for (spiece.model or tokenizer.json),
@@ -174,6 +178,9 @@ FIELD_CHECKS: dict[str, Any] = {
     "prompt_cache_size": not_negative("prompt_cache_size", "0 (off) or more"),
     "port": check_port,
     "ram_cache_models": not_negative("ram_cache_models", "0 or more"),
+    "converted_cache_gib": lambda value: ""
+    if (value == -1 or value >= 0) and value < 1e7
+    else f"converted_cache_gib must be -1 (auto: half the disk's free space), 0 (none) or more GiB, got {value}",
     "ram_cache_gib": lambda value: ""
     if (value == -1 or value >= 0) and value < 1e6
     else f"ram_cache_gib must be -1 (auto: half the RAM minus 4 GiB), 0 (keep nothing) or more GiB, got {value}",
@@ -275,6 +282,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
         type=float,
         help="RAM those checkpoints may take, in GiB (default -1: half the machine's RAM minus 4 GiB; 0 = none)",
     )
+    p.add_argument(
+        "--converted-cache-gib",
+        type=float,
+        help="disk the converted copies of checkpoints (cache/converted/) may take, in GiB"
+        " (default -1: half the free space; 0 = none, every load casts its weights)",
+    )
     p.add_argument("--default-model", help="checkpoint loaded for the first generation")
     p.add_argument(
         "--memory-modes",
@@ -357,6 +370,7 @@ _CLI_TO_FIELD = {
     "prompt_cache_size": "prompt_cache_size",
     "ram_cache_models": "ram_cache_models",
     "ram_cache_gib": "ram_cache_gib",
+    "converted_cache_gib": "converted_cache_gib",
     "default_model": "default_model",
     "memory_modes": "memory_modes",
     "preview_every": "preview_every",

@@ -48,6 +48,9 @@ PIECE_ELEMENTS = 1 << 20
 # How far ahead of its reads a reader asks the kernel for the file (a cold read overlaps the cast).
 READ_AHEAD_BYTES = 128 << 20
 
+# madvise(2): fault in the pages of a range for reading (Linux 5.14); Python's mmap has no name for it.
+MADV_POPULATE_READ = 22
+
 TORCH_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
 
@@ -141,6 +144,26 @@ class MappedFile:
             except OSError:  # advice only
                 pass
 
+    def populate(self, ranges: list[tuple[int, int]]) -> None:
+        """Map in the pages of ``ranges`` ((offset, bytes) of the file) now: the kernel reads what is not in
+        the page cache (asked for all at once, so a cold file streams), and the model's first use then
+        takes no page faults. Advice only: on a kernel without MADV_POPULATE_READ the pages come in as used."""
+        merged = _merge(ranges)
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is not None:
+            for start, end in merged:
+                try:
+                    advise(self._file.fileno(), start, end - start, os.POSIX_FADV_WILLNEED)
+                except OSError:
+                    break
+        page, madvise = mmap.PAGESIZE, getattr(self._mm, "madvise", None)
+        for start, end in merged if madvise is not None else ():
+            first = start - start % page
+            try:
+                madvise(MADV_POPULATE_READ, first, end - first)
+            except (OSError, ValueError):
+                return
+
     def reader(self) -> SpanReader:
         """A reader with its own file handle and buffers: one per thread."""
         return SpanReader(self)
@@ -165,12 +188,23 @@ class MappedFile:
         return flat.as_strided(span.shape, span.stride)
 
     def close(self) -> None:
+        """Let go of the map. Never unmapped here (``mmap.close`` would unmap it under the tensors that are
+        views of it: torch's storage holds the mmap object, not a buffer export): the map goes with the
+        last tensor that uses it."""
         self.bytes = None
+        self._mm = None
         self._file.close()
-        try:
-            self._mm.close()
-        except BufferError:  # views still alive somewhere: the map goes when they do
-            pass
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(offset, bytes) ranges as sorted, non-overlapping (start, end) runs; gaps under 1 MiB are bridged."""
+    out: list[list[int]] = []
+    for offset, nbytes in sorted(ranges):
+        if out and offset <= out[-1][1] + (1 << 20):
+            out[-1][1] = max(out[-1][1], offset + nbytes)
+        else:
+            out.append([offset, offset + nbytes])
+    return [(a, b) for a, b in out]
 
 
 class SpanReader:
@@ -218,7 +252,7 @@ class SpanReader:
 
         dtype = getattr(torch, span.dtype)
         self._read_ahead(span.offset, target.numel() * dtype.itemsize)
-        if tuple(span.stride) != _contiguous_stride(span.shape) or not target.is_contiguous():
+        if tuple(span.stride) != contiguous_stride(span.shape) or not target.is_contiguous():
             target.copy_(self.mapped.span(span))
             return
         if target.dtype == dtype:
@@ -337,7 +371,7 @@ def trace(
                 spans[weight] = span
             else:
                 extras[f"{name}/{weight}"] = t.detach().contiguous()
-                spans[weight] = Span(span.dtype, span.shape, _contiguous_stride(span.shape), extra=True)
+                spans[weight] = Span(span.dtype, span.shape, contiguous_stride(span.shape), extra=True)
         loadmap.components[name] = spans
     loadmap.extra_bytes = sum(t.nbytes for t in extras.values())
     del checkpoint
@@ -365,7 +399,7 @@ def _find_copy(t: Any, sources: Mapping[tuple, list]) -> Any:
     return None
 
 
-def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
+def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
     stride, acc = [], 1
     for n in reversed(shape):
         stride.append(acc)

@@ -66,6 +66,7 @@ def load_checkpoint(
     load_kwargs: Mapping[str, Any] = _NO_FILES,
     record: ModelRecord | None = None,
     mapped: bool = True,
+    copy_budget: int = 0,
 ) -> LoadedModel:
     """Load ``path`` (``.safetensors``, ``.ckpt``/``.pt``, or a diffusers folder) onto ``device``.
 
@@ -76,12 +77,21 @@ def load_checkpoint(
     ``record``: what the catalog identified ``path`` as (``webui.models.identify``); the loader trusts it
     and identifies nothing again (unless the file changed since). Without one, ``path`` is identified
     here. ``mapped``: a single file is read through its cached load map (``webui.models.load_map``);
-    False takes diffusers' ``from_single_file`` every time. Raises ``ModelLoadError``.
+    False takes diffusers' ``from_single_file`` every time. ``copy_budget``: the bytes the converted copies of
+    mapped loads may take on disk (``webui.models.converted_copy``; 0 = none kept). Raises ``ModelLoadError``.
     """
     path = Path(path)
     families = default_families() if families is None else families
     ctx = _Context(
-        device, dtype, Path(cache_dir), dict(text_encoder_files), t5_tokenizer_dir, families, dict(load_kwargs), mapped
+        device,
+        dtype,
+        Path(cache_dir),
+        dict(text_encoder_files),
+        t5_tokenizer_dir,
+        families,
+        dict(load_kwargs),
+        mapped,
+        copy_budget,
     )
     if not path.is_dir() and not path.is_file():
         raise ModelLoadError(path, "file not found")
@@ -117,6 +127,7 @@ class _Context:
     families: Any
     load_kwargs: Mapping[str, Any] = field(default_factory=dict)
     mapped: bool = True  # single files through their cached load map (webui.models.load_map)
+    copy_budget: int = 0  # bytes the converted copies may take (webui.models.converted_copy)
 
     @property
     def drop_t5(self) -> bool:

@@ -150,6 +150,7 @@ class ModelManager:
         speed: Any = None,
         ram_cache_gib: float | None = None,
         memory: MemoryProbe | None = None,
+        converted_cache_gib: float = 0.0,
         device_memory: DeviceMemoryProbe | None = None,
     ) -> None:
         self.catalog = catalog
@@ -166,6 +167,9 @@ class ModelManager:
         # made when first needed on a CUDA device: the device may still be being chosen now).
         self._device_memory = device_memory
         self._loader = loader
+        # The disk the converted copies of checkpoints may take, in GiB (-1: half the free space; 0: none; the
+        # app passes its setting, whose default is -1).
+        self._converted_cache_gib = converted_cache_gib
         self._on_loaded = on_loaded
         self._lock = threading.RLock()
         self._current: _Slot | None = None
@@ -632,6 +636,10 @@ class ModelManager:
             from webui.models.loader import load_checkpoint as loader
         te_files = self._text_encoder_files()
         extra = {"load_kwargs": memory_plan.load_kwargs} if memory_plan.load_kwargs else {}
+        if self._converted_cache_gib != 0:
+            from webui.models.converted_copy import budget_bytes as copy_budget
+
+            extra["copy_budget"] = copy_budget(self._converted_cache_gib, self.cache_dir)
         # The catalog's record goes with the path: the loader identifies nothing again.
         return loader(
             entry.path,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from webui.models.load_map import LoadMap, MappedFile, Span
+from webui.models.load_map import LoadMap, MappedFile, Span, contiguous_stride
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,19 @@ def _keep_fp32(module: Any, dtype: Any) -> tuple[str, ...]:
     return (names,) if isinstance(names, str) else tuple(names)
 
 
+@dataclass
+class ReadResult:
+    """One component's weights, and where they came from."""
+
+    weights: dict[str, Any] = field(default_factory=dict)
+    # weights this load computed (cast, or made by the conversion): what a converted copy keeps
+    computed: dict[str, Any] = field(default_factory=dict)
+    # weights that are views of a converted copy (kept in the next copy too)
+    from_copy: dict[str, Any] = field(default_factory=dict)
+    # (file, offset, bytes) of the views: the pages to map in before the model runs
+    views: list[tuple[Any, int, int]] = field(default_factory=list)
+
+
 def read_weights(
     mapped: MappedFile,
     spans: Mapping[str, Span],
@@ -80,26 +93,47 @@ def read_weights(
     dtype: Any,
     keep_fp32: tuple[str, ...],
     threads: int = 1,
-) -> dict[str, Any]:
-    """Each weight of one component, read from the file (or the side file) into a new tensor of its final
-    dtype. ``threads`` readers share the weights, each a contiguous stretch of the file."""
+    copy: tuple[MappedFile, Mapping[str, Span]] | None = None,
+    view_file: bool = False,
+) -> ReadResult:
+    """Each weight of one component in its final dtype: a view of the converted copy (``copy``: its map
+    and this component's spans) where that holds it; with ``view_file``, a view of the file where it is
+    stored in that dtype (no copy); else read from the file (or the side file) into a new tensor.
+    ``threads`` readers share the reads, each a contiguous stretch of the file.
+
+    ``view_file`` is for weights that are moved to another device straight after: a model that stays on
+    the CPU keeps no view of the user's file, which another program may rewrite in place under it (a view
+    would then change, or fault once the file is shorter); the converted copy is the app's own file, only
+    ever replaced by a rename."""
     import torch
 
-    out, jobs = {}, []
+    result, jobs = ReadResult(), []
+    copied = copy[1] if copy is not None else {}
     with torch.no_grad():
         for weight, span in spans.items():
-            if span.extra:
+            stored = getattr(torch, span.dtype)
+            want = _target_dtype(weight, stored, dtype, keep_fp32)
+            held = copied.get(weight)
+            if held is not None and held.dtype == str(want).removeprefix("torch.") and held.shape == span.shape:
+                target = copy[0].span(held)
+                result.from_copy[weight] = target
+                result.views.append((copy[0], held.offset, target.nbytes))
+            elif span.extra:
                 source = extras.get_tensor(f"{prefix}/{weight}")
                 target = torch.empty(span.shape, dtype=_target_dtype(weight, source.dtype, dtype, keep_fp32))
                 target.copy_(source)
+                result.computed[weight] = target
+            elif view_file and want == stored and tuple(span.stride) == contiguous_stride(span.shape):
+                target = mapped.span(span)
+                result.views.append((mapped, span.offset, target.nbytes))
             else:
-                stored = getattr(torch, span.dtype)
-                target = torch.empty(span.shape, dtype=_target_dtype(weight, stored, dtype, keep_fp32))
+                target = torch.empty(span.shape, dtype=want)
                 jobs.append((span, target))
-            out[weight] = target
+                result.computed[weight] = target
+            result.weights[weight] = target
         jobs.sort(key=lambda job: job[0].offset)
         _run_readers(mapped, _stretches(jobs, threads))
-    return out
+    return result
 
 
 def _stretches(jobs: list, parts: int) -> list[list]:
@@ -155,6 +189,14 @@ def reader_threads() -> int:
     return 1
 
 
+@dataclass(frozen=True)
+class CopyPolicy:
+    """Where converted copies are kept and how many bytes they may take (0: none are written)."""
+
+    cache_dir: Path
+    budget: int
+
+
 def build_models(
     mapped: MappedFile,
     loadmap: LoadMap,
@@ -163,42 +205,102 @@ def build_models(
     dtype: Any,
     extra_path: Any,  # the side file's Path, None, or tensors held in memory
     times: LoadTimes,
+    copies: CopyPolicy | None = None,
+    view_file: bool = False,
 ) -> dict[str, Any]:
-    """name -> module with every weight in place, for the components in ``names``."""
+    """name -> module with every weight in place, for the components in ``names``.
+
+    Weights come from the converted copy (``webui.models.converted_copy``) when there is one: views of
+    it, mapped in. Otherwise they are read (and cast) from the file, and what was read is kept as that copy
+    for the next load, when ``copies`` allows. With ``view_file`` (the weights go to another device next),
+    weights stored in their final dtype are views of the file instead, and are not copied."""
     import time
     from contextlib import nullcontext
 
     from safetensors import safe_open
 
+    from webui.models import converted_copy
+
+    dtype_name = str(dtype).removeprefix("torch.")
+    start = time.perf_counter()
+    stored = None
+    if copies is not None:
+        stored = converted_copy.find(copies.cache_dir, loadmap.key, loadmap.stamp, dtype_name)
+    copy_map = MappedFile(stored.path, stored.header) if stored is not None else None
+    times.add("map", time.perf_counter() - start)
     mapped.advise_sequential()
-    models = {}
+    models, results = {}, {}
     if extra_path is None:
         ctx = nullcontext(_Extras({}))
     elif hasattr(extra_path, "tensors"):  # held in memory (the cache could not be written)
         ctx = nullcontext(_Extras(extra_path.tensors))
     else:
         ctx = safe_open(str(extra_path), framework="pt")
-    with ctx as extras:
-        for name, (library, cls) in names.items():
-            start = time.perf_counter()
-            module = empty_model(library, cls, folder, name)
-            times.add("build", time.perf_counter() - start)
-            start = time.perf_counter()
-            weights = read_weights(
-                mapped, loadmap.components[name], extras, name, dtype, _keep_fp32(module, dtype), reader_threads()
-            )
-            times.add("read+cast", time.perf_counter() - start)
-            start = time.perf_counter()
-            missing, unexpected = module.load_state_dict(weights, strict=False, assign=True)
-            if unexpected:
-                raise ValueError(f"the load map of {name} names weights the model lacks: {unexpected[:3]}")
-            module.eval()
-            models[name] = module
-            times.add("assign", time.perf_counter() - start)
+    try:
+        with ctx as extras:
+            for name, (library, cls) in names.items():
+                start = time.perf_counter()
+                module = empty_model(library, cls, folder, name)
+                times.add("build", time.perf_counter() - start)
+                start = time.perf_counter()
+                held = (copy_map, stored.spans.get(name, {})) if copy_map is not None else None
+                result = read_weights(
+                    mapped,
+                    loadmap.components[name],
+                    extras,
+                    name,
+                    dtype,
+                    _keep_fp32(module, dtype),
+                    reader_threads(),
+                    held,
+                    view_file,
+                )
+                times.add("read+cast", time.perf_counter() - start)
+                start = time.perf_counter()
+                missing, unexpected = module.load_state_dict(result.weights, strict=False, assign=True)
+                if unexpected:
+                    raise ValueError(f"the load map of {name} names weights the model lacks: {unexpected[:3]}")
+                module.eval()
+                models[name] = module
+                results[name] = result
+                times.add("assign", time.perf_counter() - start)
+        start = time.perf_counter()
+        _populate([v for r in results.values() for v in r.views])
+        times.add("map in", time.perf_counter() - start)
+    finally:
+        if copy_map is not None:
+            copy_map.close()
+    if copies is not None and any(r.computed for r in results.values()):
+        _keep_copy(copies, loadmap, dtype_name, results, times)
     return models
 
 
+def _populate(views: list[tuple[MappedFile, int, int]]) -> None:
+    """Map in the pages the views use, so that the first image does not wait on page faults."""
+    by_file: dict[int, tuple[MappedFile, list[tuple[int, int]]]] = {}
+    for mapped, offset, nbytes in views:
+        by_file.setdefault(id(mapped), (mapped, []))[1].append((offset, nbytes))
+    for mapped, ranges in by_file.values():
+        mapped.populate(ranges)
+
+
+def _keep_copy(
+    copies: CopyPolicy, loadmap: LoadMap, dtype_name: str, results: Mapping[str, Any], times: LoadTimes
+) -> None:
+    from webui.models import converted_copy
+
+    tensors = {}
+    for name, result in results.items():
+        for weight, t in {**result.from_copy, **result.computed}.items():
+            tensors[f"{name}/{weight}"] = t
+    took = converted_copy.write(copies.cache_dir, loadmap.key, loadmap.stamp, dtype_name, tensors, copies.budget)
+    if took is not None:
+        times.add("write converted copy", took)
+
+
 class _Extras:
+    """Side tensors held in memory, read like a ``safe_open`` file."""
+
     def __init__(self, tensors: Mapping[str, Any]) -> None:
         self._tensors = tensors
 

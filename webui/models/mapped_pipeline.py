@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from webui.models import load_map
-from webui.models.mapped_load import LoadTimes, build_models
+from webui.models.mapped_load import CopyPolicy, LoadTimes, build_models
 from webui.models.safetensors_header import SafetensorsHeader
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,9 @@ def mapped_pipeline(
             del extras
         else:
             extra = load_map.extra_file(ctx.cache_dir, loadmap)
-        models = build_models(mapped, loadmap, folder, names, ctx.dtype, extra, times)
+        copies = CopyPolicy(ctx.cache_dir, ctx.copy_budget) if ctx.copy_budget > 0 else None
+        view_file = str(ctx.device) != "cpu"
+        models = build_models(mapped, loadmap, folder, names, ctx.dtype, extra, times, copies, view_file)
     finally:
         mapped.close()
     start = time.perf_counter()
