@@ -105,7 +105,10 @@ def test_a_file_that_is_no_embedding_says_what_it_is(tmp_path):
     import safetensors.torch
 
     path = tmp_path / "lora.safetensors"
-    safetensors.torch.save_file({"lora_unet_down.lora_up.weight": torch.zeros(2, 2), "lora_unet_down.lora_down.weight": torch.zeros(2, 2)}, str(path))
+    safetensors.torch.save_file(
+        {"lora_unet_down.lora_up.weight": torch.zeros(2, 2), "lora_unet_down.lora_down.weight": torch.zeros(2, 2)},
+        str(path),
+    )
     assert "not a textual-inversion embedding" in read_embedding(path).error
 
 
@@ -261,3 +264,53 @@ def test_a_wrong_family_embedding_is_not_applied_and_the_job_says_why(services):
     warnings = result.info.get("warnings", [])
     assert any("'tinystyle' was not applied" in w and "clip_l and clip_g" in w for w in warnings), warnings
     assert "TI hashes" not in result.infotexts[0]
+
+
+# --- the API ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client(services):
+    import httpx
+
+    from tests.api_server import serve_api
+
+    with serve_api(services) as url, httpx.Client(base_url=url, timeout=120) as client:
+        yield client
+
+
+def _load(client, family: str) -> None:
+    r = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": demo_checkpoint_name(family)})
+    assert r.status_code == 200, r.text
+
+
+def test_the_api_lists_loaded_and_skipped_for_the_loaded_family_in_a1111_shape(client):
+    _load(client, "sd15")
+    listed = client.get("/sdapi/v1/embeddings").json()
+    assert listed["loaded"] == {
+        "tinystyle": {
+            "step": 1500,
+            "sd_checkpoint": "a9263745",
+            "sd_checkpoint_name": "v1-5-pruned",
+            "shape": CLIP_L_HIDDEN,
+            "vectors": 2,
+        }
+    }
+    assert listed["skipped"]["tinyxl"]["shape"] == CLIP_L_HIDDEN + CLIP_G_HIDDEN
+    _load(client, "sdxl")
+    listed = client.get("/sdapi/v1/embeddings").json()
+    assert set(listed["loaded"]) == {"tinyxl"} and set(listed["skipped"]) == {"tinystyle"}
+
+
+def test_txt2img_through_the_api_writes_ti_hashes_that_png_info_reads_back(client, services):
+    from webui.outputs.infotext import parse_hashes
+
+    body = {"prompt": "a lighthouse, tinystyle", "width": 64, "height": 64, "steps": 2, "seed": 3}
+    r = client.post(
+        "/sdapi/v1/txt2img", json={**body, "override_settings": {"sd_model_checkpoint": demo_checkpoint_name("sd15")}}
+    )
+    assert r.status_code == 200, r.text
+    image = r.json()["images"][0]
+    parsed = client.post("/sdapi/v1/png-info", json={"image": image}).json()["parameters"]
+    digest = services.hashes.get(services.embeddings.for_family(None).loaded["tinystyle"].path)[:12]
+    assert parse_hashes(parsed["TI hashes"]) == {"tinystyle": digest}

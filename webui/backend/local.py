@@ -21,6 +21,7 @@ from webui.backend.records import (
     Busy,
     ControlResult,
     DownloadChoice,
+    EmbeddingInfo,
     ExtensionSetting,
     FamilyChoices,
     FamilyInfo,
@@ -358,6 +359,11 @@ class LocalBackend:
 
     def loras(self, family: str | None) -> list[LoraInfo]:
         return M.lora_rows(self._services, self._lora_headers, family)
+
+    def embeddings(self) -> list[EmbeddingInfo]:
+        from webui.backend.local_embeddings import embedding_rows
+
+        return embedding_rows(self._services)
 
     def create_demo_models(self) -> Iterator[Step]:
         return M.demo_model_steps(self._services)

@@ -81,11 +81,12 @@ def _load_raw(path: Path) -> Mapping[str, Any]:
     import torch
 
     if path.suffix.lower() == ".safetensors":
+        import safetensors
         import safetensors.torch
 
         try:
             return safetensors.torch.load_file(str(path), device="cpu")
-        except Exception as exc:  # safetensors raises its own error types for a damaged header
+        except (safetensors.SafetensorError, OSError, ValueError) as exc:
             raise EmbeddingError(f"cannot read this safetensors file ({exc}); it may be damaged") from None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
@@ -193,7 +194,7 @@ def text_widths(pipe: Any, family: Any) -> dict[str, int]:
 
 
 def fit(embedding: Embedding, family: Any, widths: Mapping[str, int] | None = None) -> str:
-    """"" when ``embedding`` can be used with ``family`` (text encoder widths ``widths``, None: the released
+    """ "" when ``embedding`` can be used with ``family`` (text encoder widths ``widths``, None: the released
     ones), else why not."""
     if embedding.error:
         return embedding.error
