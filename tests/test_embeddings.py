@@ -207,6 +207,9 @@ def test_encoding_puts_the_vectors_in_and_leaves_the_model_unchanged(tmp_path, f
     torch.testing.assert_close(after, before, rtol=0, atol=0)  # same computation: the hook is gone
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight, weights_before)
     assert torch.equal(encode("a cat", found.loaded), encode("a cat"))  # unnamed: nothing changes
+    writer(library.folders()[0] / next(iter(found.loaded.values())).path.name, seed=40)  # other vectors
+    other = library.for_family(spec, text_widths(pipe, spec)).loaded
+    assert not torch.equal(encode("a mystyle cat", other), with_embedding)  # the vectors are what is put in
 
 
 # --- through a job -------------------------------------------------------------------------------------
@@ -250,6 +253,21 @@ def test_an_embedding_changes_the_image_and_its_removal_restores_it(services, fa
     assert np.array_equal(again, plain)  # the same computation: the model was left as it was
     digest = services.hashes.get(services.embeddings.for_family(None).loaded[name].path)[:12]
     assert f'TI hashes: "{name}: {digest}"' in result.infotexts[0]
+
+
+def test_an_embedding_added_or_changed_on_disk_is_used_by_the_next_job_not_a_cached_encoding(services):
+    folder = services.paths.models / "embeddings"
+    before, result = _run(services, "sd15", "a lighthouse, latestyle")  # not installed yet: plain text
+    assert "TI hashes" not in result.infotexts[0]
+    write_a1111_pt(folder / "latestyle.pt", seed=21)
+    added, result = _run(services, "sd15", "a lighthouse, latestyle")
+    assert np.abs(added - before).mean() > EMBEDDING_EFFECT and "latestyle: " in result.infotexts[0]
+    write_a1111_pt(folder / "latestyle.pt", seed=22)  # the same name, other vectors
+    changed, _ = _run(services, "sd15", "a lighthouse, latestyle")
+    assert np.abs(changed - added).mean() > EMBEDDING_EFFECT
+    (folder / "latestyle.pt").unlink()  # removed: the word is plain text again, the image as before
+    removed, result = _run(services, "sd15", "a lighthouse, latestyle")
+    assert np.array_equal(removed, before) and "TI hashes" not in result.infotexts[0]
 
 
 def test_an_embedding_in_the_negative_prompt_changes_the_image(services):
