@@ -199,7 +199,7 @@ def fit(embedding: Embedding, family: Any, widths: Mapping[str, int] | None = No
     if embedding.error:
         return embedding.error
     if not family.textual_inversion:
-        return f"textual-inversion embeddings are not supported for {family.label} (A1111 does not support them either)"
+        return f"textual-inversion embeddings are not supported for {family.label} models; remove the name from the prompt"
     if widths is None:
         from webui.families.base import TEXT_ENCODERS
 
