@@ -332,3 +332,19 @@ def test_txt2img_through_the_api_writes_ti_hashes_that_png_info_reads_back(clien
     parsed = client.post("/sdapi/v1/png-info", json={"image": image}).json()["parameters"]
     digest = services.hashes.get(services.embeddings.for_family(None).loaded["tinystyle"].path)[:12]
     assert parse_hashes(parsed["TI hashes"]) == {"tinystyle": digest}
+
+
+def test_the_token_counter_counts_an_embeddings_vectors(client, services):
+    from webui.models.tokenizers import clip_tokenizer
+
+    _load(client, "sd15")
+    tokenizer = clip_tokenizer("<|endoftext|>")
+    path = services.paths.models / "embeddings" / "countstyle.pt"
+    write_a1111_pt(path, n=7)
+    try:
+        counted = services.backend.count_tokens("a cat countstyle")
+        plain = services.backend.count_tokens("a cat tinyxl")  # another family's: its name is plain text
+    finally:
+        path.unlink()
+    assert counted.used == 2 + 7
+    assert plain.used == 2 + len(tokenizer(["tinyxl"], add_special_tokens=False)["input_ids"][0])

@@ -238,6 +238,10 @@ class LocalBackend:
             if self._tokenizer is None:
                 self._tokenizer = clip_tokenizer(CLIP_PAD)
             used, limit = count_tokens(self._tokenizer, text or "")
+            if used:
+                from webui.backend.local_embeddings import count_with_embeddings
+
+                used, limit = count_with_embeddings(self._services, self._tokenizer, text or "", (used, limit))
         return TokenCount(used, limit)
 
     # --- models -------------------------------------------------------------------------------------

@@ -46,3 +46,22 @@ def _row(embedding: Any, usable: bool, status: str) -> EmbeddingInfo:
         usable,
         status,
     )
+
+
+def count_with_embeddings(services: Any, tokenizer: Any, text: str, plain: tuple[int, int]) -> tuple[int, int]:
+    """The token counter's (used, limit) where each embedding the loaded model uses counts its vectors."""
+    library = getattr(services, "embeddings", None)
+    if library is None:
+        return plain
+    family, widths = _loaded_model(services)
+    if family is None:
+        return plain
+    lowered = text.lower()
+    vectors = {
+        name: e.vectors for name, e in library.for_family(family, widths).loaded.items() if name.lower() in lowered
+    }
+    if not vectors:
+        return plain
+    from webui.generation.embedding_tokens import count_with_embeddings as count
+
+    return count(tokenizer, text, vectors)

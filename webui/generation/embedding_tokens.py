@@ -89,17 +89,39 @@ def chunk_with_embeddings(
     for fragment, ids in zip(fragments, tokenize_fragments(tokenizer, fragments)):
         if is_break(fragment):
             builder.close()
-        i = 0
-        while i < len(ids):
-            found = table.match(ids, i)
-            if found is None:
-                builder.add(ids[i], fragment[1])
-                i += 1
-            else:
-                builder.add_embedding(found[0], table.vectors[found[0]], fragment[1])
-                i += found[1]
+        _place(builder, table, ids, fragment[1])
     chunks, _ = builder.finish()
     return chunks, builder.used
+
+
+def count_with_embeddings(tokenizer: Any, text: str, vectors: Mapping[str, int]) -> tuple[int, int]:
+    """``prompts.count_tokens`` where each embedding named counts its vectors (as A1111's counter)."""
+    import math
+
+    from webui.generation.prompts import parse_prompt_attention, strip_loras
+
+    table = NameTable(tokenizer, vectors)
+    builder = _Builder(_comma_id(tokenizer), 20)
+    fragments = parse_prompt_attention(strip_loras(text))
+    for fragment, ids in zip(fragments, tokenize_fragments(tokenizer, fragments)):
+        if is_break(fragment):
+            builder.close()
+        _place(builder, table, ids, fragment[1])
+    _, used = builder.finish()
+    return used, math.ceil(max(used, 1) / CHUNK_LENGTH) * CHUNK_LENGTH
+
+
+def _place(builder: _Builder, table: NameTable, ids: Sequence[int], weight: float) -> None:
+    """Add one fragment's tokens, each embedding named in them as its placeholder vectors."""
+    i = 0
+    while i < len(ids):
+        found = table.match(ids, i)
+        if found is None:
+            builder.add(ids[i], weight)
+            i += 1
+        else:
+            builder.add_embedding(found[0], table.vectors[found[0]], weight)
+            i += found[1]
 
 
 def used_names(tokenizer: Any, texts: Sequence[str], names: Sequence[str]) -> list[str]:
