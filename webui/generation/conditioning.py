@@ -21,6 +21,10 @@ So in every family our ``clip_skip`` n equals diffusers' ``clip_skip=n - 1``. We
 "Original" emphasis: each token's embedding is multiplied by its weight, then the chunk is rescaled
 so its mean equals the unweighted mean. The rescale is done per prompt and chunk (A1111 takes the
 mean over the whole batch, so its result for one prompt depends on the other prompts in the batch).
+
+Textual-inversion embeddings (``embeddings=``, SD1/SD2/SDXL): the chunks hold placeholder tokens where a
+name appears (``embedding_tokens.py``) and each CLIP's token embeddings there are replaced by the file's
+vectors for that one call; the weights then apply to them as to any token.
 """
 
 from __future__ import annotations
