@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from webui.models.catalog import CatalogEntry, ModelCatalog
     from webui.models.deferred_device import DeferredDevice
     from webui.models.devices import DeviceChoice
+    from webui.models.embeddings import EmbeddingLibrary
     from webui.models.families import FamilySpec
     from webui.models.hashes import HashCache
     from webui.models.manager import ModelManager
@@ -88,6 +89,7 @@ class Services:
     backend: LocalBackend | None = None
     # Imports torch and diffusers and chooses the device on a thread; serve starts it after the first answer.
     warm_up: Deferred[DeviceChoice] | None = None
+    embeddings: EmbeddingLibrary | None = None  # textual-inversion embeddings (models/embeddings)
 
 
 def prepare_environment(settings: Settings) -> None:
@@ -193,9 +195,19 @@ def build_services(settings: Settings, base: Path = ROOT, memory: Any = None, de
     services = Services(
         settings, paths, families, catalog, hashes, manager, device, extensions=extensions, warm_up=warm_up
     )
+    services.embeddings = build_embeddings(paths.models)
     build_generation(services)
     build_backend(services)
     return services
+
+
+def build_embeddings(models_dir: Path) -> EmbeddingLibrary:
+    """The embeddings folder (created when neither ours nor A1111's exists); files are read when first used."""
+    from webui.models.embeddings import EmbeddingLibrary
+
+    library = EmbeddingLibrary(models_dir)
+    library.ensure_folder()
+    return library
 
 
 def build_backend(services: Services) -> LocalBackend:
@@ -309,6 +321,7 @@ def build_generation(services: Services) -> None:
         hooks=services.extensions,
         oom_retry=settings.memory_oom_retry,
         prompt_cache=PromptCache(settings.prompt_cache_size),
+        embeddings=services.embeddings,
     )
     services.generation = GenerationService(
         services.engine.run,

@@ -233,3 +233,18 @@ WRITABLE_OPTIONS = (
     "randn_source",
     "sd3_enable_t5",
 )
+
+
+class EmbeddingItem(BaseModel):
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    shape: int
+    vectors: int
+
+
+class EmbeddingsResponse(BaseModel):
+    """A1111's ``GET /sdapi/v1/embeddings``: the embeddings the loaded model uses, and those it skips."""
+
+    loaded: dict[str, EmbeddingItem]
+    skipped: dict[str, EmbeddingItem]

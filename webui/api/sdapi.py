@@ -33,6 +33,7 @@ from webui.api import convert, views
 from webui.api.errors import ApiError, ApiRoute, SafeJSONResponse, error_responses, not_enough_memory
 from webui.api.schemas import (
     ControlResponse,
+    EmbeddingsResponse,
     GenerationResponse,
     Img2ImgRequest,
     LoraItem,
@@ -231,6 +232,13 @@ class SdApi:
     def refresh_checkpoints(self) -> dict[str, int]:
         return views.refresh(self.backend, "checkpoint")
 
+    def embeddings(self) -> dict[str, Any]:
+        return views.embeddings(self.backend)
+
+    def refresh_embeddings(self) -> None:
+        """Read the embeddings folder again (every listing and every job does too)."""
+        views.embeddings(self.backend)
+
     def refresh_loras(self) -> dict[str, int]:
         return views.refresh(self.backend, "lora")
 
@@ -305,6 +313,8 @@ def build_sdapi_router(backend: Backend) -> APIRouter:
         ("/refresh-vae", api.refresh_vae),
     ):
         router.add_api_route(path, handler, methods=["POST"], response_model=RefreshResponse)
+    router.add_api_route("/embeddings", api.embeddings, methods=["GET"], response_model=EmbeddingsResponse)
+    router.add_api_route("/refresh-embeddings", api.refresh_embeddings, methods=["POST"])
     router.add_api_route("/unload-checkpoint", api.unload_checkpoint, methods=["POST"])
     router.add_api_route(
         "/png-info",

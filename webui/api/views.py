@@ -265,3 +265,17 @@ def on_worker(what: str, action: Callable[[], Any], field: str | None = None) ->
     except TaskFailed as exc:
         log.error("%s failed: %s: %s", what, exc.kind, exc)
         raise ApiError(500, "ServerError", f"{what} failed: {exc.kind}: {exc}") from None
+
+
+def embeddings(backend: Backend) -> dict[str, Any]:
+    """A1111's embedding lists for the loaded model: ``loaded`` (usable by name in prompts) and ``skipped``."""
+    out: dict[str, Any] = {"loaded": {}, "skipped": {}}
+    for row in backend.embeddings():
+        out["loaded" if row.usable else "skipped"][row.name] = {
+            "step": row.step,
+            "sd_checkpoint": row.sd_checkpoint,
+            "sd_checkpoint_name": row.sd_checkpoint_name,
+            "shape": row.shape,
+            "vectors": row.vectors,
+        }
+    return out

@@ -21,6 +21,7 @@ from webui.backend.records import (
     Busy,
     ControlResult,
     DownloadChoice,
+    EmbeddingInfo,
     ExtensionSetting,
     FamilyChoices,
     FamilyInfo,
@@ -237,6 +238,10 @@ class LocalBackend:
             if self._tokenizer is None:
                 self._tokenizer = clip_tokenizer(CLIP_PAD)
             used, limit = count_tokens(self._tokenizer, text or "")
+            if used:
+                from webui.backend.local_embeddings import count_with_embeddings
+
+                used, limit = count_with_embeddings(self._services, self._tokenizer, text or "", (used, limit))
         return TokenCount(used, limit)
 
     # --- models -------------------------------------------------------------------------------------
@@ -358,6 +363,11 @@ class LocalBackend:
 
     def loras(self, family: str | None) -> list[LoraInfo]:
         return M.lora_rows(self._services, self._lora_headers, family)
+
+    def embeddings(self) -> list[EmbeddingInfo]:
+        from webui.backend.local_embeddings import embedding_rows
+
+        return embedding_rows(self._services)
 
     def create_demo_models(self) -> Iterator[Step]:
         return M.demo_model_steps(self._services)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from webui.backend.records import (
     ControlResult,
     DownloadChoice,
+    EmbeddingInfo,
     ExtensionSetting,
     FamilyChoices,
     FamilyInfo,
@@ -144,6 +145,10 @@ class Backend(Protocol):
 
     def loras(self, family: str | None) -> list[LoraInfo]:
         """The LoRAs, each marked usable or not for a family (None: no model loaded, all are)."""
+        ...
+
+    def embeddings(self) -> list[EmbeddingInfo]:
+        """The textual-inversion embeddings (read again from disk), each usable or not by the loaded model."""
         ...
 
     def create_demo_models(self) -> Iterator[Step]:

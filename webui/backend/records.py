@@ -380,3 +380,17 @@ class ExtensionSetting:
 
     extension: str
     spec: Any
+
+
+@dataclass(frozen=True)
+class EmbeddingInfo:
+    """A textual-inversion embedding and whether the loaded model can use it (``GET /sdapi/v1/embeddings``)."""
+
+    name: str  # the word that uses it in a prompt (the file stem)
+    step: int | None
+    sd_checkpoint: str | None
+    sd_checkpoint_name: str | None
+    shape: int  # the vectors' width (SDXL: clip_l + clip_g)
+    vectors: int
+    usable: bool
+    status: str  # "usable", or why it is skipped

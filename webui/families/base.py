@@ -190,6 +190,8 @@ class FamilyAdapter:
     # The scheduler config the family's diffusers repository ships (prediction type and shift added per file).
     scheduler: Mapping[str, object] = field(default_factory=dict)
     conditioning: TextRecipe | None = None
+    # Takes textual-inversion embeddings (webui.models.embeddings): one vector set per text encoder slot.
+    textual_inversion: bool = False
     preview_factors: PreviewFactors | None = None
     # diffusers' AysSchedules table for the Align Your Steps schedule ("" = none was measured for the family).
     ays_table: str = ""

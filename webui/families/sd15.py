@@ -107,6 +107,7 @@ FAMILY = Sd15Family(
     null_components=SD_NULL_COMPONENTS,
     scheduler=SD_SCHEDULER,
     conditioning=SD_CONDITIONING,
+    textual_inversion=True,
     preview_factors=SD_PREVIEW,
     ays_table="StableDiffusionSigmas",
     memory_modes=("attention_slicing",),

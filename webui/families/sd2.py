@@ -50,6 +50,7 @@ FAMILY = Sd2Family(
     null_components=SD_NULL_COMPONENTS,
     scheduler=SD_SCHEDULER,
     conditioning=SD_CONDITIONING,
+    textual_inversion=True,
     preview_factors=SD_PREVIEW,  # SD 2.x kept SD 1.x's VAE
     ays_table="StableDiffusionSigmas",  # A1111 uses the SD 1.5 list for every noise model but SDXL
     memory_modes=("attention_slicing",),

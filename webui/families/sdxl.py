@@ -177,6 +177,7 @@ FAMILY = SdxlFamily(
     null_components=SDXL_NULL_COMPONENTS,
     scheduler=SDXL_SCHEDULER,
     conditioning=SDXL_CONDITIONING,
+    textual_inversion=True,
     preview_factors=SDXL_PREVIEW,
     ays_table="StableDiffusionXLSigmas",
     memory_modes=("attention_slicing",),

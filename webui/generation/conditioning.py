@@ -21,6 +21,10 @@ So in every family our ``clip_skip`` n equals diffusers' ``clip_skip=n - 1``. We
 "Original" emphasis: each token's embedding is multiplied by its weight, then the chunk is rescaled
 so its mean equals the unweighted mean. The rescale is done per prompt and chunk (A1111 takes the
 mean over the whole batch, so its result for one prompt depends on the other prompts in the batch).
+
+Textual-inversion embeddings (``embeddings=``, SD1/SD2/SDXL): the chunks hold placeholder tokens where a
+name appears (``embedding_tokens.py``) and each CLIP's token embeddings there are replaced by the file's
+vectors for that one call; the weights then apply to them as to any token.
 """
 
 from __future__ import annotations
@@ -101,9 +105,15 @@ def _hidden(encoder: Any, output: Any, slot: ClipSlot, clip_skip: int) -> Any:
     return _final_layer_norm(encoder)(states[-depth]) if slot.layer == "last" else states[-depth]
 
 
-def _encode_slot(pipe: Any, slot: ClipSlot, rows: list[list[PromptChunk]], clip_skip: int, device: Any):
-    """Encode every row's chunks with one CLIP: ([R, n*77, D], pooled of chunk 0 [R, P] or None)."""
+def _encode_slot(
+    pipe: Any, slot: ClipSlot, rows: list[list[PromptChunk]], clip_skip: int, device: Any, vectors: Any = None
+):
+    """Encode every row's chunks with one CLIP: ([R, n*77, D], pooled of chunk 0 [R, P] or None).
+
+    ``vectors``: embedding name -> [n, D] vectors of this encoder, put where the chunks placed the embeddings."""
     import torch
+
+    from webui.generation.embedding_tokens import inserted
 
     tokenizer, encoder = getattr(pipe, slot.tokenizer), getattr(pipe, slot.encoder)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -111,7 +121,10 @@ def _encode_slot(pipe: Any, slot: ClipSlot, rows: list[list[PromptChunk]], clip_
     ids = torch.tensor([p[0] for p in padded], dtype=torch.long, device=device)
     weights = torch.tensor([p[1] for p in padded], dtype=torch.float32, device=device)
     need_states = slot.layer == "penultimate" or clip_skip > 1
-    output = encoder(ids, output_hidden_states=need_states)
+    flat = [chunk for row in rows for chunk in row]
+    fixes = [(i, 1 + at, vectors[name]) for i, c in enumerate(flat) for at, name in getattr(c, "fixes", ())]
+    with inserted(encoder, fixes):
+        output = encoder(ids, output_hidden_states=need_states)
     z = _emphasize(_hidden(encoder, output, slot, clip_skip), weights)
     n_rows, n_chunks = len(rows), len(rows[0])
     z = z.reshape(n_rows, n_chunks * (CHUNK_LENGTH + 2), z.shape[-1]).to(device=device, dtype=encoder.dtype)
@@ -162,12 +175,31 @@ def _append_t5(clip: Any, t5: Any) -> Any:
     return torch.cat([torch.nn.functional.pad(clip, (0, extra)), t5], dim=-2)
 
 
+def _slot_vectors(family: FamilyAdapter, slot: ClipSlot, embeddings: Any) -> dict[str, Any] | None:
+    """Each embedding's vectors for the text encoder of ``slot`` (None: no embeddings)."""
+    if not embeddings:
+        return None
+    from webui.models.embeddings import vectors_for
+
+    slot_id = next((sid for sid, component in family.text_slots().items() if component == slot.encoder), "")
+    return {name: vectors_for(e, slot_id) for name, e in embeddings.items()}
+
+
 # --- public --------------------------------------------------------------------------------------
 
 
-def _chunk_rows(pipe: Any, slots: list[ClipSlot], parsed: list[list[tuple[str, float]]]):
-    """Each slot's chunks per row, all padded with empty chunks to the same count."""
-    per_slot = [[chunk_fragments(getattr(pipe, s.tokenizer), fragments)[0] for fragments in parsed] for s in slots]
+def _slot_chunks(tokenizer: Any, parsed: list[list[tuple[str, float]]], embeddings: Any) -> list:
+    if not embeddings:
+        return [chunk_fragments(tokenizer, fragments)[0] for fragments in parsed]
+    from webui.generation.embedding_tokens import NameTable, chunk_with_embeddings
+
+    table = NameTable(tokenizer, {name: e.vectors for name, e in embeddings.items()})
+    return [chunk_with_embeddings(tokenizer, fragments, table)[0] for fragments in parsed]
+
+
+def _chunk_rows(pipe: Any, slots: list[ClipSlot], parsed: list[list[tuple[str, float]]], embeddings: Any = None):
+    """Each slot's chunks per row (``embeddings`` placed), all padded with empty chunks to the same count."""
+    per_slot = [_slot_chunks(getattr(pipe, s.tokenizer), parsed, embeddings) for s in slots]
     n_chunks = max(len(row) for rows in per_slot for row in rows)
     return [[row + [EMPTY_CHUNK] * (n_chunks - len(row)) for row in rows] for rows in per_slot]
 
@@ -204,6 +236,7 @@ def encode_prompts(
     clip_skip: int = 1,
     use_t5: bool = True,
     device: Any = None,
+    embeddings: Any = None,
 ) -> dict[str, Any]:
     """The pipeline-call kwargs for these prompts: ``prompt_embeds``, ``negative_prompt_embeds``
     (+ ``pooled_prompt_embeds``, ``negative_pooled_prompt_embeds`` for SDXL and SD3).
@@ -211,6 +244,7 @@ def encode_prompts(
     One row per prompt; ``prompts`` must already be free of ``<lora:...>`` tags. ``clip_skip`` has
     A1111's meaning (1 = no skip). Positive and negative rows get the same number of 77-token chunks.
     ``device`` defaults to the pipeline's execution device; tensors take the text encoders' dtype.
+    ``embeddings``: name -> ``webui.models.embeddings.Embedding`` that fit this model, used where named.
     """
     import torch
 
@@ -220,8 +254,10 @@ def encode_prompts(
     device = torch.device(device) if device is not None else pipe._execution_device
     parsed = [parse_prompt_attention(text) for text in [*prompts, *negative_prompts]]
     with torch.no_grad():
+        rows_per_slot = _chunk_rows(pipe, slots, parsed, embeddings)
         encoded = [
-            _encode_slot(pipe, s, rows, clip_skip, device) for s, rows in zip(slots, _chunk_rows(pipe, slots, parsed))
+            _encode_slot(pipe, s, rows, clip_skip, device, _slot_vectors(family, s, embeddings))
+            for s, rows in zip(slots, rows_per_slot)
         ]
         dtype = encoded[-1][0].dtype
         embeds = torch.cat([z.to(dtype) for z, _ in encoded], dim=-1)

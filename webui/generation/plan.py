@@ -54,6 +54,7 @@ class EngineParts:
     hooks: Any = None  # webui.extensions.ExtensionHost (None: no extensions)
     prompt_cache: Any = None  # webui.speed.prompt_cache.PromptCache (None: encode every pass)
     oom_retry: bool = True  # retry a batch once with a stronger memory mode after out of memory
+    embeddings: Any = None  # webui.models.embeddings.EmbeddingLibrary (None: no embeddings)
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Job:
     model_hash: str = ""
     vae_name: str = ""
     lora_hashes: dict[str, str] = field(default_factory=dict)
+    ti_hashes: dict[str, str] = field(default_factory=dict)  # textual-inversion embeddings used (TI hashes)
     latest: Latest | None = None  # the running batch's newest estimate (for an interrupt); one per batch
     refiner: Any = None  # webui.models.handle.RefinerModel when the request hands off to a refiner
     warnings: list[str] = field(default_factory=list)  # what could not run as asked, and what ran instead

@@ -324,6 +324,7 @@ def build_controls(
     """Build the controls and the results column for ``task``; wire everything but Generate."""
     import gradio as gr
 
+    from webui.ui.embedding_browser import build_embedding_browser
     from webui.ui.lora_browser import build_lora_browser
     from webui.ui.runner import build_results
 
@@ -331,6 +332,7 @@ def build_controls(
     w: dict[str, Any] = {}
     _prompt_row(backend, page, task, f, w)
     build_lora_browser(backend, page, task, f["prompt"])
+    build_embedding_browser(backend, page, task, f["prompt"], f["negative_prompt"])
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             extra = dict(inputs_slot()) if inputs_slot else {}

@@ -32,9 +32,14 @@ def encode_pass(job: Job, spec: PassSpec, pipe: Any, family: Any) -> dict[str, A
     prompt = checked.prompt if spec.prompt is None else spec.prompt
     negative = checked.negative if spec.negative is None else spec.negative
     n = spec.n
+    from webui.generation.embedding_use import cache_state, pass_embeddings
+
+    applied = pass_embeddings(job, pipe, family, [prompt, negative])
 
     def encode() -> dict[str, Any]:
-        return encode_prompts(pipe, family, [prompt] * n, [negative] * n, clip_skip=req.clip_skip, use_t5=req.use_t5)
+        return encode_prompts(
+            pipe, family, [prompt] * n, [negative] * n, clip_skip=req.clip_skip, use_t5=req.use_t5, embeddings=applied
+        )
 
     cache = job.parts.prompt_cache
     if cache is None:
@@ -46,6 +51,7 @@ def encode_pass(job: Job, spec: PassSpec, pipe: Any, family: Any) -> dict[str, A
         (str(entry.path), entry.mtime_ns) if entry is not None else None,
         req.refiner_checkpoint if spec.model is not None else "",
         tuple((tag.name, float(tag.weight)) for tag, _ in checked.loras),  # text-encoder LoRAs change the embeddings
+        cache_state(applied),  # the textual-inversion embeddings used, each file's version
     )
     key = PromptKey.of(pipe, state, prompt, negative, clip_skip=req.clip_skip, use_t5=req.use_t5, batch=n)
     return cache.get_or_encode(pipe, key, encode)

@@ -114,6 +114,7 @@ def infotext(job: Any, req: GenerationRequest, seed: int, subseed: int, extra: d
         model_hash=job.model_hash,
         vae_name=job.vae_name,
         lora_hashes=job.lora_hashes,
+        ti_hashes=getattr(job, "ti_hashes", None),
     )
 
 
