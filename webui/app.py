@@ -287,6 +287,7 @@ def build_generation(services: Services) -> None:
     from webui.generation.samplers import SamplerTable
     from webui.generation.service import GenerationService
     from webui.outputs.writer import OutputWriter
+    from webui.generation.wildcards import Wildcards
     from webui.speed.prompt_cache import PromptCache
 
     settings = services.settings
@@ -308,6 +309,7 @@ def build_generation(services: Services) -> None:
         hooks=services.extensions,
         oom_retry=settings.memory_oom_retry,
         prompt_cache=PromptCache(settings.prompt_cache_size),
+        wildcards=Wildcards(Path(services.paths.models) / "wildcards"),
     )
     services.generation = GenerationService(
         services.engine.run,

@@ -33,6 +33,7 @@ class Engine:
         hooks: Any = None,
         oom_retry: bool = True,
         prompt_cache: Any = None,
+        wildcards: Any = None,
     ) -> None:
         self.manager = manager
         self.samplers = samplers
@@ -43,6 +44,7 @@ class Engine:
         self.hooks = hooks  # webui.extensions.ExtensionHost (None: no extensions)
         self.oom_retry = oom_retry  # retry a batch once with a stronger memory mode after out of memory
         self.prompt_cache = prompt_cache  # webui.speed.prompt_cache.PromptCache (None: encode every pass)
+        self.wildcards = wildcards  # webui.generation.wildcards.Wildcards (None: __name__ stays as written)
 
     # -- checking -----------------------------------------------------------------------------
     def check_context(self) -> CheckContext:
@@ -99,7 +101,9 @@ class Engine:
             self._use_vae(model, checked)
         seed = resolve_seed(req.seed)
         subseed = resolve_seed(req.subseed)  # drawn even without variation: A1111 reports it
-        parts = EngineParts(self.samplers, self.writer, self.hashes, self.hooks, self.prompt_cache, self.oom_retry)
+        parts = EngineParts(
+            self.samplers, self.writer, self.hashes, self.hooks, self.prompt_cache, self.oom_retry, self.wildcards
+        )
         job = Job.of(
             checked, model, parts, image_seeds(seed, subseed, req.subseed_strength, req.batch_size, req.n_iter), job_id
         )

@@ -98,6 +98,7 @@ def infotext(job: Any, req: GenerationRequest, seed: int, subseed: int, extra: d
     if extra:
         req = req.replace(extra_generation_params={**req.extra_generation_params, **extra})
     req = _hires_as_run(job, req)
+    req = _wildcards_chosen(job, req, seed)
     return infotext_for(
         req,
         req.prompt,
@@ -115,6 +116,18 @@ def infotext(job: Any, req: GenerationRequest, seed: int, subseed: int, extra: d
         vae_name=job.vae_name,
         lora_hashes=job.lora_hashes,
     )
+
+
+def _wildcards_chosen(job: Any, req: GenerationRequest, seed: int) -> GenerationRequest:
+    """The request with the wildcards this image's seed chose (its prompt editing kept as written)."""
+    if getattr(getattr(job, "parts", None), "wildcards", None) is None:
+        return req
+    from webui.generation.prompt_steps import resolved_prompt
+
+    fields = ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
+    chosen = {name: resolved_prompt(job, getattr(req, name), seed, name) for name in fields}
+    changed = {name: text for name, text in chosen.items() if text != getattr(req, name)}
+    return req.replace(**changed) if changed else req
 
 
 def _hires_as_run(job: Any, req: GenerationRequest) -> GenerationRequest:
