@@ -64,6 +64,10 @@ class AppPaths:
         p = Path(settings.t5_tokenizer_dir).expanduser()
         return p if p.is_absolute() else self.models / p
 
+    def wildcards_dir(self, settings: Settings) -> Path:
+        p = Path(settings.wildcards_dir).expanduser()
+        return p if p.is_absolute() else self.models / p
+
 
 @dataclass
 class Services:
@@ -309,7 +313,7 @@ def build_generation(services: Services) -> None:
         hooks=services.extensions,
         oom_retry=settings.memory_oom_retry,
         prompt_cache=PromptCache(settings.prompt_cache_size),
-        wildcards=Wildcards(Path(services.paths.models) / "wildcards"),
+        wildcards=Wildcards(services.paths.wildcards_dir(settings)),
     )
     services.generation = GenerationService(
         services.engine.run,

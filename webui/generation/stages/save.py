@@ -171,11 +171,12 @@ def info(job: Any, seeds: list[int], infotexts: list[str], inpainting: bool = Fa
     req = job.req
     first_seed, first_sub = job.seeds[0]
     n = len(seeds) or req.total_images
+    chosen = [_wildcards_chosen(job, req, seed) for seed in seeds] or [req] * n  # each image's wildcards
     return {
         "prompt": req.prompt,
-        "all_prompts": [req.prompt] * n,
+        "all_prompts": [r.prompt for r in chosen],
         "negative_prompt": req.negative_prompt,
-        "all_negative_prompts": [req.negative_prompt] * n,
+        "all_negative_prompts": [r.negative_prompt for r in chosen],
         "seed": first_seed,
         "all_seeds": list(seeds) or [s for s, _ in job.seeds],
         "subseed": first_sub,
