@@ -119,3 +119,15 @@ def test_a_prompt_without_editing_gives_the_plain_embeddings():
 def test_an_offset_pass_starts_inside_the_schedule():
     cond = stepped_cond(["[a:b:6]"], [""], 10, lambda pos, neg: {"e": pos[0]}, offset=4)
     assert cond["e"] == "a" and {k: v["e"] for k, v in cond.changes.items()} == {3: "b"}
+
+
+
+def test_the_token_counter_counts_the_longest_text_a_step_sees():
+    from webui.generation.prompts import count_tokens
+    from webui.models.tokenizers import clip_tokenizer
+
+    tokenizer = clip_tokenizer("<|endoftext|>")
+    short, _ = count_tokens(tokenizer, "a cat")
+    edited, _ = count_tokens(tokenizer, "a [cat:" + "very " * 30 + "long dog:0.5]")
+    assert edited == count_tokens(tokenizer, "a " + "very " * 30 + "long dog")[0] > short
+    assert count_tokens(tokenizer, "[a cat|" + "x " * 80 + "]") == (80, 150)

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Union
 
+COUNT_STEPS = 150  # the token counter reads the texts of a pass this long (A1111's steps slider ends there)
 MAX_DEPTH = 40  # nesting deeper than this is read as plain text (no editing), never a RecursionError
 
 _TOKEN = re.compile(r"\\.|[\[\]():|]|[^\\\[\]():|]+|\\", re.DOTALL)
@@ -222,3 +223,8 @@ def text_at(schedule: list[tuple[int, str]], step: int) -> str:
         if step <= end:
             return text
     return schedule[-1][1]
+
+
+def prompt_texts(text: str, steps: int = COUNT_STEPS) -> list[str]:
+    """Every distinct text the steps of a pass see, in order (the token counter counts the longest)."""
+    return list(dict.fromkeys(t for _, t in prompt_schedule(text, steps)))
