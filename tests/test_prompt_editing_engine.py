@@ -19,7 +19,7 @@ FAMILIES = ("sd15", "sdxl", "sd3")
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
     root = tmp_path_factory.mktemp("prompt_editing")
-    write_demo_models(root / "models", FAMILIES)
+    write_demo_models(root / "models", FAMILIES, loras=True)
     cards = root / "models" / "wildcards"
     (cards / "places").mkdir(parents=True)
     (cards / "color.txt").write_text("red\ngreen\nblue\nyellow\nviolet\norange\n")
@@ -138,6 +138,28 @@ def test_img2img_counts_the_requested_steps_and_hires_fix_its_own(services, seen
         s.check(call, ["dog" if step <= 3 else "cat"], [""])
     for step, call in enumerate(hires, start=1):
         s.check(call, ["dog" if step <= 2 else "cat"], [""])
+
+
+def test_inpaint_with_a_lora_tag_switches_too(services, seen):
+    from PIL import Image
+
+    s = seen("sd15")
+    image = Image.new("RGB", (64, 64), (120, 30, 200))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    job = run(
+        services,
+        task="inpaint",
+        init_image=image,
+        mask=mask,
+        denoising_strength=1.0,
+        prompt="<lora:demo-sd15-lora:0.8> a [dog:cat:2]",
+    )
+    assert "demo-sd15-lora" in job.result.infotexts[0]
+    assert len(s.calls) == 4
+    rows = [call["embeds"][1] for call in s.calls]  # the positive row (the LoRA may change the text encoder)
+    assert torch.equal(rows[0], rows[1]) and torch.equal(rows[2], rows[3])
+    assert not torch.allclose(rows[1], rows[2], atol=1e-3)
 
 
 def test_wildcards_follow_each_images_seed_into_conditioning_and_infotext(services, seen):
