@@ -47,7 +47,11 @@ def txt2img(client, prompt: str) -> tuple[np.ndarray, dict, str]:
     r = client.post("/sdapi/v1/txt2img", json={**BASE, "prompt": prompt})
     assert r.status_code == 200, r.text
     body = r.json()
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(body["images"][0])))), json.loads(body["info"]), body["images"][0]
+    return (
+        np.asarray(Image.open(io.BytesIO(base64.b64decode(body["images"][0])))),
+        json.loads(body["info"]),
+        body["images"][0],
+    )
 
 
 def test_an_edit_switches_where_its_step_says(client):

@@ -62,7 +62,7 @@ def test_schedule(prompt, steps, expected):
 
 
 def test_a_plain_bracket_stays_de_emphasis_for_the_attention_parser():
-    (_, text), = prompt_schedule("a [dog] photo", 20)
+    ((_, text),) = prompt_schedule("a [dog] photo", 20)
     weights = dict(parse_prompt_attention(text))
     assert weights["dog"] == pytest.approx(1 / 1.1)
 
@@ -119,7 +119,6 @@ def test_a_prompt_without_editing_gives_the_plain_embeddings():
 def test_an_offset_pass_starts_inside_the_schedule():
     cond = stepped_cond(["[a:b:6]"], [""], 10, lambda pos, neg: {"e": pos[0]}, offset=4)
     assert cond["e"] == "a" and {k: v["e"] for k, v in cond.changes.items()} == {3: "b"}
-
 
 
 def test_the_token_counter_counts_the_longest_text_a_step_sees():

@@ -173,7 +173,9 @@ def test_wildcards_follow_each_images_seed_into_conditioning_and_infotext(servic
         s.check(s.calls[call_index], shown, ["", ""])
     again = run(services, prompt=prompt, seed=101, batch_size=1)  # the second image alone: the same choice
     assert again.result.infotexts[0].split("\n")[0] == texts[1]
-    many = {run(services, prompt="__color__", seed=seed, steps=1).result.infotexts[0].split("\n")[0] for seed in range(8)}
+    many = {
+        run(services, prompt="__color__", seed=seed, steps=1).result.infotexts[0].split("\n")[0] for seed in range(8)
+    }
     assert len(many) > 2 and many <= {"red", "green", "blue", "yellow", "violet", "orange"}
 
 

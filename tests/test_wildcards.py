@@ -46,7 +46,10 @@ def test_nested_wildcards_are_replaced_and_self_reference_stops(cards):
 
 
 def test_the_negative_prompt_draws_apart_from_the_prompt(cards):
-    differs = [cards.resolve("__color__", s, "prompt").text != cards.resolve("__color__", s, "negative_prompt").text for s in range(30)]
+    differs = [
+        cards.resolve("__color__", s, "prompt").text != cards.resolve("__color__", s, "negative_prompt").text
+        for s in range(30)
+    ]
     assert any(differs)
 
 

@@ -290,8 +290,8 @@ def build_generation(services: Services) -> None:
     from webui.generation.requests import Limits
     from webui.generation.samplers import SamplerTable
     from webui.generation.service import GenerationService
-    from webui.outputs.writer import OutputWriter
     from webui.generation.wildcards import Wildcards
+    from webui.outputs.writer import OutputWriter
     from webui.speed.prompt_cache import PromptCache
 
     settings = services.settings

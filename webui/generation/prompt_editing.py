@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Union
 
 COUNT_STEPS = 150  # the token counter reads the texts of a pass this long (A1111's steps slider ends there)
 MAX_DEPTH = 40  # nesting deeper than this is read as plain text (no editing), never a RecursionError
@@ -55,7 +54,7 @@ class Group:
     close: str
 
 
-Node = Union[str, Scheduled, Alternate, Group, tuple]  # a tuple is a sequence of nodes
+Node = str | Scheduled | Alternate | Group | tuple  # a tuple is a sequence of nodes
 
 
 class _TooDeep(Exception):

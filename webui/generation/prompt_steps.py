@@ -16,6 +16,7 @@ embeddings, so there the pooled embedding stays the first step's.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from itertools import pairwise
 from typing import Any
 
 from webui.generation.prompt_editing import prompt_schedule, text_at
@@ -109,7 +110,7 @@ def stepped_cond(
     first = cond(keys[0][1])
     if len(keys) == 1:
         return first
-    changes = {previous_end + 1 - offset: cond(key) for (previous_end, _), (_, key) in zip(keys, keys[1:])}
+    changes = {previous_end + 1 - offset: cond(key) for (previous_end, _), (_, key) in pairwise(keys)}
     return SteppedCond(first, changes)
 
 

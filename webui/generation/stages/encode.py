@@ -22,7 +22,12 @@ def first_pass(job: Job, batch: Batch) -> PassSpec:
     req = job.req
     steps = job.steps if req.task == "txt2img" else passes.steps_for_strength(job.steps, req.denoising_strength)
     return PassSpec(
-        req.task, req.task, n=len(batch.seeds), seed=batch.seeds[0][0], steps=steps, seeds=tuple(s for s, _ in batch.seeds)
+        req.task,
+        req.task,
+        n=len(batch.seeds),
+        seed=batch.seeds[0][0],
+        steps=steps,
+        seeds=tuple(s for s, _ in batch.seeds),
     )
 
 
@@ -37,7 +42,10 @@ def encode_pass(job: Job, spec: PassSpec, pipe: Any, family: Any) -> dict[str, A
     checked = job.checked
     prompt = checked.prompt if spec.prompt is None else spec.prompt
     negative = checked.negative if spec.negative is None else spec.negative
-    fields = ("prompt" if spec.prompt is None else "hr_prompt", "negative_prompt" if spec.negative is None else "hr_negative_prompt")
+    fields = (
+        "prompt" if spec.prompt is None else "hr_prompt",
+        "negative_prompt" if spec.negative is None else "hr_negative_prompt",
+    )
     seeds = spec.seeds or (spec.seed,) * spec.n
     pos, neg = pass_prompts(job, prompt, negative, seeds, fields)
 
