@@ -17,9 +17,12 @@ FAMILIES = ("sd15", "sdxl", "sd3")
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory):
+def services(tmp_path_factory, tiny_checkpoint):
+    import shutil
+
     root = tmp_path_factory.mktemp("prompt_editing")
     write_demo_models(root / "models", FAMILIES, loras=True)
+    shutil.copy(tiny_checkpoint("sdxl_refiner").path, root / "models" / "Stable-diffusion" / "sdxl-refiner.safetensors")
     cards = root / "models" / "wildcards"
     (cards / "places").mkdir(parents=True)
     (cards / "color.txt").write_text("red\ngreen\nblue\nyellow\nviolet\norange\n")
@@ -138,6 +141,29 @@ def test_img2img_counts_the_requested_steps_and_hires_fix_its_own(services, seen
         s.check(call, ["dog" if step <= 3 else "cat"], [""])
     for step, call in enumerate(hires, start=1):
         s.check(call, ["dog" if step <= 2 else "cat"], [""])
+
+
+def test_the_refiner_goes_on_with_the_first_passs_schedule(services, seen):
+    s = seen("sdxl")
+    fields = {"prompt": "[dog:cat:3]", "refiner_checkpoint": "sdxl-refiner.safetensors", "refiner_switch_at": 0.5}
+    run(services, "sdxl", **fields)  # loads the refiner
+    refiner, family = services.manager.secondary("sdxl-refiner.safetensors")
+    calls = []
+    handle = refiner.unet.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(kw["encoder_hidden_states"].clone()), with_kwargs=True
+    )
+    try:
+        s.calls.clear()
+        run(services, "sdxl", **fields)
+    finally:
+        handle.remove()
+    assert len(s.calls) == 2 and len(calls) == 2  # steps 1-2 on the base, 3-4 on the refiner
+    for call in s.calls:
+        s.check(call, ["dog"], [""])
+    for call, text in zip(calls, ["dog", "cat"]):
+        cond = encode_prompts(refiner, family, [text], [""])
+        want = torch.cat([cond["negative_prompt_embeds"], cond["prompt_embeds"]])
+        assert_close(call, want, max_diff=1e-4, mean_diff=1e-5)
 
 
 def test_inpaint_with_a_lora_tag_switches_too(services, seen):
