@@ -12,7 +12,6 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-
 # --- tiny original-layout checkpoints (webui.models.demo + ldm_export) ---------------------------
 
 

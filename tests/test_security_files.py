@@ -280,12 +280,11 @@ def test_gradio_itself_still_refuses_paths_it_did_not_upload(site):
     set, which ``launch()`` sets and ``mount_gradio_app`` does not (``webui.security.mount`` sets it). If a
     Gradio upgrade renames that switch, this fails: an event would copy any readable file into the cache."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from gradio import processing_utils
     from gradio.context import LocalContext
     from gradio.exceptions import InvalidPathError
-
-    from concurrent.futures import ThreadPoolExecutor
 
     blocks = _gradio_blocks(site["app"])
     image = next(b for b in blocks.blocks.values() if type(b).__name__ == "Image")

@@ -12,12 +12,12 @@ from types import SimpleNamespace
 import pytest
 
 from tests.app_services import tmp_services
+from webui.backend import local_settings
 from webui.config import Settings, load_settings
 from webui.generation.requests import GenerationRequest
 from webui.generation.service import DONE
 from webui.models.demo import demo_checkpoint_name, write_demo_models
 from webui.outputs.writer import read_infotext
-from webui.backend import local_settings
 from webui.settings_edit import check_values, infer_base
 from webui.ui import settings_apply
 

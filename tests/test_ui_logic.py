@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from tests.app_services import tmp_services
-from webui.generation.infotext_map import infotext_for
-from webui.generation.requests import GenerationRequest, RequestError
 from webui.backend import LoadedModel, ModelInfo
 from webui.backend.local import LocalBackend
+from webui.generation.infotext_map import infotext_for
+from webui.generation.requests import GenerationRequest, RequestError
 from webui.generation.service import GenerationService, JobResult, Progress
 from webui.ui import choices, model_bar, runner
 from webui.ui.control_events import count_text, family_updates

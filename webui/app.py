@@ -65,6 +65,10 @@ class AppPaths:
         p = Path(settings.t5_tokenizer_dir).expanduser()
         return p if p.is_absolute() else self.models / p
 
+    def wildcards_dir(self, settings: Settings) -> Path:
+        p = Path(settings.wildcards_dir).expanduser()
+        return p if p.is_absolute() else self.models / p
+
 
 @dataclass
 class Services:
@@ -299,6 +303,7 @@ def build_generation(services: Services) -> None:
     from webui.generation.requests import Limits
     from webui.generation.samplers import SamplerTable
     from webui.generation.service import GenerationService
+    from webui.generation.wildcards import Wildcards
     from webui.outputs.writer import OutputWriter
     from webui.speed.prompt_cache import PromptCache
 
@@ -322,6 +327,7 @@ def build_generation(services: Services) -> None:
         oom_retry=settings.memory_oom_retry,
         prompt_cache=PromptCache(settings.prompt_cache_size),
         embeddings=services.embeddings,
+        wildcards=Wildcards(services.paths.wildcards_dir(settings)),
     )
     services.generation = GenerationService(
         services.engine.run,

@@ -78,6 +78,8 @@ class Settings:
     # Where the T5 tokenizer for SD3 is looked for (spiece.model or tokenizer.json),
     # relative to models_dir unless absolute.
     t5_tokenizer_dir: str = "text_encoder/t5_tokenizer"
+    # Wildcard files (``__name__`` in a prompt: a random line of name.txt), relative to models_dir unless absolute.
+    wildcards_dir: str = "wildcards"
     # Generation: live preview every N steps (0 = off); the largest width/height a request may ask for.
     preview_every: int = 5
     max_image_size: int = 2048
@@ -197,6 +199,7 @@ FIELD_CHECKS: dict[str, Any] = {
     "config_file": check_path("config_file"),
     "auth_file": check_path("auth_file", optional=True),
     "t5_tokenizer_dir": check_path("t5_tokenizer_dir"),
+    "wildcards_dir": check_path("wildcards_dir"),
     "cors_allow_origins": check_origins,
     "cors_allow_origins_regex": check_regex,
     "job_timeout": not_negative("job_timeout", "0 (no limit) or more seconds"),
@@ -238,6 +241,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", help="models folder; may be an existing A1111 or ComfyUI models folder")
     p.add_argument("--outputs-dir", help="where generated images are written (default outputs/)")
     p.add_argument("--extensions-dir", help="extensions folder (default extensions/)")
+    p.add_argument(
+        "--wildcards-dir", help="wildcard files for __name__ in prompts (default models/wildcards; relative to models)"
+    )
     p.add_argument("--config-file", help="settings file (default config.json)")
     p.add_argument("--device", choices=DEVICES, help="compute device (default auto)")
     p.add_argument(
@@ -360,6 +366,7 @@ _CLI_TO_FIELD = {
     "models_dir": "models_dir",
     "outputs_dir": "outputs_dir",
     "extensions_dir": "extensions_dir",
+    "wildcards_dir": "wildcards_dir",
     "config_file": "config_file",
     "device": "device",
     "precision": "precision",

@@ -44,6 +44,7 @@ NOT_FROM_PAGE: dict[str, str] = {
     "cors_allow_origins_regex": "--cors-allow-origins-regex",
     "enable_insecure_extension_access": "--enable-insecure-extension-access", "offline": "WEBUI_OFFLINE",
     "skip_install": "--skip-install",
+    "wildcards_dir": "--wildcards-dir",
 }
 
 

@@ -98,17 +98,25 @@ def count_with_embeddings(tokenizer: Any, text: str, vectors: Mapping[str, int])
     """``prompts.count_tokens`` where each embedding named counts its vectors (as A1111's counter)."""
     import math
 
-    from webui.generation.prompts import parse_prompt_attention, strip_loras
+    from webui.generation.prompt_editing import prompt_texts
+    from webui.generation.prompts import strip_loras
 
     table = NameTable(tokenizer, vectors)
+    # with prompt editing or alternation, the longest text a step sees counts (as ``prompts.count_tokens``)
+    used = max(_count(tokenizer, table, t) for t in prompt_texts(strip_loras(text)))
+    return used, math.ceil(max(used, 1) / CHUNK_LENGTH) * CHUNK_LENGTH
+
+
+def _count(tokenizer: Any, table: NameTable, text: str) -> int:
+    from webui.generation.prompts import parse_prompt_attention
+
     builder = _Builder(_comma_id(tokenizer), 20)
-    fragments = parse_prompt_attention(strip_loras(text))
+    fragments = parse_prompt_attention(text)
     for fragment, ids in zip(fragments, tokenize_fragments(tokenizer, fragments)):
         if is_break(fragment):
             builder.close()
         _place(builder, table, ids, fragment[1])
-    _, used = builder.finish()
-    return used, math.ceil(max(used, 1) / CHUNK_LENGTH) * CHUNK_LENGTH
+    return builder.finish()[1]
 
 
 def _place(builder: _Builder, table: NameTable, ids: Sequence[int], weight: float) -> None:

@@ -34,6 +34,7 @@ class Engine:
         oom_retry: bool = True,
         prompt_cache: Any = None,
         embeddings: Any = None,
+        wildcards: Any = None,
     ) -> None:
         self.manager = manager
         self.samplers = samplers
@@ -45,6 +46,7 @@ class Engine:
         self.oom_retry = oom_retry  # retry a batch once with a stronger memory mode after out of memory
         self.prompt_cache = prompt_cache  # webui.speed.prompt_cache.PromptCache (None: encode every pass)
         self.embeddings = embeddings  # webui.models.embeddings.EmbeddingLibrary (None: no embeddings)
+        self.wildcards = wildcards  # webui.generation.wildcards.Wildcards (None: __name__ stays as written)
 
     # -- checking -----------------------------------------------------------------------------
     def check_context(self) -> CheckContext:
@@ -102,7 +104,14 @@ class Engine:
         seed = resolve_seed(req.seed)
         subseed = resolve_seed(req.subseed)  # drawn even without variation: A1111 reports it
         parts = EngineParts(
-            self.samplers, self.writer, self.hashes, self.hooks, self.prompt_cache, self.oom_retry, self.embeddings
+            self.samplers,
+            self.writer,
+            self.hashes,
+            self.hooks,
+            self.prompt_cache,
+            self.oom_retry,
+            self.embeddings,
+            self.wildcards,
         )
         job = Job.of(
             checked, model, parts, image_seeds(seed, subseed, req.subseed_strength, req.batch_size, req.n_iter), job_id

@@ -48,6 +48,9 @@ class PassInputs:
     # (pipeline, the call's arguments) -> (arguments to add, step callbacks): the extensions' part of the
     # pass (webui.generation.stages.denoise); None: no extension takes part
     extend: Callable[[Any, Mapping[str, Any]], tuple[Mapping[str, Any], Sequence[Any]]] | None = None
+    # the app's own step callbacks (diffusers' callback protocol, with ``tensor_inputs``), run before the
+    # extensions' ones: prompt editing's switch of the embeddings (webui.generation.prompt_steps)
+    step_callbacks: Sequence[Any] = ()
 
 
 def denoiser(pipe: Any) -> Any:
@@ -125,6 +128,7 @@ def _call(inputs: PassInputs, **kwargs: Any) -> Any:
     if inputs.extend is not None:
         added, extra = inputs.extend(pipe, args)
         args.update((k, v) for k, v in added.items() if k not in args)
+    extra = [*inputs.step_callbacks, *extra]
     if _accepts(pipe, "callback_on_step_end"):
         args["callback_on_step_end"] = _callback(inputs.on_step, inputs.latest, extra)
         args["callback_on_step_end_tensor_inputs"] = _tensor_inputs(extra)

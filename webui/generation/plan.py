@@ -55,6 +55,7 @@ class EngineParts:
     prompt_cache: Any = None  # webui.speed.prompt_cache.PromptCache (None: encode every pass)
     oom_retry: bool = True  # retry a batch once with a stronger memory mode after out of memory
     embeddings: Any = None  # webui.models.embeddings.EmbeddingLibrary (None: no embeddings)
+    wildcards: Any = None  # webui.generation.wildcards.Wildcards (None: __name__ stays as written)
 
 
 @dataclass
@@ -128,6 +129,8 @@ class PassSpec:
     width: int = 0
     height: int = 0
     model: Any = None  # a RefinerModel: the pass runs on it instead of the job's checkpoint
+    seeds: tuple[int, ...] = ()  # each image's seed (wildcards choose with it); () = ``seed`` for all
+    step_offset: int = 0  # the pass's step k is step offset + k of its prompt schedule (the refiner's)
 
 
 @dataclass

@@ -307,7 +307,11 @@ def chunk_fragments(
 def count_tokens(tokenizer: Any, text: str) -> tuple[int, int]:
     """(tokens used, limit) for the UI's "12/75" counter; the limit grows by 75 per chunk.
 
-    LoRA tags do not count (they are removed before encoding); a BREAK counts its chunk as full.
+    LoRA tags do not count (they are removed before encoding); a BREAK counts its chunk as full. With prompt
+    editing or alternation the longest text a step sees counts (as A1111).
     """
-    _, used = chunk_fragments(tokenizer, parse_prompt_attention(strip_loras(text)))
+    from webui.generation.prompt_editing import prompt_texts
+
+    texts = prompt_texts(strip_loras(text))
+    used = max(chunk_fragments(tokenizer, parse_prompt_attention(t))[1] for t in texts)
     return used, math.ceil(max(used, 1) / CHUNK_LENGTH) * CHUNK_LENGTH

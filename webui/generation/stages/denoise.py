@@ -58,7 +58,16 @@ def pass_inputs(job: Job, spec: PassSpec, ctx: JobContext, pipe: Any, family: An
         sdxl_conditioning=size_conditioning(job, width, height),
         latest=job.latest,
         extend=_extension_part(job, spec, family, steps, width, height),
+        step_callbacks=_prompt_switch(cond, pipe),
     )
+
+
+def _prompt_switch(cond: Any, pipe: Any) -> list[Any]:
+    """Prompt editing / alternation: the callback that switches the embeddings per step (none without it)."""
+    from webui.generation.prompt_steps import switch_callback
+
+    switch = switch_callback(cond, pipe)
+    return [switch] if switch is not None else []
 
 
 def size_conditioning(job: Job, width: int, height: int) -> dict[str, Any]:

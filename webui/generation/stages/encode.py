@@ -21,25 +21,51 @@ def first_pass(job: Job, batch: Batch) -> PassSpec:
 
     req = job.req
     steps = job.steps if req.task == "txt2img" else passes.steps_for_strength(job.steps, req.denoising_strength)
-    return PassSpec(req.task, req.task, n=len(batch.seeds), seed=batch.seeds[0][0], steps=steps)
+    return PassSpec(
+        req.task,
+        req.task,
+        n=len(batch.seeds),
+        seed=batch.seeds[0][0],
+        steps=steps,
+        seeds=tuple(s for s, _ in batch.seeds),
+    )
 
 
 def encode_pass(job: Job, spec: PassSpec, pipe: Any, family: Any) -> dict[str, Any]:
-    """The embeddings of ``spec``'s prompts (the job's unless the pass has its own) for ``pipe``."""
+    """The embeddings of ``spec``'s prompts (the job's unless the pass has its own) for ``pipe``.
+
+    Wildcards are chosen per image (``spec.seeds``); with prompt editing or alternation the result is a
+    ``prompt_steps.SteppedCond`` (the first step's embeddings and those later steps switch to).
+    """
+    from webui.generation.prompt_steps import pass_prompts, stepped_cond
+
+    checked = job.checked
+    prompt = checked.prompt if spec.prompt is None else spec.prompt
+    negative = checked.negative if spec.negative is None else spec.negative
+    fields = (
+        "prompt" if spec.prompt is None else "hr_prompt",
+        "negative_prompt" if spec.negative is None else "hr_negative_prompt",
+    )
+    seeds = spec.seeds or (spec.seed,) * spec.n
+    pos, neg = pass_prompts(job, prompt, negative, seeds, fields)
+
+    def encode(rows: list[str], negatives: list[str]) -> dict[str, Any]:
+        return _encode_rows(job, spec, pipe, family, rows, negatives)
+
+    return stepped_cond(pos, neg, spec.steps or job.steps, encode, offset=spec.step_offset)
+
+
+def _encode_rows(job: Job, spec: PassSpec, pipe: Any, family: Any, pos: list[str], neg: list[str]) -> dict[str, Any]:
+    """One encoding of these rows (one prompt per image), from the prompt cache when this model state made it."""
     from webui.generation.conditioning import encode_prompts
 
     req, checked = job.req, job.checked
-    prompt = checked.prompt if spec.prompt is None else spec.prompt
-    negative = checked.negative if spec.negative is None else spec.negative
-    n = spec.n
     from webui.generation.embedding_use import cache_state, pass_embeddings
 
-    applied = pass_embeddings(job, pipe, family, [prompt, negative])
+    applied = pass_embeddings(job, pipe, family, [*pos, *neg])
 
     def encode() -> dict[str, Any]:
-        return encode_prompts(
-            pipe, family, [prompt] * n, [negative] * n, clip_skip=req.clip_skip, use_t5=req.use_t5, embeddings=applied
-        )
+        return encode_prompts(pipe, family, pos, neg, clip_skip=req.clip_skip, use_t5=req.use_t5, embeddings=applied)
 
     cache = job.parts.prompt_cache
     if cache is None:
@@ -53,8 +79,16 @@ def encode_pass(job: Job, spec: PassSpec, pipe: Any, family: Any) -> dict[str, A
         tuple((tag.name, float(tag.weight)) for tag, _ in checked.loras),  # text-encoder LoRAs change the embeddings
         cache_state(applied),  # the textual-inversion embeddings used, each file's version
     )
-    key = PromptKey.of(pipe, state, prompt, negative, clip_skip=req.clip_skip, use_t5=req.use_t5, batch=n)
+    prompt, negative = _row_key(pos), _row_key(neg)
+    key = PromptKey.of(pipe, state, prompt, negative, clip_skip=req.clip_skip, use_t5=req.use_t5, batch=len(pos))
     return cache.get_or_encode(pipe, key, encode)
+
+
+def _row_key(rows: list[str]) -> str:
+    """The cache's text for these rows: the text when every image has the same, else all of them."""
+    if all(row == rows[0] for row in rows):
+        return rows[0]
+    return "\x00rows\x00" + "\x00".join(rows)
 
 
 class EncodePrompt:

@@ -48,6 +48,7 @@ class HiresFix:
             negative=checked.hr_negative,
             width=width,
             height=height,
+            seeds=tuple(s for s, _ in batch.seeds),
         )
         pipe = job.model.pipeline("img2img")
         inputs = pass_inputs(job, spec, ctx, pipe, job.family, encode_pass(job, spec, pipe, job.family))

@@ -49,10 +49,18 @@ class RefinerHandOff:
         from webui.generation.stages.encode import encode_pass
 
         refiner, switch, steps = job.refiner, job.req.refiner_switch_at, job.steps
-        spec = PassSpec("img2img", "refiner", n=len(batch.seeds), seed=batch.seeds[0][0], model=refiner)
+        run = max(1, steps - round(steps * switch))
+        spec = PassSpec(
+            "img2img",
+            "refiner",
+            n=len(batch.seeds),
+            seed=batch.seeds[0][0],
+            model=refiner,
+            seeds=tuple(s for s, _ in batch.seeds),
+            step_offset=steps - run,  # the refiner goes on with the first pass's prompt schedule
+        )
         cond = encode_pass(job, spec, refiner.pipeline, refiner.family)
         inputs = pass_inputs(job, spec, ctx, refiner.pipeline, refiner.family, cond)
-        run = max(1, steps - round(steps * switch))
         ctx.begin_pass(run, "refiner")
         batch.latents = passes.img2img(
             inputs, batch.latents, 1.0, batch.generators, output_type="latent", denoising_start=switch

@@ -98,6 +98,7 @@ def infotext(job: Any, req: GenerationRequest, seed: int, subseed: int, extra: d
     if extra:
         req = req.replace(extra_generation_params={**req.extra_generation_params, **extra})
     req = _hires_as_run(job, req)
+    req = _wildcards_chosen(job, req, seed)
     return infotext_for(
         req,
         req.prompt,
@@ -116,6 +117,18 @@ def infotext(job: Any, req: GenerationRequest, seed: int, subseed: int, extra: d
         lora_hashes=job.lora_hashes,
         ti_hashes=getattr(job, "ti_hashes", None),
     )
+
+
+def _wildcards_chosen(job: Any, req: GenerationRequest, seed: int) -> GenerationRequest:
+    """The request with the wildcards this image's seed chose (its prompt editing kept as written)."""
+    if getattr(getattr(job, "parts", None), "wildcards", None) is None:
+        return req
+    from webui.generation.prompt_steps import resolved_prompt
+
+    fields = ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
+    chosen = {name: resolved_prompt(job, getattr(req, name), seed, name) for name in fields}
+    changed = {name: text for name, text in chosen.items() if text != getattr(req, name)}
+    return req.replace(**changed) if changed else req
 
 
 def _hires_as_run(job: Any, req: GenerationRequest) -> GenerationRequest:
@@ -159,11 +172,12 @@ def info(job: Any, seeds: list[int], infotexts: list[str], inpainting: bool = Fa
     req = job.req
     first_seed, first_sub = job.seeds[0]
     n = len(seeds) or req.total_images
+    chosen = [_wildcards_chosen(job, req, seed) for seed in seeds] or [req] * n  # each image's wildcards
     return {
         "prompt": req.prompt,
-        "all_prompts": [req.prompt] * n,
+        "all_prompts": [r.prompt for r in chosen],
         "negative_prompt": req.negative_prompt,
-        "all_negative_prompts": [req.negative_prompt] * n,
+        "all_negative_prompts": [r.negative_prompt for r in chosen],
         "seed": first_seed,
         "all_seeds": list(seeds) or [s for s, _ in job.seeds],
         "subseed": first_sub,
