@@ -348,3 +348,17 @@ def test_the_token_counter_counts_an_embeddings_vectors(client, services):
         path.unlink()
     assert counted.used == 2 + 7
     assert plain.used == 2 + len(tokenizer(["tinyxl"], add_special_tokens=False)["input_ids"][0])
+
+
+def test_an_embedding_inside_prompt_editing_is_applied_at_the_steps_that_use_it(services):
+    folder = services.paths.models / "embeddings"
+    prompt = "a lighthouse, [editstyle:harbor:1]"  # step 1 sees the embedding, step 2 "harbor"
+    before, result = _run(services, "sd15", prompt)  # not installed yet: plain text
+    assert "TI hashes" not in result.infotexts[0]
+    write_a1111_pt(folder / "editstyle.pt", seed=23)
+    try:
+        used, result = _run(services, "sd15", prompt)
+    finally:
+        (folder / "editstyle.pt").unlink()
+    assert np.abs(used - before).mean() > EMBEDDING_EFFECT and "editstyle: " in result.infotexts[0]
+    assert "[editstyle:harbor:1]" in result.infotexts[0]  # the prompt as written
