@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from webui.outputs.writer import OutputWriter
     from webui.registry import Registry
     from webui.speed.optimize import SpeedTuner
+    from webui.upscale.run import Upscalers
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("webui")
@@ -86,6 +87,7 @@ class Services:
     generation: GenerationService | None = None  # the worker starts in main (generation.start)
     extensions: ExtensionHost | None = None
     backend: LocalBackend | None = None
+    upscalers: Upscalers | None = None  # webui.upscale: Extras and hires-fix upscaler models
     # Imports torch and diffusers and chooses the device on a thread; serve starts it after the first answer.
     warm_up: Deferred[DeviceChoice] | None = None
 
@@ -192,9 +194,20 @@ def build_services(settings: Settings, base: Path = ROOT, memory: Any = None, de
     services = Services(
         settings, paths, families, catalog, hashes, manager, device, extensions=extensions, warm_up=warm_up
     )
+    services.upscalers = build_upscalers(settings, paths, device)
     build_generation(services)
     build_backend(services)
     return services
+
+
+def build_upscalers(settings: Settings, paths: AppPaths, device: Any) -> Upscalers:
+    """The upscalers of models/ESRGAN, models/upscale_models ... (nothing is read until one is used)."""
+    from webui.upscale.run import TileOptions, Upscalers
+
+    tiles = TileOptions(settings.upscaler_tile, settings.upscaler_tile_overlap)
+    upscalers = Upscalers(paths.models, device=lambda: device.device, tiles=tiles)
+    upscalers.ensure_folder()
+    return upscalers
 
 
 def build_backend(services: Services) -> LocalBackend:
@@ -308,6 +321,7 @@ def build_generation(services: Services) -> None:
         hooks=services.extensions,
         oom_retry=settings.memory_oom_retry,
         prompt_cache=PromptCache(settings.prompt_cache_size),
+        upscalers=services.upscalers,
     )
     services.generation = GenerationService(
         services.engine.run,

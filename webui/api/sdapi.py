@@ -223,7 +223,10 @@ class SdApi:
         return views.schedulers(self.backend)
 
     def upscalers(self) -> list[dict[str, Any]]:
-        return views.upscalers()
+        """Resampling first (None, Lanczos, Nearest), then the models of models/ESRGAN, upscale_models ..."""
+        from dataclasses import asdict
+
+        return [asdict(u) for u in self.backend.upscalers()]
 
     def latent_upscale_modes(self) -> list[dict[str, str]]:
         return views.latent_upscale_modes()
@@ -306,6 +309,9 @@ def build_sdapi_router(backend: Backend) -> APIRouter:
     ):
         router.add_api_route(path, handler, methods=["POST"], response_model=RefreshResponse)
     router.add_api_route("/unload-checkpoint", api.unload_checkpoint, methods=["POST"])
+    from webui.api.extras import add_extras_routes
+
+    add_extras_routes(router, backend)
     router.add_api_route(
         "/png-info",
         api.png_info,

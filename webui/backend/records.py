@@ -380,3 +380,14 @@ class ExtensionSetting:
 
     extension: str
     spec: Any
+
+
+@dataclass(frozen=True)
+class UpscalerInfo:
+    """One upscaler as A1111's ``/sdapi/v1/upscalers`` lists it (``model_path`` None for resampling)."""
+
+    name: str
+    model_name: str | None
+    model_path: str | None
+    model_url: str | None
+    scale: float | None
