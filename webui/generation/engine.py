@@ -33,6 +33,7 @@ class Engine:
         hooks: Any = None,
         oom_retry: bool = True,
         prompt_cache: Any = None,
+        upscalers: Any = None,
     ) -> None:
         self.manager = manager
         self.samplers = samplers
@@ -43,14 +44,23 @@ class Engine:
         self.hooks = hooks  # webui.extensions.ExtensionHost (None: no extensions)
         self.oom_retry = oom_retry  # retry a batch once with a stronger memory mode after out of memory
         self.prompt_cache = prompt_cache  # webui.speed.prompt_cache.PromptCache (None: encode every pass)
+        self.upscalers = upscalers  # webui.upscale.run.Upscalers (None: hires fix resamples only)
 
     # -- checking -----------------------------------------------------------------------------
+    def limits_now(self) -> Limits:
+        """The limits, with the upscaler models installed now as hires-fix upscalers."""
+        if self.upscalers is None:
+            return self.limits
+        from dataclasses import replace
+
+        return replace(self.limits, hr_model_upscalers=tuple(e.name for e in self.upscalers.entries() if e.is_model))
+
     def check_context(self) -> CheckContext:
         """What ``check_request`` reads now: the limits, catalog, samplers and the loaded model."""
         manager = self.manager
         current = manager.current_entry
         return CheckContext(
-            limits=self.limits,
+            limits=self.limits_now(),
             catalog=manager.catalog,
             samplers=self.samplers,
             families=getattr(manager, "families", None),
@@ -99,7 +109,9 @@ class Engine:
             self._use_vae(model, checked)
         seed = resolve_seed(req.seed)
         subseed = resolve_seed(req.subseed)  # drawn even without variation: A1111 reports it
-        parts = EngineParts(self.samplers, self.writer, self.hashes, self.hooks, self.prompt_cache, self.oom_retry)
+        parts = EngineParts(
+            self.samplers, self.writer, self.hashes, self.hooks, self.prompt_cache, self.oom_retry, self.upscalers
+        )
         job = Job.of(
             checked, model, parts, image_seeds(seed, subseed, req.subseed_strength, req.batch_size, req.n_iter), job_id
         )

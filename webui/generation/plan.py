@@ -54,6 +54,7 @@ class EngineParts:
     hooks: Any = None  # webui.extensions.ExtensionHost (None: no extensions)
     prompt_cache: Any = None  # webui.speed.prompt_cache.PromptCache (None: encode every pass)
     oom_retry: bool = True  # retry a batch once with a stronger memory mode after out of memory
+    upscalers: Any = None  # webui.upscale.run.Upscalers: hires fix with an upscaler model (None: none)
 
 
 @dataclass
