@@ -112,3 +112,31 @@ def test_a_bad_image_is_a_422(env):
     _, client = env
     r = client.post("/sdapi/v1/extra-single-image", json={"image": "bm90IGFuIGltYWdl", "upscaler_1": "Lanczos"})
     assert r.status_code == 422 and r.json()["field"] == "image"
+
+
+def test_a_folder_batch_reads_and_writes_inside_the_outputs_folder_only(env, tmp_path):
+    from webui.generation.requests import RequestError
+    from webui.upscale.extras import ExtrasRequest
+
+    services, _ = env
+    backend = services.backend
+    source = services.paths.outputs / "to-upscale"
+    source.mkdir(exist_ok=True)
+    picture(seed=5).save(source / "a.png")
+    (source / "notes.txt").write_text("not an image")
+    images, names = backend.extras_folder_images(str(source))
+    assert names == ("a.png",)
+    out = services.paths.outputs / "upscaled"
+    req = ExtrasRequest(images=images, names=names, upscaler_1=MODEL, output_dir=str(out))
+    job = backend.wait(backend.submit_extras(req, source="test").id, 60)
+    assert job.state == "done", job.error
+    assert [p.name for p in out.iterdir()] == ["a.png"]
+    assert "Postprocess upscaler: 2x_tiny_compact" in read_infotext(Image.open(out / "a.png"))
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    with pytest.raises(RequestError) as refused:
+        backend.extras_folder_images(str(outside))
+    assert refused.value.field == "input_dir"
+    with pytest.raises(RequestError) as refused:
+        backend.submit_extras(ExtrasRequest(images=images, upscaler_1=MODEL, output_dir=str(outside)), source="test")
+    assert refused.value.field == "output_dir" and not list(outside.iterdir())

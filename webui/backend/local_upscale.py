@@ -35,9 +35,15 @@ def upscaler_list(services: Services, refresh: bool = False) -> list[UpscalerInf
 
 def check(services: Services, request: ExtrasRequest) -> ExtrasRequest:
     """The request as it will run; ``RequestError`` (422) for a bad field or an unknown upscaler."""
-    from webui.upscale.extras import check_extras
+    from dataclasses import replace
 
-    return check_extras(request, upscalers_of(services))
+    from webui.upscale.extras import check_extras, check_output_folder
+
+    checked = check_extras(request, upscalers_of(services))
+    if checked.output_dir:
+        folder = check_output_folder(Path(checked.output_dir), batch_roots(services))
+        checked = replace(checked, output_dir=str(folder.resolve()))
+    return checked
 
 
 def work_for(services: Services, request: ExtrasRequest) -> Any:

@@ -21,7 +21,7 @@ from webui.upscale.run import TileOptions, Upscalers, blend, centre_crop, scale_
 log = logging.getLogger(__name__)
 
 MAX_SCALE = 8.0
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what webui.security.images opens
 IGNORED_FIELDS = ("gfpgan_visibility", "codeformer_visibility", "codeformer_weight")
 
 
@@ -38,6 +38,7 @@ class ExtrasRequest:
     upscaler_2: str = "None"
     extras_upscaler_2_visibility: float = 0.0
     save: bool = True
+    output_dir: str = ""  # a folder inside the outputs folder to save into ("": outputs/extras-images)
     tiles: TileOptions | None = None  # None: the settings' (Upscalers.tiles)
     warnings: tuple[str, ...] = field(default=())
 
@@ -136,17 +137,16 @@ def upscale_one(req: ExtrasRequest, image: Any, upscalers: Upscalers, between: A
 
 def folder_images(folder: Path, roots: list[Path]) -> list[tuple[Any, str]]:
     """The images of a batch folder (not descended into), refused unless it lies inside one of ``roots``."""
-    from PIL import Image
+    from webui.security.images import NotAnImage, open_image
 
     check_folder(folder, roots, "input_dir")
     found = []
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            with Image.open(path) as opened:
-                opened.load()
-                found.append(
-                    (opened.copy() if opened.mode in ("RGB", "RGBA", "L") else opened.convert("RGB"), path.name)
-                )
+            try:
+                found.append((open_image(path), path.name))
+            except NotAnImage:
+                log.warning("extras: %s is not an image it can read; skipped", path.name)
     if not found:
         raise RequestError("input_dir", f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return found
@@ -160,4 +160,17 @@ def check_folder(folder: Path, roots: list[Path], field_name: str) -> Path:
         raise RequestError(field_name, f"{folder} is not inside a folder batches may use ({allowed}); move it there")
     if not Path(folder).is_dir():
         raise RequestError(field_name, f"{folder} is not a folder")
+    return Path(folder)
+
+
+def check_output_folder(folder: Path, roots: list[Path]) -> Path:
+    """A batch's output folder: inside one of ``roots`` (created when missing); ``RequestError`` otherwise."""
+    from webui.security.files import is_inside
+
+    if not any(is_inside(Path(folder), Path(root)) for root in roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise RequestError(
+            "output_dir", f"{folder} is not inside a folder batches may use ({allowed}); choose one there"
+        )
+    Path(folder).mkdir(parents=True, exist_ok=True)
     return Path(folder)

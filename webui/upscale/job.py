@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from webui.upscale.extras import ExtrasRequest, infotext_for, infotext_params, postprocess_line, upscale_one
@@ -60,7 +63,32 @@ def _between(ctx: Any) -> Callable[[int, int], None]:
 
 def _save(writer: Any, req: ExtrasRequest, image: Any, infotext: str, index: int) -> str:
     name = req.names[index] if index < len(req.names) else ""
+    if req.output_dir:
+        return str(save_in_folder(Path(req.output_dir), image, infotext, name or f"{index:05}.png"))
     tokens = {"prompt": "", "model_name": "", "job_timestamp": ""}
     stem = name.rsplit(".", 1)[0] if name else ""
     path = writer.save(image, category="extras", infotext=infotext, seed=0, tokens={**tokens, "filename": stem})
     return str(path)
+
+
+def save_in_folder(folder: Path, image: Any, infotext: str, name: str) -> Path:
+    """``image`` as PNG named after its source in ``folder`` (``-1``, ``-2`` ... when taken), written atomically."""
+    from webui.outputs.writer import sanitize_filename_part, write_image
+
+    stem = sanitize_filename_part(Path(name).stem, replace_spaces=False) or "image"
+    tmp = folder / f".{os.getpid()}-{secrets.token_hex(8)}.png.tmp"
+    try:
+        with open(tmp, "wb") as fp:
+            write_image(image, infotext, "png", fp)
+            fp.flush()
+            os.fsync(fp.fileno())
+        for number in range(10_000):
+            final = folder / (f"{stem}.png" if number == 0 else f"{stem}-{number}.png")
+            try:
+                os.link(tmp, final)  # fails when the name is taken: nothing is overwritten
+            except FileExistsError:
+                continue
+            return final
+        raise OSError(f"no free file name for {stem}.png in {folder}")
+    finally:
+        tmp.unlink(missing_ok=True)
