@@ -64,3 +64,12 @@ def test_hires_upscaler_names_are_checked_against_the_models(services):
         services.backend.validate(bad)
     assert MODEL in str(info.value) and "Latent" in str(info.value)
     assert MODEL in [u.name for u in services.backend.upscalers()]
+
+
+def test_the_hires_upscaler_list_of_the_page_offers_the_models(services):
+    from webui.ui.choices import fit_values, hr_upscaler_choices
+
+    choices = hr_upscaler_choices(services.backend)
+    assert choices[0] == "Latent" and choices.index("Lanczos") < choices.index(MODEL)
+    kept, notes = fit_values(services.backend, "txt2img", {"hr_upscaler": MODEL})
+    assert kept["hr_upscaler"] == MODEL and not notes  # a pasted infotext naming the model keeps it
