@@ -140,3 +140,35 @@ def test_a_folder_batch_reads_and_writes_inside_the_outputs_folder_only(env, tmp
     with pytest.raises(RequestError) as refused:
         backend.submit_extras(ExtrasRequest(images=images, upscaler_1=MODEL, output_dir=str(outside)), source="test")
     assert refused.value.field == "output_dir" and not list(outside.iterdir())
+
+
+def test_interrupt_stops_a_running_upscale_between_tiles(env):
+    import time
+
+    from webui.upscale.extras import ExtrasRequest
+
+    services, client = env
+    backend = services.backend
+    tiles = TileOptions(tile=16, overlap=4)
+    req = ExtrasRequest(images=(picture(512, 512, seed=9),), upscaler_1=MODEL, save=False, tiles=tiles)
+    job = backend.submit_extras(req, source="test")
+    deadline = time.monotonic() + 60
+    while backend.job(job.id).progress.step < 2 and not backend.job(job.id).finished:
+        assert time.monotonic() < deadline, "the upscale never reported a tile"
+        time.sleep(0.005)
+    assert client.post("/sdapi/v1/interrupt").json()["done"]
+    done = backend.wait(job.id, 60)
+    assert done.state == "interrupted", done.state
+    assert 2 <= done.progress.step < done.progress.steps and done.result.images == []
+
+
+def test_a_damaged_model_file_fails_the_job_with_words(env):
+    services, client = env
+    broken = services.paths.models / "ESRGAN" / "4x_broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    try:
+        r = client.post("/sdapi/v1/extra-single-image", json={"image": b64(picture()), "upscaler_1": "4x_broken"})
+    finally:
+        broken.unlink()
+    assert r.status_code == 500, r.text
+    assert "4x_broken.safetensors: cannot read this safetensors file" in r.json()["detail"]
