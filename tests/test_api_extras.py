@@ -172,3 +172,13 @@ def test_a_damaged_model_file_fails_the_job_with_words(env):
         broken.unlink()
     assert r.status_code == 500, r.text
     assert "4x_broken.safetensors: cannot read this safetensors file" in r.json()["detail"]
+
+
+def test_the_tile_size_setting_applies_live(env):
+    services, _ = env
+    backend = services.backend
+    try:
+        result = backend.save_settings({"upscaler_tile": 64, "upscaler_tile_overlap": 8})
+        assert services.upscalers.tiles == TileOptions(64, 8), result
+    finally:
+        backend.save_settings({"upscaler_tile": 32, "upscaler_tile_overlap": 16})
