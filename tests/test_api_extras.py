@@ -126,6 +126,7 @@ def test_a_folder_batch_reads_and_writes_inside_the_outputs_folder_only(env, tmp
     (source / "notes.txt").write_text("not an image")
     images, names = backend.extras_folder_images(str(source))
     assert names == ("a.png",)
+    assert backend.extras_folder_images("to-upscale")[1] == names  # relative: inside the outputs folder
     out = services.paths.outputs / "upscaled"
     req = ExtrasRequest(images=images, names=names, upscaler_1=MODEL, output_dir=str(out))
     job = backend.wait(backend.submit_extras(req, source="test").id, 60)
@@ -134,9 +135,10 @@ def test_a_folder_batch_reads_and_writes_inside_the_outputs_folder_only(env, tmp
     assert "Postprocess upscaler: 2x_tiny_compact" in read_infotext(Image.open(out / "a.png"))
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    with pytest.raises(RequestError) as refused:
-        backend.extras_folder_images(str(outside))
-    assert refused.value.field == "input_dir"
+    for escape in (str(outside), "../" + outside.name, "to-upscale/../../"):
+        with pytest.raises(RequestError) as refused:
+            backend.extras_folder_images(escape)
+        assert refused.value.field == "input_dir"
     with pytest.raises(RequestError) as refused:
         backend.submit_extras(ExtrasRequest(images=images, upscaler_1=MODEL, output_dir=str(outside)), source="test")
     assert refused.value.field == "output_dir" and not list(outside.iterdir())

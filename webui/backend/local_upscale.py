@@ -41,7 +41,7 @@ def check(services: Services, request: ExtrasRequest) -> ExtrasRequest:
 
     checked = check_extras(request, upscalers_of(services))
     if checked.output_dir:
-        folder = check_output_folder(Path(checked.output_dir), batch_roots(services))
+        folder = check_output_folder(batch_folder(services, checked.output_dir), batch_roots(services))
         checked = replace(checked, output_dir=str(folder.resolve()))
     return checked
 
@@ -63,11 +63,17 @@ def batch_roots(services: Services) -> list[Path]:
     return [Path(services.paths.outputs)]
 
 
+def batch_folder(services: Services, folder: str) -> Path:
+    """``folder`` as given, a relative one taken inside the outputs folder."""
+    path = Path(folder).expanduser()
+    return path if path.is_absolute() else Path(services.paths.outputs) / path
+
+
 def folder_images(services: Services, folder: str) -> tuple[tuple[Any, ...], tuple[str, ...]]:
     from webui.upscale.extras import folder_images as read
 
     try:
-        found = read(Path(folder), batch_roots(services))
+        found = read(batch_folder(services, folder), batch_roots(services))
     except FileNotFoundError as exc:
         raise NotFound(str(exc), "folder", folder) from None
     return tuple(image for image, _ in found), tuple(name for _, name in found)
