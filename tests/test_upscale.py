@@ -89,6 +89,14 @@ def test_catalog_lists_resampling_first_then_every_folder(models):
         catalog.find(entries, "nope")
 
 
+def test_a1111s_own_model_files_keep_the_names_a1111_gives_them(tmp_path):
+    save_safetensors(compact_state(scale=4), tmp_path / "RealESRGAN" / "realesr-general-x4v3.safetensors")
+    entries = catalog.scan(tmp_path)
+    entry = catalog.find(entries, "R-ESRGAN General 4xV3")  # as A1111's infotexts and API clients say it
+    assert entry.name == "R-ESRGAN General 4xV3" and entry.scale == 4
+    assert catalog.find(entries, "realesr-general-x4v3") == entry  # the stem works too
+
+
 # --- tiles --------------------------------------------------------------------------------------------
 
 
