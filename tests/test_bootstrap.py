@@ -52,3 +52,14 @@ def test_second_run_installs_nothing(tmp_path, monkeypatch):
 
 def test_skip_install_uses_this_python(tmp_path):
     assert str(bootstrap.ensure_environment(tmp_path / "v", skip_install=True)) == sys.executable
+
+
+def test_spandrel_is_installed_without_its_declared_dependencies(tmp_path, monkeypatch):
+    """spandrel declares torchvision; PyPI's build of it breaks imports beside the CPU torch build."""
+    calls = []
+    monkeypatch.setattr(bootstrap, "_pip", lambda python, args, log: calls.append(list(args)))
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    bootstrap.install(python, bootstrap.choose_torch(False, "linux"), ("test",), lambda line: None)
+    assert calls[-1][0] == "--no-deps" and any(r.startswith("spandrel==") for r in calls[-1])
+    assert not any(a.startswith("spandrel") for args in calls[:-1] for a in args)

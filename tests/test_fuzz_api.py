@@ -60,6 +60,8 @@ OPERATIONS = (
     ("POST", "/sdapi/v1/refresh-vae"),
     ("POST", "/sdapi/v1/unload-checkpoint"),
     ("POST", "/sdapi/v1/png-info"),
+    ("POST", "/sdapi/v1/extra-single-image"),
+    ("POST", "/sdapi/v1/extra-batch-images"),
 )
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from webui.outputs.writer import OutputWriter
     from webui.registry import Registry
     from webui.speed.optimize import SpeedTuner
+    from webui.upscale.run import Upscalers
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("webui")
@@ -91,6 +92,7 @@ class Services:
     generation: GenerationService | None = None  # the worker starts in main (generation.start)
     extensions: ExtensionHost | None = None
     backend: LocalBackend | None = None
+    upscalers: Upscalers | None = None  # webui.upscale: Extras and hires-fix upscaler models
     # Imports torch and diffusers and chooses the device on a thread; serve starts it after the first answer.
     warm_up: Deferred[DeviceChoice] | None = None
     embeddings: EmbeddingLibrary | None = None  # textual-inversion embeddings (models/embeddings)
@@ -200,6 +202,7 @@ def build_services(settings: Settings, base: Path = ROOT, memory: Any = None, de
         settings, paths, families, catalog, hashes, manager, device, extensions=extensions, warm_up=warm_up
     )
     services.embeddings = build_embeddings(paths.models)
+    services.upscalers = build_upscalers(settings, paths, device)
     build_generation(services)
     build_backend(services)
     return services
@@ -212,6 +215,16 @@ def build_embeddings(models_dir: Path) -> EmbeddingLibrary:
     library = EmbeddingLibrary(models_dir)
     library.ensure_folder()
     return library
+
+
+def build_upscalers(settings: Settings, paths: AppPaths, device: Any) -> Upscalers:
+    """The upscalers of models/ESRGAN, models/upscale_models ... (nothing is read until one is used)."""
+    from webui.upscale.run import TileOptions, Upscalers
+
+    tiles = TileOptions(settings.upscaler_tile, settings.upscaler_tile_overlap)
+    upscalers = Upscalers(paths.models, device=lambda: device.device, tiles=tiles)
+    upscalers.ensure_folder()
+    return upscalers
 
 
 def build_backend(services: Services) -> LocalBackend:
@@ -328,6 +341,7 @@ def build_generation(services: Services) -> None:
         prompt_cache=PromptCache(settings.prompt_cache_size),
         embeddings=services.embeddings,
         wildcards=Wildcards(services.paths.wildcards_dir(settings)),
+        upscalers=services.upscalers,
     )
     services.generation = GenerationService(
         services.engine.run,

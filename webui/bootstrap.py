@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -111,6 +112,13 @@ def _pip(python: Path, args: Sequence[str], log: Callable[[str], None]) -> None:
         )
 
 
+def no_deps_requirements(root: Path = ROOT) -> list[str]:
+    """``[tool.webui] no_deps`` of pyproject.toml: packages installed without the dependencies they declare."""
+    text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    match = re.search(r"^no_deps\s*=\s*\[(.*?)\]", text, re.MULTILINE | re.DOTALL)
+    return re.findall(r'"([^"]+)"', match.group(1)) if match else []
+
+
 def install(python: Path, torch: TorchChoice, extras: Sequence[str], log: Callable[[str], None]) -> None:
     _pip(python, torch.pip_args(), log)
     target = f".[{','.join(extras)}]" if extras else "."
@@ -118,6 +126,9 @@ def install(python: Path, torch: TorchChoice, extras: Sequence[str], log: Callab
     constraints = _stamp_path(python).with_name(".webui-constraints.txt")
     constraints.write_text(f"{torch.requirement}\n")
     _pip(python, ["-e", target, "-c", str(constraints)], log)
+    no_deps = no_deps_requirements()
+    if no_deps:
+        _pip(python, ["--no-deps", *no_deps], log)
 
 
 def ensure_environment(

@@ -115,6 +115,9 @@ class Settings:
     cors_allow_origins_regex: str = ""
     # The longest one job may hold the worker, in seconds (0 = no limit); a job past it stops like an interrupt.
     job_timeout: int = 3600
+    # Upscaler models run on tiles of this many pixels a side that overlap by this many (0 tile: the whole image).
+    upscaler_tile: int = 192
+    upscaler_tile_overlap: int = 16
     # Never touch the network for models (downloads of the default checkpoint excepted).
     offline: bool = True
     skip_install: bool = False
@@ -203,6 +206,8 @@ FIELD_CHECKS: dict[str, Any] = {
     "cors_allow_origins": check_origins,
     "cors_allow_origins_regex": check_regex,
     "job_timeout": not_negative("job_timeout", "0 (no limit) or more seconds"),
+    "upscaler_tile": not_negative("upscaler_tile", "0 (no tiles) or more pixels"),
+    "upscaler_tile_overlap": not_negative("upscaler_tile_overlap", "0 or more pixels"),
     "auth": check_credentials("--auth"),
     "api_auth": check_credentials("--api-auth"),
 }

@@ -111,6 +111,16 @@ SPECS: tuple[SettingSpec, ...] = (
         "a longer job stops like an interrupt and keeps the images it finished; 0 = no limit",
     ),
     SettingSpec(
+        "upscaler_tile",
+        "Upscaler tile size (pixels)",
+        SECTION_SAMPLING,
+        True,
+        "upscaler models run on tiles of this size so large images fit in memory; 0 = the whole image at once",
+    ),
+    SettingSpec(
+        "upscaler_tile_overlap", "Upscaler tile overlap (pixels)", SECTION_SAMPLING, True, "wider hides seams better"
+    ),
+    SettingSpec(
         "memory_modes",
         "Memory-saving modes",
         SECTION_MEMORY,

@@ -224,7 +224,10 @@ class SdApi:
         return views.schedulers(self.backend)
 
     def upscalers(self) -> list[dict[str, Any]]:
-        return views.upscalers()
+        """Resampling first (None, Lanczos, Nearest), then the models of models/ESRGAN, upscale_models ..."""
+        from dataclasses import asdict
+
+        return [asdict(u) for u in self.backend.upscalers()]
 
     def latent_upscale_modes(self) -> list[dict[str, str]]:
         return views.latent_upscale_modes()
@@ -316,6 +319,9 @@ def build_sdapi_router(backend: Backend) -> APIRouter:
     router.add_api_route("/embeddings", api.embeddings, methods=["GET"], response_model=EmbeddingsResponse)
     router.add_api_route("/refresh-embeddings", api.refresh_embeddings, methods=["POST"])
     router.add_api_route("/unload-checkpoint", api.unload_checkpoint, methods=["POST"])
+    from webui.api.extras import add_extras_routes
+
+    add_extras_routes(router, backend)
     router.add_api_route(
         "/png-info",
         api.png_info,

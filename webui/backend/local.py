@@ -46,6 +46,7 @@ from webui.backend.records import (
     Step,
     TaskFailed,
     TokenCount,
+    UpscalerInfo,
 )
 from webui.families.registry import FALLBACK_FAMILY
 from webui.generation.requests import GenerationRequest, Limits, RequestError, listed_choices
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from webui.extensions import Extension
     from webui.generation.service import GenerationService, Job
     from webui.settings_edit import SaveResult
+    from webui.upscale.extras import ExtrasRequest
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,7 @@ class LocalBackend:
             id=job.id,
             state=state,
             source=job.source,
-            is_task=request is None,
+            is_task=request is None and getattr(job, "work", None) is None,
             position=self._generation.position(job),
             created=job.created,
             progress=_progress(job.progress, preview_after),
@@ -212,7 +214,10 @@ class LocalBackend:
     # --- requests -----------------------------------------------------------------------------------
 
     def limits(self) -> Limits:
-        return getattr(self._services.engine, "limits", None) or Limits()
+        engine = self._services.engine
+        if hasattr(engine, "limits_now"):
+            return engine.limits_now()
+        return getattr(engine, "limits", None) or Limits()
 
     def validate(self, request: GenerationRequest, names: bool = True) -> GenerationRequest:
         """The engine's one check (``webui.generation.check``): the fields alone, or with ``names`` also the
@@ -475,6 +480,36 @@ class LocalBackend:
 
     def set_extension_enabled(self, name: str, enabled: bool) -> Extension:
         return self._host_action("set_enabled", name, enabled)
+
+    # --- upscalers and Extras (webui.backend.local_upscale) ---------------------------------------------
+
+    def upscalers(self, refresh: bool = False) -> list[UpscalerInfo]:
+        from webui.backend.local_upscale import upscaler_list
+
+        return upscaler_list(self._services, refresh)
+
+    def check_extras(self, request: ExtrasRequest) -> ExtrasRequest:
+        from webui.backend.local_upscale import check
+
+        return check(self._services, request)
+
+    def submit_extras(self, request: ExtrasRequest, source: str = "api") -> JobSnapshot:
+        """Queue an Extras job (checked first: ``RequestError`` for a bad field); follow it with ``job``/``wait``."""
+        from webui.backend.local_upscale import check, work_for
+        from webui.generation.service import QueueFullError
+
+        checked = check(self._services, request)
+        try:
+            job = self._generation.submit(None, source=source, work=work_for(self._services, checked))  # type: ignore[arg-type]
+        except QueueFullError as exc:
+            raise QueueFull(str(exc)) from None
+        return self._snapshot(job, None)
+
+    def extras_folder_images(self, folder: str) -> tuple[tuple[Any, ...], tuple[str, ...]]:
+        """The images of a batch folder inside the outputs folder (``RequestError`` for one outside)."""
+        from webui.backend.local_upscale import folder_images
+
+        return folder_images(self._services, folder)
 
     def install_extension_requirements(self, name: str) -> str:
         return str(self._host_action("install_requirements", name))

@@ -129,6 +129,13 @@ def _apply_job_timeout(services: Services, settings: Settings, base: Path) -> No
     services.generation.job_timeout = settings.job_timeout
 
 
+def _apply_upscaler_tiles(services: Services, settings: Settings, base: Path) -> None:
+    from webui.upscale.run import TileOptions
+
+    if services.upscalers is not None:
+        services.upscalers.tiles = TileOptions(settings.upscaler_tile, settings.upscaler_tile_overlap)
+
+
 def _read_at_request_time(services: Services, settings: Settings, base: Path) -> None:
     """The page reads these from the backend's settings each time it builds a request."""
 
@@ -144,6 +151,8 @@ LIVE_APPLIERS: dict[str, Callable[[Services, Settings, Path], None]] = {
     "max_image_size": _apply_limits,
     "max_steps": _apply_limits,
     "job_timeout": _apply_job_timeout,
+    "upscaler_tile": _apply_upscaler_tiles,
+    "upscaler_tile_overlap": _apply_upscaler_tiles,
     "memory_modes": _apply_memory,
     "memory_oom_retry": _apply_memory,
     "channels_last": _apply_speed,

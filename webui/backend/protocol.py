@@ -35,6 +35,7 @@ from webui.backend.records import (
     ScheduleInfo,
     Step,
     TokenCount,
+    UpscalerInfo,
 )
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from webui.extensions import Extension
     from webui.generation.requests import GenerationRequest, Limits
     from webui.settings_edit import SaveResult
+    from webui.upscale.extras import ExtrasRequest
 
 
 @runtime_checkable
@@ -213,4 +215,22 @@ class Backend(Protocol):
 
     def install_extension_requirements(self, name: str) -> str:
         """pip-install an extension's requirements (where allowed); pip's output, or ``Refused``."""
+        ...
+
+    # --- upscalers and Extras ----------------------------------------------------------------------
+
+    def upscalers(self, refresh: bool = False) -> list[UpscalerInfo]:
+        """Resampling (None, Lanczos, Nearest) and the upscaler models (models/ESRGAN, upscale_models ...)."""
+        ...
+
+    def check_extras(self, request: ExtrasRequest) -> ExtrasRequest:
+        """An Extras request as it will run; ``RequestError`` for a bad field or an unknown upscaler."""
+        ...
+
+    def submit_extras(self, request: ExtrasRequest, source: str = "api") -> JobSnapshot:
+        """Queue an Extras job (checked first); follow it with ``job``/``wait``, stop it with ``interrupt``."""
+        ...
+
+    def extras_folder_images(self, folder: str) -> tuple[tuple[Any, ...], tuple[str, ...]]:
+        """The images and file names of a batch folder inside the outputs folder; ``RequestError`` otherwise."""
         ...

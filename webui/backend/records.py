@@ -394,3 +394,14 @@ class EmbeddingInfo:
     vectors: int
     usable: bool
     status: str  # "usable", or why it is skipped
+
+
+@dataclass(frozen=True)
+class UpscalerInfo:
+    """One upscaler as A1111's ``/sdapi/v1/upscalers`` lists it (``model_path`` None for resampling)."""
+
+    name: str
+    model_name: str | None
+    model_path: str | None
+    model_url: str | None
+    scale: float | None

@@ -35,6 +35,7 @@ class Engine:
         prompt_cache: Any = None,
         embeddings: Any = None,
         wildcards: Any = None,
+        upscalers: Any = None,
     ) -> None:
         self.manager = manager
         self.samplers = samplers
@@ -47,14 +48,23 @@ class Engine:
         self.prompt_cache = prompt_cache  # webui.speed.prompt_cache.PromptCache (None: encode every pass)
         self.embeddings = embeddings  # webui.models.embeddings.EmbeddingLibrary (None: no embeddings)
         self.wildcards = wildcards  # webui.generation.wildcards.Wildcards (None: __name__ stays as written)
+        self.upscalers = upscalers  # webui.upscale.run.Upscalers (None: hires fix resamples only)
 
     # -- checking -----------------------------------------------------------------------------
+    def limits_now(self) -> Limits:
+        """The limits, with the upscaler models installed now as hires-fix upscalers."""
+        if self.upscalers is None:
+            return self.limits
+        from dataclasses import replace
+
+        return replace(self.limits, hr_model_upscalers=tuple(e.name for e in self.upscalers.entries() if e.is_model))
+
     def check_context(self) -> CheckContext:
         """What ``check_request`` reads now: the limits, catalog, samplers and the loaded model."""
         manager = self.manager
         current = manager.current_entry
         return CheckContext(
-            limits=self.limits,
+            limits=self.limits_now(),
             catalog=manager.catalog,
             samplers=self.samplers,
             families=getattr(manager, "families", None),
@@ -112,6 +122,7 @@ class Engine:
             self.oom_retry,
             self.embeddings,
             self.wildcards,
+            self.upscalers,
         )
         job = Job.of(
             checked, model, parts, image_seeds(seed, subseed, req.subseed_strength, req.batch_size, req.n_iter), job_id

@@ -56,6 +56,7 @@ class EngineParts:
     oom_retry: bool = True  # retry a batch once with a stronger memory mode after out of memory
     embeddings: Any = None  # webui.models.embeddings.EmbeddingLibrary (None: no embeddings)
     wildcards: Any = None  # webui.generation.wildcards.Wildcards (None: __name__ stays as written)
+    upscalers: Any = None  # webui.upscale.run.Upscalers: hires fix with an upscaler model (None: none)
 
 
 @dataclass

@@ -80,6 +80,8 @@ class Limits:
     max_batch_size: int = 8
     max_n_iter: int = 100
     max_prompt_chars: int = 10_000
+    # upscaler model names (models/ESRGAN ...) hires fix may use besides HR_UPSCALERS (webui.upscale)
+    hr_model_upscalers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -343,11 +345,12 @@ def _validate_inpaint(req: GenerationRequest) -> None:
 
 def _validate_hires(req: GenerationRequest, limits: Limits) -> None:
     _check(req.task == "txt2img", "enable_hr", "hires fix is for txt2img; use img2img to upscale an existing image")
+    upscalers = HR_UPSCALERS + tuple(limits.hr_model_upscalers)
     _check(
-        req.hr_upscaler in HR_UPSCALERS,
+        req.hr_upscaler in upscalers,
         "hr_upscaler",
-        f"unknown upscaler {req.hr_upscaler!r}; valid: {', '.join(HR_UPSCALERS)}",
-        HR_UPSCALERS,
+        f"unknown upscaler {req.hr_upscaler!r}; valid: {', '.join(upscalers)}",
+        upscalers,
     )
     _check(1.0 <= req.hr_scale <= 4.0, "hr_scale", f"must be between 1 and 4, got {req.hr_scale}")
     _check(

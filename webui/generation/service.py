@@ -174,6 +174,7 @@ class Job:
         self.result: JobResult = JobResult()
         self.exception: BaseException | None = None
         self.action: Callable[[], Any] | None = None  # a non-generation task (model switch)
+        self.work: Callable[[JobContext], JobResult] | None = None  # a job that is not a generation (Extras)
         self.progress = Progress()
         self.on_progress: Callable[[Progress], None] | None = None  # the console's bar (webui.generation.console)
         self.interrupt_event = threading.Event()
@@ -270,12 +271,19 @@ class GenerationService:
             self._thread.join(timeout)
 
     # -- submitting and controlling jobs -------------------------------------
-    def submit(self, request: GenerationRequest, source: str = "api", action: Callable[[], Any] | None = None) -> Job:
+    def submit(
+        self,
+        request: GenerationRequest,
+        source: str = "api",
+        action: Callable[[], Any] | None = None,
+        work: Callable[[JobContext], JobResult] | None = None,
+    ) -> Job:
         with self._lock:
             if len(self._waiting) >= self._max_queue:
                 raise QueueFullError(f"the queue is full ({self._max_queue} jobs waiting); try again later")
             job = Job(request, source, next(self._counter))
             job.action = action
+            job.work = work  # runs like a generation (progress, interrupt, time budget) with no request
             self._waiting.append(job)
             self._jobs[job.id] = job
             self._trim_history()
@@ -365,6 +373,8 @@ class GenerationService:
             ctx.check()
             if job.action is not None:
                 job.result = JobResult(info={"value": job.action()})
+            elif job.work is not None:
+                job.result = job.work(ctx)
             else:
                 job.result = self._runner(job.request, ctx)
         except JobInterrupted:

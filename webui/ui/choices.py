@@ -110,6 +110,12 @@ def refiner_choices(backend: Backend) -> list[str]:
     return [NO_REFINER, *(m.name for m in backend.models("checkpoint"))]
 
 
+def hr_upscaler_choices(backend: Backend) -> list[str]:
+    """The hires-fix upscalers: latent modes and resampling, then the upscaler models (models/ESRGAN ...)."""
+    models = [u.name for u in backend.upscalers() if u.model_path] if hasattr(backend, "upscalers") else []
+    return [*HR_UPSCALERS, *models]
+
+
 def usable_values(backend: Backend, task: str, values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` without the dropdown choices this page cannot show for the loaded family (see ``fit_values``)."""
     return fit_values(backend, task, values)[0]
@@ -146,7 +152,7 @@ def fit_values(
     if "hr_scheduler" in out and out["hr_scheduler"] not in [USE_SAME_SCHEDULER, *view.all_schedules]:
         notes.append(f"The hires schedule type {out['hr_scheduler']} is unknown; using the same schedule type.")
         out["hr_scheduler"] = USE_SAME_SCHEDULER
-    if "hr_upscaler" in out and out["hr_upscaler"] not in HR_UPSCALERS:
+    if "hr_upscaler" in out and out["hr_upscaler"] not in hr_upscaler_choices(backend):
         notes.append(f"The upscaler {out.pop('hr_upscaler')} is not available here; kept the current one.")
     if "refiner_checkpoint" in out and out["refiner_checkpoint"] not in refiner_choices(backend):
         notes.append(f"The refiner {out['refiner_checkpoint']} is not installed; no refiner.")

@@ -239,7 +239,7 @@ def _hires(backend: Backend, task: str, f: dict[str, Any], w: dict[str, Any]) ->
         f["enable_hr"] = gr.Checkbox(label="Enable hires fix", value=False, elem_id=f"{task}_enable_hr")
         with gr.Row():
             f["hr_upscaler"] = gr.Dropdown(
-                label="Upscaler", choices=list(C.HR_UPSCALERS), value="Latent", elem_id=f"{task}_hr_upscaler"
+                label="Upscaler", choices=C.hr_upscaler_choices(backend), value="Latent", elem_id=f"{task}_hr_upscaler"
             )
             f["hr_second_pass_steps"] = _slider(task, "hr_second_pass_steps")
             f["denoising_strength"] = _slider(task, "denoising_strength", value=0.7)

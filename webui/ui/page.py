@@ -42,7 +42,7 @@ from typing import Any
 
 from webui.backend import Backend
 
-TAB_IDS = ("txt2img", "img2img", "inpaint", "png_info", "extensions", "settings", "models")
+TAB_IDS = ("txt2img", "img2img", "inpaint", "extras", "png_info", "extensions", "settings", "models")
 
 
 @dataclass
@@ -73,6 +73,7 @@ class PageContext:
     model_details: Any = None  # the loaded model's memory/speed notes, folded away under the status line
     family: Any = None
     paste_targets: dict[str, PasteTarget] = field(default_factory=dict)
+    image_targets: dict[str, Any] = field(default_factory=dict)  # tab -> image input that takes a sent image (Extras)
     family_listeners: list[FamilyListener] = field(default_factory=list)
     # Per-UI caches (no globals).
     cache: dict[str, Any] = field(default_factory=dict)
@@ -200,6 +201,30 @@ class PageContext:
 
             sampler = c.fields["sampler_name"]
             button.click(send, inputs=[*inputs, sampler], outputs=outputs, show_progress="hidden")
+
+        self.after_build(wire)
+
+    def send_image_button(
+        self, button: Any, target_tab: str, inputs: Sequence[Any], read: Callable[..., tuple[Any, str]]
+    ) -> None:
+        """Like ``send_button`` for a tab with no generation controls (Extras): only the image goes."""
+
+        def wire() -> None:
+            import gradio as gr
+
+            target = self.image_targets.get(target_tab)
+            if target is None:
+                button.visible = False
+                return
+
+            def send(*values: Any) -> list[Any]:
+                image, _ = read(*values)
+                if image is None:
+                    gr.Info("Generate or select an image first.")
+                    return [gr.update(), gr.update()]
+                return [image, gr.Tabs(selected=target_tab)]
+
+            button.click(send, inputs=list(inputs), outputs=[target, self.tabs], show_progress="hidden")
 
         self.after_build(wire)
 

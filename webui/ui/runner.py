@@ -44,6 +44,7 @@ class Results:
     job: Any  # gr.State: this page's job id ("" when none)
     outcome: Any  # gr.State: {"infotexts": [...], "seeds": [...]} of the last job
     selected: Any  # gr.State: index of the selected gallery image
+    send_to_extras: Any = None
 
 
 def build_results(task: str) -> Results:
@@ -57,6 +58,7 @@ def build_results(task: str) -> Results:
     with gr.Row():
         to_img2img = gr.Button("Send to img2img", size="sm", elem_id=f"{task}_send_to_img2img")
         to_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{task}_send_to_inpaint")
+        to_extras = gr.Button("Send to Extras", size="sm", elem_id=f"{task}_send_to_extras")
     infotext = gr.Textbox(
         label="Generation parameters", lines=4, interactive=False, buttons=["copy"], elem_id=f"{task}_infotext"
     )
@@ -70,6 +72,7 @@ def build_results(task: str) -> Results:
         job=gr.State(""),
         outcome=gr.State(dict(EMPTY_OUTCOME)),
         selected=gr.State(0),
+        send_to_extras=to_extras,
     )
 
 
@@ -348,3 +351,5 @@ def _wire_gallery(page: Any, c: Any) -> None:
     inputs = [r.gallery, r.selected, r.outcome]
     page.send_button(r.send_to_img2img, "img2img", inputs, read)
     page.send_button(r.send_to_inpaint, "inpaint", inputs, read)
+    if r.send_to_extras is not None:
+        page.send_image_button(r.send_to_extras, "extras", inputs, read)

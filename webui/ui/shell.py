@@ -29,6 +29,7 @@ TABS = (
     ("txt2img", "txt2img", "txt2img_tab"),
     ("img2img", "img2img", "img2img_tab"),
     ("Inpaint", "inpaint", "inpaint_tab"),
+    ("Extras", "extras", "extras_tab"),
     ("PNG Info", "png_info", "png_info_tab"),
     ("Extensions", "extensions", "extensions_tab"),
     ("Settings", "settings", "settings_tab"),

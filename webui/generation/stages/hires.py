@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from webui.generation import passes
-from webui.generation.requests import hires_size
+from webui.generation.requests import HR_UPSCALERS, hires_size
 
 if TYPE_CHECKING:
     from webui.generation.plan import Batch, Job
@@ -32,6 +32,11 @@ class HiresFix:
         width, height = hires_size(job.width, job.height, req)
         if req.hr_upscaler in passes.LATENT_UPSCALE_MODES:
             image = passes.upscale_latents(batch.latents, width, height, req.hr_upscaler)
+        elif job.parts.upscalers is not None and req.hr_upscaler not in HR_UPSCALERS:
+            from webui.upscale.hires import upscale_decoded
+
+            decoded = passes.decode_guarded(batch.decode_pipe, batch.latents)
+            image = upscale_decoded(job.parts.upscalers, decoded, width, height, req.hr_upscaler, ctx)
         else:
             decoded = passes.decode_guarded(batch.decode_pipe, batch.latents)
             image = [resize_image(im, width, height, 0) for im in decoded]
