@@ -60,6 +60,11 @@ class AppPaths:
             config_file=settings.path("config_file", base),
         )
 
+    def styles_file(self, settings: Settings) -> Path:
+        """A1111's ``styles.csv``: ``styles_file`` (``--styles-file``), relative ones beside the config file."""
+        p = Path(getattr(settings, "styles_file", "") or "styles.csv").expanduser()
+        return p if p.is_absolute() else self.config_file.parent / p
+
     def t5_tokenizer_dir(self, settings: Settings) -> Path:
         p = Path(settings.t5_tokenizer_dir).expanduser()
         return p if p.is_absolute() else self.models / p

@@ -109,6 +109,8 @@ class Settings:
     cors_allow_origins_regex: str = ""
     # The longest one job may hold the worker, in seconds (0 = no limit); a job past it stops like an interrupt.
     job_timeout: int = 3600
+    # A1111's prompt styles file (name, prompt, negative_prompt); relative paths are in the config file's folder.
+    styles_file: str = "styles.csv"
     # Never touch the network for models (downloads of the default checkpoint excepted).
     offline: bool = True
     skip_install: bool = False
@@ -193,6 +195,7 @@ FIELD_CHECKS: dict[str, Any] = {
     "cors_allow_origins": check_origins,
     "cors_allow_origins_regex": check_regex,
     "job_timeout": not_negative("job_timeout", "0 (no limit) or more seconds"),
+    "styles_file": check_path("styles_file"),
     "auth": check_credentials("--auth"),
     "api_auth": check_credentials("--api-auth"),
 }
@@ -323,6 +326,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="the longest one job may run, in seconds (default 3600; 0 = no limit); a longer job stops and keeps"
         " the images it finished",
     )
+    p.add_argument(
+        "--styles-file",
+        help="A1111's prompt styles file (default styles.csv beside the config file; an A1111 one works as is)",
+    )
     p.add_argument("--share", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
         "--skip-install",
@@ -371,6 +378,7 @@ _CLI_TO_FIELD = {
     "cors_allow_origins": "cors_allow_origins",
     "cors_allow_origins_regex": "cors_allow_origins_regex",
     "job_timeout": "job_timeout",
+    "styles_file": "styles_file",
 }
 
 

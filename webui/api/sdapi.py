@@ -29,7 +29,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from webui.api import convert, views
+from webui.api import convert, styles_api, views
 from webui.api.errors import ApiError, ApiRoute, SafeJSONResponse, error_responses, not_enough_memory
 from webui.api.schemas import (
     ControlResponse,
@@ -40,6 +40,7 @@ from webui.api.schemas import (
     PngInfoRequest,
     PngInfoResponse,
     ProgressResponse,
+    PromptStyleItem,
     RefreshResponse,
     SamplerItem,
     SchedulerItem,
@@ -99,6 +100,7 @@ class SdApi:
 
     def _prepare(self, body: Any, task: str) -> convert.ApiCall:
         call = convert.request_from_api(body, task, self.state.defaults, self.limits, validate=False)
+        styles_api.apply_request_styles(self.backend, call, body.styles)
         self._infotext_model(call, body)
         try:
             call.request = self.backend.validate(call.request)
@@ -225,6 +227,10 @@ class SdApi:
     def upscalers(self) -> list[dict[str, Any]]:
         return views.upscalers()
 
+    def prompt_styles(self) -> list[dict[str, Any]]:
+        """The styles of styles.csv (A1111's ``[{name, prompt, negative_prompt}]``)."""
+        return styles_api.prompt_styles(self.backend)
+
     def latent_upscale_modes(self) -> list[dict[str, str]]:
         return views.latent_upscale_modes()
 
@@ -296,6 +302,7 @@ def build_sdapi_router(backend: Backend) -> APIRouter:
         ("/schedulers", api.schedulers, list[SchedulerItem]),
         ("/upscalers", api.upscalers, list[UpscalerItem]),
         ("/latent-upscale-modes", api.latent_upscale_modes, list[dict[str, str]]),
+        ("/prompt-styles", api.prompt_styles, list[PromptStyleItem]),
     ]
     for path, handler, model in lists:
         router.add_api_route(path, handler, methods=["GET"], response_model=model)

@@ -38,6 +38,10 @@ from webui.backend.records import (
     SamplerInfo,
     ScheduleInfo,
     Step,
+    StyledPrompt,
+    StyleInfo,
+    QueueEntry,
+    QueueList,
     TaskFailed,
     TokenCount,
 )
@@ -75,6 +79,10 @@ __all__ = [
     "SamplerInfo",
     "ScheduleInfo",
     "Step",
+    "StyleInfo",
+    "StyledPrompt",
+    "QueueEntry",
+    "QueueList",
     "TaskFailed",
     "TokenCount",
 ]

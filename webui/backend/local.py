@@ -43,6 +43,8 @@ from webui.backend.records import (
     SamplerInfo,
     ScheduleInfo,
     Step,
+    StyledPrompt,
+    StyleInfo,
     TaskFailed,
     TokenCount,
 )
@@ -127,6 +129,7 @@ class LocalBackend:
         self._lora_headers: dict[Any, tuple[str, str]] = {}  # LoRA header inspections by (path, mtime)
         self._tokenizer: Any = None
         self._tokenizer_lock = threading.Lock()  # one tokenizer, many browser tabs
+        self._styles: Any = None  # webui.generation.styles.StyleStore, on first use
 
     @property
     def _generation(self) -> GenerationService:
@@ -238,6 +241,36 @@ class LocalBackend:
                 self._tokenizer = clip_tokenizer(CLIP_PAD)
             used, limit = count_tokens(self._tokenizer, text or "")
         return TokenCount(used, limit)
+
+    # --- prompt styles --------------------------------------------------------------------------------
+
+    def _style_store(self) -> Any:
+        from webui.generation.styles import StyleStore
+
+        if self._styles is None:
+            services = self._services
+            self._styles = StyleStore(lambda: services.paths.styles_file(services.settings))
+        return self._styles
+
+    def _style_call(self, action: str, *args: Any) -> Any:
+        from webui.generation.styles import StylesFileError
+
+        try:
+            return getattr(self._style_store(), action)(*args)
+        except StylesFileError as exc:
+            raise TaskFailed(str(exc), "StylesFileError") from None
+
+    def styles(self) -> list[StyleInfo]:
+        return [StyleInfo(s.name, s.prompt, s.negative_prompt) for s in self._style_call("styles")]
+
+    def apply_styles(self, prompt: str, negative_prompt: str, names: list[str]) -> StyledPrompt:
+        done = self._style_call("apply", prompt or "", negative_prompt or "", list(names or ()))
+        return StyledPrompt(done.prompt, done.negative_prompt, done.applied, done.unknown)
+
+    def save_style(self, name: str, prompt: str, negative_prompt: str) -> StyleInfo:
+        style = self._style_call("save", name, prompt, negative_prompt)
+        log.info("style %r saved to %s", style.name, self._style_store().path)
+        return StyleInfo(style.name, style.prompt, style.negative_prompt)
 
     # --- models -------------------------------------------------------------------------------------
 

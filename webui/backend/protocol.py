@@ -33,6 +33,8 @@ from webui.backend.records import (
     SamplerInfo,
     ScheduleInfo,
     Step,
+    StyledPrompt,
+    StyleInfo,
     TokenCount,
 )
 
@@ -91,6 +93,21 @@ class Backend(Protocol):
 
     def count_tokens(self, text: str) -> TokenCount:
         """The prompt's CLIP tokens and the limit A1111's counter shows (75 per chunk)."""
+        ...
+
+    # --- prompt styles (A1111's styles.csv) -----------------------------------------------------------
+
+    def styles(self) -> list[StyleInfo]:
+        """The styles of the styles file, in file order ([] when there is no file)."""
+        ...
+
+    def apply_styles(self, prompt: str, negative_prompt: str, names: list[str]) -> StyledPrompt:
+        """The prompts with the named styles applied in order (A1111's ``{prompt}`` / ", " rule)."""
+        ...
+
+    def save_style(self, name: str, prompt: str, negative_prompt: str) -> StyleInfo:
+        """Add or replace a style and write the file atomically (a .bak of the old one); ``RequestError`` for a
+        bad name, ``TaskFailed`` when the file cannot be written."""
         ...
 
     # --- models -------------------------------------------------------------------------------------

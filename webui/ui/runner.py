@@ -171,7 +171,9 @@ def _page_request(
     ckpt: Any,
     vae: Any,
 ) -> GenerationRequest:
-    req = to_request(values)
+    from webui.ui.styles_row import styled_page_request
+
+    req = styled_page_request(backend, to_request(values), values)
     changes: dict[str, Any] = {"sd_model_checkpoint": ckpt or "", "sd_vae": vae or ""}
     settings = backend.settings()
     if "rng" not in values:
