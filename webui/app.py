@@ -331,6 +331,9 @@ def build_server(services: Services) -> Any:
     assert services.backend is not None and services.extensions is not None
     api = FastAPI(title="Stable Diffusion web UI", docs_url="/docs")
     api.include_router(build_sdapi_router(services.backend))
+    from webui.api.queue_api import build_queue_router
+
+    api.include_router(build_queue_router(services.backend))  # our /webui/v1/queue (A1111 has no queue)
     facade = build_facade(services, api)
     services.extensions.app_started(api, facade)  # before the UI is mounted at "/", which would shadow routes
     blocks = build_page(services, facade)

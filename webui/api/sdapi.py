@@ -93,7 +93,7 @@ class SdApi:
 
     async def _generate(self, body: Any, task: str, request: Request) -> dict[str, Any]:
         call = await run_in_threadpool(self._prepare, body, task)
-        job = self._submit(call)
+        job = self._submit(call, _owner(request))
         if not await self._wait(job, call, request):
             return {"images": [], "parameters": {}, "info": "{}"}  # nobody is listening
         return await run_in_threadpool(self._respond, job, call)
@@ -120,9 +120,9 @@ class SdApi:
             call.warnings.append(f"the infotext's model {model!r} is not installed; the loaded model was used")
             call.request = call.request.replace(sd_model_checkpoint="")
 
-    def _submit(self, call: convert.ApiCall) -> JobSnapshot:
+    def _submit(self, call: convert.ApiCall, owner: str = "api") -> JobSnapshot:
         try:
-            return self.backend.submit(call.request, source="api")
+            return self.backend.submit(call.request, source=owner)
         except QueueFull as exc:
             raise ApiError(503, "QueueFull", str(exc)) from None
 
@@ -259,6 +259,12 @@ class SdApi:
         text = read_infotext(image) or ""
         items = {k: v for k, v in image.info.items() if k != "parameters" and isinstance(v, (str, int, float))}
         return {"info": text, "items": items, "parameters": parse_infotext(text) if text else {}}
+
+
+def _owner(request: Request) -> str:
+    """The queue list's owner of an API job: "api" and the client's address."""
+    client = request.client
+    return f"api {client.host}" if client is not None and client.host else "api"
 
 
 def _failure(job: JobSnapshot) -> ApiError:

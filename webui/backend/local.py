@@ -36,6 +36,7 @@ from webui.backend.records import (
     NotEnoughMemory,
     NotFound,
     QueueFull,
+    QueueList,
     QueueState,
     Refusal,
     Refused,
@@ -194,6 +195,26 @@ class LocalBackend:
         job = generation.current
         current = self._snapshot(job, -1 if preview else None) if job is not None else None
         return QueueState(current, len(generation.waiting()))
+
+    def queue_list(self, history: int = 50) -> QueueList:
+        from webui.backend.local_queue import queue_list
+
+        return queue_list(self._generation, history)
+
+    def _waiting_action(self, action: str, job_id: str, *args: Any) -> ControlResult:
+        job = self._job(job_id)
+        if getattr(self._generation, action)(job_id, *args):
+            return ControlResult(True, job_id)
+        if job.finished:
+            raise Refused(f"job {job_id} has finished already ({job.state}); there is nothing to {action}")
+        done = {"cancel": "cancelled", "move": "moved"}[action]
+        raise Refused(f"job {job_id} is running; only a waiting job can be {done}. Stop it with Interrupt")
+
+    def cancel(self, job_id: str) -> ControlResult:
+        return self._waiting_action("cancel", job_id)
+
+    def move_job(self, job_id: str, position: int) -> ControlResult:
+        return self._waiting_action("move", job_id, int(position))
 
     def _control(self, action: str, job_id: str | None) -> ControlResult:
         generation = self._generation

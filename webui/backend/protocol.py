@@ -28,6 +28,7 @@ from webui.backend.records import (
     LoraInfo,
     MemoryUsage,
     ModelInfo,
+    QueueList,
     QueueState,
     RuntimeOptions,
     SamplerInfo,
@@ -67,6 +68,19 @@ class Backend(Protocol):
 
     def queue(self, preview: bool = True) -> QueueState:
         """The running job or task (with its latest preview when ``preview``) and how many wait."""
+        ...
+
+    def queue_list(self, history: int = 50) -> QueueList:
+        """Every job waiting or running (owner, position, ETA) and up to ``history`` finished ones, newest first."""
+        ...
+
+    def cancel(self, job_id: str) -> ControlResult:
+        """Take a waiting job out of the queue (it never runs); ``NotFound`` for an unknown id, ``Refused`` for a
+        job that runs (stop it with ``interrupt``) or has finished."""
+        ...
+
+    def move_job(self, job_id: str, position: int) -> ControlResult:
+        """Put a waiting job at ``position`` (1 = next); ``NotFound`` / ``Refused`` as ``cancel``."""
         ...
 
     def interrupt(self, job_id: str | None = None) -> ControlResult:

@@ -360,7 +360,7 @@ class QueueList:
 
     jobs: list[QueueEntry] = field(default_factory=list)
     history: list[QueueEntry] = field(default_factory=list)
-    seconds_per_step: float | None = None  # what the ETAs of waiting jobs are computed from
+    seconds_per_unit: float | None = None  # seconds per 512x512 image step, what waiting jobs' ETAs come from
 
 
 # --- styles ------------------------------------------------------------------------------------------

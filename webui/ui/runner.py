@@ -212,7 +212,7 @@ def submit_from_page(backend: Backend, build: Callable[[], GenerationRequest]) -
 
     try:
         request = build()
-        job = backend.submit(request, source="ui")
+        job = backend.submit(request, source=f"{request.task} tab")  # the owner the queue list shows
     except RequestError as exc:
         return "", error_text(exc)
     except ValueError as exc:  # a tab's own conversion (an image it cannot read ...)
