@@ -227,3 +227,32 @@ def _tiny_png() -> str:
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), "white").save(buf, "PNG")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_with_the_real_engine_the_infotext_and_info_hold_the_styled_prompt(tmp_path):
+    """The engine's own info has ``styles: []``; the answer names the styles applied, the PNG has the styled prompt."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from tests.api_server import serve_api
+    from tests.app_services import tmp_services
+    from webui.models.demo import demo_checkpoint_name, write_demo_models
+    from webui.outputs.writer import read_infotext
+
+    write_demo_models(tmp_path / "models", ("sd15",))
+    (tmp_path / "styles.csv").write_text('name,prompt,negative_prompt\nInk,"ink drawing of {prompt}",color\n')
+    services = tmp_services(tmp_path, default_model=demo_checkpoint_name("sd15"))
+    services.generation.start()
+    try:
+        with serve_api(services) as url:
+            body = {"prompt": "a heron", "styles": ["Ink"], "width": 64, "height": 64, "steps": 2, "seed": 3}
+            r = httpx.post(f"{url}/sdapi/v1/txt2img", json=body, timeout=300)
+    finally:
+        services.generation.stop()
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["styles"] == ["Ink"] and info["prompt"] == "ink drawing of a heron"
+    text = read_infotext(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))))
+    assert text.startswith("ink drawing of a heron\nNegative prompt: color\n")
