@@ -176,7 +176,12 @@ def test_the_rate_comes_from_finished_generations_only():
         return SimpleNamespace(state=state, started=100.0, ended=100.0 + seconds, request=req)
 
     assert seconds_per_unit([]) is None
-    finished = [job("done", 2.0, 20), job("failed", 50.0, 10), job("done", 9.0, 10, request=False), job("done", 4.0, 20)]
+    finished = [
+        job("done", 2.0, 20),
+        job("failed", 50.0, 10),
+        job("done", 9.0, 10, request=False),
+        job("done", 4.0, 20),
+    ]
     assert seconds_per_unit(finished) == pytest.approx(6.0 / 40)
 
 
@@ -206,8 +211,12 @@ def test_the_queue_routes(env):
             held = pool.submit(client.post, "/sdapi/v1/txt2img", json={"prompt": "hold"})
             wait_for(lambda: client.get("/webui/v1/queue").json()["jobs"])
             waiting = pool.submit(client.post, "/sdapi/v1/txt2img", json={"prompt": "waits"})
-            jobs = wait_for(lambda: len(client.get("/webui/v1/queue").json()["jobs"]) == 2 and client.get(
-                "/webui/v1/queue").json()["jobs"])
+            jobs = wait_for(
+                lambda: (
+                    len(client.get("/webui/v1/queue").json()["jobs"]) == 2
+                    and client.get("/webui/v1/queue").json()["jobs"]
+                )
+            )
             running, queued = jobs
             assert running["state"] == "running" and running["owner"] == "api 127.0.0.1"
             assert queued["position"] == 1 and queued["label"].endswith(": waits")

@@ -210,8 +210,10 @@ def test_a_style_saved_through_the_backend_is_listed_and_applied(api):
     saved = backend.save_style("Saved here", "{prompt}, watercolor", "")
     assert saved.name == "Saved here"
     assert "Saved here" in [s["name"] for s in api.client.get("/sdapi/v1/prompt-styles").json()]
-    r = api.client.post("/sdapi/v1/img2img", json={"prompt": "a boat", "styles": ["Saved here"], "steps": 2,
-                                                     "init_images": [_tiny_png()]})
+    r = api.client.post(
+        "/sdapi/v1/img2img",
+        json={"prompt": "a boat", "styles": ["Saved here"], "steps": 2, "init_images": [_tiny_png()]},
+    )
     assert r.status_code == 200, r.text
     assert api.runner.seen[-1].prompt == "a boat, watercolor"
     with pytest.raises(RequestError, match="needs a name"):

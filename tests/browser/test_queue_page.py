@@ -12,7 +12,9 @@ def test_the_queue_tab_lists_jobs_and_cancels_a_waiting_one(page, app):
     long_job = GenerationRequest(prompt="a long job", width=64, height=64, steps=150, n_iter=100)
     running = backend.submit(long_job, source="api 10.0.0.7")
     first = backend.submit(GenerationRequest(prompt="first waiting", width=64, height=64, steps=2), source="api bot")
-    second = backend.submit(GenerationRequest(prompt="<b>second</b> waiting", width=64, height=64, steps=2), source="img2img tab")
+    second = backend.submit(
+        GenerationRequest(prompt="<b>second</b> waiting", width=64, height=64, steps=2), source="img2img tab"
+    )
     try:
         open_tab(page, "Queue")
         table = page.locator("#queue_table")

@@ -32,6 +32,8 @@ def test_styles_apply_at_generate_into_the_boxes_and_save(page, app):
     page.locator("#txt2img_style_save").click()
     expect(page.locator("#txt2img_style_status")).to_contain_text("Saved style")
     saved = {s.name: s for s in read_styles(path)}
-    assert saved["Fox, sharp"].prompt == "a red fox, sharper focus" and saved["Fox, sharp"].negative_prompt == "blurrier"
+    assert (
+        saved["Fox, sharp"].prompt == "a red fox, sharper focus" and saved["Fox, sharp"].negative_prompt == "blurrier"
+    )
     assert len(saved) == len(read_styles(SAMPLE)) + 1  # every other style is still there
     choose(page, "txt2img_styles", "Fox, sharp")  # offered at once

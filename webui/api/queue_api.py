@@ -72,7 +72,9 @@ def _answer(action: Any, job_id: str, *args: Any) -> dict[str, Any]:
 
 def build_queue_router(backend: Backend) -> APIRouter:
     """``/webui/v1/queue`` routes over the backend."""
-    router = APIRouter(prefix="/webui/v1", tags=["queue"], route_class=ApiRoute, default_response_class=SafeJSONResponse)
+    router = APIRouter(
+        prefix="/webui/v1", tags=["queue"], route_class=ApiRoute, default_response_class=SafeJSONResponse
+    )
 
     def get_queue(history: Annotated[int, Query(ge=0, le=MAX_HISTORY)] = 50) -> dict[str, Any]:
         """The running and waiting jobs with owner, position and ETA, and the session's finished jobs."""

@@ -35,7 +35,9 @@ __all__ = [
     "ModelInfo",
     "NotEnoughMemory",
     "NotFound",
+    "QueueEntry",
     "QueueFull",
+    "QueueList",
     "QueueState",
     "Refusal",
     "Refused",
@@ -45,8 +47,6 @@ __all__ = [
     "Step",
     "StyleInfo",
     "StyledPrompt",
-    "QueueEntry",
-    "QueueList",
     "TaskFailed",
     "TokenCount",
 ]

@@ -226,4 +226,3 @@ class StyleStore:
             except OSError as exc:
                 raise StylesFileError(f"cannot write {path}: {exc}; check that its folder is writable") from None
         return style
-
