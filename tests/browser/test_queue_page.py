@@ -29,7 +29,9 @@ def test_the_queue_tab_lists_jobs_and_cancels_a_waiting_one(page, app):
         choose(page, "queue_job", "2. img2img tab")
         page.locator("#queue_run_next").click()
         expect(page.locator("#queue_message")).to_contain_text("runs next")
-        expect(table.locator(f"tr[data-job='{second.id}'] td").first).to_have_text("1")  # the timer refreshed it
+        expect(table.locator(f"tr[data-job='{second.id}'] td").first).to_have_text("1")
+        backend.submit(GenerationRequest(prompt="third", width=64, height=64, steps=2), source="api late")
+        expect(table).to_contain_text("api late")  # the tab refreshes itself while shown
 
         choose(page, "queue_job", "2. api bot")
         page.locator("#queue_cancel").click()

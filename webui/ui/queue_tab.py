@@ -1,5 +1,5 @@
 """Queue tab: every running and waiting job (owner, position, ETA) and this session's finished ones; cancel a
-waiting job or run it next. Refreshes itself every ``REFRESH_SECONDS`` while the page is open.
+waiting job or run it next. Refreshes itself every ``REFRESH_SECONDS`` while the tab is shown.
 
 Element ids: ``queue_table`` (running + waiting), ``queue_history``, ``queue_job`` (the job to act on),
 ``queue_cancel``, ``queue_run_next``, ``queue_refresh``, ``queue_message``.
@@ -17,6 +17,7 @@ from typing import Any
 from webui.backend import Backend, BackendError, QueueEntry, QueueList
 
 REFRESH_SECONDS = 1.0
+TAB_LABEL = "Queue"  # webui.ui.shell.TABS
 HISTORY = 50
 EMPTY = "<p class='webui-queue-empty'>Nothing is running or waiting.</p>"
 
@@ -90,20 +91,35 @@ def build(backend: Backend, page: Any) -> None:
     message = gr.Markdown("", elem_id="queue_message")
     gr.Markdown("### Finished this session")
     history = gr.HTML("", elem_id="queue_history")
-    timer = gr.Timer(REFRESH_SECONDS)
+    tabs = getattr(page, "tabs", None)
+    timer = gr.Timer(REFRESH_SECONDS, active=tabs is None)  # with tabs: it ticks only while this tab is shown
+    if tabs is not None:
 
-    def show(chosen: str | None) -> tuple[str, str, Any]:
+        def follow_tab(evt: gr.SelectData) -> Any:
+            return gr.Timer(active=evt.value == TAB_LABEL)
+
+        follow_tab.__annotations__["evt"] = gr.SelectData  # a real class: the module uses postponed annotations
+        tabs.select(follow_tab, outputs=[timer], queue=False, show_progress="hidden")
+
+    def show() -> tuple[str, str, Any]:
+        # Only the choices: a tick must never undo a pick made while it was on its way (a job that ended
+        # meanwhile stays picked, and Cancel says it has finished).
         state = backend.queue_list(HISTORY)
-        choices = job_choices(state)
-        keep = chosen if any(value == chosen for _, value in choices) else None
-        return table_html(state.jobs), table_html(state.history, history=True), gr.update(choices=choices, value=keep)
+        return table_html(state.jobs), table_html(state.history, history=True), gr.update(choices=job_choices(state))
+
+    def done(message_text: str) -> tuple[str, str, Any, str]:  # after Cancel / Run next: the pick is cleared
+        state = backend.queue_list(HISTORY)
+        jobs, finished = table_html(state.jobs), table_html(state.history, history=True)
+        return jobs, finished, gr.update(choices=job_choices(state), value=None), message_text
 
     outputs = [table, history, job]
     for event in (timer.tick, refresh.click):
-        event(show, inputs=[job], outputs=outputs, queue=False, show_progress="hidden")
-    cancel.click(lambda j: act(backend, "cancel", j), inputs=[job], outputs=[message], queue=False).then(
-        show, inputs=[job], outputs=outputs, queue=False, show_progress="hidden"
-    )
-    run_next.click(lambda j: act(backend, "move", j), inputs=[job], outputs=[message], queue=False).then(
-        show, inputs=[job], outputs=outputs, queue=False, show_progress="hidden"
-    )
+        event(show, outputs=outputs, queue=False, show_progress="hidden")
+    for button, action in ((cancel, "cancel"), (run_next, "move")):
+        button.click(
+            lambda j, a=action: done(act(backend, a, j)),
+            inputs=[job],
+            outputs=[*outputs, message],
+            queue=False,
+            show_progress="hidden",
+        )
