@@ -46,6 +46,37 @@ def test_styles_apply_in_order_to_both_prompts_and_unknown_names_are_skipped():
     assert other.prompt == "a fox, oil painting in a forest"  # the order matters
 
 
+@pytest.mark.parametrize(
+    "style, styled, bare",
+    [
+        ("sharp focus", "a cat, sharp focus", "a cat"),
+        ("sharp focus", "sharp focus", ""),
+        ("focus", "a cat, sharp focus", None),  # not after ", ": another text, not this style
+        ("photo of {prompt}, 8k", "photo of a cat, 8k", "a cat"),
+        ("photo of {prompt}, 8k", "a cat, 8k", None),
+        ("", "a cat", "a cat"),  # an empty style text takes nothing off
+        ("{prompt} and {prompt}", "x and x", None),  # two placeholders: not taken apart
+    ],
+)
+def test_unmerge_prompt_undoes_merge_prompt(style, styled, bare):
+    assert S.unmerge_prompt(style, styled) == bare
+
+
+def test_extract_styles_finds_the_styles_a_prompt_pair_was_made_with():
+    styles = [
+        S.Style("Forest", "{prompt} in a forest", "ugly"),
+        S.Style("Oil", "oil painting", "{prompt}, blurry"),
+        S.Style("Empty"),
+        S.Style("Sharp", "sharp focus", ""),
+    ]
+    for names in (["Forest", "Oil"], ["Oil", "Forest"], ["Sharp"], ["Forest", "Sharp", "Oil"]):
+        done = S.apply_styles("a fox", "text", styles, names)
+        back = S.extract_styles(done.prompt, done.negative_prompt, styles)
+        assert (back.applied, back.prompt, back.negative_prompt) == (tuple(names), "a fox", "text"), names
+    none = S.extract_styles("a fox, oil painting", "text", styles)  # the negative lacks Oil's part
+    assert none.applied == () and none.prompt == "a fox, oil painting"
+
+
 # --- reading: an A1111 file as is ------------------------------------------------------------------
 
 
@@ -203,6 +234,19 @@ def test_an_unknown_style_is_skipped_as_in_a1111_with_a_warning_listing_the_styl
     assert info["styles"] == ["Sharp"]
     [warning] = [w for w in info["warnings"] if "Nope" in w]
     assert "skipped" in warning and "'Cinematic'" in warning
+
+
+def test_a_pasted_infotext_gets_its_styles_picked_and_taken_off_the_prompts(api):
+    from webui.ui.styles_row import StylesPaste
+
+    paste = StylesPaste(api.services.backend)
+    text = "a castle, sharper focus\nNegative prompt: fog, blurrier\nSteps: 2, Sampler: Euler, Seed: 1, Size: 64x64"
+    values, notes = paste.read_infotext(text)
+    assert (values["prompt"], values["negative_prompt"]) == ("a castle", "fog") and notes == []
+    assert values["styles"]["value"] == ["Sharp"] and "Cinematic" in values["styles"]["choices"]
+    assert paste.read_infotext("a castle\nSteps: 2, Sampler: Euler, Seed: 1") == ({}, [])  # no style: as written
+    hires = text + ', Hires prompt: "a tower, sharper focus"'
+    assert paste.read_infotext(hires) == ({}, [])  # hires prompts: pasted as written
 
 
 def test_a_style_saved_through_the_backend_is_listed_and_applied(api):

@@ -1,5 +1,5 @@
 """Prompt styles on the page: an A1111 styles.csv in the app's folder, picked at Generate, applied to the
-prompt boxes, and the prompt saved as a new style."""
+prompt boxes, the prompt saved as a new style, and picked again from a pasted infotext."""
 
 from __future__ import annotations
 
@@ -37,3 +37,12 @@ def test_styles_apply_at_generate_into_the_boxes_and_save(page, app):
     )
     assert len(saved) == len(read_styles(SAMPLE)) + 1  # every other style is still there
     choose(page, "txt2img_styles", "Fox, sharp")  # offered at once
+    page.keyboard.press("Escape")
+
+    # ↙ with the infotext in the prompt box: the style is picked again and taken off the prompts (A1111's default)
+    set_text(page, "txt2img_prompt", infotext)
+    page.locator("#txt2img_paste").click()
+    expect(text_value(page, "txt2img_prompt")).to_have_value("a red fox")
+    expect(text_value(page, "txt2img_neg_prompt")).to_have_value("")
+    expect(page.locator("#txt2img_styles")).to_contain_text("Sharp")
+    expect(page.locator("#txt2img_styles")).not_to_contain_text("Fox, sharp")

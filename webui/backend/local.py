@@ -288,6 +288,10 @@ class LocalBackend:
         done = self._style_call("apply", prompt or "", negative_prompt or "", list(names or ()))
         return StyledPrompt(done.prompt, done.negative_prompt, done.applied, done.unknown)
 
+    def extract_styles(self, prompt: str, negative_prompt: str) -> StyledPrompt:
+        done = self._style_call("extract", prompt or "", negative_prompt or "")
+        return StyledPrompt(done.prompt, done.negative_prompt, done.applied)
+
     def save_style(self, name: str, prompt: str, negative_prompt: str) -> StyleInfo:
         style = self._style_call("save", name, prompt, negative_prompt)
         log.info("style %r saved to %s", style.name, self._style_store().path)

@@ -119,6 +119,10 @@ class Backend(Protocol):
         """The prompts with the named styles applied in order (A1111's ``{prompt}`` / ", " rule)."""
         ...
 
+    def extract_styles(self, prompt: str, negative_prompt: str) -> StyledPrompt:
+        """The styles a styled prompt pair was made with (``applied``, in order) and the prompts without them."""
+        ...
+
     def save_style(self, name: str, prompt: str, negative_prompt: str) -> StyleInfo:
         """Add or replace a style and write the file atomically (a .bak of the old one); ``RequestError`` for a
         bad name, ``TaskFailed`` when the file cannot be written."""

@@ -131,6 +131,46 @@ def apply_styles(prompt: str, negative_prompt: str, styles: Sequence[Style], nam
     return Styled(prompt, negative_prompt, tuple(applied), tuple(unknown))
 
 
+def unmerge_prompt(style_text: str, styled: str) -> str | None:
+    """The prompt that ``merge_prompt(style_text, prompt)`` turned into ``styled``, or None when it cannot have.
+
+    Compared without the spaces around either text, as the infotext keeps them; an appended style must follow
+    ``", "`` (or be the whole text), so a style "focus" is not found in "sharp focus".
+    """
+    text, style = styled.strip(), style_text.strip()
+    if PLACEHOLDER in style:
+        if style.count(PLACEHOLDER) != 1:
+            return None
+        left, right = style.split(PLACEHOLDER)
+        if len(text) >= len(left) + len(right) and text.startswith(left) and text.endswith(right):
+            return text[len(left) : len(text) - len(right)]
+        return None
+    if not style:
+        return text
+    if text == style:
+        return ""
+    return text[: -len(style) - 2] if text.endswith(", " + style) else None
+
+
+def extract_styles(prompt: str, negative_prompt: str, styles: Sequence[Style]) -> Styled:
+    """The styles a styled prompt pair was made with (A1111's "infer styles" of a pasted infotext): styles are
+    taken off the end of both texts, the last applied first, while one matches both; ``applied`` lists them in
+    the order they apply, ``prompt`` / ``negative_prompt`` are what is left. A style with no text never matches."""
+    left = [s for s in styles if s.prompt.strip() or s.negative_prompt.strip()]
+    found: list[str] = []
+    while True:
+        for style in left:
+            bare = unmerge_prompt(style.prompt, prompt)
+            bare_negative = unmerge_prompt(style.negative_prompt, negative_prompt) if bare is not None else None
+            if bare is not None and bare_negative is not None:
+                prompt, negative_prompt = bare, bare_negative
+                found.append(style.name)
+                left.remove(style)
+                break
+        else:
+            return Styled(prompt, negative_prompt, tuple(reversed(found)))
+
+
 # --- saving ------------------------------------------------------------------------------------------
 
 
@@ -214,6 +254,9 @@ class StyleStore:
         if not names:
             return Styled(prompt, negative_prompt)
         return apply_styles(prompt, negative_prompt, self.styles(), names)
+
+    def extract(self, prompt: str, negative_prompt: str) -> Styled:
+        return extract_styles(prompt, negative_prompt, self.styles())
 
     def save(self, name: str, prompt: str, negative_prompt: str) -> Style:
         """Add or replace the style ``name`` (checked) and write the file atomically."""

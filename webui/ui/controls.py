@@ -326,17 +326,16 @@ def build_controls(
 
     from webui.ui.lora_browser import build_lora_browser
     from webui.ui.runner import build_results
-    from webui.ui.styles_row import STYLES_KEY, build_styles_row
+    from webui.ui.styles_row import STYLES_KEY, StylesPaste, build_styles_row
 
     f: dict[str, Any] = {}
     w: dict[str, Any] = {}
     _prompt_row(backend, page, task, f, w)
-    styles = build_styles_row(backend, page, task, f, w)
+    f[STYLES_KEY] = build_styles_row(backend, page, task, f, w)  # not a request field: applied at Generate
     build_lora_browser(backend, page, task, f["prompt"])
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             extra = dict(inputs_slot()) if inputs_slot else {}
-            extra[STYLES_KEY] = styles  # applied to the prompts at Generate (webui.ui.styles_row)
             _sampling(backend, task, f, w)
             if task == "txt2img":
                 _hires(backend, task, f, w)
@@ -359,7 +358,7 @@ def build_controls(
         size_preset=w["size_preset"],
         sd3_options=w["sd3_options"],
         widgets=w,
-        sections=[b for b in built if b is not None],
+        sections=[StylesPaste(backend), *(b for b in built if b is not None)],
     )
     _wire(backend, page, controls)
     return controls

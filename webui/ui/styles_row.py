@@ -6,7 +6,8 @@ Element ids (``<t>`` the task): <t>_styles (the multi-select), <t>_styles_refres
 
 At Generate the chosen styles are applied to the request's prompts (``styled_page_request``): the
 prompt boxes keep what the user typed, the infotext holds the styled prompts, as in A1111. "Apply styles
-to prompt" writes the styled prompts into the boxes and clears the choice (A1111's ✎ button).
+to prompt" writes the styled prompts into the boxes and clears the choice (A1111's ✎ button). A pasted
+infotext (↙, PNG Info, Send to) whose prompts end with styles gets them picked again (``StylesPaste``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,37 @@ def styled_page_request(backend: Backend, request: Any, values: Mapping[str, Any
     except BackendError as exc:  # the styles file cannot be read: the page says so (submit_from_page)
         raise ValueError(f"the styles cannot be applied: {exc}") from None
     return styled
+
+
+HIRES_PROMPT_KEYS = ("Hires prompt", "Hires negative prompt")
+
+
+class StylesPaste:
+    """The styles row as a paste section (``Controls.sections``): a pasted infotext whose prompts end with styles
+    of styles.csv gets them picked and taken off the prompt boxes (A1111's default, "Apply if any"); an infotext
+    with hires prompts is pasted as written (A1111 applies styles only when the hires prompts share them)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def read_infotext(self, text: str) -> tuple[dict[str, Any], list[str]]:
+        import gradio as gr
+
+        from webui.outputs.infotext import split_infotext
+
+        if not text or not text.strip():
+            return {}, []
+        prompt, negative, params = split_infotext(text)
+        if any(key in params for key in HIRES_PROMPT_KEYS):
+            return {}, []
+        try:
+            found = self.backend.extract_styles(prompt, negative)
+        except BackendError:
+            return {}, []
+        if not found.applied:
+            return {}, []
+        picked = gr.update(choices=style_names(self.backend), value=list(found.applied))
+        return {"prompt": found.prompt, "negative_prompt": found.negative_prompt, STYLES_KEY: picked}, []
 
 
 def build_styles_row(backend: Backend, page: Any, task: str, fields: dict[str, Any], widgets: dict[str, Any]) -> Any:
