@@ -55,6 +55,7 @@ OPERATIONS = (
     ("GET", "/sdapi/v1/schedulers"),
     ("GET", "/sdapi/v1/upscalers"),
     ("GET", "/sdapi/v1/latent-upscale-modes"),
+    ("GET", "/sdapi/v1/prompt-styles"),
     ("POST", "/sdapi/v1/refresh-checkpoints"),
     ("POST", "/sdapi/v1/refresh-loras"),
     ("POST", "/sdapi/v1/refresh-vae"),

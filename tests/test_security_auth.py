@@ -282,7 +282,7 @@ def test_every_route_refuses_a_request_without_credentials(secured):
 def test_api_routes_take_the_api_credentials_only(secured):
     url, _ = secured
     with httpx.Client(base_url=url, timeout=30) as client:
-        for path in ("/sdapi/v1/sd-models", "/example-tab/stats", "/docs", "/openapi.json"):
+        for path in ("/sdapi/v1/sd-models", "/webui/v1/queue", "/example-tab/stats", "/docs", "/openapi.json"):
             assert client.get(path).status_code == 401
             assert client.get(path, auth=(UI_USER, UI_PASS)).status_code == 401  # --api-auth was given
             assert client.get(path, auth=(API_USER, API_PASS + "x")).status_code == 401

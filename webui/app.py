@@ -62,6 +62,11 @@ class AppPaths:
             config_file=settings.path("config_file", base),
         )
 
+    def styles_file(self, settings: Settings) -> Path:
+        """A1111's ``styles.csv``: ``styles_file`` (``--styles-file``), relative ones beside the config file."""
+        p = Path(getattr(settings, "styles_file", "") or "styles.csv").expanduser()
+        return p if p.is_absolute() else self.config_file.parent / p
+
     def t5_tokenizer_dir(self, settings: Settings) -> Path:
         p = Path(settings.t5_tokenizer_dir).expanduser()
         return p if p.is_absolute() else self.models / p
@@ -360,6 +365,9 @@ def build_server(services: Services) -> Any:
     assert services.backend is not None and services.extensions is not None
     api = FastAPI(title="Stable Diffusion web UI", docs_url="/docs")
     api.include_router(build_sdapi_router(services.backend))
+    from webui.api.queue_api import build_queue_router
+
+    api.include_router(build_queue_router(services.backend))  # our /webui/v1/queue (A1111 has no queue)
     facade = build_facade(services, api)
     services.extensions.app_started(api, facade)  # before the UI is mounted at "/", which would shadow routes
     blocks = build_page(services, facade)

@@ -118,6 +118,8 @@ class Settings:
     # Upscaler models run on tiles of this many pixels a side that overlap by this many (0 tile: the whole image).
     upscaler_tile: int = 192
     upscaler_tile_overlap: int = 16
+    # A1111's prompt styles file (name, prompt, negative_prompt); relative paths are in the config file's folder.
+    styles_file: str = "styles.csv"
     # Never touch the network for models (downloads of the default checkpoint excepted).
     offline: bool = True
     skip_install: bool = False
@@ -208,6 +210,7 @@ FIELD_CHECKS: dict[str, Any] = {
     "job_timeout": not_negative("job_timeout", "0 (no limit) or more seconds"),
     "upscaler_tile": not_negative("upscaler_tile", "0 (no tiles) or more pixels"),
     "upscaler_tile_overlap": not_negative("upscaler_tile_overlap", "0 or more pixels"),
+    "styles_file": check_path("styles_file"),
     "auth": check_credentials("--auth"),
     "api_auth": check_credentials("--api-auth"),
 }
@@ -347,6 +350,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="the longest one job may run, in seconds (default 3600; 0 = no limit); a longer job stops and keeps"
         " the images it finished",
     )
+    p.add_argument(
+        "--styles-file",
+        help="A1111's prompt styles file (default styles.csv beside the config file; an A1111 one works as is)",
+    )
     p.add_argument("--share", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
         "--skip-install",
@@ -397,6 +404,7 @@ _CLI_TO_FIELD = {
     "cors_allow_origins": "cors_allow_origins",
     "cors_allow_origins_regex": "cors_allow_origins_regex",
     "job_timeout": "job_timeout",
+    "styles_file": "styles_file",
 }
 
 

@@ -86,7 +86,6 @@ OVERRIDE_SETTINGS: Mapping[str, tuple[str, Callable[[Any], Any]]] = {
 }
 # Accepted A1111 fields we do not implement: a warning unless the value is one of the harmless ones.
 IGNORED_FIELDS: Mapping[str, tuple[Any, ...]] = {
-    "styles": (None, []),
     "seed_resize_from_h": (None, -1, 0),
     "seed_resize_from_w": (None, -1, 0),
     "restore_faces": (None, False),
@@ -164,6 +163,7 @@ class ApiCall:
     send_images: bool = True
     warnings: list[str] = field(default_factory=list)
     received_at: float = field(default_factory=time.time)
+    styles: list[str] = field(default_factory=list)  # the prompt styles applied (webui.api.styles_api)
 
 
 InfotextReader = Callable[[str], Mapping[str, Any]]
@@ -439,7 +439,7 @@ def build_info(call: ApiCall, result: Any, version: str = "", model: Mapping[str
         "batch_size": req.batch_size,
         "denoising_strength": req.denoising_strength if req.task != "txt2img" or req.enable_hr else None,
         "infotexts": list(result.infotexts),
-        "styles": [],
+        "styles": list(call.styles),
         "extra_generation_params": dict(req.extra_generation_params),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(call.received_at)),
         "clip_skip": req.clip_skip,
@@ -454,6 +454,8 @@ def build_info(call: ApiCall, result: Any, version: str = "", model: Mapping[str
     for key, value in fill.items():
         if info.get(key) in (None, ""):
             info[key] = value
+    if call.styles:
+        info["styles"] = list(call.styles)
     info["version"] = info.get("version") or version
     info["interrupted"] = bool(result.interrupted)
     warnings = list(dict.fromkeys([*call.warnings, *(info.get("warnings") or [])]))  # + the engine's fallbacks

@@ -26,7 +26,7 @@ class Txt2ImgRequest(_Lenient):
 
     prompt: str | None = ""
     negative_prompt: str | None = ""
-    styles: list[str] | None = None
+    styles: list[str] | None = Field(None, description="names of styles.csv's prompt styles, applied in order")
     seed: int | None = -1
     subseed: int | None = -1
     subseed_strength: float | None = 0.0
@@ -192,6 +192,12 @@ class UpscalerItem(BaseModel):
     model_path: str | None = None
     model_url: str | None = None
     scale: float | None = None
+
+
+class PromptStyleItem(BaseModel):
+    name: str
+    prompt: str | None = None
+    negative_prompt: str | None = None
 
 
 class RefreshResponse(BaseModel):

@@ -29,7 +29,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from webui.api import convert, views
+from webui.api import convert, styles_api, views
 from webui.api.errors import ApiError, ApiRoute, SafeJSONResponse, error_responses, not_enough_memory
 from webui.api.schemas import (
     ControlResponse,
@@ -41,6 +41,7 @@ from webui.api.schemas import (
     PngInfoRequest,
     PngInfoResponse,
     ProgressResponse,
+    PromptStyleItem,
     RefreshResponse,
     SamplerItem,
     SchedulerItem,
@@ -93,13 +94,14 @@ class SdApi:
 
     async def _generate(self, body: Any, task: str, request: Request) -> dict[str, Any]:
         call = await run_in_threadpool(self._prepare, body, task)
-        job = self._submit(call)
+        job = self._submit(call, _owner(request))
         if not await self._wait(job, call, request):
             return {"images": [], "parameters": {}, "info": "{}"}  # nobody is listening
         return await run_in_threadpool(self._respond, job, call)
 
     def _prepare(self, body: Any, task: str) -> convert.ApiCall:
         call = convert.request_from_api(body, task, self.state.defaults, self.limits, validate=False)
+        styles_api.apply_request_styles(self.backend, call, body.styles)
         self._infotext_model(call, body)
         try:
             call.request = self.backend.validate(call.request)
@@ -119,9 +121,9 @@ class SdApi:
             call.warnings.append(f"the infotext's model {model!r} is not installed; the loaded model was used")
             call.request = call.request.replace(sd_model_checkpoint="")
 
-    def _submit(self, call: convert.ApiCall) -> JobSnapshot:
+    def _submit(self, call: convert.ApiCall, owner: str = "api") -> JobSnapshot:
         try:
-            return self.backend.submit(call.request, source="api")
+            return self.backend.submit(call.request, source=owner)
         except QueueFull as exc:
             raise ApiError(503, "QueueFull", str(exc)) from None
 
@@ -229,6 +231,10 @@ class SdApi:
 
         return [asdict(u) for u in self.backend.upscalers()]
 
+    def prompt_styles(self) -> list[dict[str, Any]]:
+        """The styles of styles.csv (A1111's ``[{name, prompt, negative_prompt}]``)."""
+        return styles_api.prompt_styles(self.backend)
+
     def latent_upscale_modes(self) -> list[dict[str, str]]:
         return views.latent_upscale_modes()
 
@@ -264,6 +270,12 @@ class SdApi:
         text = read_infotext(image) or ""
         items = {k: v for k, v in image.info.items() if k != "parameters" and isinstance(v, (str, int, float))}
         return {"info": text, "items": items, "parameters": parse_infotext(text) if text else {}}
+
+
+def _owner(request: Request) -> str:
+    """The queue list's owner of an API job: "api" and the client's address."""
+    client = request.client
+    return f"api {client.host}" if client is not None and client.host else "api"
 
 
 def _failure(job: JobSnapshot) -> ApiError:
@@ -307,6 +319,7 @@ def build_sdapi_router(backend: Backend) -> APIRouter:
         ("/schedulers", api.schedulers, list[SchedulerItem]),
         ("/upscalers", api.upscalers, list[UpscalerItem]),
         ("/latent-upscale-modes", api.latent_upscale_modes, list[dict[str, str]]),
+        ("/prompt-styles", api.prompt_styles, list[PromptStyleItem]),
     ]
     for path, handler, model in lists:
         router.add_api_route(path, handler, methods=["GET"], response_model=model)

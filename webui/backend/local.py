@@ -37,6 +37,7 @@ from webui.backend.records import (
     NotEnoughMemory,
     NotFound,
     QueueFull,
+    QueueList,
     QueueState,
     Refusal,
     Refused,
@@ -44,6 +45,8 @@ from webui.backend.records import (
     SamplerInfo,
     ScheduleInfo,
     Step,
+    StyledPrompt,
+    StyleInfo,
     TaskFailed,
     TokenCount,
     UpscalerInfo,
@@ -130,6 +133,7 @@ class LocalBackend:
         self._lora_headers: dict[Any, tuple[str, str]] = {}  # LoRA header inspections by (path, mtime)
         self._tokenizer: Any = None
         self._tokenizer_lock = threading.Lock()  # one tokenizer, many browser tabs
+        self._styles: Any = None  # webui.generation.styles.StyleStore, on first use
 
     @property
     def _generation(self) -> GenerationService:
@@ -195,6 +199,26 @@ class LocalBackend:
         current = self._snapshot(job, -1 if preview else None) if job is not None else None
         return QueueState(current, len(generation.waiting()))
 
+    def queue_list(self, history: int = 50) -> QueueList:
+        from webui.backend.local_queue import queue_list
+
+        return queue_list(self._generation, history)
+
+    def _waiting_action(self, action: str, job_id: str, *args: Any) -> ControlResult:
+        job = self._job(job_id)
+        if getattr(self._generation, action)(job_id, *args):
+            return ControlResult(True, job_id)
+        if job.finished:
+            raise Refused(f"job {job_id} has finished already ({job.state}); there is nothing to {action}")
+        done = {"cancel": "cancelled", "move": "moved"}[action]
+        raise Refused(f"job {job_id} is running; only a waiting job can be {done}. Stop it with Interrupt")
+
+    def cancel(self, job_id: str) -> ControlResult:
+        return self._waiting_action("cancel", job_id)
+
+    def move_job(self, job_id: str, position: int) -> ControlResult:
+        return self._waiting_action("move", job_id, int(position))
+
     def _control(self, action: str, job_id: str | None) -> ControlResult:
         generation = self._generation
         if job_id is None:
@@ -248,6 +272,40 @@ class LocalBackend:
 
                 used, limit = count_with_embeddings(self._services, self._tokenizer, text or "", (used, limit))
         return TokenCount(used, limit)
+
+    # --- prompt styles --------------------------------------------------------------------------------
+
+    def _style_store(self) -> Any:
+        from webui.generation.styles import StyleStore
+
+        if self._styles is None:
+            services = self._services
+            self._styles = StyleStore(lambda: services.paths.styles_file(services.settings))
+        return self._styles
+
+    def _style_call(self, action: str, *args: Any) -> Any:
+        from webui.generation.styles import StylesFileError
+
+        try:
+            return getattr(self._style_store(), action)(*args)
+        except StylesFileError as exc:
+            raise TaskFailed(str(exc), "StylesFileError") from None
+
+    def styles(self) -> list[StyleInfo]:
+        return [StyleInfo(s.name, s.prompt, s.negative_prompt) for s in self._style_call("styles")]
+
+    def apply_styles(self, prompt: str, negative_prompt: str, names: list[str]) -> StyledPrompt:
+        done = self._style_call("apply", prompt or "", negative_prompt or "", list(names or ()))
+        return StyledPrompt(done.prompt, done.negative_prompt, done.applied, done.unknown)
+
+    def extract_styles(self, prompt: str, negative_prompt: str) -> StyledPrompt:
+        done = self._style_call("extract", prompt or "", negative_prompt or "")
+        return StyledPrompt(done.prompt, done.negative_prompt, done.applied)
+
+    def save_style(self, name: str, prompt: str, negative_prompt: str) -> StyleInfo:
+        style = self._style_call("save", name, prompt, negative_prompt)
+        log.info("style %r saved to %s", style.name, self._style_store().path)
+        return StyleInfo(style.name, style.prompt, style.negative_prompt)
 
     # --- models -------------------------------------------------------------------------------------
 

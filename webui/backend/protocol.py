@@ -29,11 +29,14 @@ from webui.backend.records import (
     LoraInfo,
     MemoryUsage,
     ModelInfo,
+    QueueList,
     QueueState,
     RuntimeOptions,
     SamplerInfo,
     ScheduleInfo,
     Step,
+    StyledPrompt,
+    StyleInfo,
     TokenCount,
     UpscalerInfo,
 )
@@ -70,6 +73,19 @@ class Backend(Protocol):
         """The running job or task (with its latest preview when ``preview``) and how many wait."""
         ...
 
+    def queue_list(self, history: int = 50) -> QueueList:
+        """Every job waiting or running (owner, position, ETA) and up to ``history`` finished ones, newest first."""
+        ...
+
+    def cancel(self, job_id: str) -> ControlResult:
+        """Take a waiting job out of the queue (it never runs); ``NotFound`` for an unknown id, ``Refused`` for a
+        job that runs (stop it with ``interrupt``) or has finished."""
+        ...
+
+    def move_job(self, job_id: str, position: int) -> ControlResult:
+        """Put a waiting job at ``position`` (1 = next); ``NotFound`` / ``Refused`` as ``cancel``."""
+        ...
+
     def interrupt(self, job_id: str | None = None) -> ControlResult:
         """Stop a job (queued: it never runs) or, with no id, the running one. ``NotFound`` for an unknown id."""
         ...
@@ -94,6 +110,25 @@ class Backend(Protocol):
 
     def count_tokens(self, text: str) -> TokenCount:
         """The prompt's CLIP tokens and the limit A1111's counter shows (75 per chunk)."""
+        ...
+
+    # --- prompt styles (A1111's styles.csv) -----------------------------------------------------------
+
+    def styles(self) -> list[StyleInfo]:
+        """The styles of the styles file, in file order ([] when there is no file)."""
+        ...
+
+    def apply_styles(self, prompt: str, negative_prompt: str, names: list[str]) -> StyledPrompt:
+        """The prompts with the named styles applied in order (A1111's ``{prompt}`` / ", " rule)."""
+        ...
+
+    def extract_styles(self, prompt: str, negative_prompt: str) -> StyledPrompt:
+        """The styles a styled prompt pair was made with (``applied``, in order) and the prompts without them."""
+        ...
+
+    def save_style(self, name: str, prompt: str, negative_prompt: str) -> StyleInfo:
+        """Add or replace a style and write the file atomically (a .bak of the old one); ``RequestError`` for a
+        bad name, ``TaskFailed`` when the file cannot be written."""
         ...
 
     # --- models -------------------------------------------------------------------------------------

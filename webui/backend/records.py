@@ -35,7 +35,9 @@ __all__ = [
     "ModelInfo",
     "NotEnoughMemory",
     "NotFound",
+    "QueueEntry",
     "QueueFull",
+    "QueueList",
     "QueueState",
     "Refusal",
     "Refused",
@@ -43,6 +45,8 @@ __all__ = [
     "SamplerInfo",
     "ScheduleInfo",
     "Step",
+    "StyleInfo",
+    "StyledPrompt",
     "TaskFailed",
     "TokenCount",
 ]
@@ -330,6 +334,55 @@ class ControlResult:
 
     done: bool
     job_id: str = ""
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One job of the queue list (``Backend.queue_list``): waiting, running or finished this session."""
+
+    id: str
+    state: str  # "queued", "running", "done", "interrupted", "failed"
+    owner: str  # who submitted it: "txt2img tab", "api 127.0.0.1", or what a task is ("model load")
+    label: str  # what it makes, in a few words ("txt2img 512x512, 20 steps, 1 image: a cat ...")
+    is_task: bool = False
+    position: int = 0  # 1 for the next to run ...; 0 while running or finished
+    created: float = 0.0  # time.time() when queued
+    started: float | None = None  # time.time() when it began to run
+    finished: float | None = None  # time.time() when it ended
+    fraction: float = 0.0  # of the running job
+    eta_seconds: float | None = None  # until it is done (queued: its wait plus its own run); None: unknown
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class QueueList:
+    """Every job waiting or running, in the order they run, and the session's finished jobs (newest first)."""
+
+    jobs: list[QueueEntry] = field(default_factory=list)
+    history: list[QueueEntry] = field(default_factory=list)
+    seconds_per_unit: float | None = None  # seconds per 512x512 image step, what waiting jobs' ETAs come from
+
+
+# --- styles ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StyleInfo:
+    """A prompt style of ``styles.csv`` (A1111's columns)."""
+
+    name: str
+    prompt: str = ""
+    negative_prompt: str = ""
+
+
+@dataclass(frozen=True)
+class StyledPrompt:
+    """Prompts with styles applied; ``unknown``: names asked for that no style has (left out, as A1111 does)."""
+
+    prompt: str
+    negative_prompt: str
+    applied: tuple[str, ...] = ()
+    unknown: tuple[str, ...] = ()
 
 
 # --- options and settings ----------------------------------------------------------------------------

@@ -167,6 +167,8 @@ class Job:
         self.source = source
         self.number = number
         self.created = time.time()
+        self.started: float | None = None  # time.time() when it began to run
+        self.ended: float | None = None  # time.time() when it finished
         self.state = QUEUED
         self.error: str = ""
         self.error_field: str = ""
@@ -203,6 +205,7 @@ class Job:
 
     def _finish(self, state: str, error: str = "", error_field: str = "") -> None:
         self.state, self.error, self.error_field = state, error, error_field
+        self.ended = time.time()
         self._done.set()
 
 
@@ -327,6 +330,35 @@ class GenerationService:
             except ValueError:
                 return 0
 
+    def finished_jobs(self, limit: int) -> list[Job]:
+        """The session's finished jobs still kept (``history`` of them at most), the last to end first."""
+        with self._lock:
+            done = [job for job in self._jobs.values() if job.finished]
+        done.sort(key=lambda job: job.ended or 0.0, reverse=True)
+        return done[: max(0, limit)]
+
+    def cancel(self, job_id: str) -> bool:
+        """Take a job that waits out of the queue (it ends ``interrupted`` without running); False when it is
+        running or finished already (the running one stops with ``interrupt``). ``KeyError``: no such job."""
+        job = self.get(job_id)
+        with self._lock:
+            if job not in self._waiting:
+                return False
+            self._waiting.remove(job)
+            job.interrupt()
+            job._finish(INTERRUPTED, "cancelled before it ran")
+        return True
+
+    def move(self, job_id: str, position: int) -> bool:
+        """Put a waiting job at ``position`` (1 = next to run; past the end: last); False when it does not wait."""
+        job = self.get(job_id)
+        with self._lock:
+            if job not in self._waiting:
+                return False
+            self._waiting.remove(job)
+            self._waiting.insert(max(0, int(position) - 1), job)
+        return True
+
     def interrupt(self, job_id: str | None = None) -> bool:
         """Interrupt one job (queued: it never runs) or, with no id, the running one."""
         job = self._current if job_id is None else self.get(job_id)
@@ -349,13 +381,13 @@ class GenerationService:
     # -- the worker -------------------------------------------------------------
     def _work(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
+            token = self._queue.get()  # one per submitted job: it wakes the worker; the order is ``_waiting``'s
+            if token is None:
                 return
             with self._lock:
-                if job not in self._waiting:  # interrupted while queued
+                if not self._waiting:  # its job was interrupted or cancelled while queued
                     continue
-                self._waiting.remove(job)
+                job = self._waiting.pop(0)
                 self._current = job
             bar = self.console.watch(job) if self.console is not None and job.action is None else None
             try:
@@ -366,6 +398,7 @@ class GenerationService:
                     bar.close()
 
     def _run(self, job: Job) -> None:
+        job.started = time.time()
         job.state = RUNNING
         job._update(started_at=time.monotonic())
         ctx = JobContext(job, self.preview_every, self._preview_fn, timeout=0 if job.action else self.job_timeout)

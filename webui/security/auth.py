@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 REALM = "Stable Diffusion web UI"
 # Paths that are never Gradio's, even when no route matches them (an unknown API path still asks for auth).
-API_PATH_PREFIXES = ("/sdapi/", "/docs", "/redoc", "/openapi.json")
+API_PATH_PREFIXES = ("/sdapi/", "/webui/", "/docs", "/redoc", "/openapi.json")
 AUTH_MESSAGE = "Log in with the user name and password this web UI was started with (--auth or --auth-file)."
 
 Pair = tuple[str, str]

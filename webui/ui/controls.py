@@ -31,7 +31,7 @@ Element ids, with ``<t>`` the task (txt2img / img2img / inpaint):
   <t>_use_t5, <t>_shift, <t>_mask_blur, <t>_mask_mode, <t>_inpainting_fill, <t>_inpaint_full_res,
   <t>_inpaint_padding, and the results (runner): <t>_progress, <t>_preview, <t>_gallery,
   <t>_infotext, <t>_send_to_img2img, <t>_send_to_inpaint; the LoRA browser: <t>_lora_table,
-  <t>_lora_refresh.
+  <t>_lora_refresh; the styles row (``webui.ui.styles_row``): <t>_styles, <t>_styles_apply, <t>_style_save ...
 """
 
 from __future__ import annotations
@@ -327,10 +327,12 @@ def build_controls(
     from webui.ui.embedding_browser import build_embedding_browser
     from webui.ui.lora_browser import build_lora_browser
     from webui.ui.runner import build_results
+    from webui.ui.styles_row import STYLES_KEY, StylesPaste, build_styles_row
 
     f: dict[str, Any] = {}
     w: dict[str, Any] = {}
     _prompt_row(backend, page, task, f, w)
+    f[STYLES_KEY] = build_styles_row(backend, page, task, f, w)  # not a request field: applied at Generate
     build_lora_browser(backend, page, task, f["prompt"])
     build_embedding_browser(backend, page, task, f["prompt"], f["negative_prompt"])
     with gr.Row(equal_height=False):
@@ -358,7 +360,7 @@ def build_controls(
         size_preset=w["size_preset"],
         sd3_options=w["sd3_options"],
         widgets=w,
-        sections=[b for b in built if b is not None],
+        sections=[StylesPaste(backend), *(b for b in built if b is not None)],
     )
     _wire(backend, page, controls)
     return controls

@@ -174,7 +174,9 @@ def _page_request(
     ckpt: Any,
     vae: Any,
 ) -> GenerationRequest:
-    req = to_request(values)
+    from webui.ui.styles_row import styled_page_request
+
+    req = styled_page_request(backend, to_request(values), values)
     changes: dict[str, Any] = {"sd_model_checkpoint": ckpt or "", "sd_vae": vae or ""}
     settings = backend.settings()
     if "rng" not in values:
@@ -213,7 +215,7 @@ def submit_from_page(backend: Backend, build: Callable[[], GenerationRequest]) -
 
     try:
         request = build()
-        job = backend.submit(request, source="ui")
+        job = backend.submit(request, source=f"{request.task} tab")  # the owner the queue list shows
     except RequestError as exc:
         return "", error_text(exc)
     except ValueError as exc:  # a tab's own conversion (an image it cannot read ...)

@@ -31,6 +31,7 @@ TABS = (
     ("Inpaint", "inpaint", "inpaint_tab"),
     ("Extras", "extras", "extras_tab"),
     ("PNG Info", "png_info", "png_info_tab"),
+    ("Queue", "queue", "queue_tab"),
     ("Extensions", "extensions", "extensions_tab"),
     ("Settings", "settings", "settings_tab"),
 )
