@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from webui.speed.forwards import instance_forward, restore_forward
+
 log = logging.getLogger(__name__)
 
 
@@ -63,10 +65,7 @@ def _guarded(state: CompileState, eager: Callable[..., Any], compiled: Callable[
 def _restore(state: CompileState) -> None:
     """Every region back to the forward it had before compiling (a class method or an offload hook)."""
     for module, previous in state.regions:
-        if previous is None:
-            module.__dict__.pop("forward", None)
-        else:
-            module.forward = previous
+        restore_forward(module, previous)
 
 
 def compile_denoiser(
@@ -96,7 +95,7 @@ def compile_denoiser(
             log.warning("torch.compile is not available (%s); running without compilation", state.failed)
             _restore(state)
             break
-        state.regions.append((module, module.__dict__.get("forward")))
+        state.regions.append((module, instance_forward(module)))
         module.forward = _guarded(state, eager, compiled)
     model._webui_compile_state = state
     return state

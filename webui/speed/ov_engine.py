@@ -29,6 +29,7 @@ from typing import Any
 from webui.speed import ov_unet
 from webui.speed.engine_choice import EngineChoice
 from webui.speed.engine_probe import measure_engines, probe_key, write_probe
+from webui.speed.forwards import instance_forward, restore_forward
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class OpenVinoDenoiser:
         self.threads = threads
         # OpenVINO computes in the app's precision (its own default would pick bf16 on any bf16-capable CPU)
         self.config = {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision]}
-        self.previous = module.__dict__.get("forward")  # an instance forward set before (None: the class's)
+        self.previous = instance_forward(module)  # an instance forward set before (None: the class's)
         self.eager = self.previous or type(module).forward.__get__(module)
         self._signature = inspect.signature(type(module).forward)
         self._processors = ov_unet.processor_kinds(module)
@@ -266,13 +267,6 @@ class OpenVinoDenoiser:
         self.state.engine, self.state.reason = "torch", reason
         self._run = None
         restore_forward(self.module, self.previous)
-
-
-def restore_forward(module: Any, previous: Any) -> None:
-    if previous is None:
-        module.__dict__.pop("forward", None)
-    else:
-        module.forward = previous
 
 
 def attach_engine(
