@@ -346,6 +346,9 @@ def build_server(services: Services) -> Any:
     assert services.backend is not None and services.extensions is not None
     api = FastAPI(title="Stable Diffusion web UI", docs_url="/docs")
     api.include_router(build_sdapi_router(services.backend))
+    from webui.api.outputs_api import build_outputs_router
+
+    api.include_router(build_outputs_router(services.backend))  # GET /webui/v1/outputs (outputs browser)
     facade = build_facade(services, api)
     services.extensions.app_started(api, facade)  # before the UI is mounted at "/", which would shadow routes
     blocks = build_page(services, facade)

@@ -30,6 +30,7 @@ TABS = (
     ("img2img", "img2img", "img2img_tab"),
     ("Inpaint", "inpaint", "inpaint_tab"),
     ("PNG Info", "png_info", "png_info_tab"),
+    ("Outputs", "outputs", "outputs_tab"),
     ("Extensions", "extensions", "extensions_tab"),
     ("Settings", "settings", "settings_tab"),
 )
