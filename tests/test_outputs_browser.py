@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -119,6 +120,17 @@ def test_an_unchanged_folder_is_not_scanned_again(browser, tree):
     assert browser.index._scans["txt2img-images/2026-11-30"] is not scan
 
 
+def test_a_change_in_the_same_clock_tick_as_the_last_scan_is_not_missed(browser, tree):
+    """A folder whose mtime is recent may change again without its mtime moving: it is scanned again."""
+    folder = tree / "txt2img-images/2026-11-30"
+    recent = time.time_ns()
+    os.utime(folder, ns=(recent, recent))
+    browser.page(1, "all", "", 36)
+    _write(folder / "00003-same-tick.png", 90)
+    os.utime(folder, ns=(recent, recent))  # as if the change came within the same tick
+    assert "txt2img-images/2026-11-30/00003-same-tick.png" in _ids(browser.page(1, "all", "", 36))
+
+
 def test_info_reads_the_infotext_and_says_where_the_folder_is(browser, tree):
     info = browser.info("txt2img-images/2026-12-01/00001-3.png")
     assert info.infotext == INFOTEXT
@@ -189,6 +201,20 @@ def test_ids_that_are_not_listed_images_are_refused_before_any_file_is_touched(b
     assert (tree / ".trash/2026-11-01/txt2img-images/old.png").exists()
 
 
+@pytest.mark.parametrize(
+    "bad_id",
+    ["txt2img-images/../../x.png", "txt2img-images/./a.png", "txt2img-images//a.png", "/txt2img-images/a.png",
+     "models/x.safetensors", "txt2img-images/.hidden.png", "txt2img-images\\a.png", "txt2img-images/a\x00.png"],
+)  # fmt: skip
+def test_the_id_check_alone_refuses_paths_that_leave_or_hide_in_the_folder(bad_id):
+    """The first of the two checks (the second: the id must be one the index lists now)."""
+    from webui.outputs.browse import OutputRefused, check_id
+
+    with pytest.raises(OutputRefused):
+        check_id(bad_id)
+    assert check_id("txt2img-images/2026-12-01/00001-3.png") == "txt2img-images/2026-12-01/00001-3.png"
+
+
 def test_symlinks_out_of_the_folder_are_neither_listed_nor_followed(browser, tree, tmp_path):
     secret = tmp_path / "secret"
     secret.mkdir()
@@ -236,6 +262,14 @@ def test_a_changed_image_gets_a_new_thumbnail(browser, tree):
     assert after.hit is False and after.path != before.path
     with Image.open(after.path) as img:
         assert img.convert("RGB").getpixel((16, 16))[0] > 200
+
+
+def test_a_touched_image_with_the_same_bytes_gets_a_new_thumbnail(browser, tree):
+    path = tree / "txt2img-images/2026-12-01/00001-3.png"
+    before = browser.thumbnails.get(path)
+    os.utime(path, ns=(BASE_NS + 10**12, BASE_NS + 10**12))
+    after = browser.thumbnails.get(path)
+    assert after.hit is False and after.path != before.path
 
 
 def test_a_large_image_gets_a_small_thumbnail(browser, tree):
