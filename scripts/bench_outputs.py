@@ -11,7 +11,6 @@ cache (the second view), and the listing after one image was added. The backend 
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile
@@ -34,7 +33,9 @@ def write_tree(root: Path, count: int) -> None:
         folder = root / "txt2img-images" / f"2026-01-{1 + n // PER_FOLDER:02d}"
         if n % PER_FOLDER == 0:
             folder.mkdir(parents=True, exist_ok=True)
-        data = encode_image(Image.new("RGB", (64, 64), (n % 256, (n // 256) % 256, 90)), f"image {n}\nSteps: 1, Seed: {n}, Size: 64x64")
+        data = encode_image(
+            Image.new("RGB", (64, 64), (n % 256, (n // 256) % 256, 90)), f"image {n}\nSteps: 1, Seed: {n}, Size: 64x64"
+        )
         path = folder / f"{n % PER_FOLDER:05d}-{n}.png"
         path.write_bytes(data)
         stamp = OLD_NS + n * 10**9
@@ -53,7 +54,7 @@ def timed(label: str, fn):
 def thumbnails(browser, page) -> int:
     hits = 0
     for entry in page.entries:
-        image, path = browser.index.resolve(entry.id)
+        _, path = browser.index.resolve(entry.id)
         hits += browser.thumbnails.get(path).hit
     return hits
 
@@ -83,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         extra = root / "txt2img-images" / "2026-01-01" / "99999-new.png"
         extra.write_bytes((root / "txt2img-images" / "2026-01-01" / "00000-0.png").read_bytes())
         after = timed("page 1 after one new image (one folder rescanned)", lambda: browser.page(1, "all", "", PER_PAGE))
-        print(f"pages: {first.pages}, images: {first.total} -> {after.total}; thumbnail cache hits: "
-              f"first view {cold}/{len(first.entries)}, second view {warm}/{len(first.entries)}")
+        print(
+            f"pages: {first.pages}, images: {first.total} -> {after.total}; thumbnail cache hits: "
+            f"first view {cold}/{len(first.entries)}, second view {warm}/{len(first.entries)}"
+        )
         ok = warm == len(first.entries) and cold == 0 and after.total == first.total + 1
     return 0 if ok else 1
 

@@ -15,7 +15,9 @@ from webui.backend.local_outputs import OutputsBrowser
 from webui.outputs.writer import encode_image
 
 BASE_NS = 1_700_000_000 * 10**9
-INFOTEXT = "a red fox in snow\nNegative prompt: blurry\nSteps: 7, Sampler: Euler a, CFG scale: 5, Seed: 4242, Size: 32x32"
+INFOTEXT = (
+    "a red fox in snow\nNegative prompt: blurry\nSteps: 7, Sampler: Euler a, CFG scale: 5, Seed: 4242, Size: 32x32"
+)
 
 # (relative path, minutes after BASE): the expected order is by mtime, newest first, across folders.
 TREE = (
@@ -71,7 +73,7 @@ def test_every_image_newest_first_and_nothing_else(browser):
 def test_pages_split_the_list_and_a_page_past_the_end_is_the_last(browser):
     pages = [browser.page(n, "all", "", 3) for n in (1, 2, 3)]
     assert [p.pages for p in pages] == [3, 3, 3]
-    assert sum((_ids(p) for p in pages), []) == NEWEST_FIRST
+    assert [i for p in pages for i in _ids(p)] == NEWEST_FIRST
     assert _ids(browser.page(99, "all", "", 3)) == NEWEST_FIRST[6:] and browser.page(99, "all", "", 3).page == 3
     assert browser.page(0, "all", "", 3).page == 1
 
@@ -385,7 +387,13 @@ def test_the_page_builds_the_outputs_tab_and_pasting_its_infotext_fills_txt2img(
                 outputs_tab.build(backend, page)
         page.finish()
     ids = {getattr(block, "elem_id", None) for block in blocks.blocks.values()}
-    assert {"outputs_gallery", "outputs_infotext", "outputs_send_txt2img", "outputs_delete", "outputs_folder_path"} <= ids
+    assert {
+        "outputs_gallery",
+        "outputs_infotext",
+        "outputs_send_txt2img",
+        "outputs_delete",
+        "outputs_folder_path",
+    } <= ids
     rel = path.relative_to(services.writer.root).as_posix()
     info = backend.output_info(rel)
     target = page.paste_targets["txt2img"]

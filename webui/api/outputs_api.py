@@ -20,7 +20,9 @@ from webui.backend import Backend, Refused
 
 
 def build_outputs_router(backend: Backend) -> APIRouter:
-    router = APIRouter(prefix="/webui/v1", tags=["outputs"], route_class=ApiRoute, default_response_class=SafeJSONResponse)
+    router = APIRouter(
+        prefix="/webui/v1", tags=["outputs"], route_class=ApiRoute, default_response_class=SafeJSONResponse
+    )
 
     def list_outputs(
         page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,

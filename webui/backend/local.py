@@ -130,7 +130,7 @@ class LocalBackend:
         self._lora_headers: dict[Any, tuple[str, str]] = {}  # LoRA header inspections by (path, mtime)
         self._tokenizer: Any = None
         self._tokenizer_lock = threading.Lock()  # one tokenizer, many browser tabs
-        self._outputs: OutputsBrowser | None = None  # the outputs browser (webui.backend.local_outputs), built on first use
+        self._outputs: OutputsBrowser | None = None  # webui.backend.local_outputs, built on first use
 
     @property
     def _generation(self) -> GenerationService:

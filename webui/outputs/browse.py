@@ -116,7 +116,9 @@ class OutputIndex:
                     est = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue  # gone meanwhile
-                images.append(IndexedImage(f"{rel}/{entry.name}", folder, date, entry.name, est.st_size, est.st_mtime_ns))
+                images.append(
+                    IndexedImage(f"{rel}/{entry.name}", folder, date, entry.name, est.st_size, est.st_mtime_ns)
+                )
         return _Scan(st.st_mtime_ns, time.time(), tuple(images), tuple(sorted(subdirs)))
 
     def _visit(self, rel: str, fresh: dict[str, _Scan]) -> None:
@@ -185,7 +187,9 @@ class OutputIndex:
             with self._lock:
                 image = self._by_id.get(rel)
         if image is None:
-            raise OutputRefused(f"{PurePosixPath(rel).name} is not in the outputs folder (moved or deleted?); refresh the list")
+            raise OutputRefused(
+                f"{PurePosixPath(rel).name} is not in the outputs folder (moved or deleted?); refresh the list"
+            )
         path = self.root.joinpath(*rel.split("/"))
         if _regular_file(path) is None or not is_inside(path, self.root):
             raise OutputRefused(f"{image.name} is no longer a file in the outputs folder; refresh the list")

@@ -125,9 +125,13 @@ def build(backend: Backend, page: Any) -> None:
             image = gr.Image(label="Image", type="pil", interactive=False, elem_id="outputs_image")
             name = gr.Markdown(elem_id="outputs_name")
             message = gr.Markdown(elem_id="outputs_message")
-            text = gr.Textbox(label="Parameters", lines=5, interactive=False, buttons=["copy"], elem_id="outputs_infotext")
+            text = gr.Textbox(
+                label="Parameters", lines=5, interactive=False, buttons=["copy"], elem_id="outputs_infotext"
+            )
             table = gr.Dataframe(headers=["parameter", "value"], interactive=False, wrap=True, elem_id="outputs_table")
-            path = gr.Textbox(label="Folder on the server", interactive=False, buttons=["copy"], elem_id="outputs_folder_path")
+            path = gr.Textbox(
+                label="Folder on the server", interactive=False, buttons=["copy"], elem_id="outputs_folder_path"
+            )
             with gr.Row():
                 sends = {tab: gr.Button(title, elem_id=f"outputs_send_{tab}") for tab, title in SEND_TO}
                 extras = gr.Button("Send to Extras", elem_id="outputs_send_extras")
@@ -203,7 +207,9 @@ def build(backend: Backend, page: Any) -> None:
     )
     page.send_button(sends["txt2img"], "txt2img", [text], lambda infotext: (None, infotext or ""))
     for tab in ("img2img", "inpaint"):
-        page.send_button(sends[tab], tab, [selected, text], lambda output_id, infotext: read_for_send(backend, output_id, infotext))
+        page.send_button(
+            sends[tab], tab, [selected, text], lambda output_id, infotext: read_for_send(backend, output_id, infotext)
+        )
     wire_send_to_extras(page, extras, selected)
     page.on_load(listing, inputs=inputs, outputs=listing_outputs)
 
@@ -214,7 +220,9 @@ def build(backend: Backend, page: Any) -> None:
 
     on_tab.__annotations__["evt"] = gr.SelectData
     page.after_build(
-        lambda: page.tabs.select(on_tab, inputs=inputs, outputs=listing_outputs, show_progress="hidden")
-        if page.tabs is not None
-        else None
+        lambda: (
+            page.tabs.select(on_tab, inputs=inputs, outputs=listing_outputs, show_progress="hidden")
+            if page.tabs is not None
+            else None
+        )
     )
