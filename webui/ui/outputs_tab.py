@@ -115,6 +115,7 @@ def build(backend: Backend, page: Any) -> None:
             gallery = gr.Gallery(
                 label="Images",
                 columns=6,
+                fit_columns=False,  # a few images stay thumbnails, not one per row
                 height=640,
                 allow_preview=False,
                 object_fit="cover",
@@ -122,7 +123,7 @@ def build(backend: Backend, page: Any) -> None:
                 elem_id="outputs_gallery",
             )
         with gr.Column(scale=2):
-            image = gr.Image(label="Image", type="pil", interactive=False, elem_id="outputs_image")
+            image = gr.Image(label="Image", type="pil", interactive=False, height=384, elem_id="outputs_image")
             name = gr.Markdown(elem_id="outputs_name")
             message = gr.Markdown(elem_id="outputs_message")
             text = gr.Textbox(
