@@ -368,6 +368,10 @@ def build_server(services: Services) -> Any:
     from webui.api.queue_api import build_queue_router
 
     api.include_router(build_queue_router(services.backend))  # our /webui/v1/queue (A1111 has no queue)
+
+    from webui.api.outputs_api import build_outputs_router
+
+    api.include_router(build_outputs_router(services.backend))  # GET /webui/v1/outputs (outputs browser)
     facade = build_facade(services, api)
     services.extensions.app_started(api, facade)  # before the UI is mounted at "/", which would shadow routes
     blocks = build_page(services, facade)

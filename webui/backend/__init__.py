@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from webui.backend.output_records import OutputEntry, OutputInfo, OutputPage, OutputTrashed
 from webui.backend.protocol import Backend
 from webui.backend.records import (
     VAE_NONE,
@@ -71,6 +72,10 @@ __all__ = [
     "ModelInfo",
     "NotEnoughMemory",
     "NotFound",
+    "OutputEntry",
+    "OutputInfo",
+    "OutputPage",
+    "OutputTrashed",
     "QueueEntry",
     "QueueFull",
     "QueueList",

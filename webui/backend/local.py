@@ -56,6 +56,8 @@ from webui.generation.requests import GenerationRequest, Limits, RequestError, l
 
 if TYPE_CHECKING:
     from webui.app import Services
+    from webui.backend.local_outputs import OutputsBrowser
+    from webui.backend.output_records import OutputInfo, OutputPage, OutputTrashed
     from webui.config import Settings
     from webui.extensions import Extension
     from webui.generation.service import GenerationService, Job
@@ -134,6 +136,7 @@ class LocalBackend:
         self._tokenizer: Any = None
         self._tokenizer_lock = threading.Lock()  # one tokenizer, many browser tabs
         self._styles: Any = None  # webui.generation.styles.StyleStore, on first use
+        self._outputs: OutputsBrowser | None = None  # webui.backend.local_outputs, built on first use
 
     @property
     def _generation(self) -> GenerationService:
@@ -571,3 +574,26 @@ class LocalBackend:
 
     def install_extension_requirements(self, name: str) -> str:
         return str(self._host_action("install_requirements", name))
+
+    # --- outputs browser ----------------------------------------------------------------------------
+
+    def _outputs_browser(self) -> OutputsBrowser:
+        from webui.backend.local_outputs import outputs_browser
+
+        self._outputs = outputs_browser(self._services, self._outputs)
+        return self._outputs
+
+    def list_outputs(self, page: int = 1, folder: str = "all", date: str = "", per_page: int = 36) -> OutputPage:
+        return self._outputs_browser().page(page, folder, date, per_page)
+
+    def output_info(self, output_id: str) -> OutputInfo:
+        return self._outputs_browser().info(output_id)
+
+    def output_image(self, output_id: str) -> Any:
+        return self._outputs_browser().image(output_id)
+
+    def output_thumbnail(self, output_id: str) -> Any:
+        return self._outputs_browser().thumbnail(output_id)
+
+    def trash_output(self, output_id: str) -> OutputTrashed:
+        return self._outputs_browser().trash(output_id)

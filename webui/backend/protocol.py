@@ -42,6 +42,7 @@ from webui.backend.records import (
 )
 
 if TYPE_CHECKING:
+    from webui.backend.output_records import OutputInfo, OutputPage, OutputTrashed
     from webui.config import Settings
     from webui.extensions import Extension
     from webui.generation.requests import GenerationRequest, Limits
@@ -268,4 +269,26 @@ class Backend(Protocol):
 
     def extras_folder_images(self, folder: str) -> tuple[tuple[Any, ...], tuple[str, ...]]:
         """The images and file names of a batch folder inside the outputs folder; ``RequestError`` otherwise."""
+        ...
+
+    # --- outputs browser ----------------------------------------------------------------------------
+
+    def list_outputs(self, page: int = 1, folder: str = "all", date: str = "", per_page: int = 36) -> OutputPage:
+        """A page of the images in the outputs folder, newest first; ``Refused`` for an unknown folder filter."""
+        ...
+
+    def output_info(self, output_id: str) -> OutputInfo:
+        """An image's details and infotext; ``NotFound`` for an id the listing does not hold now."""
+        ...
+
+    def output_image(self, output_id: str) -> Any:
+        """The image itself (a loaded PIL image); ``NotFound`` as ``output_info``."""
+        ...
+
+    def output_thumbnail(self, output_id: str) -> Any:
+        """The image's thumbnail (PIL, made once and cached in ``cache/thumbnails``); ``NotFound`` as above."""
+        ...
+
+    def trash_output(self, output_id: str) -> OutputTrashed:
+        """Move an image (and its sidecar ``.txt``) to ``outputs/.trash/<today>/``; never deletes."""
         ...

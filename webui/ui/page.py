@@ -8,7 +8,7 @@ second ``build_ui`` gets its own context.
 API for tab authors (stable):
 
 * ``page.tabs``: the ``gr.Tabs``; tab ids are ``TAB_IDS`` ("txt2img", "img2img", "inpaint",
-  "png_info", "extensions", "settings", "models"). ``gr.Tabs(selected="img2img")`` as an output
+  "png_info", "outputs", "extensions", "settings", "models"). ``gr.Tabs(selected="img2img")`` as an output
   update switches tab.
 * ``page.checkpoint`` / ``page.vae``: the model bar's dropdowns (values: catalog names; the VAE
   "Automatic" = the checkpoint's own). ``page.family``: a ``gr.State`` with the id of the family this
@@ -42,7 +42,7 @@ from typing import Any
 
 from webui.backend import Backend
 
-TAB_IDS = ("txt2img", "img2img", "inpaint", "extras", "png_info", "extensions", "settings", "models")
+TAB_IDS = ("txt2img", "img2img", "inpaint", "extras", "png_info", "outputs", "extensions", "settings", "models")
 
 
 @dataclass

@@ -32,6 +32,7 @@ TABS = (
     ("Extras", "extras", "extras_tab"),
     ("PNG Info", "png_info", "png_info_tab"),
     ("Queue", "queue", "queue_tab"),
+    ("Outputs", "outputs", "outputs_tab"),
     ("Extensions", "extensions", "extensions_tab"),
     ("Settings", "settings", "settings_tab"),
 )
