@@ -4,6 +4,8 @@ interrupt mid-grid)."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -100,7 +102,7 @@ def test_checkpoint_axis_runs_outermost_and_the_layout_stays():
 
     def swaps(seq):
         names = [c.request.sd_model_checkpoint for c in seq]
-        return sum(1 for a, b in zip(names, names[1:]) if a != b)
+        return sum(1 for a, b in pairwise(names) if a != b)
 
     assert swaps(layout) == 5 and swaps(ordered) == 1
     assert sorted((c.ix, c.iy) for c in ordered) == sorted((c.ix, c.iy) for c in layout)

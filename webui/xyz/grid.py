@@ -8,7 +8,8 @@ positional ``script_args`` of "x/y/z plot":
     z_values_dropdown, draw_legend, include_lone_images, include_sub_grids, no_fixed_seeds,
     vary_seeds_x, vary_seeds_y, vary_seeds_z, margin_size, csv_mode
 
-(18 values, A1111 1.7+), or the older 14 without ``vary_seeds_*`` and ``csv_mode``. Types are A1111 indices
+(18 values, A1111 1.7+), or the older 14 without ``vary_seeds_*`` and ``csv_mode``, or only the first 3, 6
+or 9 (the X, Y, Z axes; the options take A1111's defaults, legend on). Types are A1111 indices
 in its txt2img/img2img list, or names. An axis with a dropdown (sampler, checkpoint ...) takes its dropdown
 list when one is sent (A1111 reads only that one unless ``csv_mode``), else its text.
 """
@@ -122,8 +123,12 @@ def from_script_args(base: GenerationRequest, args: Sequence[Any]) -> GridReques
     if not isinstance(args, (list, tuple)):
         raise RequestError("script_args", "must be a list (A1111's x/y/z plot arguments, in order)")
     args = list(args)
-    if len(args) not in (14, 18) and len(args) > 9:
-        raise RequestError("script_args", f"x/y/z plot takes 18 arguments (or A1111's older 14), got {len(args)}")
+    if len(args) not in (3, 6, 9, 14, 18):
+        raise RequestError(
+            "script_args",
+            f"x/y/z plot takes A1111's 18 arguments (x_type, x_values, x_values_dropdown, y_type ... margin_size,"
+            f" csv_mode), its older 14, or the first 3, 6 or 9 (the axes, the rest default); got {len(args)}",
+        )
     args += [None] * (18 - len(args)) if len(args) != 14 else []
     if len(args) == 14:  # the older layout: no vary_seeds_x/y/z, no csv_mode
         args = [*args[:13], False, False, False, args[13], False]
