@@ -114,9 +114,9 @@ COLORS = {("a.safetensors", 1): 10, ("a.safetensors", 2): 60, ("b.safetensors", 
 class FakeEngine:
     """A runner that reports its steps like the engine and paints a colour that says what it was asked."""
 
-    def __init__(self, interrupt_in_cell: int | None = None, service=None) -> None:
+    def __init__(self, interrupt_in_cell: int | None = None, service=None, skip_in_cell: int | None = None) -> None:
         self.seen: list[GenerationRequest] = []
-        self.interrupt_in_cell, self.service = interrupt_in_cell, service
+        self.interrupt_in_cell, self.service, self.skip_in_cell = interrupt_in_cell, service, skip_in_cell
 
     def __call__(self, req, ctx):
         self.seen.append(req)
@@ -125,6 +125,8 @@ class FakeEngine:
         for step in range(1, req.steps + 1):
             if len(self.seen) == self.interrupt_in_cell and step == 1:
                 self.service.interrupt()
+            if len(self.seen) == self.skip_in_cell and step == 1:
+                self.service.skip()
             ctx.on_step(step)
         ctx.finish_pass(req.steps)
         image = Image.new("RGB", (16, 16), (COLORS[(req.sd_model_checkpoint, req.steps)], 0, 0))
@@ -132,8 +134,8 @@ class FakeEngine:
         return JobResult(images=[image], infotexts=[f"cell {req.steps}"], seeds=[req.seed], subseeds=[0], paths=[""])
 
 
-def run_grid(fake, grid):
-    service = GenerationService(with_grids(fake, None), preview_every=0)
+def run_grid(fake, grid, writer=None):
+    service = GenerationService(with_grids(fake, writer), preview_every=0)
     fake.service = service
     service.start()
     try:
@@ -184,3 +186,32 @@ def test_legend_draws_labels_with_the_default_font():
     assert image.width > 32 and image.height > 32
     top = np.asarray(image)[: image.height - 32]
     assert (top < 128).any()  # some text was drawn above the cells
+
+
+def test_skip_drops_the_current_cell_and_the_grid_goes_on():
+    fake = FakeEngine(skip_in_cell=2)
+    grid = from_script_args(BASE, args(("Checkpoint name", ["a.safetensors", "b.safetensors"]), ("Steps", "1, 2")))
+    job = run_grid(fake, grid)
+    assert job.state == DONE and len(fake.seen) == 4
+    assert len(job.result.images) == 1 + 3  # the grid (one cell blank) and the three cells that ran
+    pixels = np.asarray(job.result.images[0])
+    assert pixels[24, 8, 0] == 255 and pixels[8, 8, 0] == COLORS[("a.safetensors", 1)]  # cell 2 ran x=a, steps=2
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.saved: list[tuple[str, str]] = []
+
+    def save(self, image, *, category, infotext, seed, fmt="png"):
+        self.saved.append((category, infotext))
+        return f"/outputs/{category}/grid-0001.png"
+
+
+@pytest.mark.parametrize(("task", "folder"), [("txt2img", "txt2img-grids"), ("img2img", "img2img-grids")])
+def test_the_grid_is_saved_in_its_tasks_grid_folder(task, folder):
+    writer = FakeWriter()
+    grid = from_script_args(BASE.replace(task=task), args(("Checkpoint name", ["a.safetensors"]), ("Steps", "1, 2")))
+    job = run_grid(FakeEngine(), grid, writer)
+    assert [category for category, _ in writer.saved] == [folder]
+    assert writer.saved[0][1].startswith("cell 1, Script: X/Y/Z plot")  # the first cell's infotext, then the script's
+    assert job.result.paths[0] == f"/outputs/{folder}/grid-0001.png"
