@@ -10,6 +10,10 @@ For each family it loads one checkpoint through the app's catalog and manager, t
 and prints ours / bare as a ratio, plus steady-state steps per second (from two step counts, so
 fixed costs such as text encoding, VAE decode and saving drop out).
 
+Then the X/Y/Z plot: a grid of N cells (one queue job; the grid image drawn and saved too) against the
+same N cells submitted as N single jobs, alternated over ``--grid-repeats`` rounds; it prints the medians,
+their ratio and whether the grid stays within N single jobs + 5% (exit status 1 when it does not).
+
     python scripts/bench_generate.py                                   # tiny demo models, CPU: overhead view
     python scripts/bench_generate.py --models full --families sd15 --size 256 --steps 10
     python scripts/bench_generate.py --models full --families sdxl,sd3 --size 1024 --steps 30 --device cuda --precision fp16
@@ -122,6 +126,46 @@ def bench_family(services, args, family: str) -> dict:
     }
 
 
+GRID_AXES = ["CFG Scale", "5, 7", [], "Seed", "1, 2", [], "Nothing", "", []]  # 2 x 2 = 4 cells
+GRID_LIMIT = 1.05
+
+
+def bench_grid(services, args, family: str) -> dict:
+    """Median seconds of one grid job vs. its cells as single jobs, measured in alternation."""
+    from webui.generation.requests import GenerationRequest
+    from webui.xyz.grid import cells, from_script_args
+
+    base = GenerationRequest(
+        prompt=PROMPT, negative_prompt=NEGATIVE, seed=1, steps=args.steps, width=args.size, height=args.size,
+        sd_model_checkpoint=_checkpoint(args.models, family), save_images=True,
+    )  # fmt: skip
+    grid = from_script_args(base, [*GRID_AXES, True, True, False, False, False, False, False, 0, False])
+    singles = [c.request for c in cells(grid)]
+
+    def wait(job) -> None:
+        job.wait()
+        if job.state != "done":
+            raise SystemExit(f"{family} grid bench: {job.error}")
+
+    def one_grid() -> None:
+        wait(services.generation.submit(grid))
+
+    def one_by_one() -> None:
+        jobs = [services.generation.submit(r) for r in singles]  # queued together, as a user would
+        for job in jobs:
+            wait(job)
+
+    one_grid(), one_by_one()  # warm-up
+    t_grid, t_singles = [], []
+    for i in range(args.grid_repeats):
+        for fn, times in ((one_grid, t_grid), (one_by_one, t_singles))[:: 1 if i % 2 == 0 else -1]:
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    grid_s, singles_s = statistics.median(t_grid), statistics.median(t_singles)
+    return {"cells": len(singles), "grid": grid_s, "singles": singles_s, "ratio": grid_s / singles_s}
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", choices=("tiny", "full"), default="tiny")
@@ -132,6 +176,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--work-dir", default="/tmp/webui-bench-models")
+    p.add_argument("--grid-repeats", type=int, default=7, help="rounds of the X/Y/Z grid bench (0: skip it)")
     args = p.parse_args(argv)
     args.size = args.size or (64 if args.models == "tiny" else 256)
     families = args.families.split(",")
@@ -158,8 +203,16 @@ def main(argv: list[str]) -> int:
         r = bench_family(services, args, fam)
         print(f"| {r['family']} | {r['bare']:.3f} | {r['ours']:.3f} | {r['ratio']:.2f}x | {r['steps_per_s']:.2f} |",
               flush=True)
+    status = 0
+    if args.grid_repeats > 0:
+        g = bench_grid(services, args, families[0])
+        ok = g["ratio"] <= GRID_LIMIT
+        status = 0 if ok else 1
+        print(f"X/Y/Z grid of {g['cells']} cells ({families[0]}): {g['grid']:.3f} s as one grid job vs "
+              f"{g['singles']:.3f} s as {g['cells']} single jobs (median of {args.grid_repeats}, alternated): "
+              f"{g['ratio']:.3f}x, {'within' if ok else 'ABOVE'} N single jobs + 5%", flush=True)
     services.generation.stop()
-    return 0
+    return status
 
 
 if __name__ == "__main__":

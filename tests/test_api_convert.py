@@ -182,8 +182,11 @@ def test_nv_rng_falls_back_to_gpu():
 
 def test_script_name_is_refused():
     with pytest.raises(RequestError) as info:
-        txt(script_name="x/y/z plot")
+        txt(script_name="prompt matrix")
     assert info.value.field == "script_name" and "not supported" in info.value.message
+    with pytest.raises(RequestError) as info:  # the x/y/z plot runs, but not without its arguments
+        txt(script_name="x/y/z plot")
+    assert info.value.field == "script_args" and "18 arguments" in info.value.message
 
 
 @pytest.mark.parametrize(

@@ -211,7 +211,14 @@ REFUSED_UP_FRONT: list[tuple[str, str, dict[str, Any], int, str | None]] = [
         404,
         "refiner_checkpoint",
     ),
-    ("script", "txt2img", {"script_name": "x/y/z plot"}, 422, "script_name"),
+    ("script", "txt2img", {"script_name": "prompt matrix"}, 422, "script_name"),
+    (
+        "x/y/z axis",
+        "txt2img",
+        {"script_name": "x/y/z plot", "script_args": ["Colour", "1", []]},
+        422,
+        "script_args (x_type)",
+    ),
     ("bad output format", "txt2img", {"override_settings": {"samples_format": "gif"}}, 422, "output_format"),
     (
         "clip skip text",

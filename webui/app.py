@@ -348,8 +348,10 @@ def build_generation(services: Services) -> None:
         wildcards=Wildcards(services.paths.wildcards_dir(settings)),
         upscalers=services.upscalers,
     )
+    from webui.xyz.run import with_grids
+
     services.generation = GenerationService(
-        services.engine.run,
+        with_grids(services.engine.run, services.writer),  # an X/Y/Z grid runs its cells as one job
         preview_every=settings.preview_every,
         job_timeout=settings.job_timeout,
         console=ConsoleProgress(),  # a bar per job on the terminal (stderr), a line when it ends

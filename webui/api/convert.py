@@ -277,6 +277,10 @@ def request_from_api(
     else:
         values["task"] = "txt2img"
     request = GenerationRequest(**values)
+    if body.script_name:  # "x/y/z plot" (any other is refused above): a grid over this request
+        from webui.xyz.api import grid_from_api
+
+        request = grid_from_api(request, body.script_args)  # type: ignore[assignment]
     if validate:
         from webui.generation.requests import check_fields
 
@@ -305,11 +309,14 @@ def alwayson_scripts(sent: Any) -> dict[str, Any]:
 
 
 def _refuse_scripts(body: Any) -> None:
-    if body.script_name:
+    from webui.xyz.api import is_xyz
+
+    if body.script_name and not is_xyz(body.script_name):
         raise RequestError(
             "script_name",
             f"scripts are not supported by this app, so {body.script_name!r} cannot run; "
-            "remove script_name and script_args (hires fix, refiner and inpaint are built in)",
+            "remove script_name and script_args (hires fix, refiner and inpaint are built in; "
+            "the one script is 'x/y/z plot')",
         )
 
 
@@ -378,7 +385,7 @@ def _override_settings(overrides: Mapping[str, Any], warnings: list[str]) -> dic
 def _note_ignored(body: Any, warnings: list[str]) -> None:
     for name, harmless in IGNORED_FIELDS.items():
         value = getattr(body, name, None)
-        if value not in harmless:
+        if value not in harmless and not (name == "script_args" and body.script_name):
             warnings.append(f"{name} is not supported and was ignored")
     if getattr(body, "mask_blur", None) is None and getattr(body, "mask_blur_y", None) not in (
         None,

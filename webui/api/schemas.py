@@ -77,7 +77,7 @@ class Txt2ImgRequest(_Lenient):
     hr_prompt: str | None = ""
     hr_negative_prompt: str | None = ""
     force_task_id: str | None = None
-    script_name: str | None = Field(None, description="scripts are not supported: a non-empty value is refused")
+    script_name: str | None = Field(None, description="'x/y/z plot' (script_args: A1111's 18 x/y/z arguments); any other is refused")
     script_args: list[Any] | None = None
     alwayson_scripts: dict[str, Any] | None = None
     send_images: bool | None = True

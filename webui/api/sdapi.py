@@ -329,6 +329,10 @@ def build_sdapi_router(backend: Backend) -> APIRouter:
         ("/refresh-vae", api.refresh_vae),
     ):
         router.add_api_route(path, handler, methods=["POST"], response_model=RefreshResponse)
+    from webui.xyz.api import script_info, scripts
+
+    router.add_api_route("/scripts", scripts, methods=["GET"], response_model=dict[str, list[str]])
+    router.add_api_route("/script-info", script_info, methods=["GET"], response_model=list[dict[str, Any]])
     router.add_api_route("/embeddings", api.embeddings, methods=["GET"], response_model=EmbeddingsResponse)
     router.add_api_route("/refresh-embeddings", api.refresh_embeddings, methods=["POST"])
     router.add_api_route("/unload-checkpoint", api.unload_checkpoint, methods=["POST"])

@@ -251,7 +251,10 @@ class LocalBackend:
         checkpoint, refiner, VAE, LoRAs and samplers it names (``NotFound`` lists the valid ones)."""
         from webui.generation.check import UnknownName
         from webui.generation.requests import check_fields
+        from webui.xyz.grid import is_grid, validate_grid
 
+        if is_grid(request):  # an X/Y/Z grid: every cell is checked as its own request
+            return validate_grid(request, lambda cell: self.validate(cell, names))  # type: ignore[return-value]
         if not names:
             return check_fields(request, self.limits())
         try:

@@ -18,6 +18,7 @@ def build(backend: Backend, page: Any) -> None:
     from webui.ui.controls import build_controls, request_from_values
     from webui.ui.page import PasteTarget
     from webui.ui.runner import attach_runner
+    from webui.xyz.ui import with_xyz, xyz_section
 
     def image_input() -> dict[str, Any]:
         image = gr.Image(
@@ -30,6 +31,8 @@ def build(backend: Backend, page: Any) -> None:
         )
         return {"init_image": image}
 
-    controls = build_controls(backend, page, "img2img", inputs_slot=image_input, sections=[section_for(backend)])
-    attach_runner(backend, page, controls, to_request=with_units(lambda values: request_from_values("img2img", values)))
+    sections = [section_for(backend), xyz_section(backend)]
+    controls = build_controls(backend, page, "img2img", inputs_slot=image_input, sections=sections)
+    to_request = with_xyz(with_units(lambda values: request_from_values("img2img", values)))
+    attach_runner(backend, page, controls, to_request=to_request)
     page.register_paste_target(PasteTarget("img2img", controls, image=controls.extra["init_image"]))
