@@ -29,6 +29,7 @@ def paint_stroke_at_center(page, elem_id: str) -> None:
     """Drag the brush over the middle of the editor's canvas (the image is centred in it)."""
     canvas = page.locator(f"#{elem_id} canvas").first
     expect(canvas).to_be_visible()
+    canvas.scroll_into_view_if_needed()  # the mouse only reaches what is inside the viewport
     box = canvas.bounding_box()
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(x - 10, y)
