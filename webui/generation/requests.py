@@ -150,6 +150,8 @@ class GenerationRequest:
     # A1111's alwayson_scripts: script name (lower case) -> its args, as the extension that owns the script
     # checked them (``webui_script_args``: plain data, images decoded); "controlnet" -> its units.
     alwayson_scripts: Mapping[str, Any] = field(default_factory=dict)
+    # img2img "SD upscale" (``webui.generation.sd_upscale.SdUpscale``; None: a plain img2img)
+    sd_upscale: Any = None
 
     def replace(self, **changes: Any) -> GenerationRequest:
         return dataclasses.replace(self, **changes)
