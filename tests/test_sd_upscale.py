@@ -72,7 +72,8 @@ def test_blend_feathers_two_different_tiles_across_the_overlap():
     black, white = Image.new("RGB", (64, 64), 0), Image.new("RGB", (64, 64), (255, 255, 255))
     row = np.asarray(blend_tiles(112, 64, tiles, [black, white], 16))[10, :, 0].astype(int)
     assert row[:48].max() == 0 and row[64:].min() == 255
-    assert all(a <= b for a, b in zip(row[48:64], row[49:65])) and 0 < row[56] < 255  # a ramp, not a step
+    assert all(a <= b for a, b in zip(row[48:64], row[49:65]))
+    assert 0 < row[50] < row[56] < row[62] < 255  # a ramp across the overlap, not a step or a flat average
 
 
 # --- a run on the demo model ------------------------------------------------------------------------
@@ -195,5 +196,75 @@ def test_as_one_job_on_the_queue(services):
         assert job.state == DONE, job.error
         assert job.result.images[0].size == (96, 96)
         assert job.progress.images_done == 1 and job.progress.fraction == 1.0
+    finally:
+        services.generation.stop()
+
+
+# --- the A1111 API ----------------------------------------------------------------------------------
+
+
+def b64(image: Image.Image) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def api_body(**fields) -> dict:
+    body = {
+        "prompt": "a lighthouse",
+        "seed": 5,
+        "steps": 4,
+        "width": 64,
+        "height": 64,
+        "denoising_strength": 0.75,
+        "init_images": [b64(init_image())],
+        "script_name": "SD upscale",
+        "script_args": [None, 16, 1, 2.0],  # [_, overlap, upscaler_index, scale_factor]; 1 = Lanczos
+        "override_settings": {"sd_model_checkpoint": SD15},
+    }
+    body.update(fields)
+    return body
+
+
+def test_script_args_become_the_options():
+    from webui.api.convert import request_from_api
+    from webui.api.schemas import Img2ImgRequest, Txt2ImgRequest
+
+    call = request_from_api(Img2ImgRequest(**api_body()), "img2img", validate=False)
+    assert call.request.sd_upscale == SdUpscale(upscaler_index=1, scale_factor=2.0, overlap=16)
+    short = request_from_api(Img2ImgRequest(**api_body(script_args=[""])), "img2img", validate=False)
+    assert short.request.sd_upscale == SdUpscale(upscaler_index=0, scale_factor=2.0, overlap=64)  # A1111's defaults
+    with pytest.raises(RequestError, match="img2img only"):
+        request_from_api(Txt2ImgRequest(prompt="x", script_name="sd upscale"), "txt2img", validate=False)
+    with pytest.raises(RequestError, match="overlap, upscaler_index, scale_factor"):
+        request_from_api(Img2ImgRequest(**api_body(script_args=[None, "wide", 1, 2])), "img2img", validate=False)
+    with pytest.raises(RequestError, match="not supported"):
+        request_from_api(Img2ImgRequest(**api_body(script_name="some other script")), "img2img", validate=False)
+
+
+def test_api_round_trip(services):
+    import base64
+    import io
+    import json
+
+    import httpx
+
+    from tests.api_server import serve_api
+    from webui.outputs.writer import read_infotext
+
+    services.generation.start()
+    try:
+        with serve_api(services) as url, httpx.Client(base_url=url, timeout=300) as client:
+            r = client.post("/sdapi/v1/img2img", json=api_body())
+            assert r.status_code == 200, r.text
+            image = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
+            assert image.size == (96, 96)
+            fields = parse_infotext(read_infotext(image) or json.loads(r.json()["info"])["infotexts"][0])
+            assert fields["SD upscale upscaler"] == "Lanczos" and fields["SD upscale overlap"] == "16"
+            bad = client.post("/sdapi/v1/img2img", json=api_body(script_args=[None, 16, 99, 2.0]))
+            assert bad.status_code == 422 and "out of range" in bad.text
     finally:
         services.generation.stop()
