@@ -268,3 +268,23 @@ def test_api_round_trip(services):
             assert bad.status_code == 422 and "out of range" in bad.text
     finally:
         services.generation.stop()
+
+
+# --- the page's accordion (plain data) --------------------------------------------------------------
+
+
+def test_the_accordion_values_become_the_options_when_ticked():
+    from webui.ui.sd_upscale_section import ENABLED, OVERLAP, SCALE, UPSCALER, with_sd_upscale
+
+    build = with_sd_upscale(lambda values: GenerationRequest(task="img2img"))
+    values = {ENABLED: True, UPSCALER: "Nearest", SCALE: 1.5, OVERLAP: 32}
+    assert build(values).sd_upscale == SdUpscale(upscaler="Nearest", scale_factor=1.5, overlap=32)
+    assert build({**values, ENABLED: False}).sd_upscale is None
+
+
+def test_a_pasted_infotext_ticks_the_accordion():
+    from webui.ui.sd_upscale_section import ENABLED, OVERLAP, UPSCALER, SdUpscaleSection
+
+    text = "a lighthouse\nSteps: 4, Seed: 5, Size: 64x64, SD upscale overlap: 32, SD upscale upscaler: Nearest"
+    assert SdUpscaleSection().read_infotext(text)[0] == {ENABLED: True, UPSCALER: "Nearest", OVERLAP: 32}
+    assert SdUpscaleSection().read_infotext("x\nSteps: 4, Seed: 5")[0] == {ENABLED: False}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from webui.generation.requests import RequestError
+from webui.generation.requests import RequestError, SdUpscale
 
 SCRIPT_NAME = "sd upscale"
 
@@ -23,8 +23,6 @@ def fields(body: Any, task: str) -> dict[str, Any]:
     """``{"sd_upscale": SdUpscale(...)}`` for an "sd upscale" script, else ``{}``; ``RequestError`` for bad args."""
     if not handles(getattr(body, "script_name", None)):
         return {}
-    from webui.generation.sd_upscale import SdUpscale
-
     if task != "img2img":
         raise RequestError("script_name", "the SD upscale script runs on img2img only; POST to /sdapi/v1/img2img")
     args = list(getattr(body, "script_args", None) or [])

@@ -20,22 +20,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from webui.generation.requests import RequestError
+from webui.generation.requests import RequestError, SdUpscale
+
+__all__ = ["SdUpscale", "Tile", "blend_tiles", "check_sd_upscale", "plan_tiles", "run_sd_upscale"]
 
 FIELD = "sd_upscale"
 OVERLAP_KEY = "SD upscale overlap"
 UPSCALER_KEY = "SD upscale upscaler"
 MAX_SCALE = 8.0
-
-
-@dataclass(frozen=True)
-class SdUpscale:
-    """The script's options: A1111's ``script_args`` ``[_, overlap, upscaler_index, scale_factor]``."""
-
-    upscaler: str = "None"  # a name from GET /sdapi/v1/upscalers
-    upscaler_index: int | None = None  # or its index in that list (A1111 clients); resolved when checked
-    scale_factor: float = 2.0
-    overlap: int = 64
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ def build(backend: Backend, page: Any) -> None:
     from webui.ui.controls import build_controls, request_from_values
     from webui.ui.page import PasteTarget
     from webui.ui.runner import attach_runner
+    from webui.ui.sd_upscale_section import section_for as sd_upscale_section
+    from webui.ui.sd_upscale_section import with_sd_upscale
 
     def image_input() -> dict[str, Any]:
         image = gr.Image(
@@ -30,6 +32,9 @@ def build(backend: Backend, page: Any) -> None:
         )
         return {"init_image": image}
 
-    controls = build_controls(backend, page, "img2img", inputs_slot=image_input, sections=[section_for(backend)])
-    attach_runner(backend, page, controls, to_request=with_units(lambda values: request_from_values("img2img", values)))
+    controls = build_controls(
+        backend, page, "img2img", inputs_slot=image_input, sections=[section_for(backend), sd_upscale_section(backend)]
+    )
+    to_request = with_units(lambda values: request_from_values("img2img", values))
+    attach_runner(backend, page, controls, to_request=with_sd_upscale(to_request))
     page.register_paste_target(PasteTarget("img2img", controls, image=controls.extra["init_image"]))
