@@ -175,6 +175,28 @@ def test_interrupt_between_tiles_writes_nothing(services):
     assert saved(services) == before
 
 
+def test_skip_keeps_the_tile_upscaled_and_finishes_the_image(services):
+    class SkipSecond(Counting):
+        def finish_pass(self, steps):
+            super().finish_pass(steps)
+            if self.passes == 1:
+                self._job.skip()
+
+    req = request()
+    ctx = SkipSecond(req)
+    result = services.engine.run(req, ctx)
+    assert ctx.passes == 3 and result.images[0].size == (96, 96)  # tile 2 skipped, the rest redrawn
+    lanczos = np.asarray(init_image().resize((96, 96), Image.Resampling.LANCZOS), dtype=int)
+    corner = np.asarray(result.images[0], dtype=int)[0:16, 80:96]  # only tile 2 covers it
+    assert np.abs(corner - lanczos[0:16, 80:96]).max() <= 1
+
+
+def test_a_width_of_0_tiles_at_the_familys_size(services):
+    checked = services.engine.check(request(width=0, height=0))
+    assert checked.request.width == checked.family.default_size[0] == checked.width
+    assert checked.request.height == checked.family.default_size[1]
+
+
 def test_bad_options_are_refused_with_the_field(services):
     with pytest.raises(RequestError, match="no upscaler named"):
         services.engine.check(request(sd_upscale=SdUpscale(upscaler="nope")))

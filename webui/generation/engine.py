@@ -76,10 +76,10 @@ class Engine:
 
     def check(self, request: GenerationRequest) -> CheckedRequest:
         """``check_request`` against the engine's state now (what the API's early answer calls too)."""
-        if request.sd_upscale is not None:
-            from webui.generation.sd_upscale import check_sd_upscale
+        if request.sd_upscale is not None:  # its own options, and the tile size it runs at
+            from webui.generation.sd_upscale import check_with
 
-            request = check_sd_upscale(request, self.upscalers, self.limits.max_hires_side)
+            return check_with(self, request)
         return check_request(request, self.check_context())
 
     def next_checkpoint(self) -> Any:

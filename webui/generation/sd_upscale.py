@@ -103,7 +103,25 @@ def upscaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
 # --- checking ---------------------------------------------------------------------------------------
 
 
-def check_sd_upscale(request: Any, upscalers: Any, max_side: int) -> Any:
+def tile_size(request: Any, family: Any) -> tuple[int, int]:
+    """The tiles' size: the request's width x height, a 0 the family's default side (512 while unknown)."""
+    default = tuple(getattr(family, "default_size", None) or (512, 512))
+    return request.width or int(default[0]), request.height or int(default[1])
+
+
+def check_with(engine: Any, request: Any) -> Any:
+    """``Engine.check`` of an SD upscale request: the request's own checks, then the options' (a ``CheckedRequest``)."""
+    from dataclasses import replace
+
+    from webui.generation.check import check_request
+
+    checked = check_request(request, engine.check_context())
+    size = tile_size(request, checked.family)
+    resolved = check_sd_upscale(request, engine.upscalers, engine.limits.max_hires_side, size)
+    return replace(checked, request=resolved.replace(width=size[0], height=size[1]), width=size[0], height=size[1])
+
+
+def check_sd_upscale(request: Any, upscalers: Any, max_side: int, tile: tuple[int, int] = (512, 512)) -> Any:
     """The request with its options checked and the upscaler resolved to a name; ``RequestError`` otherwise."""
     options = request.sd_upscale
     if not isinstance(options, SdUpscale):
@@ -129,7 +147,7 @@ def check_sd_upscale(request: Any, upscalers: Any, max_side: int) -> Any:
         raise RequestError(
             FIELD, f"the upscaled image would be {width}x{height}, above the limit of {max_side}; lower the scale factor"
         )
-    tile_side = min(request.width or 512, request.height or 512)
+    tile_side = min(request.width or tile[0], request.height or tile[1])
     if not 0 <= int(options.overlap) <= tile_side // 2:
         raise RequestError(FIELD, f"tile overlap must be between 0 and {tile_side // 2} (half the tile), got {options.overlap}")
     resolved = SdUpscale(match[0], None, float(options.scale_factor), int(options.overlap))
@@ -190,12 +208,10 @@ def _padded(image: Any, width: int, height: int) -> Any:
 def run_sd_upscale(engine: Any, request: Any, ctx: Any) -> Any:
     """Every image of the request (``n_iter``), upscaled and redrawn tile by tile; a ``JobResult``."""
     from webui.generation.noise import resolve_seed
-    from webui.generation.service import JobInterrupted, JobResult
+    from webui.generation.service import BatchSkipped, JobInterrupted, JobResult
 
-    request = check_sd_upscale(request, engine.upscalers, engine.limits.max_hires_side)
-    options = request.sd_upscale
-    tile_w = request.width or engine.check(request.replace(sd_upscale=None)).request.width
-    tile_h = request.height or tile_w
+    request = engine.check(request).request  # options checked, upscaler named, the tile size set
+    options, tile_w, tile_h = request.sd_upscale, request.width, request.height
     source = request.init_image.convert("RGB")
     if engine.upscalers is not None:
         big = engine.upscalers.upscale(source, options.scale_factor, options.upscaler, between=lambda i, n: ctx.check())
@@ -213,17 +229,21 @@ def run_sd_upscale(engine: Any, request: Any, ctx: Any) -> Any:
     for n in range(request.n_iter):
         redrawn, first = [], None
         for index, tile in enumerate(tiles):
-            ctx.check()  # an interrupt between tiles: nothing of this image is written
+            try:
+                ctx.check()  # an interrupt between tiles: nothing of this image is written
+                skipped = False
+            except BatchSkipped:  # Skip: this tile keeps its upscaled pixels
+                skipped = True
             sub.label = f"SD upscale: tile {index + 1} of {len(tiles)}" + (f", image {n + 1}" if request.n_iter > 1 else "")
             crop = work.crop((tile.x, tile.y, tile.x + tile.width, tile.y + tile.height))
             one = request.replace(
                 sd_upscale=None, init_image=crop, width=tile.width, height=tile.height, batch_size=1, n_iter=1,
                 seed=(seed + n + index) % 2**32, subseed=subseed, save_images=False, extra_generation_params=extra,
             )
-            out = engine.run(one, sub)
+            out = JobResult() if skipped else engine.run(one, sub)
             if out.interrupted:
                 raise JobInterrupted()
-            first = out if first is None else first
+            first = out if first is None and out.infotexts else first
             redrawn.append(out.images[0] if out.images else crop)  # a skipped tile keeps the upscaled pixels
         image = blend_tiles(work.width, work.height, tiles, redrawn, options.overlap).crop((0, 0, width, height))
         _finish(engine, request, result, image, first, seed + n, subseed)
