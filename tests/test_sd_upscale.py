@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -34,11 +36,13 @@ def test_tile_starts(size, tile, overlap, starts):
     assert tile_starts(size, tile, overlap) == starts
 
 
-@pytest.mark.parametrize("size, tile, overlap", [(128, 64, 16), (200, 64, 8), (1000, 512, 64), (96, 64, 32), (65, 64, 0)])
+@pytest.mark.parametrize(
+    "size, tile, overlap", [(128, 64, 16), (200, 64, 8), (1000, 512, 64), (96, 64, 32), (65, 64, 0)]
+)
 def test_tiles_cover_the_image_and_overlap_by_at_least_the_overlap(size, tile, overlap):
     starts = tile_starts(size, tile, overlap)
     assert starts[0] == 0 and starts[-1] + tile == size
-    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:])), starts
+    assert all(b - a <= tile - overlap for a, b in itertools.pairwise(starts)), starts
 
 
 def test_plan_tiles_table():
@@ -72,7 +76,7 @@ def test_blend_feathers_two_different_tiles_across_the_overlap():
     black, white = Image.new("RGB", (64, 64), 0), Image.new("RGB", (64, 64), (255, 255, 255))
     row = np.asarray(blend_tiles(112, 64, tiles, [black, white], 16))[10, :, 0].astype(int)
     assert row[:48].max() == 0 and row[64:].min() == 255
-    assert all(a <= b for a, b in zip(row[48:64], row[49:65]))
+    assert all(a <= b for a, b in itertools.pairwise(row[48:65]))
     assert 0 < row[50] < row[56] < row[62] < 255  # a ramp across the overlap, not a step or a flat average
 
 
@@ -205,7 +209,11 @@ def test_bad_options_are_refused_with_the_field(services):
     with pytest.raises(RequestError, match="tile overlap"):
         services.engine.check(request(sd_upscale=SdUpscale(upscaler="Lanczos", overlap=40)))
     with pytest.raises(RequestError, match="above the limit"):
-        services.engine.check(request(sd_upscale=SdUpscale(upscaler="Lanczos", scale_factor=8.0), init_image=Image.new("RGB", (1024, 1024))))
+        services.engine.check(
+            request(
+                sd_upscale=SdUpscale(upscaler="Lanczos", scale_factor=8.0), init_image=Image.new("RGB", (1024, 1024))
+            )
+        )
     checked = services.engine.check(request(sd_upscale=SdUpscale(upscaler_index=1, overlap=16))).request
     assert checked.sd_upscale.upscaler == services.upscalers.names()[1]
 

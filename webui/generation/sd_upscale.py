@@ -55,7 +55,9 @@ def plan_tiles(width: int, height: int, tile_width: int, tile_height: int, overl
     """The tiles covering a ``width`` x ``height`` image, row by row (an image smaller than a tile is padded)."""
     tw, th = min(tile_width, width), min(tile_height, height)
     return [
-        Tile(x, y, tw, th) for y in tile_starts(height, tile_height, overlap) for x in tile_starts(width, tile_width, overlap)
+        Tile(x, y, tw, th)
+        for y in tile_starts(height, tile_height, overlap)
+        for x in tile_starts(width, tile_width, overlap)
     ]
 
 
@@ -133,8 +135,10 @@ def check_sd_upscale(request: Any, upscalers: Any, max_side: int, tile: tuple[in
     if options.upscaler_index is not None:
         if not 0 <= options.upscaler_index < len(names):
             raise RequestError(
-                "script_args", f"upscaler index {options.upscaler_index} is out of range; 0 to {len(names) - 1}: "
-                f"{', '.join(names)} (GET /sdapi/v1/upscalers)", names
+                "script_args",
+                f"upscaler index {options.upscaler_index} is out of range; 0 to {len(names) - 1}: "
+                f"{', '.join(names)} (GET /sdapi/v1/upscalers)",
+                names,
             )
         name = names[options.upscaler_index]
     match = [n for n in names if n.lower() == str(name).strip().lower()]
@@ -145,11 +149,14 @@ def check_sd_upscale(request: Any, upscalers: Any, max_side: int, tile: tuple[in
     width, height = upscaled_size(*request.init_image.size, float(options.scale_factor))
     if max(width, height) > max_side:
         raise RequestError(
-            FIELD, f"the upscaled image would be {width}x{height}, above the limit of {max_side}; lower the scale factor"
+            FIELD,
+            f"the upscaled image would be {width}x{height}, above the limit of {max_side}; lower the scale factor",
         )
     tile_side = min(request.width or tile[0], request.height or tile[1])
     if not 0 <= int(options.overlap) <= tile_side // 2:
-        raise RequestError(FIELD, f"tile overlap must be between 0 and {tile_side // 2} (half the tile), got {options.overlap}")
+        raise RequestError(
+            FIELD, f"tile overlap must be between 0 and {tile_side // 2} (half the tile), got {options.overlap}"
+        )
     resolved = SdUpscale(match[0], None, float(options.scale_factor), int(options.overlap))
     return request.replace(sd_upscale=resolved)
 
@@ -234,11 +241,21 @@ def run_sd_upscale(engine: Any, request: Any, ctx: Any) -> Any:
                 skipped = False
             except BatchSkipped:  # Skip: this tile keeps its upscaled pixels
                 skipped = True
-            sub.label = f"SD upscale: tile {index + 1} of {len(tiles)}" + (f", image {n + 1}" if request.n_iter > 1 else "")
+            sub.label = f"SD upscale: tile {index + 1} of {len(tiles)}" + (
+                f", image {n + 1}" if request.n_iter > 1 else ""
+            )
             crop = work.crop((tile.x, tile.y, tile.x + tile.width, tile.y + tile.height))
             one = request.replace(
-                sd_upscale=None, init_image=crop, width=tile.width, height=tile.height, batch_size=1, n_iter=1,
-                seed=(seed + n + index) % 2**32, subseed=subseed, save_images=False, extra_generation_params=extra,
+                sd_upscale=None,
+                init_image=crop,
+                width=tile.width,
+                height=tile.height,
+                batch_size=1,
+                n_iter=1,
+                seed=(seed + n + index) % 2**32,
+                subseed=subseed,
+                save_images=False,
+                extra_generation_params=extra,
             )
             out = JobResult() if skipped else engine.run(one, sub)
             if out.interrupted:
@@ -258,12 +275,21 @@ def _finish(engine: Any, request: Any, result: Any, image: Any, first: Any, seed
     path = ""
     if request.save_images and engine.writer is not None:
         tokens = {"prompt": request.prompt, "width": image.width, "height": image.height}
-        path = str(engine.writer.save(image, category="img2img", infotext=text, seed=seed, fmt=request.output_format, tokens=tokens))
+        path = str(
+            engine.writer.save(
+                image, category="img2img", infotext=text, seed=seed, fmt=request.output_format, tokens=tokens
+            )
+        )
     result.images.append(image)
     result.infotexts.append(text)
     result.seeds.append(seed)
     result.subseeds.append(subseed)
     result.paths.append(path)
     info = dict(first.info) if first is not None else {}
-    info.update(seed=result.seeds[0], all_seeds=list(result.seeds), all_subseeds=list(result.subseeds), infotexts=list(result.infotexts))
+    info.update(
+        seed=result.seeds[0],
+        all_seeds=list(result.seeds),
+        all_subseeds=list(result.subseeds),
+        infotexts=list(result.infotexts),
+    )
     result.info = info

@@ -17,7 +17,12 @@ from webui.generation.requests import SdUpscale
 
 log = logging.getLogger(__name__)
 
-ENABLED, UPSCALER, SCALE, OVERLAP = "sd_upscale_enabled", "sd_upscale_upscaler", "sd_upscale_scale", "sd_upscale_overlap"
+ENABLED, UPSCALER, SCALE, OVERLAP = (
+    "sd_upscale_enabled",
+    "sd_upscale_upscaler",
+    "sd_upscale_scale",
+    "sd_upscale_overlap",
+)
 KEYS = (ENABLED, UPSCALER, SCALE, OVERLAP)
 DEFAULT_UPSCALER = "Lanczos"
 
@@ -72,8 +77,12 @@ def section_for(backend: Any) -> Callable[[str, dict, dict], Any]:
                     label="Upscaler",
                     elem_id=f"{task}_sd_upscale_upscaler",
                 )
-                fields[SCALE] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Scale factor", elem_id=f"{task}_sd_upscale_scale")
-                fields[OVERLAP] = gr.Slider(0, 256, value=64, step=16, label="Tile overlap", elem_id=f"{task}_sd_upscale_overlap")
+                fields[SCALE] = gr.Slider(
+                    1.0, 4.0, value=2.0, step=0.05, label="Scale factor", elem_id=f"{task}_sd_upscale_scale"
+                )
+                fields[OVERLAP] = gr.Slider(
+                    0, 256, value=64, step=16, label="Tile overlap", elem_id=f"{task}_sd_upscale_overlap"
+                )
         return SdUpscaleSection()
 
     return section
