@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.app_services import tmp_services
+from tests.upscaler_files import compact_state, save_safetensors
 from webui.generation.requests import GenerationRequest, RequestError
 from webui.generation.sd_upscale import SdUpscale, Tile, blend_tiles, feather, plan_tiles, tile_starts
 from webui.generation.service import DONE, Job, JobContext, JobInterrupted
@@ -16,6 +17,7 @@ from webui.models.demo import demo_checkpoint_name, write_demo_models
 from webui.outputs.infotext import parse_infotext
 
 SD15 = demo_checkpoint_name("sd15")
+MODEL = "2x_tiny_compact"
 
 
 # --- the tile plan ----------------------------------------------------------------------------------
@@ -87,6 +89,7 @@ def test_blend_feathers_two_different_tiles_across_the_overlap():
 def services(tmp_path_factory):
     root = tmp_path_factory.mktemp("sd-upscale")
     write_demo_models(root / "models", ("sd15",))
+    save_safetensors(compact_state(scale=2), root / "models" / "ESRGAN" / f"{MODEL}.safetensors")
     return tmp_services(root)
 
 
@@ -159,6 +162,14 @@ def test_a_run_upscales_and_redraws_every_tile(services):
     new = saved(services) - before
     assert len(new) == 1 and Image.open(next(iter(new))).size == (96, 96)
     assert result.paths == [str(next(iter(new)))]
+
+
+def test_an_upscaler_model_makes_the_upscaled_image(services):
+    req = request(sd_upscale=SdUpscale(upscaler=MODEL, scale_factor=2.0, overlap=16))
+    ctx = Counting(req)
+    result = services.engine.run(req, ctx)
+    assert result.images[0].size == (96, 96) and ctx.passes == 4
+    assert parse_infotext(result.infotexts[0])["SD upscale upscaler"] == MODEL
 
 
 def test_the_same_seed_gives_the_same_image_and_another_seed_another(services):

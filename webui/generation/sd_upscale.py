@@ -212,6 +212,19 @@ def _padded(image: Any, width: int, height: int) -> Any:
     return Image.fromarray(grown, "RGB")
 
 
+def _between(ctx: Any) -> Any:
+    """The upscaler model's between-tiles call: an interrupt stops the job; Skip has no tile to drop there."""
+    from webui.generation.service import BatchSkipped
+
+    def between(_index: int, _total: int) -> None:
+        try:
+            ctx.check()
+        except BatchSkipped:
+            pass
+
+    return between
+
+
 def run_sd_upscale(engine: Any, request: Any, ctx: Any) -> Any:
     """Every image of the request (``n_iter``), upscaled and redrawn tile by tile; a ``JobResult``."""
     from webui.generation.noise import resolve_seed
@@ -221,7 +234,7 @@ def run_sd_upscale(engine: Any, request: Any, ctx: Any) -> Any:
     options, tile_w, tile_h = request.sd_upscale, request.width, request.height
     source = request.init_image.convert("RGB")
     if engine.upscalers is not None:
-        big = engine.upscalers.upscale(source, options.scale_factor, options.upscaler, between=lambda i, n: ctx.check())
+        big = engine.upscalers.upscale(source, options.scale_factor, options.upscaler, between=_between(ctx))
     else:
         from PIL import Image
 
