@@ -63,6 +63,10 @@ OPERATIONS = (
     ("POST", "/sdapi/v1/png-info"),
     ("POST", "/sdapi/v1/extra-single-image"),
     ("POST", "/sdapi/v1/extra-batch-images"),
+    ("GET", "/sdapi/v1/embeddings"),
+    ("POST", "/sdapi/v1/refresh-embeddings"),
+    ("GET", "/sdapi/v1/scripts"),
+    ("GET", "/sdapi/v1/script-info"),
 )
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from webui.api import sd_upscale_api
 from webui.generation.requests import REQUEST_FIELDS, GenerationRequest, Limits, RequestError
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,7 @@ def request_from_api(
     values.update(_override_settings(body.override_settings or {}, warnings))
     if body.alwayson_scripts:
         values["alwayson_scripts"] = alwayson_scripts(body.alwayson_scripts)
+    values.update(sd_upscale_api.fields(body, task))  # script_name "sd upscale"
     _note_ignored(body, warnings)
     limits = limits or Limits()
     if task == "img2img":
@@ -311,7 +313,7 @@ def alwayson_scripts(sent: Any) -> dict[str, Any]:
 def _refuse_scripts(body: Any) -> None:
     from webui.xyz.api import is_xyz
 
-    if body.script_name and not is_xyz(body.script_name):
+    if body.script_name and not is_xyz(body.script_name) and not sd_upscale_api.handles(body.script_name):
         raise RequestError(
             "script_name",
             f"scripts are not supported by this app, so {body.script_name!r} cannot run; "

@@ -76,6 +76,10 @@ class Engine:
 
     def check(self, request: GenerationRequest) -> CheckedRequest:
         """``check_request`` against the engine's state now (what the API's early answer calls too)."""
+        if request.sd_upscale is not None:  # its own options, and the tile size it runs at
+            from webui.generation.sd_upscale import check_with
+
+            return check_with(self, request)
         return check_request(request, self.check_context())
 
     def next_checkpoint(self) -> Any:
@@ -84,6 +88,10 @@ class Engine:
 
     # -- entry point --------------------------------------------------------------------------
     def run(self, request: GenerationRequest, ctx: JobContext) -> JobResult:
+        if request.sd_upscale is not None:  # A1111's "SD upscale": img2img tile by tile (each tile comes back here)
+            from webui.generation.sd_upscale import run_sd_upscale
+
+            return run_sd_upscale(self, request, ctx)
         request = self._before_job(request)
         checked = self.check(request)
         with self.manager.handle(checked.model) as model:

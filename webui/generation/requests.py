@@ -85,6 +85,17 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SdUpscale:
+    """img2img "SD upscale" options (``webui.generation.sd_upscale``): A1111's ``script_args``
+    ``[_, overlap, upscaler_index, scale_factor]``; the tile size is the request's width x height."""
+
+    upscaler: str = "None"  # a name from GET /sdapi/v1/upscalers
+    upscaler_index: int | None = None  # or its index in that list (A1111 clients); resolved when checked
+    scale_factor: float = 2.0
+    overlap: int = 64
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     task: str = "txt2img"
     prompt: str = ""
@@ -150,6 +161,8 @@ class GenerationRequest:
     # A1111's alwayson_scripts: script name (lower case) -> its args, as the extension that owns the script
     # checked them (``webui_script_args``: plain data, images decoded); "controlnet" -> its units.
     alwayson_scripts: Mapping[str, Any] = field(default_factory=dict)
+    # img2img "SD upscale" (``SdUpscale``, run by ``webui.generation.sd_upscale``; None: a plain img2img)
+    sd_upscale: SdUpscale | None = None
 
     def replace(self, **changes: Any) -> GenerationRequest:
         return dataclasses.replace(self, **changes)

@@ -19,6 +19,8 @@ def build(backend: Backend, page: Any) -> None:
     from webui.ui.page import PasteTarget
     from webui.ui.runner import attach_runner
     from webui.xyz.ui import with_xyz, xyz_section
+    from webui.ui.sd_upscale_section import section_for as sd_upscale_section
+    from webui.ui.sd_upscale_section import with_sd_upscale
 
     def image_input() -> dict[str, Any]:
         image = gr.Image(
@@ -31,8 +33,8 @@ def build(backend: Backend, page: Any) -> None:
         )
         return {"init_image": image}
 
-    sections = [section_for(backend), xyz_section(backend)]
+    sections = [section_for(backend), sd_upscale_section(backend), xyz_section(backend)]
     controls = build_controls(backend, page, "img2img", inputs_slot=image_input, sections=sections)
-    to_request = with_xyz(with_units(lambda values: request_from_values("img2img", values)))
+    to_request = with_xyz(with_sd_upscale(with_units(lambda values: request_from_values("img2img", values))))
     attach_runner(backend, page, controls, to_request=to_request)
     page.register_paste_target(PasteTarget("img2img", controls, image=controls.extra["init_image"]))
