@@ -279,7 +279,9 @@ def request_from_api(
     else:
         values["task"] = "txt2img"
     request = GenerationRequest(**values)
-    if body.script_name:  # "x/y/z plot" (any other is refused above): a grid over this request
+    from webui.xyz.api import is_xyz
+
+    if body.script_name and is_xyz(body.script_name):  # a grid over this request ("sd upscale": fields above)
         from webui.xyz.api import grid_from_api
 
         request = grid_from_api(request, body.script_args)  # type: ignore[assignment]

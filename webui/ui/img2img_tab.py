@@ -18,9 +18,9 @@ def build(backend: Backend, page: Any) -> None:
     from webui.ui.controls import build_controls, request_from_values
     from webui.ui.page import PasteTarget
     from webui.ui.runner import attach_runner
-    from webui.xyz.ui import with_xyz, xyz_section
     from webui.ui.sd_upscale_section import section_for as sd_upscale_section
     from webui.ui.sd_upscale_section import with_sd_upscale
+    from webui.xyz.ui import with_xyz, xyz_section
 
     def image_input() -> dict[str, Any]:
         image = gr.Image(
