@@ -9,13 +9,13 @@ weights), so later loads, of this checkpoint or another of the same type, read i
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from webui.speed.json_store import read_entry, write_entry
 from webui.speed.timing import best_ms
 
 log = logging.getLogger(__name__)
@@ -63,35 +63,20 @@ def machine_key(openvino_version: str) -> str:
 
 
 def read_probe(cache_file: Path | None, key: str) -> EngineProbe | None:
-    if cache_file is None:
-        return None
+    entry = read_entry(cache_file, key)
     try:
-        entry = json.loads(cache_file.read_text()).get(key)
         return EngineProbe(float(entry["torch_ms"]), float(entry["openvino_ms"]), from_cache=True) if entry else None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError):
         return None
 
 
 def write_probe(cache_file: Path | None, key: str, probe: EngineProbe) -> None:
-    if cache_file is None:
-        return
-    try:
-        data = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-        if not isinstance(data, dict):
-            data = {}
-    except (OSError, ValueError):
-        data = {}
-    data[key] = {"torch_ms": probe.torch_ms, "openvino_ms": probe.openvino_ms}
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(cache_file)
-    except OSError as exc:  # a read-only cache folder only costs a re-measure at the next load
-        log.warning("could not store the engine measurement in %s: %s", cache_file, exc)
+    write_entry(cache_file, key, {"torch_ms": probe.torch_ms, "openvino_ms": probe.openvino_ms}, "engine measurement")
 
 
-def measure_engines(torch_call: Callable[[], Any], openvino_call: Callable[[], Any], rounds: int = ROUNDS) -> EngineProbe:
+def measure_engines(
+    torch_call: Callable[[], Any], openvino_call: Callable[[], Any], rounds: int = ROUNDS
+) -> EngineProbe:
     """Time both calls in turns (warm-up first, best of ``rounds``)."""
     import torch
 

@@ -7,12 +7,12 @@ is stored in a small JSON file keyed by those and read back at later loads and l
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from webui.speed.json_store import read_all, write_entry
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +62,7 @@ class MeasureCache:
         return cached
 
     def _read(self) -> dict:
-        if self.path is None:
-            return {}
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return read_all(self.path)
 
     def _write(self, key: str, result: tuple[float, float]) -> None:
-        if self.path is None:
-            return
-        data = self._read()
-        data[key] = [round(float(result[0]), 3), round(float(result[1]), 3)]
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, indent=1))
-            tmp.replace(self.path)
-        except OSError as exc:  # a read-only cache only costs the measurement next time
-            log.warning("could not store a layout measurement in %s: %s", self.path, exc)
+        write_entry(self.path, key, [round(float(result[0]), 3), round(float(result[1]), 3)], "layout measurement")

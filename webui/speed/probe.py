@@ -9,12 +9,12 @@ starts read it instead of measuring again.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from webui.speed.json_store import read_entry, write_entry
 from webui.speed.timing import best_ms
 
 log = logging.getLogger(__name__)
@@ -76,34 +76,17 @@ def _machine_key(cpu_name: str, flags: frozenset[str]) -> str:
 
 
 def _read_cache(cache_file: Path | None, key: str) -> ProbeResult | None:
-    if cache_file is None:
-        return None
+    entry = read_entry(cache_file, key)
     try:
-        entry = json.loads(cache_file.read_text()).get(key)
         return ProbeResult(float(entry["fp32_ms"]), float(entry["bf16_ms"]), from_cache=True) if entry else None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError):
         return None
 
 
 def _write_cache(cache_file: Path | None, key: str, result: ProbeResult) -> None:
-    if cache_file is None:
-        return
-    try:
-        data = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-        if not isinstance(data, dict):
-            data = {}
-    except (OSError, ValueError):
-        data = {}
     entry = asdict(result)
     entry.pop("from_cache")
-    data[key] = entry
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(cache_file)
-    except OSError as exc:  # a read-only cache folder only costs a re-measure next start
-        log.warning("could not store the precision probe in %s: %s", cache_file, exc)
+    write_entry(cache_file, key, entry, "precision probe")
 
 
 def probe_cpu_bf16(
