@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 def main(argv: list[str]) -> int:
     from webui.bootstrap import ensure_environment
 
-    python = ensure_environment(ROOT / ".venv", extras=("test",))
+    python = ensure_environment(ROOT / ".venv", extras=("test", "ray"))  # ray: the Ray Serve backend's tests
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", HF_HUB_DISABLE_TELEMETRY="1")
     code = subprocess.call([str(python), "-m", "pytest", "-q", "-rs", *argv], cwd=ROOT, env=env)
     if code == 5:

@@ -29,6 +29,7 @@ from webui.config_checks import (
     one_of,
     text_problem,
 )
+from webui.config_serve import SERVE_CHECKS, SERVE_CLI_FIELDS, add_serve_arguments
 
 ENV_PREFIX = "WEBUI_"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -120,6 +121,16 @@ class Settings:
     upscaler_tile_overlap: int = 16
     # A1111's prompt styles file (name, prompt, negative_prompt); relative paths are in the config file's folder.
     styles_file: str = "styles.csv"
+    # Where jobs run (webui.config_serve): "local" (this process) or "ray" (Ray Serve replicas), how many
+    # replicas (0: one per GPU, else one), torch threads each (0: the cores shared out), a Ray cluster to
+    # join ("": start one here), whether a job whose replica died runs once more elsewhere, and how many
+    # checkpoints one replica is the home of.
+    backend: str = "local"
+    replicas: int = 0
+    replica_threads: int = 0
+    ray_address: str = ""
+    ray_retry_failed: bool = False
+    models_per_replica: int = 2
     # Never touch the network for models (downloads of the default checkpoint excepted).
     offline: bool = True
     skip_install: bool = False
@@ -213,6 +224,7 @@ FIELD_CHECKS: dict[str, Any] = {
     "styles_file": check_path("styles_file"),
     "auth": check_credentials("--auth"),
     "api_auth": check_credentials("--api-auth"),
+    **SERVE_CHECKS,
 }
 
 
@@ -354,6 +366,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "--styles-file",
         help="A1111's prompt styles file (default styles.csv beside the config file; an A1111 one works as is)",
     )
+    add_serve_arguments(p)
     p.add_argument("--share", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
         "--skip-install",
@@ -405,6 +418,7 @@ _CLI_TO_FIELD = {
     "cors_allow_origins_regex": "cors_allow_origins_regex",
     "job_timeout": "job_timeout",
     "styles_file": "styles_file",
+    **{name: name for name in SERVE_CLI_FIELDS},
 }
 
 
