@@ -130,7 +130,7 @@ class Settings:
     replica_threads: int = 0
     ray_address: str = ""
     ray_retry_failed: bool = False
-    models_per_replica: int = 2
+    models_per_replica: int = 1
     # Never touch the network for models (downloads of the default checkpoint excepted).
     offline: bool = True
     skip_install: bool = False

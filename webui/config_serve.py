@@ -59,6 +59,6 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--models-per-replica",
         type=int,
-        help="with --backend ray: checkpoints a replica is the home of at once (default 2; the RAM cache still"
-        " bounds the memory they take)",
+        help="with --backend ray: checkpoints a replica is the home of at once (default 1: each model gets its own"
+        " replica while there are enough; the RAM cache still bounds the memory they take)",
     )

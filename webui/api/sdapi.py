@@ -51,7 +51,7 @@ from webui.api.schemas import (
     VaeItem,
 )
 from webui.backend import Backend, JobSnapshot, NotFound, QueueFull
-from webui.generation.requests import Limits
+from webui.generation.requests import Limits, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class SdApi:
 
     async def _generate(self, body: Any, task: str, request: Request) -> dict[str, Any]:
         call = await run_in_threadpool(self._prepare, body, task)
-        job = self._submit(call, _owner(request))
+        job = self._submit(call, _owner(request), _task_id(body))
         if not await self._wait(job, call, request):
             return {"images": [], "parameters": {}, "info": "{}"}  # nobody is listening
         return await run_in_threadpool(self._respond, job, call)
@@ -121,9 +121,9 @@ class SdApi:
             call.warnings.append(f"the infotext's model {model!r} is not installed; the loaded model was used")
             call.request = call.request.replace(sd_model_checkpoint="")
 
-    def _submit(self, call: convert.ApiCall, owner: str = "api") -> JobSnapshot:
+    def _submit(self, call: convert.ApiCall, owner: str = "api", job_id: str | None = None) -> JobSnapshot:
         try:
-            return self.backend.submit(call.request, source=owner)
+            return self.backend.submit(call.request, source=owner, job_id=job_id)
         except QueueFull as exc:
             raise ApiError(503, "QueueFull", str(exc)) from None
 
@@ -206,9 +206,12 @@ class SdApi:
     def get_options(self) -> dict[str, Any]:
         return views.get_options(self.backend, self.state)
 
-    def set_options(self, values: Annotated[dict[str, Any], Body(examples=[{"sd_model_checkpoint": "x.safetensors"}])]):
-        """Set options; ``sd_model_checkpoint`` loads that model (after the jobs already queued)."""
-        return views.set_options(self.backend, self.state, values)
+    def set_options(
+        self, values: Annotated[dict[str, Any], Body(examples=[{"sd_model_checkpoint": "x.safetensors"}])], request: Request
+    ):
+        """Set options; ``sd_model_checkpoint`` loads that model (after the jobs already queued). On the Ray
+        backend it becomes this client's default checkpoint instead (jobs that name none run on it)."""
+        return views.set_options(self.backend, self.state, values, client=_owner(request))
 
     def sd_models(self) -> list[dict[str, Any]]:
         return views.sd_models(self.backend)
@@ -276,6 +279,20 @@ def _owner(request: Request) -> str:
     """The queue list's owner of an API job: "api" and the client's address."""
     client = request.client
     return f"api {client.host}" if client is not None and client.host else "api"
+
+
+TASK_ID_CHARS = 128
+
+
+def _task_id(body: Any) -> str | None:
+    """A1111's ``force_task_id`` (the id ``/progress`` and the queue show for the job); None when not given.
+    Printable ASCII of at most 128 characters, else a 422."""
+    value = getattr(body, "force_task_id", None)
+    if not value:
+        return None
+    if len(value) > TASK_ID_CHARS or not value.isascii() or not value.isprintable():
+        raise RequestError("force_task_id", f"must be printable ASCII of at most {TASK_ID_CHARS} characters")
+    return value
 
 
 def _failure(job: JobSnapshot) -> ApiError:

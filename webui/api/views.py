@@ -219,7 +219,7 @@ def _converters(backend: Backend) -> dict[str, Callable[[Any], Any]]:
     }
 
 
-def set_options(backend: Backend, state: ApiState, values: Mapping[str, Any]) -> dict[str, list[str]]:
+def set_options(backend: Backend, state: ApiState, values: Mapping[str, Any], client: str = "") -> dict[str, list[str]]:
     """Check every value, load the model if asked, then apply the rest; see the module docstring."""
     converters = _converters(backend)
     checked = {key: converters[key](value) for key, value in values.items() if key in WRITABLE_OPTIONS}
@@ -229,7 +229,8 @@ def set_options(backend: Backend, state: ApiState, values: Mapping[str, Any]) ->
     if "sd_model_checkpoint" in checked:
         entry = checked["sd_model_checkpoint"]
         what = f"loading {entry.name}"
-        on_worker(what, lambda: backend.load_model(entry.name, MODEL_LOAD_TIMEOUT, source=what), "sd_model_checkpoint")
+        load = lambda: backend.load_model(entry.name, MODEL_LOAD_TIMEOUT, source=what, client=client)  # noqa: E731
+        on_worker(what, load, "sd_model_checkpoint")
     defaults = state.defaults
     for key, value in checked.items():
         if key == "sd_vae":

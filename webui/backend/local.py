@@ -179,13 +179,18 @@ class LocalBackend:
         except KeyError as exc:
             raise NotFound(str(exc.args[0] if exc.args else exc), "job", job_id) from None
 
-    def submit(self, request: GenerationRequest, source: str = "api") -> JobSnapshot:
+    def submit(self, request: GenerationRequest, source: str = "api", job_id: str | None = None) -> JobSnapshot:
+        return self._queue(request, source, job_id, None)
+
+    def _queue(self, request: GenerationRequest | None, source: str, job_id: str | None, work: Any) -> JobSnapshot:
         from webui.generation.service import QueueFullError
 
         try:
-            job = self._generation.submit(request, source=source)
+            job = self._generation.submit(request, source=source, work=work, job_id=job_id)  # type: ignore[arg-type]
         except QueueFullError as exc:
             raise QueueFull(str(exc)) from None
+        except ValueError as exc:  # an id a job has already (force_task_id)
+            raise RequestError("force_task_id", str(exc)) from None
         return self._snapshot(job, None)
 
     def job(self, job_id: str, preview_after: int | None = None) -> JobSnapshot:
@@ -365,7 +370,9 @@ class LocalBackend:
             log.warning("%s failed: %s: %s", source, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             raise TaskFailed(str(exc), type(exc).__name__) from None
 
-    def load_model(self, name: str, timeout: float | None = None, source: str = "model load") -> LoadReport:
+    def load_model(
+        self, name: str, timeout: float | None = None, source: str = "model load", client: str = ""
+    ) -> LoadReport:
         manager = self._services.manager
         report = self._on_worker(lambda: manager.load(name), timeout, source)
         return LoadReport(
@@ -557,17 +564,12 @@ class LocalBackend:
 
         return check(self._services, request)
 
-    def submit_extras(self, request: ExtrasRequest, source: str = "api") -> JobSnapshot:
+    def submit_extras(self, request: ExtrasRequest, source: str = "api", job_id: str | None = None) -> JobSnapshot:
         """Queue an Extras job (checked first: ``RequestError`` for a bad field); follow it with ``job``/``wait``."""
         from webui.backend.local_upscale import check, work_for
-        from webui.generation.service import QueueFullError
 
         checked = check(self._services, request)
-        try:
-            job = self._generation.submit(None, source=source, work=work_for(self._services, checked))  # type: ignore[arg-type]
-        except QueueFullError as exc:
-            raise QueueFull(str(exc)) from None
-        return self._snapshot(job, None)
+        return self._queue(None, source, job_id, work_for(self._services, checked))
 
     def extras_folder_images(self, folder: str) -> tuple[tuple[Any, ...], tuple[str, ...]]:
         """The images of a batch folder inside the outputs folder (``RequestError`` for one outside)."""

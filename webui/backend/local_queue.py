@@ -64,7 +64,7 @@ def job_label(job: Any) -> str:
     return f"{req.task} {size}, {steps}, {n} image{'s' if n != 1 else ''}: {prompt or '(no prompt)'}"
 
 
-def _entry(job: Any, position: int, eta: float | None) -> QueueEntry:
+def queue_entry(job: Any, position: int, eta: float | None) -> QueueEntry:
     progress = job.progress
     return QueueEntry(
         id=job.id,
@@ -82,7 +82,7 @@ def _entry(job: Any, position: int, eta: float | None) -> QueueEntry:
     )
 
 
-def _running_left(job: Any, rate: float | None) -> float | None:
+def running_left(job: Any, rate: float | None) -> float | None:
     """Seconds the running job has left: its own ETA (from its steps), else its estimate less the time it ran."""
     if job.progress.eta_seconds is not None:
         return float(job.progress.eta_seconds)
@@ -102,11 +102,11 @@ def queue_list(generation: Any, history: int) -> QueueList:
     current = generation.current
     wait: float | None = 0.0
     if current is not None and not current.finished:
-        wait = _running_left(current, rate)
-        jobs.append(_entry(current, 0, wait))
+        wait = running_left(current, rate)
+        jobs.append(queue_entry(current, 0, wait))
     for position, job in enumerate(generation.waiting(), start=1):
         own = 0.0 if job.request is None else (sample_units(job.request) * rate if rate is not None else None)
         wait = wait + own if wait is not None and own is not None else None
-        jobs.append(_entry(job, position, wait))
-    done = [_entry(job, 0, None) for job in finished[: max(0, history)]]
+        jobs.append(queue_entry(job, position, wait))
+    done = [queue_entry(job, 0, None) for job in finished[: max(0, history)]]
     return QueueList(jobs=jobs, history=done, seconds_per_unit=rate)

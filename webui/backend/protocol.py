@@ -54,8 +54,12 @@ if TYPE_CHECKING:
 class Backend(Protocol):
     # --- jobs ---------------------------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, source: str = "api") -> JobSnapshot:
-        """Queue a generation; raises ``QueueFull``. The request is not validated here (see ``validate``)."""
+    def submit(self, request: GenerationRequest, source: str = "api", job_id: str | None = None) -> JobSnapshot:
+        """Queue a generation; raises ``QueueFull``. The request is not validated here (see ``validate``).
+
+        ``source`` is who asked ("txt2img tab", "api 127.0.0.1"); ``job_id`` names the job (A1111's
+        ``force_task_id``; None: a new id), ``RequestError`` on ``force_task_id`` for an id in use.
+        """
         ...
 
     def job(self, job_id: str, preview_after: int | None = None) -> JobSnapshot:
@@ -150,10 +154,14 @@ class Backend(Protocol):
         """The checkpoint a job naming none runs on: the loaded one, else the default, else the first."""
         ...
 
-    def load_model(self, name: str, timeout: float | None = None, source: str = "model load") -> LoadReport:
+    def load_model(
+        self, name: str, timeout: float | None = None, source: str = "model load", client: str = ""
+    ) -> LoadReport:
         """Load a checkpoint on the worker (after the jobs already queued); ``TaskFailed`` / ``Busy``.
 
-        ``source`` names the task while it waits or runs (``queue()`` shows it).
+        ``source`` names the task while it waits or runs (``queue()`` shows it). ``client``: who asked (a job's
+        ``source``, "api 127.0.0.1"); on the Ray backend the checkpoint becomes that client's default for the
+        jobs it sends without one, instead of a load every client's jobs see.
         """
         ...
 
@@ -263,7 +271,7 @@ class Backend(Protocol):
         """An Extras request as it will run; ``RequestError`` for a bad field or an unknown upscaler."""
         ...
 
-    def submit_extras(self, request: ExtrasRequest, source: str = "api") -> JobSnapshot:
+    def submit_extras(self, request: ExtrasRequest, source: str = "api", job_id: str | None = None) -> JobSnapshot:
         """Queue an Extras job (checked first); follow it with ``job``/``wait``, stop it with ``interrupt``."""
         ...
 

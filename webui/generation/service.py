@@ -161,8 +161,8 @@ class JobContext:
 
 
 class Job:
-    def __init__(self, request: GenerationRequest, source: str, number: int) -> None:
-        self.id = uuid.uuid4().hex[:12]
+    def __init__(self, request: GenerationRequest, source: str, number: int, job_id: str | None = None) -> None:
+        self.id = job_id or uuid.uuid4().hex[:12]
         self.request = request
         self.source = source
         self.number = number
@@ -280,11 +280,16 @@ class GenerationService:
         source: str = "api",
         action: Callable[[], Any] | None = None,
         work: Callable[[JobContext], JobResult] | None = None,
+        job_id: str | None = None,
     ) -> Job:
+        """Queue a job; ``job_id`` names it (A1111's ``force_task_id``; None: a new random id). ``ValueError``
+        for an id a job known here already has."""
         with self._lock:
             if len(self._waiting) >= self._max_queue:
                 raise QueueFullError(f"the queue is full ({self._max_queue} jobs waiting); try again later")
-            job = Job(request, source, next(self._counter))
+            if job_id and job_id in self._jobs:
+                raise ValueError(f"a job with the id {job_id!r} exists already; leave force_task_id out or use a new one")
+            job = Job(request, source, next(self._counter), job_id)
             job.action = action
             job.work = work  # runs like a generation (progress, interrupt, time budget) with no request
             self._waiting.append(job)
