@@ -173,6 +173,7 @@ class ModelManager:
         self._on_loaded = on_loaded
         self._lock = threading.RLock()
         self._current: _Slot | None = None
+        self.switches = 0  # how often ``load`` made another checkpoint active (the first load counts)
         self._ram: "OrderedDict[tuple[Path, int], _Slot]" = OrderedDict()
         # A second checkpoint used beside the active one (the SDXL refiner).
         self._secondary: _Slot | None = None
@@ -292,6 +293,7 @@ class ModelManager:
                 slot.device_footprint = room.footprint if room is not None else None
             slot.load_seconds = time.perf_counter() - start
             self._current = slot
+            self.switches += 1
             report = self._report(slot, slot.load_seconds, from_cache)
         usage = self.ram_cache_usage()
         on_device = slot.device_footprint

@@ -18,6 +18,7 @@ settings (model lists, styles, outputs, settings, extensions); what needs a devi
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import uuid
 from collections import OrderedDict
@@ -77,6 +78,8 @@ class RayBackend(LocalBackend):
         self._lock = threading.Lock()
         self._defaults: dict[str, str] = {}  # client -> its default checkpoint (POST /options sd_model_checkpoint)
         self._last_model = ""  # the checkpoint of the latest job, what ``loaded`` reports
+        self._outbox: queue.Queue[RemoteJob] = queue.Queue()  # jobs not yet sent to a replica, in order
+        self._dispatcher: threading.Thread | None = None
 
     # --- jobs ---------------------------------------------------------------------------------------
 
@@ -128,19 +131,35 @@ class RayBackend(LocalBackend):
         return digest or f"folder:{entry.name}"
 
     def submit(self, request: Any, source: str = "api", job_id: str | None = None) -> JobSnapshot:
-        job = RemoteJob(job_id or uuid.uuid4().hex[:12], "generate", request, source, request)
-        self._add(job)
-        threading.Thread(target=self._follow, args=(job,), name=f"ray-job-{job.id}", daemon=True).start()
-        return job.view(None, self._position(job))
+        return self._enqueue(RemoteJob(job_id or uuid.uuid4().hex[:12], "generate", request, source, request))
 
     def submit_extras(self, request: Any, source: str = "api", job_id: str | None = None) -> JobSnapshot:
         from webui.backend.local_upscale import check
 
         checked = check(self._services, request)
-        job = RemoteJob(job_id or uuid.uuid4().hex[:12], "extras", checked, source, None)
+        return self._enqueue(RemoteJob(job_id or uuid.uuid4().hex[:12], "extras", checked, source, None))
+
+    def _enqueue(self, job: RemoteJob) -> JobSnapshot:
+        """Jobs leave for the replicas one at a time, in the order they came (``_dispatcher``): a replica
+        queues them in that order, first come first served, as the in-process queue does."""
         self._add(job)
-        threading.Thread(target=self._follow, args=(job,), name=f"ray-job-{job.id}", daemon=True).start()
+        self._outbox.put(job)
+        with self._lock:
+            if self._dispatcher is None or not self._dispatcher.is_alive():
+                self._dispatcher = threading.Thread(target=self._dispatch_all, name="ray-dispatch", daemon=True)
+                self._dispatcher.start()
         return job.view(None, self._position(job))
+
+    def _dispatch_all(self) -> None:
+        """The dispatcher thread: send each job on (its stream is read by a thread of its own)."""
+        while True:
+            job = self._outbox.get()
+            try:
+                stream = self._dispatch(job)
+            except Exception as exc:  # noqa: BLE001 - the cluster did not start, an unknown checkpoint ...
+                self._failed(job, exc)
+                continue
+            threading.Thread(target=self._follow, args=(job, stream), name=f"ray-job-{job.id}", daemon=True).start()
 
     def _dispatch(self, job: RemoteJob) -> Any:
         cluster = self._cluster()
@@ -153,33 +172,42 @@ class RayBackend(LocalBackend):
         handle = cluster.handle.options(stream=True, multiplexed_model_id=job.model_id)
         return handle.run.remote(job.kind, job.payload, job.id, job.source)
 
-    def _follow(self, job: RemoteJob) -> None:
-        """Send the job to a replica and keep its snapshots until it ends (the job's own thread)."""
+    def _follow(self, job: RemoteJob, stream: Any) -> None:
+        """Keep the job's snapshots until it ends (the job's own thread); a dead replica as the module says."""
         tries = 2 if self._retry else 1
-        while job.attempts < tries:
+        while True:
             job.attempts += 1
             try:
-                for snapshot, replica in self._dispatch(job):
+                for snapshot, replica in stream:
                     job.update(snapshot, replica)
                 if not job.finished:
                     job.fail("the replica ended the job's stream before the job finished; send it again")
                 return
             except Exception as exc:  # noqa: BLE001 - every failure ends as the job's message
-                if _replica_died(exc) and not job.finished:
-                    if job.attempts < tries and job.images_done == 0:
-                        log.warning("job %s: its replica died; running it once more on another one", job.id)
-                        job.restart()
-                        continue
-                    done = job.images_done
-                    saved = f" The {done} image(s) it finished before are saved." if done else ""
-                    log.warning("job %s failed: its replica died (%s)", job.id, type(exc).__name__)
-                    job.fail(REPLICA_GONE + "." + saved)
+                if not (_replica_died(exc) and job.attempts < tries and job.images_done == 0 and not job.finished):
+                    self._failed(job, exc)
                     return
-                cause = _cause(exc)
-                message = getattr(cause, "message", None) or f"{type(cause).__name__}: {cause}"
-                log.warning("job %s failed: %s", job.id, message)
-                job.fail(str(message))
-                return
+                log.warning("job %s: its replica died; running it once more on another one", job.id)
+                job.restart()
+                try:
+                    stream = self._dispatch(job)
+                except Exception as again:  # noqa: BLE001
+                    self._failed(job, again)
+                    return
+
+    def _failed(self, job: RemoteJob, exc: BaseException) -> None:
+        if job.finished:
+            return
+        if _replica_died(exc):
+            done = job.images_done
+            saved = f" The {done} image(s) it finished before are saved." if done else ""
+            log.warning("job %s failed: its replica died (%s)", job.id, type(exc).__name__)
+            job.fail(REPLICA_GONE + "." + saved)
+            return
+        cause = _cause(exc)
+        message = getattr(cause, "message", None) or f"{type(cause).__name__}: {cause}"
+        log.warning("job %s failed: %s", job.id, message)
+        job.fail(str(message))
 
     def job(self, job_id: str, preview_after: int | None = None) -> JobSnapshot:
         job = self._remote(job_id)

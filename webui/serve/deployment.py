@@ -3,9 +3,10 @@ generation queue on one device), and ``build_app`` for a Serve config file (``de
 
 A job reaches a replica as one streaming call, ``run``: the replica queues it on its own generation
 worker and streams the job's snapshots (progress, previews, the result) back until it ends. The call
-carries the checkpoint's hash as Serve's multiplexed model id: ``home`` (``@serve.multiplexed``) loads the
-checkpoint the first time a replica sees the id, and Serve then sends that id's jobs to the replicas that
-hold it, so a mixed stream of models stops swapping once each model has a home. Control actions come
+carries the checkpoint's hash as Serve's multiplexed model id: ``home`` (``@serve.multiplexed``, around the
+load: the job that follows loads the checkpoint on the worker) makes the replica a home of that model, and
+the router (``webui.serve.router``) then sends that id's jobs to the replicas that hold it, so a mixed stream
+of models stops swapping once each model has a home. Control actions come
 from the job board (``webui.serve.board``) while the stream waits between snapshots.
 
 Imports ``ray.serve`` (the ``ray`` extra): only ``webui.serve.cluster`` and Serve itself import this.
@@ -13,7 +14,6 @@ Imports ``ray.serve`` (the ``ray`` extra): only ``webui.serve.cluster`` and Serv
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -46,7 +46,7 @@ class ReplicaInfo:
 
     replica: str  # Serve's replica tag
     pid: int
-    model_changes: int  # how often this replica's active checkpoint changed (its first load included)
+    model_changes: int  # how often this replica's active checkpoint changed (its first load included): ModelManager.switches
     active: str  # the checkpoint it holds active now ("" none)
 
 
@@ -98,25 +98,18 @@ class ReplicaCore:
         except Exception:  # noqa: BLE001 - outside Serve (a test building one directly)
             self.tag = f"pid {os.getpid()}"
         self._names: dict[str, str] = {}  # model id -> checkpoint name, from the jobs that named it
-        self._active = ""
-        self._changes = 0
         log.info("replica %s ready (pid %d, %s)", self.tag, os.getpid(), self.backend.device_description())
 
-    def _note_active(self) -> None:
-        loaded = self.backend.loaded()
-        name = loaded.model.name if loaded is not None else ""
-        if name and name != self._active:
-            self._changes += 1
-        self._active = name or self._active
-
     def info(self) -> ReplicaInfo:
-        return ReplicaInfo(self.tag, os.getpid(), self._changes, self._active)
+        manager = self.services.manager
+        entry = manager.current_entry
+        return ReplicaInfo(self.tag, os.getpid(), int(manager.switches), entry.name if entry is not None else "")
 
     async def _load_home(self, model_id: str) -> ModelHome:
-        name = self._names[model_id]
-        await asyncio.to_thread(self.backend.load_model, name, None, "model load")
-        self._note_active()
-        return ModelHome(model_id, name)
+        """Make this replica a home of the checkpoint. The load itself is the job's first part, on the
+        generation worker in the job's turn: loading here, beside the queue, would let jobs that came later
+        for another model slip in between (a swap more, and not first come first served)."""
+        return ModelHome(model_id, self._names[model_id])
 
     def _apply(self, action: str, job_id: str) -> None:
         from webui.backend.records import BackendError
@@ -146,8 +139,6 @@ class ReplicaCore:
                 snapshot = self.backend.job(job_id, preview_after=preview_id)
                 preview_id = max(preview_id, snapshot.progress.preview_id if snapshot.progress.preview is not None else 0)
                 finished = snapshot.finished
-                if finished:
-                    self._note_active()
                 if finished or _changed(last, snapshot):
                     last = snapshot
                     yield snapshot, self.info()
