@@ -6,6 +6,7 @@ args must be the names ``build_app`` reads, or ``serve deploy`` fails on a clust
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import shlex
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from webui.config import build_arg_parser
+from webui.config_serve import add_serve_arguments
 
 yaml = pytest.importorskip("yaml")
 
@@ -129,3 +131,16 @@ def test_kuberay_ingress_command_uses_flags_the_app_has():
     args = build_arg_parser().parse_args(launch[2:])  # an unknown flag exits here
     assert (args.backend, args.ray_address, args.skip_install) == ("ray", "auto", True)
     assert args.config_file == _webui_app(_serve_configs()["kuberay.yaml"])["args"]["config_file"]
+
+
+def test_readme_lists_the_ray_flags_and_the_deploy_files():
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    flags = [
+        opt for action in parser._actions for opt in action.option_strings if opt.startswith("--") and opt != "--help"
+    ]
+    assert len(flags) == 6
+    assert [flag for flag in flags if f"| `{flag}" not in readme] == []  # a row of the flags table each
+    assert "## More than one GPU" in readme
+    assert "deploy/serve_config.yaml" in readme and "deploy/kuberay.yaml" in readme
