@@ -101,6 +101,19 @@ def test_import_path_names_the_builder():
 
 
 @pytest.mark.parametrize("name", ["serve_config.yaml", "kuberay.yaml"])
+def test_build_app_takes_each_files_args(name):
+    """What ``serve deploy`` runs first: the builder, on the file's args (no cluster needed to build)."""
+    module = _deployment_module()
+    if module is None:
+        pytest.skip("webui.serve.deployment is not in this tree yet (TODO(issue 17 merge): runs once it is)")
+    app_config = _webui_app(_serve_configs()[name])
+    deployment = module.build_app(app_config["args"])._bound_deployment  # Serve's Application -> its Deployment
+    assert deployment.name == app_config["deployments"][0]["name"]
+    assert deployment.num_replicas == app_config["args"]["replicas"]
+    assert deployment.ray_actor_options["num_gpus"] == app_config["args"]["gpus_per_replica"]
+
+
+@pytest.mark.parametrize("name", ["serve_config.yaml", "kuberay.yaml"])
 def test_ray_serve_accepts_the_config(name):
     schema = pytest.importorskip("ray.serve.schema", reason="the ray extra is not installed")
     schema.ServeDeploySchema.model_validate(_serve_configs()[name])
