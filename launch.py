@@ -3,6 +3,7 @@
 
     python launch.py            # first run creates .venv and installs; later runs start at once
     python launch.py --help     # every flag
+    python launch.py --backend ray  # jobs on Ray Serve replicas, one per GPU (installs the ray extra)
 """
 
 from __future__ import annotations
@@ -58,6 +59,27 @@ def run_child(cmd: list[str], cwd: Path, env: dict[str, str]) -> int:
     return 128 - code if code < 0 else code
 
 
+# Settings value -> pyproject extras to install for it (``--backend ray`` needs ``ray[serve]``).
+BACKEND_EXTRAS = {"local": (), "ray": ("ray",)}
+
+
+def extras_for(argv: list[str], environ: dict[str, str] | None = None) -> tuple[str, ...]:
+    """The pyproject extras this run needs, from the backend asked for.
+
+    ``--backend ray`` on the command line, ``WEBUI_BACKEND=ray`` or ``"backend": "ray"`` in the config
+    file all ask for the ``ray`` extra: the same merge the app does (``webui.config.load_settings``,
+    standard library only), so the launcher installs what the app will use. Settings the app would
+    refuse install no extra: the app starts and says what to fix.
+    """
+    from webui.config import SettingsError, load_settings
+
+    try:
+        settings, _ = load_settings(argv, environ=environ, base_dir=ROOT)
+    except SettingsError:
+        return ()
+    return BACKEND_EXTRAS.get(settings.backend, ())
+
+
 def main(argv: list[str]) -> int:
     started = time.time()
     from webui.bootstrap import ensure_environment
@@ -67,6 +89,7 @@ def main(argv: list[str]) -> int:
     venv_dir = Path(args.venv_dir) if args.venv_dir else ROOT / ".venv"
     python = ensure_environment(
         venv_dir,
+        extras=extras_for(argv),
         skip_install=bool(args.skip_install),
         reinstall=args.reinstall,
         index_override=args.torch_index_url,
