@@ -511,3 +511,14 @@ def test_openapi_docs_are_served(client):
     for route in ("txt2img", "img2img", "progress", "interrupt", "skip", "options", "sd-models", "png-info"):
         assert f"/sdapi/v1/{route}" in paths
     assert "422" in paths["/sdapi/v1/txt2img"]["post"]["responses"]
+
+
+def test_force_task_id_names_the_job_and_a_bad_or_reused_one_is_422(client, api_env):
+    body = {"prompt": "named", "steps": 3, "width": 64, "height": 64, "force_task_id": "task(abc123)"}
+    r = client.post("/sdapi/v1/txt2img", json=body)
+    assert r.status_code == 200, r.text
+    assert api_env.services.backend.job("task(abc123)").state == "done"  # the job has the client's id
+    again = client.post("/sdapi/v1/txt2img", json=body)
+    assert again.status_code == 422 and again.json()["field"] == "force_task_id"
+    bad = client.post("/sdapi/v1/txt2img", json={**body, "force_task_id": "x\u0000y"})
+    assert bad.status_code == 422 and bad.json()["field"] == "force_task_id"

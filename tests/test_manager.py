@@ -129,3 +129,12 @@ def test_vae_override_reaches_every_task_and_restores(models_dir, tmp_path):
         assert manager.pipeline(task).vae is not own
     manager.set_vae(None)
     assert manager.pipeline("img2img").vae is own
+
+
+def test_switches_count_each_change_of_the_active_checkpoint(models_dir, tmp_path):
+    manager = _manager(models_dir, tmp_path, ram=1)
+    manager.load("tiny-sd15")
+    manager.load("tiny-sd15")  # already active: no change
+    manager.load("tiny-sdxl")
+    manager.load("tiny-sd15")  # back, from the RAM cache: a change all the same
+    assert manager.switches == 3

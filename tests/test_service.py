@@ -217,3 +217,13 @@ def test_call_without_a_running_worker_fails_at_once_instead_of_hanging():
     service = GenerationService(fake_runner())
     with pytest.raises(RuntimeError, match="worker is not running"):
         service.call(lambda: 1, timeout=5)
+
+
+def test_a_job_can_be_named_and_a_name_in_use_is_refused():
+    service = make_service()
+    job = service.submit(GenerationRequest(prompt="p"), job_id="task(abc)")
+    assert job.id == "task(abc)" and service.get("task(abc)") is job
+    with pytest.raises(ValueError, match="exists already"):
+        service.submit(GenerationRequest(prompt="q"), job_id="task(abc)")
+    assert job.wait(5)
+    service.stop()

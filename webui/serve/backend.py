@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_WAITING = 1000  # jobs waiting across the cluster before submit answers QueueFull
+MAX_WAITING = 100  # jobs waiting across the cluster before submit answers QueueFull (as the in-process queue)
 HISTORY = 500  # finished jobs kept for job() / the queue list
 REPLICA_GONE = (
     "the replica running this job stopped (its process ended: out of memory, a crash, or it was killed)."

@@ -212,10 +212,13 @@ def build_app(args: dict[str, Any]) -> Any:
     base = str(args.get("base_dir") or Path(__file__).resolve().parents[2])
     argv = ["--config-file", str(args["config_file"])] if args.get("config_file") else []
     settings, _ = load_settings(argv, base_dir=Path(base))
+    replicas = int(args.get("replicas", 1))
+    if replicas < 1:
+        raise ValueError("replicas must be 1 or more in a Serve config file (one per GPU of the cluster)")
     return replica_deployment(
         settings,
         base,
-        replicas=int(args.get("replicas", 1)),
+        replicas=replicas,
         threads=int(args.get("replica_threads", 0)),
         gpus_per_replica=float(args.get("gpus_per_replica", 0)),
         models_per_replica=int(args.get("models_per_replica", settings.models_per_replica)),
