@@ -30,13 +30,11 @@ def _request(model: str, steps: int = 3, seed: int = 1, **extra) -> GenerationRe
 
 @pytest.fixture(scope="module")
 def ray_app(tmp_path_factory):
-    """(backend, services): a RayBackend over 2 replicas, each model warmed up on its own replica."""
-    from webui.app import ROOT, build_services
+    """(backend, services, server): a RayBackend over 2 replicas, each model warmed up on its own replica, and
+    the app's server (page and API) over it."""
+    from webui.app import build_ray_backend, build_server, build_services
     from webui.config import Settings
-    from webui.deferred import Deferred
     from webui.models.demo import write_demo_models
-    from webui.serve.backend import RayBackend
-    from webui.serve.cluster import deploy, start_ray
 
     root = tmp_path_factory.mktemp("ray_app")
     write_demo_models(root / "models", ("sd15", "sdxl"))
@@ -56,15 +54,13 @@ def ray_app(tmp_path_factory):
         replica_threads=1,
     )
     services = build_services(settings, base=root)
-    started = start_ray(settings, ROOT)
-    cluster = Deferred(lambda: deploy(settings, ROOT, started), name="ray-serve").start()
-    backend = RayBackend(services, cluster)
-    services.backend = backend
+    backend = build_ray_backend(services)  # as webui.app.main: Ray here, the replicas start behind ...
+    server = build_server(services)  # ... while the page is built (its imports must not race Ray's)
     for model in (SD15, SDXL):  # one after the other: the second goes to the replica with no model
         job = backend.submit(_request(model), "warm-up")
         assert backend.wait(job.id, 180).state == "done", backend.job(job.id).error
     try:
-        yield backend, services
+        yield backend, services, server
     finally:
         backend.close()
 
@@ -86,7 +82,7 @@ def _homes(backend) -> dict[str, str]:
 
 
 def test_mixed_models_stop_swapping_after_warm_up(ray_app):
-    backend, _ = ray_app
+    backend, _, _ = ray_app
     before = backend.replica_stats()
     assert sorted(info["active"] for info in before.values()) == [SD15, SDXL]  # each model has a home
     jobs = [backend.submit(_request((SD15, SDXL)[i % 2], seed=i), "mixed") for i in range(8)]
@@ -99,7 +95,7 @@ def test_mixed_models_stop_swapping_after_warm_up(ray_app):
 
 
 def test_interrupt_reaches_the_replica_running_the_job(ray_app):
-    backend, _ = ray_app
+    backend, _, _ = ray_app
     sd15 = backend.submit(_request(SD15, steps=400), "long")
     sdxl = backend.submit(_request(SDXL, steps=400), "long")
     _wait_running(backend, sd15.id)
@@ -114,7 +110,7 @@ def test_interrupt_reaches_the_replica_running_the_job(ray_app):
 
 
 def test_force_task_id_names_the_job_and_a_queued_job_can_be_cancelled(ray_app):
-    backend, _ = ray_app
+    backend, _, _ = ray_app
     first = backend.submit(_request(SD15, steps=300), "api", job_id="task(first)")
     queued = backend.submit(_request(SD15), "api", job_id="task(second)")
     assert backend.job("task(first)").id == "task(first)"
@@ -131,7 +127,7 @@ def test_force_task_id_names_the_job_and_a_queued_job_can_be_cancelled(ray_app):
 
 
 def test_a_replica_killed_mid_job_fails_only_its_job_and_the_cluster_serves_again(ray_app):
-    backend, _ = ray_app
+    backend, _, _ = ray_app
     victim = backend.submit(_request(SD15, steps=600), "kill")
     other = backend.submit(_request(SDXL, steps=20), "kill")
     _wait_running(backend, victim.id)
@@ -147,7 +143,7 @@ def test_a_replica_killed_mid_job_fails_only_its_job_and_the_cluster_serves_agai
 
 
 def test_with_retry_a_job_whose_replica_died_runs_on_another(ray_app):
-    backend, _ = ray_app
+    backend, _, _ = ray_app
     backend._retry = True
     try:
         victim = backend.submit(_request(SDXL, steps=600, n_iter=1), "retry")
@@ -176,10 +172,8 @@ def test_a1111_api_unchanged_and_options_checkpoint_is_the_clients_default(ray_a
 
     from fastapi.testclient import TestClient
 
-    from webui.app import build_server
-
-    backend, services = ray_app
-    client = TestClient(build_server(services), base_url="http://127.0.0.1")
+    backend, _, server = ray_app
+    client = TestClient(server, base_url="http://127.0.0.1")
     body = {"prompt": "a cat", "steps": 3, "width": 64, "height": 64, "seed": 5}
     answer = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"sd_model_checkpoint": SDXL}})
     assert answer.status_code == 200, answer.text
@@ -196,7 +190,7 @@ def test_a1111_api_unchanged_and_options_checkpoint_is_the_clients_default(ray_a
 def test_the_pages_job_runner_follows_a_job_on_a_replica(ray_app):
     from webui.ui.runner import submit_from_page, watch_job
 
-    backend, _ = ray_app
+    backend, _, _ = ray_app
     job_id, error = submit_from_page(backend, lambda: _request(SD15, steps=12, seed=3))
     assert not error
     frames = list(watch_job(backend, job_id, poll=0.05))

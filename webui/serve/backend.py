@@ -307,6 +307,9 @@ class RayBackend(LocalBackend):
         return super().next_checkpoint()
 
     def device_description(self, wait: bool = True) -> str | None:
+        """What runs the jobs; never waits for the replicas to start (``wait=False``: None until they have)."""
+        if not self._started.ready():
+            return None if not wait else "Ray Serve: the replicas are starting"
         with self._lock:
             replicas = sorted({replica_of(j) for j in self._jobs.values() if j.replica is not None})
         seen = f"; {len(replicas)} replica(s) have run jobs" if replicas else ""

@@ -109,12 +109,19 @@ def start_ray(settings: Any, base_dir: Path, replicas: int | None = None, thread
     Call it on the main thread (or one that lives as long as the app): Ray's processes are started with
     Linux's parent-death signal, which fires when the *thread* that started them ends.
     """
+    import ray
+    import ray.serve  # noqa: F401  (here, not on the deploy thread: its pydantic imports race gradio's there)
+
     replicas = settings.replicas if replicas is None else replicas
     threads = settings.replica_threads if threads is None else threads
     wanted_cpus = None
     if not settings.ray_address:  # a local cluster: enough CPUs for the replicas asked for
         wanted_cpus = max(os.cpu_count() or 1, (replicas or 1) * (threads or 1))
-    return _init_ray(settings, base_dir, wanted_cpus)
+    started = _init_ray(settings, base_dir, wanted_cpus)
+    # Ray builds its serialization context (importing pydantic.v1) on the first object it sends: here, while
+    # nothing else imports, not on the deploy thread while the page's gradio imports pydantic (a KeyError).
+    ray.put(None)
+    return started
 
 
 def deploy(
