@@ -84,7 +84,9 @@ def run_stream(backend, args: argparse.Namespace, after_warm_up=lambda: 0) -> di
     runs: dict[str, list[float]] = {}
     for i, job_id in enumerate(ids):
         runs.setdefault(MODELS[i % len(MODELS)], []).append(ended[job_id].finished - ended[job_id].started)
-    return {"wall": wall, "latencies": latencies, "ids": ids, "warm": warm, "runs": runs}
+    starts = [ended[j].started for j in ids]  # in submission order
+    overtaken = sum(1 for i, t in enumerate(starts) if any(t > later for later in starts[i + 1 :]))
+    return {"wall": wall, "latencies": latencies, "ids": ids, "warm": warm, "runs": runs, "overtaken": overtaken}
 
 
 def local_run(root: Path, args: argparse.Namespace) -> dict:
@@ -173,6 +175,10 @@ def main(argv: list[str]) -> int:
         lat = r["latencies"]
         print(f"{labels[name]:<24} {r['wall']:>8.2f} {len(lat) / r['wall']:>8.3f} {percentile(lat, 50):>8.2f}"
               f" {percentile(lat, 95):>8.2f} {r['swaps']:>20d}")
+    print("\njobs that a job sent after them overtook (started first):")
+    for name, r in results.items():
+        if name != "ray2":  # on 2 replicas the models run side by side: order is per replica
+            print(f"  {labels[name]:<24} {r['overtaken']} of {len(r['ids'])}")
     print("\nmean run of one job (its load included), s:")
     for name, r in results.items():
         print(f"  {labels[name]:<24} " + ", ".join(f"{m.split('-')[1]} {statistics.mean(v):.2f}" for m, v in r["runs"].items()))

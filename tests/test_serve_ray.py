@@ -92,6 +92,10 @@ def test_mixed_models_stop_swapping_after_warm_up(ray_app):
     assert {t: i["model_changes"] for t, i in after.items()} == {t: i["model_changes"] for t, i in before.items()}
     ran_on = {backend._remote(j.id).replica.replica for j in jobs[::2]}, {backend._remote(j.id).replica.replica for j in jobs[1::2]}
     assert len(ran_on[0]) == len(ran_on[1]) == 1 and ran_on[0] != ran_on[1]  # SD 1.5 on one, SDXL on the other
+    started = {e.id: e.started for e in backend.queue_list(history=50).history}
+    for model_jobs in (jobs[::2], jobs[1::2]):  # each replica ran its jobs first come first served
+        starts = [started[j.id] for j in model_jobs]
+        assert starts == sorted(starts)
 
 
 def test_interrupt_reaches_the_replica_running_the_job(ray_app):

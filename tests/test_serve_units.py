@@ -76,7 +76,9 @@ def _job(job_id: str, replica: str | None, state: str) -> RemoteJob:
 def test_a_remote_job_keeps_the_newest_preview_for_every_reader():
     job = RemoteJob("j", "generate", None, "api", GenerationRequest(prompt="x"))
     assert job.view(None, 3).state == "queued" and job.view(None, 3).position == 3  # not on a replica yet
+    assert not job.arrived.is_set()
     job.update(_snapshot("j", "running", 2, preview="image-2", preview_id=2), _Replica("r1"))
+    assert job.arrived.is_set()  # the dispatcher sends the next job on
     job.update(_snapshot("j", "running", 3), _Replica("r1"))  # no new preview in this snapshot
     assert job.view(0, 0).progress.preview == "image-2"  # a reader that has none gets it
     assert job.view(2, 0).progress.preview is None  # one that has it does not

@@ -160,6 +160,7 @@ class LocalBackend:
             is_task=request is None and getattr(job, "work", None) is None,
             position=self._generation.position(job),
             created=job.created,
+            started=job.started,
             progress=_progress(job.progress, preview_after),
             error=job.error if finished else "",
             error_field=job.error_field if finished else "",

@@ -303,6 +303,7 @@ class JobSnapshot:
     is_task: bool = False  # a model load or switch, not a generation
     position: int = 0  # 1 for the next job to run, 2 after it ...; 0 while running or finished
     created: float = 0.0  # time.time() when queued
+    started: float | None = None  # time.time() when it began to run (None: not yet)
     progress: JobProgress = field(default_factory=JobProgress)
     error: str = ""  # why it failed, or why the app stopped it, in words
     error_field: str = ""  # the request field at fault ("" when none)

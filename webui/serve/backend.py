@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_WAITING = 100  # jobs waiting across the cluster before submit answers QueueFull (as the in-process queue)
+ARRIVAL_WAIT_S = 2.0  # the longest the dispatcher waits for a job to reach its replica before sending the next
 HISTORY = 500  # finished jobs kept for job() / the queue list
 REPLICA_GONE = (
     "the replica running this job stopped (its process ended: out of memory, a crash, or it was killed)."
@@ -160,6 +161,9 @@ class RayBackend(LocalBackend):
                 self._failed(job, exc)
                 continue
             threading.Thread(target=self._follow, args=(job, stream), name=f"ray-job-{job.id}", daemon=True).start()
+            # The next job leaves once this one is in its replica's queue: routed side by side, a later job
+            # could reach the same replica first. Bounded, so that a slow replica holds back no one for long.
+            job.arrived.wait(ARRIVAL_WAIT_S)
 
     def _dispatch(self, job: RemoteJob) -> Any:
         cluster = self._cluster()

@@ -36,6 +36,7 @@ class RemoteJob:
         self._preview: Any = None
         self._preview_id = 0
         self._done = threading.Event()
+        self.arrived = threading.Event()  # its first snapshot came: it is in a replica's queue (or over)
         self._lock = threading.Lock()
 
     @property
@@ -62,11 +63,14 @@ class RemoteJob:
                 self._preview, self._preview_id = preview, snapshot.progress.preview_id
             self._snapshot = replace(snapshot, progress=replace(snapshot.progress, preview=None))
             self.replica = replica
-            if snapshot.state == "running" and self.started is None:
+            if snapshot.started is not None:  # the replica's clock: on one machine, the same as ours
+                self.started = snapshot.started
+            elif snapshot.state == "running" and self.started is None:
                 self.started = time.time()
             self.state = snapshot.state
             if snapshot.finished:
                 self.ended, self.error = time.time(), snapshot.error
+        self.arrived.set()
         if snapshot.finished:
             self._done.set()
 
@@ -88,6 +92,7 @@ class RemoteJob:
                 result=JobOutcome(),
             )
             self.state, self.error, self.ended = "failed", message, time.time()
+        self.arrived.set()
         self._done.set()
 
     def restart(self) -> None:
