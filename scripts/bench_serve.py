@@ -36,12 +36,8 @@ MODELS = ("demo-sd15-noise.safetensors", "demo-sdxl-noise.safetensors")
 def settings_for(root: Path, replicas: int, threads: int):
     from webui.config import Settings
 
-    return Settings(
-        models_dir=str(root / "models"),
-        outputs_dir=str(root / "outputs"),
-        extensions_dir=str(root / "ext"),
-        cache_dir=str(root / "cache"),
-        config_file=str(root / "config.json"),
+    return Settings.under(
+        root,
         device="cpu",
         precision="fp32",
         channels_last="off",

@@ -116,12 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="request-path-") as tmp:
         root = Path(tmp)
         write_demo_models(root / "models", ("sd15",), loras=args.names)
-        settings = Settings(
-            models_dir=str(root / "models"),
-            outputs_dir=str(root / "outputs"),
-            extensions_dir=str(root / "ext"),
-            cache_dir=str(root / "cache"),
-            config_file=str(root / "config.json"),
+        settings = Settings.under(
+            root,
             device="cpu",
             precision="fp32",
             channels_last="off",

@@ -13,15 +13,10 @@ def tmp_services(root: Path, memory: Any = None, device_memory: Any = None, **ov
     from webui.config import Settings
 
     values: dict[str, Any] = {
-        "models_dir": str(root / "models"),
-        "outputs_dir": str(root / "outputs"),
-        "extensions_dir": str(root / "ext"),
-        "cache_dir": str(root / "cache"),
-        "config_file": str(root / "config.json"),
         "device": "cpu",
         "precision": "fp32",
         # Deterministic across runs: "auto" would measure the layout and could pick either.
         "channels_last": "off",
     }
     values.update(overrides)
-    return build_services(Settings(**values), base=root, memory=memory, device_memory=device_memory)
+    return build_services(Settings.under(root, **values), base=root, memory=memory, device_memory=device_memory)

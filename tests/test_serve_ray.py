@@ -38,12 +38,8 @@ def ray_app(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ray_app")
     write_demo_models(root / "models", ("sd15", "sdxl"))
-    settings = Settings(
-        models_dir=str(root / "models"),
-        outputs_dir=str(root / "outputs"),
-        extensions_dir=str(root / "ext"),
-        cache_dir=str(root / "cache"),
-        config_file=str(root / "config.json"),
+    settings = Settings.under(
+        root,
         device="cpu",
         precision="fp32",
         channels_last="off",

@@ -135,6 +135,19 @@ class Settings:
     offline: bool = True
     skip_install: bool = False
 
+    @classmethod
+    def under(cls, root: Path, **changes: Any) -> Settings:
+        """Settings with every folder and file of the app under ``root`` (models, outputs, ext, cache and
+        config.json), then ``changes``: what scripts and tests run a whole app in a folder of their own with."""
+        folders = {
+            "models_dir": str(root / "models"),
+            "outputs_dir": str(root / "outputs"),
+            "extensions_dir": str(root / "ext"),
+            "cache_dir": str(root / "cache"),
+            "config_file": str(root / "config.json"),
+        }
+        return cls(**{**folders, **changes})
+
     def with_updates(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **_coerce_all(changes))
 
