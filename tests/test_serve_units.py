@@ -16,6 +16,14 @@ from webui.serve.cluster import Layout, plan_layout
 from webui.serve.remote_jobs import RemoteJob, queue_list
 
 
+def _run(coroutine):
+    """``asyncio.run`` on a thread of its own: an earlier test (the browser's) may leave a loop running here."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 @pytest.mark.parametrize(
     ("replicas", "threads", "gpus", "cpus", "want"),
     [
@@ -50,7 +58,7 @@ def test_the_board_hands_a_jobs_actions_to_whoever_takes_them_once():
         with pytest.raises(ValueError, match="unknown job action"):
             await board.post("a", "explode")
 
-    asyncio.run(scenario())
+    _run(scenario())
 
 
 def _snapshot(job_id: str, state: str, step: int = 0, preview=None, preview_id: int = 0, **extra) -> JobSnapshot:
@@ -145,7 +153,7 @@ def _router():
 
 
 def _choose(router, replicas, model: str) -> list[list[str]]:
-    ranks = asyncio.run(router.choose_replicas(replicas, _Pending(_Metadata(model))))
+    ranks = _run(router.choose_replicas(replicas, _Pending(_Metadata(model))))
     return [[r.replica_id for r in rank] for rank in ranks]
 
 
