@@ -32,9 +32,10 @@ def _request(model: str, steps: int = 3, seed: int = 1, **extra) -> GenerationRe
 def ray_app(tmp_path_factory):
     """(backend, services, server): a RayBackend over 2 replicas, each model warmed up on its own replica, and
     the app's server (page and API) over it."""
-    from webui.app import build_ray_backend, build_server, build_services
+    from webui.app import ROOT, build_server, build_services
     from webui.config import Settings
     from webui.models.demo import write_demo_models
+    from webui.serve.start import build_ray_backend
 
     root = tmp_path_factory.mktemp("ray_app")
     write_demo_models(root / "models", ("sd15", "sdxl"))
@@ -50,7 +51,7 @@ def ray_app(tmp_path_factory):
         replica_threads=1,
     )
     services = build_services(settings, base=root)
-    backend = build_ray_backend(services)  # as webui.app.main: Ray here, the replicas start behind ...
+    backend = build_ray_backend(services, ROOT)  # as webui.app.main: Ray here, the replicas start behind ...
     server = build_server(services)  # ... while the page is built (its imports must not race Ray's)
     for model in (SD15, SDXL):  # one after the other: the second goes to the replica with no model
         job = backend.submit(_request(model), "warm-up")

@@ -179,3 +179,14 @@ def test_a_burst_of_new_models_spreads_before_any_replica_reports_them():
     assert _choose(router, replicas, "sd15") == [[first]]  # its next job follows it there
     other = _choose(router, replicas, "sdxl")[0][0]
     assert other != first  # the other model gets the other replica
+
+
+def test_without_the_ray_extra_the_ray_backend_says_how_to_get_it(monkeypatch):
+    import importlib.util
+
+    from webui.config_checks import SettingsError
+    from webui.serve import start
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else object())
+    with pytest.raises(SettingsError, match="launch.py --backend ray"):
+        start.build_ray_backend(object(), None)  # refused before the services or the folder are used

@@ -242,28 +242,6 @@ def build_backend(services: Services) -> LocalBackend:
     return services.backend
 
 
-RAY_MISSING = (
-    "--backend ray needs the ray extra (Ray Serve): start with python launch.py --backend ray, which installs it,"
-    " or pip install 'ray[serve]' into this environment"
-)
-
-
-def build_ray_backend(services: Services) -> Any:
-    """``--backend ray``: the jobs on Ray Serve replicas (webui.serve); the cluster starts in the background."""
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None:
-        raise SettingsError(RAY_MISSING)
-    from webui.serve.backend import RayBackend
-    from webui.serve.cluster import deploy, start_ray
-
-    settings = services.settings
-    started = start_ray(settings, ROOT)  # here, on the main thread (see start_ray); the replicas start behind
-    cluster = Deferred(lambda: deploy(settings, ROOT, started), name="ray-serve").start()
-    services.backend = RayBackend(services, cluster, settings.ray_retry_failed)
-    return services.backend
-
-
 def build_facade(services: Services, api: FastAPI | None = None) -> ExtensionFacade:
     """What ``webui_ui_tabs`` and ``webui_app_started`` receive: the backend, read-only settings, add_route."""
     from webui.extension_facade import ExtensionFacade
@@ -478,7 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prepare_environment(settings)
         services = build_services(settings)
         if settings.backend == "ray":
-            build_ray_backend(services)
+            from webui.serve.start import build_ray_backend
+
+            build_ray_backend(services, ROOT)
         app = build_server(services)  # a bad --auth-file is a SettingsError too
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
