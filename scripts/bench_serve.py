@@ -106,14 +106,10 @@ def local_run(root: Path, args: argparse.Namespace) -> dict:
 def ray_run(root: Path, replicas: int, args: argparse.Namespace) -> dict:
     from webui.app import ROOT as APP_ROOT
     from webui.app import build_services
-    from webui.deferred import Deferred
-    from webui.serve.backend import RayBackend
-    from webui.serve.cluster import deploy, start_ray
+    from webui.serve.start import build_ray_backend
 
-    settings = settings_for(root, replicas, args.threads)
-    services = build_services(settings, base=root)
-    started = start_ray(settings, APP_ROOT)
-    backend = RayBackend(services, Deferred(lambda: deploy(settings, APP_ROOT, started), name="ray-serve"))
+    services = build_services(settings_for(root, replicas, args.threads), base=root)
+    backend = build_ray_backend(services, APP_ROOT)  # as the app starts it
     try:
         t0 = time.monotonic()
         backend._cluster()

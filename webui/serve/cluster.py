@@ -18,6 +18,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def python_path(base_dir: Path | str) -> str:
+    """PYTHONPATH for Ray's worker processes: the project folder first, so that they import this app."""
+    return os.pathsep.join(p for p in (str(base_dir), os.environ.get("PYTHONPATH", "")) if p)
+
+
 @dataclass(frozen=True)
 class Layout:
     """How many replicas, and each one's share of the machine."""
@@ -73,7 +78,7 @@ def _init_ray(settings: Any, base_dir: Path, cpus: int | None) -> bool:
 
     if ray.is_initialized():
         return False
-    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (str(base_dir), os.environ.get("PYTHONPATH", "")) if p)}}
+    env = {"env_vars": {"PYTHONPATH": python_path(base_dir)}}
     if settings.ray_address:
         ray.init(address=settings.ray_address, namespace=NAMESPACE, runtime_env=env, logging_level=logging.WARNING)
         return False
@@ -103,7 +108,7 @@ def _existing_app() -> Any:
     return serve.get_app_handle(APP_NAME)
 
 
-def start_ray(settings: Any, base_dir: Path, replicas: int | None = None, threads: int | None = None) -> bool:
+def start_ray(settings: Any, base_dir: Path) -> bool:
     """Connect this process to Ray (a local cluster unless ``ray_address``); True when it started one.
 
     Call it on the main thread (or one that lives as long as the app): Ray's processes are started with
@@ -112,11 +117,9 @@ def start_ray(settings: Any, base_dir: Path, replicas: int | None = None, thread
     import ray
     import ray.serve  # noqa: F401  (here, not on the deploy thread: its pydantic imports race gradio's there)
 
-    replicas = settings.replicas if replicas is None else replicas
-    threads = settings.replica_threads if threads is None else threads
     wanted_cpus = None
     if not settings.ray_address:  # a local cluster: enough CPUs for the replicas asked for
-        wanted_cpus = max(os.cpu_count() or 1, (replicas or 1) * (threads or 1))
+        wanted_cpus = max(os.cpu_count() or 1, (settings.replicas or 1) * (settings.replica_threads or 1))
     started = _init_ray(settings, base_dir, wanted_cpus)
     # Ray builds its serialization context (importing pydantic.v1) on the first object it sends: here, while
     # nothing else imports, not on the deploy thread while the page's gradio imports pydantic (a KeyError).
@@ -124,24 +127,20 @@ def start_ray(settings: Any, base_dir: Path, replicas: int | None = None, thread
     return started
 
 
-def deploy(
-    settings: Any, base_dir: Path, started: bool, replicas: int | None = None, threads: int | None = None
-) -> Cluster:
+def deploy(settings: Any, base_dir: Path, started: bool) -> Cluster:
     """Find or deploy the replicas on the cluster ``start_ray`` connected to (blocks until they are ready)."""
     import ray
     from ray import serve
 
     from webui.serve.deployment import APP_NAME, board_actor, replica_deployment
 
-    replicas = settings.replicas if replicas is None else replicas
-    threads = settings.replica_threads if threads is None else threads
     board = board_actor()
     handle = None if started else _existing_app()
     if handle is not None:
         log.info("using the Serve application %r already running on the cluster", APP_NAME)
         return Cluster(handle, board, None, started)
     resources = ray.cluster_resources()
-    layout = plan_layout(replicas, threads, resources.get("GPU", 0.0), resources.get("CPU", 1.0))
+    layout = plan_layout(settings.replicas, settings.replica_threads, resources.get("GPU", 0.0), resources.get("CPU", 1.0))
     log.info("deploying %s", layout.describe())
     serve.start(proxy_location="Disabled")  # our own server is the ingress; Serve opens no HTTP port
     worker = settings.with_updates(backend="local")  # a replica runs its jobs in its own process

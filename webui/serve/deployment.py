@@ -176,8 +176,9 @@ def replica_deployment(
     models_per_replica: int,
 ) -> Any:
     """The bound Serve application: ``replicas`` copies of ``Replica``, each with its CPU/GPU share."""
-    path = os.pathsep.join(p for p in (str(base_dir), os.environ.get("PYTHONPATH", "")) if p)
-    env = {"PYTHONPATH": path}
+    from webui.serve.cluster import python_path
+
+    env = {"PYTHONPATH": python_path(base_dir)}
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     options = {
